@@ -1,0 +1,36 @@
+# rtpanoptic: two commands on a fresh machine.
+#   make demo   create .venv if missing, install, run the main job on the built-in default
+#   make test   create .venv if missing, install, run the test suite (CPU; Triton via its interpreter)
+# FORCE_CUDA=1 compiles the CUDA kernels even without a GPU (CI does); FORCE_CUDA=0 never does.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
+DEMO_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench install clean
+
+$(VENV)/.installed: $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_PINS)
+	$(PIP) install -q "setuptools>=64" wheel ninja
+	MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/rtpanoptic demo $(DEMO_ARGS)
+
+test: $(VENV)/.installed
+	TRITON_INTERPRET=1 $(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,mean,rounds $(PYTEST_ARGS)
+
+clean:
+	rm -rf build *.egg-info rtpanoptic/_C*.so

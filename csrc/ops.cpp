@@ -1,0 +1,30 @@
+// Schemas of every rtpanoptic op.  Kernels live beside this file:
+//   csrc/cpu/<op>_kernel.cpp   (TORCH_LIBRARY_IMPL(rtpanoptic, CPU, m))
+//   csrc/cuda/<op>_kernel.cu   (TORCH_LIBRARY_IMPL(rtpanoptic, CUDA, m))
+// Fake (meta) implementations and autograd formulas are registered from Python,
+// in rtpanoptic/ops/_fake.py and rtpanoptic/ops/_autograd.py.
+// The Python reference implementations in rtpanoptic/ops/reference.py are the
+// specification every kernel is tested against.
+#include <torch/library.h>
+
+TORCH_LIBRARY(rtpanoptic, m) {
+  // Boxes are xyxy, absolute pixels, no +1 on areas (torchvision's convention).
+  m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
+  m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
+  m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
+  // offsets [B,4,h,w] (l,t,r,b) -> boxes [B,4,h,w] (x1,y1,x2,y2), paper eq. 8.
+  m.def("decode_boxes(Tensor offsets, int stride) -> Tensor");
+  // per-level offsets [B,4,h_i,w_i], levelness logits [B,L+1,H,W] -> (boxes [B,4,H,W], fg bool [B,H,W]), eq. 14.
+  m.def("gather_levelness(Tensor[] offsets, Tensor levelness, int out_stride) -> (Tensor, Tensor)");
+  // dense boxes [4,H,W], query boxes [Q,4] -> P_loc [Q,H,W], eq. 6.  score: "iou" | "tri".
+  m.def("iou_attention(Tensor dense_boxes, Tensor query_boxes, str score) -> Tensor");
+  // Mask construction (eqs. 5, 7) and panoptic fusion.
+  m.def(
+      "panoptic_from_dense(Tensor dense_boxes, Tensor sem_probs, Tensor query_boxes, Tensor query_classes, "
+      "Tensor query_scores, Tensor is_thing, float sigma, str score, float score_threshold, "
+      "float overlap_threshold, int stuff_area_limit) -> "
+      "(Tensor segment_map, Tensor segment_class, Tensor segment_query, Tensor segment_score, Tensor segment_area)");
+  // Explicit mask loss (eqs. 16-18).
+  m.def(
+      "mask_loss(Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, Tensor batch_index) -> Tensor");
+}

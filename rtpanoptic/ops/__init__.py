@@ -1,0 +1,29 @@
+"""``rtpanoptic.ops``: the performance-critical core as drop-in ops.
+
+Every op takes ``backend=`` (``"reference"``, ``"cpp"``, ``"cuda"``, ``"triton"`` or
+None for the fastest available on the tensors' device) and validates its inputs.
+Boxes are xyxy in absolute pixels with no +1 on areas.  See
+:mod:`rtpanoptic.ops.reference` for the specification of each op.
+"""
+from . import _fake  # noqa: F401  (registers fake kernels for torch.compile)
+from ._dispatch import BACKENDS, OPS, available_backends
+from .attention import iou_attention
+from .boxes import batched_nms, box_iou, nms
+from .dense import decode_boxes, gather_levelness
+from .mask_loss import mask_loss
+from .panoptic import PanopticSegments, panoptic_from_dense
+
+__all__ = [
+    "BACKENDS",
+    "OPS",
+    "PanopticSegments",
+    "available_backends",
+    "batched_nms",
+    "box_iou",
+    "decode_boxes",
+    "gather_levelness",
+    "iou_attention",
+    "mask_loss",
+    "nms",
+    "panoptic_from_dense",
+]

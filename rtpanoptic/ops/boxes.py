@@ -1,0 +1,70 @@
+"""Box ops, drop-in replacements for ``torchvision.ops.{nms, batched_nms, box_iou}``."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _dispatch, _validate
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, backend: str | None = None) -> Tensor:
+    """Non-maximum suppression, exactly as ``torchvision.ops.nms``.
+
+    Args:
+        boxes: ``[N, 4]`` float boxes, xyxy in absolute pixels (areas without +1).
+        scores: ``[N]`` scores, same dtype and device as ``boxes``.
+        iou_threshold: a box is discarded when its IoU with a kept, higher-scoring
+            box is ``> iou_threshold``.
+        backend: ``"reference" | "cpp" | "cuda" | "triton"`` or None (fastest available).
+
+    Returns:
+        int64 ``[K]`` indices of the kept boxes, in decreasing score order; equal
+        scores keep their input order.  NaN coordinates give NaN IoUs, which never
+        exceed the threshold: such a box is kept (if its score allows) and suppresses nothing.
+    """
+    op = "nms"
+    _validate.boxes(op, "boxes", boxes)
+    _validate.tensor(op, "scores", scores, ndim=1, floating=True)
+    _validate.same_length(op, boxes=boxes, scores=scores)
+    _validate.same_dtype(op, boxes=boxes, scores=scores)
+    device = _validate.same_device(op, boxes=boxes, scores=scores)
+    thr = _validate.number(op, "iou_threshold", iou_threshold)
+    if boxes.shape[0] == 0:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    return _dispatch.select(op, backend, device)(boxes, scores, thr)
+
+
+def batched_nms(
+    boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float, *, backend: str | None = None
+) -> Tensor:
+    """Per-category NMS, as ``torchvision.ops.batched_nms``: boxes suppress each other
+    only when their ``idxs`` (int ``[N]``, e.g. class ids) are equal.
+
+    Returns int64 ``[K]`` kept indices in decreasing score order (ties: input order).
+    Computed per category exactly (no coordinate-offset trick, so no rounding from it).
+    """
+    op = "batched_nms"
+    _validate.boxes(op, "boxes", boxes)
+    _validate.tensor(op, "scores", scores, ndim=1, floating=True)
+    _validate.tensor(op, "idxs", idxs, ndim=1, integer=True)
+    _validate.same_length(op, boxes=boxes, scores=scores, idxs=idxs)
+    _validate.same_dtype(op, boxes=boxes, scores=scores)
+    device = _validate.same_device(op, boxes=boxes, scores=scores, idxs=idxs)
+    thr = _validate.number(op, "iou_threshold", iou_threshold)
+    if boxes.shape[0] == 0:
+        return torch.empty(0, dtype=torch.int64, device=device)
+    return _dispatch.select(op, backend, device)(boxes, scores, idxs, thr)
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor, *, backend: str | None = None) -> Tensor:
+    """Pairwise IoU ``[N, M]`` of xyxy boxes ``[N, 4]`` and ``[M, 4]``, as
+    ``torchvision.ops.box_iou`` (no +1 on areas; two zero-area boxes give NaN).
+    The result has the boxes' dtype (float16/bfloat16 are computed in float32)."""
+    op = "box_iou"
+    _validate.boxes(op, "boxes1", boxes1)
+    _validate.boxes(op, "boxes2", boxes2)
+    _validate.same_dtype(op, boxes1=boxes1, boxes2=boxes2)
+    device = _validate.same_device(op, boxes1=boxes1, boxes2=boxes2)
+    if boxes1.shape[0] == 0 or boxes2.shape[0] == 0:
+        return boxes1.new_zeros((boxes1.shape[0], boxes2.shape[0]))
+    return _dispatch.select(op, backend, device)(boxes1, boxes2)

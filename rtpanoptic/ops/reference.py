@@ -1,0 +1,247 @@
+"""Pure-PyTorch reference implementations of every ``rtpanoptic.ops`` op.
+
+These functions are the specification: readable, one function per op, no
+performance tricks.  Every other backend (C++, CUDA, Triton) is tested against
+them.  They take the canonical, already-validated arguments that the public
+functions in :mod:`rtpanoptic.ops` pass to every backend.
+
+Conventions: boxes are ``xyxy`` in absolute pixels; areas have no ``+1``
+(torchvision's convention); dense maps are ``[B, C, H, W]``.
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Score functions usable by the attention / mask-construction ops.
+SCORES = ("iou", "tri")
+# Added to the enclosing-box area of the "tri" score (the released TRI code's value).
+TRI_EPS = 1e-7
+
+
+def _upcast(t: Tensor) -> Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+# --------------------------------------------------------------------------- boxes
+def box_area(boxes: Tensor) -> Tensor:
+    """Area of ``[..., 4]`` xyxy boxes, no +1; inverted boxes give negative areas."""
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Pairwise IoU ``[N, M]``, exactly as ``torchvision.ops.box_iou`` (0/0 gives NaN)."""
+    a, b = _upcast(boxes1), _upcast(boxes2)
+    area1, area2 = box_area(a), box_area(b)
+    lt = torch.max(a[:, None, :2], b[None, :, :2])
+    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, None] + area2[None, :] - inter
+    return (inter / union).to(boxes1.dtype)
+
+
+def _greedy_nms(boxes: Tensor, scores: Tensor, classes: Tensor | None, iou_threshold: float) -> Tensor:
+    order = torch.sort(scores, descending=True, stable=True).indices
+    sorted_boxes = boxes[order]
+    over = (box_iou(sorted_boxes, sorted_boxes) > iou_threshold).cpu().numpy()
+    if classes is not None:
+        cls = classes[order].cpu().numpy()
+        over &= cls[:, None] == cls[None, :]
+    suppressed = np.zeros(len(order), dtype=bool)
+    keep = []
+    for i in range(len(order)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= over[i]
+    return order[torch.as_tensor(keep, dtype=torch.long, device=boxes.device)]
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS: visit boxes by decreasing score (stable: ties keep input order);
+    keep a box unless a kept box has IoU > ``iou_threshold`` with it.  Returns the
+    kept indices (int64) in visiting order.  A box with a NaN coordinate has NaN IoU
+    with everything: it is never suppressed and suppresses nothing."""
+    return _greedy_nms(boxes, scores, None, iou_threshold)
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """NMS independently per category ``idxs``: only boxes of the same category
+    suppress each other.  Kept indices in decreasing score order (ties: input order)."""
+    return _greedy_nms(boxes, scores, idxs, iou_threshold)
+
+
+# ------------------------------------------------------------------ dense boxes
+def locations(size: int, stride: int, dtype: torch.dtype, device) -> Tensor:
+    """Image coordinate of cell centres along one axis: ``floor(stride/2) + i*stride`` (§4.1)."""
+    return torch.arange(size, dtype=dtype, device=device) * stride + stride // 2
+
+
+def decode_boxes(offsets: Tensor, stride: int) -> Tensor:
+    """(l,t,r,b) offsets ``[B,4,h,w]`` at cell centres -> xyxy boxes ``[B,4,h,w]`` (eq. 8)."""
+    _, _, h, w = offsets.shape
+    xs = locations(w, stride, offsets.dtype, offsets.device).view(1, w)
+    ys = locations(h, stride, offsets.dtype, offsets.device).view(h, 1)
+    l, t, r, b = offsets.unbind(1)
+    return torch.stack([xs - l, ys - t, xs + r, ys + b], dim=1)
+
+
+def gather_levelness(offsets: List[Tensor], levelness: Tensor, out_stride: int) -> Tuple[Tensor, Tensor]:
+    """Dense boxes on the levelness grid (eq. 14).
+
+    Each level's offsets are bilinearly resampled (``align_corners=False``) to the
+    levelness grid ``[H, W]``; at every location the level ``argmax(levelness[1:])``
+    (first maximum on ties) supplies the offsets, decoded around the grid's cell
+    centres ``floor(out_stride/2) + i*out_stride``.  Returns ``(boxes [B,4,H,W],
+    foreground [B,H,W] bool)`` with foreground = ``argmax(levelness) != 0``.
+    """
+    _, _, h, w = levelness.shape
+    resampled = torch.stack(
+        [F.interpolate(o, size=(h, w), mode="bilinear", align_corners=False) for o in offsets], dim=1
+    )  # [B, L, 4, H, W]
+    level = levelness[:, 1:].argmax(dim=1)  # [B, H, W]
+    index = level[:, None, None].expand(-1, 1, 4, -1, -1)
+    chosen = resampled.gather(1, index).squeeze(1)
+    return decode_boxes(chosen, out_stride), levelness.argmax(dim=1) != 0
+
+
+# ------------------------------------------------------------- box attention
+def pairwise_box_score(boxes: Tensor, query_boxes: Tensor, score: str) -> Tensor:
+    """Score of every box ``[P,4]`` against every query ``[Q,4]`` -> ``[Q,P]``.
+
+    ``"iou"``: I/U, and 0 where U == 0 (eq. 6).  ``"tri"``: the released TRI code's
+    smoothed GIoU ``(I+1)/(U+1) - (C-U)/C`` with C the enclosing box area + 1e-7.
+    """
+    d = boxes.t()[:, None, :]  # [4, 1, P]
+    q = query_boxes[:, :, None]  # [Q, 4, 1]
+    iw = (torch.min(d[2], q[:, 2]) - torch.max(d[0], q[:, 0])).clamp(min=0)
+    ih = (torch.min(d[3], q[:, 3]) - torch.max(d[1], q[:, 1])).clamp(min=0)
+    inter = iw * ih
+    union = box_area(boxes)[None, :] + box_area(query_boxes)[:, None] - inter
+    if score == "iou":
+        nonzero = union != 0
+        return torch.where(nonzero, inter / torch.where(nonzero, union, torch.ones_like(union)), 0.0)
+    if score == "tri":
+        cw = torch.max(d[2], q[:, 2]) - torch.min(d[0], q[:, 0])
+        ch = torch.max(d[3], q[:, 3]) - torch.min(d[1], q[:, 1])
+        enclosing = cw * ch + TRI_EPS
+        return (inter + 1) / (union + 1) - (enclosing - union) / enclosing
+    raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+
+
+def iou_attention(dense_boxes: Tensor, query_boxes: Tensor, score: str) -> Tensor:
+    """P_loc(x, y, j) = score(B(x, y), B_j): ``[4,H,W]`` x ``[Q,4]`` -> ``[Q,H,W]`` (eq. 6)."""
+    _, h, w = dense_boxes.shape
+    flat = dense_boxes.reshape(4, h * w).t()
+    return pairwise_box_score(flat, query_boxes, score).reshape(-1, h, w)
+
+
+# ----------------------------------------------------- mask construction + fusion
+def panoptic_from_dense(
+    dense_boxes: Tensor,
+    sem_probs: Tensor,
+    query_boxes: Tensor,
+    query_classes: Tensor,
+    query_scores: Tensor,
+    is_thing: Tensor,
+    sigma: float,
+    score: str,
+    score_threshold: float,
+    overlap_threshold: float,
+    stuff_area_limit: int,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Mask construction (eqs. 5, 7) and panoptic fusion, sequentially.
+
+    Masks: ``M_j = score(B(x,y), B_j) * P_sem(x, y, c_j) > sigma``.
+    Fusion (Kirillov et al.; panopticapi's combine step): queries in decreasing score
+    (stable); skip a query with score < ``score_threshold``, an empty mask, or a mask
+    of which more than ``overlap_threshold`` is already taken; paint its free pixels.
+    Then every stuff class c (``~is_thing``), in increasing c, takes the still-free
+    pixels where ``argmax_c P_sem == c`` if there are at least ``stuff_area_limit``
+    of them.  Everything else is void.
+
+    Returns ``segment_map`` int32 ``[H,W]`` (0 = void, k = k-th segment), and per
+    segment: ``segment_class`` int64 (semantic class), ``segment_query`` int64 (query
+    index, -1 for stuff), ``segment_score`` float32 (query score, 1 for stuff) and
+    ``segment_area`` int64 (pixels).  Things come first, in painting order.
+    """
+    _, h, w = dense_boxes.shape
+    device = dense_boxes.device
+    segment_map = torch.zeros(h, w, dtype=torch.int32, device=device)
+    classes, queries, scores, areas = [], [], [], []
+
+    if query_boxes.shape[0] > 0:
+        loc = iou_attention(dense_boxes, query_boxes, score)  # [Q, H, W]
+        masks = loc * sem_probs[query_classes] > sigma
+        for j in torch.sort(query_scores, descending=True, stable=True).indices.tolist():
+            if query_scores[j].item() < score_threshold:
+                continue
+            mask = masks[j]
+            area = int(mask.sum())
+            if area == 0:
+                continue
+            free = mask & (segment_map == 0)
+            free_area = int(free.sum())
+            if (area - free_area) / area > overlap_threshold or free_area == 0:
+                continue
+            segment_map[free] = len(classes) + 1
+            classes.append(int(query_classes[j]))
+            queries.append(j)
+            scores.append(float(query_scores[j]))
+            areas.append(free_area)
+
+    semantic = sem_probs.argmax(dim=0)
+    for c in torch.nonzero(~is_thing).flatten().tolist():
+        region = (semantic == c) & (segment_map == 0)
+        area = int(region.sum())
+        if area == 0 or area < stuff_area_limit:
+            continue
+        segment_map[region] = len(classes) + 1
+        classes.append(c)
+        queries.append(-1)
+        scores.append(1.0)
+        areas.append(area)
+
+    return (
+        segment_map,
+        torch.tensor(classes, dtype=torch.int64, device=device),
+        torch.tensor(queries, dtype=torch.int64, device=device),
+        torch.tensor(scores, dtype=torch.float32, device=device),
+        torch.tensor(areas, dtype=torch.int64, device=device),
+    )
+
+
+# ------------------------------------------------------------------ mask loss
+def mask_loss(
+    dense_boxes: Tensor, query_boxes: Tensor, gt_masks: Tensor, beta: Tensor, batch_index: Tensor
+) -> Tensor:
+    """Explicit mask loss (eqs. 16-18), a scalar.
+
+    ``L = 1/Q * sum_j beta_j / N_j * (E_FP_j + E_FN_j)`` with
+    ``E_FP_j = sum_xy IoU(B(x,y), b_j) [xy not in M_j]`` and
+    ``E_FN_j = sum_xy (1 - IoU(B(x,y), b_j)) [xy in M_j]``; IoU as in
+    :func:`iou_attention` with ``score="iou"``.  ``dense_boxes`` is ``[B,4,H,W]``,
+    query j lives in image ``batch_index[j]``, ``gt_masks`` is ``[Q,H,W]`` bool and
+    ``N_j`` its pixel count; a query with ``N_j = 0`` contributes 0.  Differentiable
+    w.r.t. ``dense_boxes`` and ``query_boxes``; ``beta`` is a constant weight.
+    Q = 0 gives 0 (still attached to ``dense_boxes``' graph).
+    """
+    q = query_boxes.shape[0]
+    if q == 0:
+        return dense_boxes.sum() * 0
+    total = dense_boxes.new_zeros(())
+    for j in range(q):
+        iou = iou_attention(dense_boxes[batch_index[j]], query_boxes[j : j + 1], "iou")[0]
+        inside = gt_masks[j]
+        n = inside.sum()
+        if n == 0:
+            continue
+        fp = torch.where(inside, 0.0, iou).sum()
+        fn = torch.where(inside, 1.0 - iou, 0.0).sum()
+        total = total + beta[j].detach().to(total.dtype) * (fp + fn) / n
+    return total / q

@@ -1,0 +1,52 @@
+"""Every public op rejects bad input with a clear TypeError / ValueError."""
+import pytest
+import torch
+
+from rtpanoptic import ops
+
+B = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+S = torch.tensor([0.5])
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda: ops.nms([[0, 0, 1, 1]], S, 0.5), TypeError, "boxes must be a torch.Tensor"),
+        (lambda: ops.nms(B.long(), S, 0.5), TypeError, "floating-point"),
+        (lambda: ops.nms(B[:, :3], S, 0.5), ValueError, r"shape \[\*, 4\]"),
+        (lambda: ops.nms(B, torch.rand(2), 0.5), ValueError, "they must match"),
+        (lambda: ops.nms(B, S, -0.1), ValueError, "iou_threshold"),
+        (lambda: ops.nms(B, S, float("nan")), ValueError, "iou_threshold"),
+        (lambda: ops.nms(B, S, 0.5, backend="gpu"), ValueError, "backend must be one of"),
+        (lambda: ops.nms(B, S.to("meta"), 0.5), ValueError, "same device"),
+        (lambda: ops.batched_nms(B, S, torch.tensor([0.5]), 0.5), TypeError, "integer"),
+        (lambda: ops.box_iou(B, B[:, :2]), ValueError, "boxes2"),
+        (lambda: ops.decode_boxes(torch.zeros(1, 3, 2, 2), 8), ValueError, "offsets"),
+        (lambda: ops.decode_boxes(torch.zeros(1, 4, 2, 2), 0), ValueError, "stride"),
+        (lambda: ops.gather_levelness([torch.zeros(1, 4, 2, 2)], torch.zeros(1, 3, 4, 4)), ValueError, "levels"),
+        (lambda: ops.gather_levelness(torch.zeros(1, 4, 2, 2), torch.zeros(1, 2, 4, 4)), TypeError, "list"),
+        (lambda: ops.iou_attention(torch.zeros(4, 2, 2), B, score="giou"), ValueError, "score"),
+        (lambda: ops.iou_attention(torch.zeros(4, 2, 2), B.double()), TypeError, "dtype|float"),
+        (lambda: ops.mask_loss(torch.zeros(2, 4, 2, 2), B, torch.zeros(1, 2, 2, dtype=torch.bool), S), ValueError,
+         "batch_index"),
+        (lambda: ops.mask_loss(torch.zeros(1, 4, 2, 2), B, torch.zeros(1, 2, 2), S), TypeError, "bool"),
+        (lambda: ops.mask_loss(torch.zeros(1, 4, 2, 2), B, torch.zeros(1, 2, 2, dtype=torch.bool), S,
+                               torch.tensor([3])), ValueError, "batch_index must lie"),
+        (lambda: ops.panoptic_from_dense(torch.zeros(4, 2, 2), torch.zeros(2, 2, 2), B, torch.tensor([5]), S,
+                                         [False, True]), ValueError, "query_classes"),
+        (lambda: ops.panoptic_from_dense(torch.zeros(4, 2, 2), torch.zeros(2, 2, 2), B, torch.tensor([1]), S,
+                                         [True]), ValueError, "is_thing"),
+        (lambda: ops.panoptic_from_dense(torch.zeros(4, 2, 2), torch.zeros(2, 2, 2), B, torch.tensor([1]), S,
+                                         [False, True], overlap_threshold=1.5), ValueError, "overlap_threshold"),
+    ],
+)
+def test_bad_input_raises(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_unavailable_backend_explains_why():
+    with pytest.raises(RuntimeError, match="cpp backend takes CPU tensors|cannot run on meta"):
+        ops.nms(B.to("meta"), S.to("meta"), 0.5, backend="cpp")
+    with pytest.raises(RuntimeError, match="cuda"):
+        ops.nms(B, S, 0.5, backend="cuda")
