@@ -1,0 +1,4 @@
+"""Datasets, dataset descriptions and transforms."""
+from .description import CITYSCAPES, Category, DatasetDescription, get_description, register_description
+
+__all__ = ["CITYSCAPES", "Category", "DatasetDescription", "get_description", "register_description"]
