@@ -17,7 +17,7 @@ $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q "setuptools>=64" wheel ninja
+	$(PIP) install -q "setuptools>=77" wheel ninja
 	MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation -e ".[test]"
 	touch $@
 
