@@ -1,0 +1,81 @@
+"""ONNX export of a network with HeadOutputs outputs, checked against onnxruntime."""
+import pytest
+import torch
+from torch import nn
+
+from rtpanoptic.export import ExportError, export_onnx, export_program, flatten_outputs, output_names
+from rtpanoptic.model.outputs import HeadOutputs
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+class TinyHeadNet(nn.Module):
+    """Same output structure as the real network (two levels), a few convs and norms."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.GroupNorm(2, 8), nn.ReLU())
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.box = nn.Conv2d(8, 4, 1)
+        self.ctr = nn.Conv2d(8, 1, 1)
+        self.cls = nn.Conv2d(8, 2, 1)
+        self.lvl = nn.Conv2d(8, 3, 1)
+        self.sem = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        f4 = self.stem(x)
+        f8 = self.down(f4)
+        f16 = self.down(f8)
+        levels = [f8, f16]
+        return HeadOutputs(
+            [torch.exp(self.box(f)) for f in levels],
+            [self.ctr(f) for f in levels],
+            [self.cls(f) for f in levels],
+            self.lvl(f4),
+            nn.functional.interpolate(self.sem(f8), scale_factor=2.0, mode="bilinear", align_corners=False),
+        )
+
+
+def test_flat_names():
+    out = TinyHeadNet()(torch.zeros(1, 3, 128, 128))
+    assert output_names(out)[:3] == ["box_offsets_0", "box_offsets_1", "centerness_0"]
+    assert len(flatten_outputs(out)) == len(output_names(out)) == 8
+
+
+@pytest.mark.slow
+def test_onnx_matches_pytorch(tmp_path):
+    torch.manual_seed(0)
+    errors = export_onnx(TinyHeadNet(), tmp_path / "net.onnx", image_size=(128, 256))
+    assert set(errors) == set(output_names(TinyHeadNet()(torch.zeros(1, 3, 128, 256))))
+    assert max(errors.values()) < 1e-4
+    assert (tmp_path / "net.onnx").stat().st_size > 0
+
+
+def test_onnx_detects_mismatch(tmp_path, monkeypatch):
+    import rtpanoptic.export as export
+
+    real = export.check_onnx
+
+    def corrupted(path, example, expected, names, rtol, atol):
+        return real(path, example, [e + 1 for e in expected], names, rtol, atol)
+
+    monkeypatch.setattr(export, "check_onnx", corrupted)
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(TinyHeadNet(), tmp_path / "net.onnx", image_size=(128, 128))
+
+
+def test_bad_sizes(tmp_path):
+    with pytest.raises(ValueError, match="multiples of 128"):
+        export_onnx(TinyHeadNet(), tmp_path / "x.onnx", image_size=(100, 128))
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(TinyHeadNet(), tmp_path / "x.onnx", opset=11)
+
+
+def test_torch_export_program_runs():
+    model = TinyHeadNet().eval()
+    program = export_program(model, image_size=(128, 128))
+    x = torch.randn(1, 3, 128, 128)
+    got = program.module()(x)
+    for a, b in zip(flatten_outputs(got), flatten_outputs(model(x))):
+        torch.testing.assert_close(a, b)
