@@ -314,7 +314,8 @@ def pq_compute(
     """Panoptic quality of COCO-panoptic prediction files against ground-truth files.
 
     Same arguments as panopticapi (``gt_folder`` / ``pred_folder`` default to the JSON path
-    without ``.json``), plus ``workers`` (processes; default ``os.cpu_count()``, 0 or 1 = in-process)
+    without ``.json``), plus ``workers`` (processes; default ``os.cpu_count()``, 0 or 1 = in-process; results are summed in image order,
+    so they do not depend on ``workers``)
     and ``progress`` (tqdm bar). Every ground-truth image needs a prediction. Returns
     ``{"All"|"Things"|"Stuff": {"pq", "sq", "rq", "n"}, "per_class": {category id: {"pq", "sq", "rq"}}}``.
     """
@@ -355,7 +356,7 @@ def pq_compute(
 
         chunk = max(1, len(jobs) // (workers * 8))
         with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(min(workers, len(jobs))) as pool:
-            for s in pool.imap_unordered(_pq_file_pair, jobs, chunksize=chunk):
+            for s in pool.imap(_pq_file_pair, jobs, chunksize=chunk):
                 stat += s
                 bar.update(1)
     bar.close()
