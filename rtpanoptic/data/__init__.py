@@ -1,4 +1,6 @@
 """Datasets, dataset descriptions and transforms."""
+from .builtin import DATASETS, build_dataset, coco_panoptic_dataset
+from .cityscapes import cityscapes_panoptic_dataset
 from .coco_panoptic import COCOPanopticDataset, DatasetError, cityscapes_image_path, collate, masks_to_boxes
 from .description import (
     CITYSCAPES,
@@ -15,6 +17,10 @@ __all__ = [
     "COCO_PANOPTIC",
     "SYNTHETIC",
     "COCOPanopticDataset",
+    "DATASETS",
+    "build_dataset",
+    "cityscapes_panoptic_dataset",
+    "coco_panoptic_dataset",
     "Category",
     "DatasetDescription",
     "DatasetError",

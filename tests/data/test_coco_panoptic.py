@@ -123,6 +123,29 @@ def test_cityscapes_image_path(tmp_path):
     assert ds[0]["image"].shape == (3, 6, 8)
 
 
+def test_cityscapes_layout(tmp_path):
+    from rtpanoptic.data import build_dataset
+
+    ids, segs = _scene()
+    remap = {7: 26, 3: 7, 9: 24}
+    segs = [dict(s, category_id=remap[s["category_id"]]) for s in segs]
+    name = "aachen_000001_000019"
+    write_dataset(tmp_path, ids, segs, cats=CITYSCAPES.coco_categories())
+    os.makedirs(tmp_path / "cs" / "leftImg8bit" / "train" / "aachen")
+    os.makedirs(tmp_path / "cs" / "gtFine" / "cityscapes_panoptic_train")
+    os.rename(tmp_path / "img" / "a.jpg.png", tmp_path / "cs" / "leftImg8bit" / "train" / "aachen" / f"{name}_leftImg8bit.png")
+    os.rename(tmp_path / "pan" / "a.png", tmp_path / "cs" / "gtFine" / "cityscapes_panoptic_train" / f"{name}_gtFine_panoptic.png")
+    data = json.load(open(tmp_path / "pan.json"))
+    data["images"] = [{"id": name, "file_name": f"{name}_gtFine_leftImg8bit.png", "height": 6, "width": 8}]
+    data["annotations"][0].update(image_id=name, file_name=f"{name}_gtFine_panoptic.png")
+    json.dump(data, open(tmp_path / "cs" / "gtFine" / "cityscapes_panoptic_train.json", "w"))
+    ds = build_dataset("cityscapes", tmp_path / "cs", "train")
+    s = ds[0]
+    assert ds.description is CITYSCAPES and s["image_id"] == name and s["labels"].tolist() == [2, 2]
+    with pytest.raises(ValueError, match="unknown dataset"):
+        build_dataset("kitti", tmp_path, "train")
+
+
 def test_masks_to_boxes_empty_and_edges():
     m = torch.zeros(2, 4, 5, dtype=torch.bool)
     m[0, 3, 4] = True
