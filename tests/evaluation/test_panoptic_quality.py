@@ -160,7 +160,7 @@ def _write_split(folder, json_path, maps, segs_list, cats=CATS):
         json.dump({"annotations": anns, "categories": cats, "images": []}, f)
 
 
-def random_pair(rng, h=24, w=32, pred_void=True):
+def random_pair(rng, h=24, w=32, pred_void=True, crowd=False):
     """Random gt (stuff blocks, thing rectangles, void, a crowd sometimes) and a perturbed prediction."""
     gt = np.where(np.arange(w)[None, :] < rng.integers(4, w - 4), 100, 101).repeat(h, 0).astype(np.int64)
     gsegs = [seg(100, 3), seg(101, 3)]  # two stuff segments of one class is fine for us; see torchmetrics test
@@ -180,6 +180,13 @@ def random_pair(rng, h=24, w=32, pred_void=True):
         gt[0:3, 0 : int(rng.integers(3, 12))] = 0
     if pred_void and rng.random() < 0.5:
         pred[-3:, -6:] = 0
+    for k in range(int(rng.integers(0, 3)) if crowd else 0):  # sometimes two crowds of one class
+        y, x = rng.integers(0, h - 6), rng.integers(0, w - 8)
+        gt[y : y + 6, x : x + 8] = 200 + k
+        gsegs.append(seg(200 + k, int(rng.integers(1, 3)), crowd=1))
+        if rng.random() < 0.5:
+            pred[y + 1 : y + 5, x : x + 6] = 300 + k
+            psegs.append(seg(300 + k, int(rng.integers(1, 3))))
     # drop listed segments that were fully painted over
     gsegs = [s for s in gsegs if (gt == s["id"]).any()]
     psegs = [s for s in psegs if (pred == s["id"]).any()]
@@ -284,3 +291,28 @@ def test_agrees_with_torchmetrics():
         m2 = tm.PanopticQuality(things={1, 2}, stuffs={3})
         m2.update(to_tm(pred, psegs), to_tm(gt, gsegs))
         assert r["All"]["pq"] == pytest.approx(float(m2.compute()), abs=1e-6)
+
+
+def test_agrees_with_panopticapi(tmp_path):
+    """COCO's own implementation, where importable (panopticapi pins numpy<2, so it is no test
+    dependency; run with PYTHONPATH pointing at an unpacked copy). Void, crowd and all."""
+    ref = pytest.importorskip("panopticapi.evaluation")
+    import contextlib
+    import io
+
+    rng = np.random.default_rng(123)
+    pairs = [random_pair(rng, crowd=True) for _ in range(60)]
+    for p in pairs:
+        for s in p[1]:
+            s["area"] = int((p[0] == s["id"]).sum())  # panopticapi reads gt areas from the JSON
+    _write_split(tmp_path / "gt", tmp_path / "gt.json", [p[0] for p in pairs], [p[1] for p in pairs])
+    _write_split(tmp_path / "pred", tmp_path / "pred.json", [p[2] for p in pairs], [p[3] for p in pairs])
+    ours = pq_compute(tmp_path / "gt.json", tmp_path / "pred.json", workers=1, progress=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        theirs = ref.pq_compute(str(tmp_path / "gt.json"), str(tmp_path / "pred.json"), str(tmp_path / "gt"), str(tmp_path / "pred"))
+    for k in ("All", "Things", "Stuff"):
+        for m in ("pq", "sq", "rq", "n"):
+            assert ours[k][m] == pytest.approx(float(theirs[k][m]), abs=1e-12)
+    for c, v in theirs["per_class"].items():
+        for m in ("pq", "sq", "rq"):
+            assert ours["per_class"][c][m] == pytest.approx(float(v[m]), abs=1e-12)
