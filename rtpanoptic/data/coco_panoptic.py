@@ -80,19 +80,21 @@ def load_panoptic_json(path: str) -> dict:
     return data
 
 
-def cityscapes_image_path(image_root: str) -> ImagePathFn:
+class cityscapes_image_path:
     """Image path resolver for Cityscapes: ``<image_root>/<city>/<image_id>_leftImg8bit.png``.
 
     ``image_root`` is ``.../leftImg8bit/<split>``; the panoptic annotation of the same image is
-    ``<image_id>_gtFine_panoptic.png`` (cityscapesScripts' createPanopticImgs).
+    ``<image_id>_gtFine_panoptic.png`` (cityscapesScripts' createPanopticImgs). A class rather
+    than a closure so datasets pickle into spawned DataLoader workers.
     """
 
-    def resolve(ann: dict) -> str:
+    def __init__(self, image_root: str):
+        self.image_root = str(image_root)
+
+    def __call__(self, ann: dict) -> str:
         image_id = str(ann["image_id"])
         city = image_id.split("_")[0]
-        return os.path.join(image_root, city, f"{image_id}_leftImg8bit.png")
-
-    return resolve
+        return os.path.join(self.image_root, city, f"{image_id}_leftImg8bit.png")
 
 
 class COCOPanopticDataset(torch.utils.data.Dataset):

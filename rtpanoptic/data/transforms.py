@@ -5,7 +5,9 @@ Every transform changes ``image`` (bilinear), ``semantic`` / ``instance_masks`` 
 instances left without pixels (with their labels). Randomness comes from ``torch``'s generator
 (``generator=`` for reproducibility; DataLoader workers seed torch per worker).
 
-- Cityscapes (paper): ``RandomScale(0.7, 1.3)`` + ``RandomCrop((900, 1800))`` + ``RandomHorizontalFlip()``.
+- Cityscapes (paper: "a random crop of 1800 x 900 and re-scale the crops randomly between (0.7, 1.3)"):
+  ``RandomCrop((900, 1800))`` + ``RandomScale(0.7, 1.3)`` + ``RandomHorizontalFlip()``; sizes then vary
+  per sample and :func:`rtpanoptic.data.collate` pads the batch.
 - COCO (paper): ``ResizeShortestSide((640, 720, 800), max_size=1333)`` + ``RandomHorizontalFlip()``.
 """
 from __future__ import annotations
@@ -173,8 +175,8 @@ def hflip(sample: Sample) -> Sample:
 
 
 def cityscapes_train_transforms(crop_size=(900, 1800), scale=(0.7, 1.3), ignore_label: int = 255) -> Compose:
-    """Paper §5.3, Cityscapes: random rescale 0.7-1.3, random 1800x900 crop, horizontal flip."""
-    return Compose([RandomScale(*scale), RandomCrop(crop_size, ignore_label), RandomHorizontalFlip()])
+    """Paper §5.3, Cityscapes: random 1800x900 crop, crop rescaled by 0.7-1.3, horizontal flip."""
+    return Compose([RandomCrop(crop_size, ignore_label), RandomScale(*scale), RandomHorizontalFlip()])
 
 
 def coco_train_transforms(sizes=(640, 720, 800), max_size: int = 1333) -> Compose:
@@ -183,5 +185,6 @@ def coco_train_transforms(sizes=(640, 720, 800), max_size: int = 1333) -> Compos
 
 
 def synthetic_train_transforms(size: int = 128, scale=(0.7, 1.3), ignore_label: int = 255) -> Compose:
-    """Synthetic set: the Cityscapes recipe at the synthetic image size."""
+    """Synthetic set: rescale 0.7-1.3 then a fixed ``size`` crop (padded when smaller), flip.
+    Fixed-size outputs batch without padding."""
     return Compose([RandomScale(*scale), RandomCrop(size, ignore_label), RandomHorizontalFlip()])

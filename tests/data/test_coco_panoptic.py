@@ -140,8 +140,11 @@ def test_cityscapes_layout(tmp_path):
     data["annotations"][0].update(image_id=name, file_name=f"{name}_gtFine_panoptic.png")
     json.dump(data, open(tmp_path / "cs" / "gtFine" / "cityscapes_panoptic_train.json", "w"))
     ds = build_dataset("cityscapes", tmp_path / "cs", "train")
+    import pickle
+
+    ds = pickle.loads(pickle.dumps(ds))
     s = ds[0]
-    assert ds.description is CITYSCAPES and s["image_id"] == name and s["labels"].tolist() == [2, 2]
+    assert ds.description == CITYSCAPES and s["image_id"] == name and s["labels"].tolist() == [2, 2]
     with pytest.raises(ValueError, match="unknown dataset"):
         build_dataset("kitti", tmp_path, "train")
 

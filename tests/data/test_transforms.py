@@ -106,3 +106,14 @@ def test_shortest_side():
     o = ResizeShortestSide(80)(make_sample())
     assert o["image"].shape[1:] == (80, 120)
     check_consistent(o)
+
+
+def test_presets_run():
+    from rtpanoptic.data.transforms import cityscapes_train_transforms, coco_train_transforms, synthetic_train_transforms
+
+    s = make_sample()
+    o = cityscapes_train_transforms(crop_size=(30, 40))(s)
+    check_consistent(o)
+    assert 21 <= o["image"].shape[1] <= 39 and 28 <= o["image"].shape[2] <= 52
+    check_consistent(coco_train_transforms(sizes=(32,), max_size=64)(s))
+    assert synthetic_train_transforms(size=32)(s)["image"].shape == (3, 32, 32)
