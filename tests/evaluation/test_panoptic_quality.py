@@ -316,3 +316,14 @@ def test_agrees_with_panopticapi(tmp_path):
     for c, v in theirs["per_class"].items():
         for m in ("pq", "sq", "rq"):
             assert ours["per_class"][c][m] == pytest.approx(float(v[m]), abs=1e-12)
+
+
+def test_empty_cases():
+    void = np.zeros((4, 4), np.int64)
+    ev = PanopticQualityEvaluator(CATS)
+    ev.update(void, [], void, [])
+    assert ev.compute()["All"] == {"pq": 0.0, "sq": 0.0, "rq": 0.0, "n": 0}
+    gt = np.full((4, 4), 3, np.int64)
+    ev.update(gt, [seg(3, 1)], void, [seg(9, 2)])  # missed; a zero-pixel prediction is skipped in memory
+    assert ev.stat.fn.tolist() == [1, 0, 0] and ev.stat.fp.tolist() == [0, 0, 0]
+    assert ev.compute()["Things"]["n"] == 1 and ev.compute()["Things"]["pq"] == 0.0
