@@ -126,7 +126,7 @@ def _coco_panoptic() -> DatasetDescription:
 # COCO panoptic 2017: 133 classes, things are train ids 0..79, stuff 80..132.
 COCO_PANOPTIC = _coco_panoptic()
 
-_REGISTRY: Dict[str, DatasetDescription] = {"cityscapes": CITYSCAPES, "coco_panoptic": COCO_PANOPTIC}
+_REGISTRY: Dict[str, DatasetDescription] = {"cityscapes": CITYSCAPES, "coco_panoptic": COCO_PANOPTIC, "coco": COCO_PANOPTIC}
 
 
 def register_description(desc: DatasetDescription) -> None:

@@ -67,3 +67,13 @@ def test_bad_config():
         SyntheticConfig(min_objects=3, max_objects=2)
     with pytest.raises(TypeError, match="SyntheticConfig"):
         generate_synthetic("/nonexistent", cfg={"seed": 1})
+
+
+def test_dataloader_with_transforms(tmp_path):
+    from rtpanoptic.data.transforms import synthetic_train_transforms
+
+    ds = synthetic_dataset(tmp_path / "syn", "train", SMALL, transforms=synthetic_train_transforms(), progress=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=1, collate_fn=collate)
+    batches = list(loader)
+    assert len(batches) == 2 and batches[0]["images"].shape == (3, 3, 128, 128)
+    assert all(len(b["labels"]) == 3 for b in batches)
