@@ -329,7 +329,10 @@ def pq_compute(
             raise PQError(f"{folder}: {what} folder not found")
     if not isinstance(gt.get("categories"), list):
         raise PQError(f"{gt_json_file}: lacks a 'categories' list")
-    cats = [(int(c["id"]), bool(c["isthing"])) for c in gt["categories"]]
+    try:
+        cats = [(int(c["id"]), bool(c["isthing"])) for c in gt["categories"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PQError(f"{gt_json_file}: malformed 'categories' entry ({exc!r})") from None
     cat_index = {cid: k for k, (cid, _) in enumerate(cats)}
     pred_by_image = {}
     for ann in pred["annotations"]:
