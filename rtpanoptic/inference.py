@@ -98,7 +98,7 @@ def to_image_tensors(images) -> List[Tensor]:
             out.extend(converted)
         return out
     if hasattr(images, "convert") and hasattr(images, "size"):  # PIL
-        images = np.asarray(images.convert("RGB"))
+        images = np.array(images.convert("RGB"))
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
             raise TypeError(f"images: numpy images must be uint8 RGB, got {images.dtype}")
