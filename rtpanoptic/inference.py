@@ -31,6 +31,9 @@ from .data.description import DatasetDescription
 from .model.config import InferenceConfig, validate_config
 from .model.outputs import HeadOutputs
 
+# The rtpanoptic.ops used by the pipeline (``backend=`` applies to all of them).
+PIPELINE_OPS = ("decode_boxes", "batched_nms", "nms", "gather_levelness", "panoptic_from_dense")
+
 
 @dataclass
 class Detections:
@@ -154,6 +157,14 @@ class Predictor:
         validate_config(dataclasses.replace(model.cfg, inference=self.options))
         self.model = model.eval()
         self.backend = backend
+        if backend is not None:
+            avail = ops.available_backends(self.device)
+            missing = [op for op in PIPELINE_OPS if backend not in avail[op]]
+            if missing:
+                raise ValueError(
+                    f"Predictor: backend {backend!r} cannot run {missing} on {self.device.type} here "
+                    f"(see rtpanoptic.ops.available_backends()); use backend=None for the fastest per op"
+                )
         self.description: DatasetDescription = model.description
         self._thing_train_ids = torch.tensor(self.description.thing_train_ids, dtype=torch.int64)
         self._is_thing = torch.tensor(self.description.is_thing, dtype=torch.bool)

@@ -8,7 +8,7 @@ from PIL import Image
 
 from rtpanoptic import ops
 from rtpanoptic.data.description import Category, DatasetDescription
-from rtpanoptic.inference import PanopticResult, Predictor, pad_batch, segment_areas_and_boxes, to_image_tensors
+from rtpanoptic.inference import PIPELINE_OPS, PanopticResult, Predictor, pad_batch, segment_areas_and_boxes, to_image_tensors
 from rtpanoptic.model import HeadOutputs, build_model
 
 # train ids: 0 = sky (stuff, id 5), 1 = car (thing, id 7), 2 = person (thing, id 9)
@@ -17,7 +17,6 @@ DESC = DatasetDescription(
     (Category(5, "sky", False, (0, 0, 255)), Category(7, "car", True, (255, 0, 0)),
      Category(9, "person", True, (0, 255, 0))),
 )
-PIPELINE_OPS = ("decode_boxes", "batched_nms", "nms", "gather_levelness", "panoptic_from_dense")
 
 
 def _tiny_model(seed=0, **kw):
@@ -132,6 +131,28 @@ def test_input_errors():
         Predictor(_tiny_model(), score="giou")
     with pytest.raises(ValueError, match="backend"):
         Predictor(_tiny_model(), backend="tpu")
+
+
+def test_backend_must_cover_the_pipeline():
+    avail = ops.available_backends("cpu")
+    partial = [b for b in ops.BACKENDS if any(b not in avail[op] for op in PIPELINE_OPS)]
+    for b in partial:
+        with pytest.raises(ValueError, match="cannot run"):
+            Predictor(_tiny_model(), backend=b)
+
+
+def test_released_preset_pipeline():
+    """tri-cityscapes-r50 (random weights): semantics at stride 8, "tri" score, sigma 0.4."""
+    torch.manual_seed(0)
+    model = build_model("tri-cityscapes-r50").eval()
+    pred = Predictor(model, pre_nms_thresh=0.0, post_nms_top_n=10)
+    assert (pred.options.score, pred.options.sigma) == ("tri", 0.4)
+    (res,) = pred(np.random.default_rng(0).integers(0, 256, (120, 200, 3), dtype=np.uint8))
+    assert res.panoptic.shape == (120, 200) and res.semantic.shape == (120, 200)
+    assert len(res.detections.scores) == 10
+    assert set(res.detections.labels.tolist()) <= set(range(8))
+    ids = {c.id for c in model.description.categories}
+    assert all(s["category_id"] in ids for s in res.segments_info)
 
 
 def test_pad_and_convert():
