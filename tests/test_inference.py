@@ -104,7 +104,7 @@ def test_no_query_gives_stuff_only():
 
 def test_image_formats_and_batch():
     model = _tiny_model()
-    pred = Predictor(model, pre_nms_thresh=0.0, sigma=0.01)
+    pred = Predictor(model, pre_nms_thresh=0.0, post_nms_top_n=10, sigma=0.01)
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)
     b = rng.integers(0, 256, (128, 64, 3), dtype=np.uint8)
