@@ -48,6 +48,20 @@ def preset_config(name: str) -> ModelConfig:
     return copy.deepcopy(PRESETS[name])
 
 
+def _shortcut(key: str, value) -> Dict:
+    if key == "channels":
+        return {"fpn": {"channels": value}, "head": {"loc_channels": value, "sem_channels": value}}
+    if key == "fpn_channels":
+        return {"fpn": {"channels": value}}
+    if key == "input_format":
+        return {key: value}
+    for section in ("backbone", "fpn", "head", "inference"):
+        cls = type(getattr(ModelConfig(), section))
+        if key in {f.name for f in dataclasses.fields(cls)}:
+            return {section: {key: value}}
+    raise TypeError(f"build_model: unknown keyword {key!r}; use overrides= for nested fields")
+
+
 def build_model(
     name_or_config: Union[str, ModelConfig],
     description: Optional[Union[str, DatasetDescription]] = None,
@@ -61,8 +75,9 @@ def build_model(
         description: a :class:`DatasetDescription` or the name of a registered one; default
             ``cfg.description``.  It sets the numbers of classes C and thing classes K.
         overrides: ``["head.loc_channels=32", ...]`` strings or a nested mapping.
-        **kwargs: shortcuts for common fields, e.g. ``pretrained="resnet18.pth"``,
-            ``channels=32`` (FPN and both towers), ``depth=18``, ``norm="bn"``, ``freeze_at=0``.
+        **kwargs: any field of the config's sections by its bare name (``pretrained="r18.pth"``,
+            ``depth=18``, ``norm="bn"``, ``freeze_at=0``, ``loc_channels=32``, ``sigma=0.4``,
+            ``input_format=...``), plus ``channels=`` (FPN and both towers) and ``fpn_channels=``.
     """
     if isinstance(name_or_config, str):
         cfg = preset_config(name_or_config)
@@ -77,20 +92,8 @@ def build_model(
         else:
             for text in overrides:
                 cfg = merge(cfg, parse_override(text), where=f"override {text!r}")
-    shortcuts = {
-        "pretrained": ("backbone", "pretrained"), "depth": ("backbone", "depth"), "norm": ("backbone", "norm"),
-        "freeze_at": ("backbone", "freeze_at"), "frozen_bn_eps": ("backbone", "frozen_bn_eps"),
-        "semantic_stride": ("head", "semantic_stride"),
-    }
     for key, value in kwargs.items():
-        if key == "channels":
-            cfg = merge(cfg, {"fpn": {"channels": value}, "head": {"loc_channels": value, "sem_channels": value}})
-        elif key in shortcuts:
-            group, name = shortcuts[key]
-            cfg = merge(cfg, {group: {name: value}}, where=f"build_model({key}=...)")
-        else:
-            raise TypeError(f"build_model: unknown keyword {key!r}; use overrides= for other fields "
-                            f"(shortcuts: channels, {', '.join(sorted(shortcuts))})")
+        cfg = merge(cfg, _shortcut(key, value), where=f"build_model({key}=...)")
     if description is None:
         description = cfg.description
     if isinstance(description, str):

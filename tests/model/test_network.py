@@ -40,6 +40,15 @@ def test_unknown_preset_and_keywords():
         build_model("r18-fpn", overrides=["head.nope=1"])
 
 
+def test_keyword_shortcuts():
+    model = build_model("r18-fpn", description=TINY, fpn_channels=32, loc_channels=16, sem_channels=8,
+                        num_convs=2, sigma=0.25, input_format="bgr_caffe")
+    head = model.panoptic_head
+    assert model.backbone.fpn.inner_blocks[0].out_channels == 32
+    assert (head.bbox_tower[0].out_channels, head.cls_tower[0].out_channels, len(head.cls_tower)) == (16, 8, 6)
+    assert model.cfg.inference.sigma == 0.25 and model.cfg.input_format == "bgr_caffe"
+
+
 def test_preset_config_is_a_copy():
     cfg = preset_config("r18-fpn")
     cfg.head.loc_channels = 8
