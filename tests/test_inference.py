@@ -4,11 +4,14 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from rtpanoptic import ops
 from rtpanoptic.data.description import Category, DatasetDescription
-from rtpanoptic.inference import PIPELINE_OPS, PanopticResult, Predictor, pad_batch, segment_areas_and_boxes, to_image_tensors
+from rtpanoptic.inference import (
+    PIPELINE_OPS, PanopticResult, Predictor, pad_batch, segment_areas_and_boxes, to_image_tensors, upsample_argmax,
+)
 from rtpanoptic.model import HeadOutputs, build_model
 
 # train ids: 0 = sky (stuff, id 5), 1 = car (thing, id 7), 2 = person (thing, id 9)
@@ -159,6 +162,15 @@ def test_pad_and_convert():
     ims = to_image_tensors([np.zeros((5, 7, 3), np.uint8), torch.ones(3, 130, 2, dtype=torch.uint8)])
     out = pad_batch(ims)
     assert out.shape == (2, 3, 256, 128) and out[1, :, :130, :2].eq(1).all() and out[1, :, 130:].eq(0).all()
+
+
+@pytest.mark.parametrize("scale,size,band", [(4, (37, 50), 2), (8, (64, 64), 3), (4, (128, 96), 32)])
+def test_upsample_argmax_in_bands(scale, size, band):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 128 // scale, 128 // scale, generator=g)
+    full = F.interpolate(logits[None], scale_factor=scale, mode="bilinear", align_corners=False)[0]
+    want = full[:, : size[0], : size[1]].argmax(0)
+    assert torch.equal(upsample_argmax(logits, scale, size, band=band), want)
 
 
 def test_segment_areas_and_boxes():
