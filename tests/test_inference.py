@@ -85,6 +85,29 @@ def test_hand_built_scene():
     assert res.semantic[outside].eq(0).all()
 
 
+def test_detection_conventions():
+    """Threshold on p before the centerness product; per-level top-k; class-aware then
+    class-agnostic NMS."""
+    out = _one_object_outputs()
+    out.class_logits[0][0, 1, 4, 4] = 10.0  # the same location also says "person": same box
+    out.centerness[0][0, 0, 4, 4] = -3.0  # low centerness: score sigmoid(-3) * p ~ 0.047
+    # P3 candidates, all with the box (16, 16, 56, 56): car and person at (4, 4) with score 0.047,
+    # car at (4, 5) with p = sigmoid(0) = 0.5 and score ~0.5.
+    model = _tiny_model()
+    # Class-aware NMS keeps both classes; the release's class-agnostic NMS (0.97) drops one.
+    (det,) = Predictor(model, pre_nms_thresh=0.4).detect(out, [(128, 128)])
+    assert sorted(det.labels.tolist()) == [0, 1]
+    (det,) = Predictor(model, pre_nms_thresh=0.4, global_nms_thresh=0.97).detect(out, [(128, 128)])
+    assert det.labels.numel() == 1
+    # The person (p ~ 1, score 0.047 < 0.4) was kept: the threshold ignores centerness.
+    (det,) = Predictor(model, pre_nms_thresh=0.4).detect(out, [(128, 128)])
+    assert det.scores.min().item() < 0.05
+    # Per-level top-k: with 1 candidate per level only the best of P3 survives.
+    (det,) = Predictor(model, pre_nms_thresh=0.4, pre_nms_top_n=1).detect(out, [(128, 128)])
+    assert det.labels.numel() == 1
+    assert det.scores[0].item() > 0.9 * torch.sigmoid(torch.tensor(10.0)).item() * 0.5
+
+
 def test_crop_to_input_size():
     pred = Predictor(_tiny_model())
     (res,) = pred.postprocess(_one_object_outputs(), [(50, 37)])  # image in the top-left of the pad
