@@ -98,6 +98,16 @@ class FPN(nn.Module):
             nn.init.zeros_(conv.bias)
         self.extra_blocks = LastLevelP6P7(ch if cfg.p6_from == "p5" else in_channels[-1], ch)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torchvision >= 0.13 names these convs ``inner_blocks.i.0.weight``: accept both forms.
+        for block in ("inner_blocks", "layer_blocks"):
+            for i in range(len(getattr(self, block))):
+                for param in ("weight", "bias"):
+                    new = f"{prefix}{block}.{i}.0.{param}"
+                    if new in state_dict:
+                        state_dict[f"{prefix}{block}.{i}.{param}"] = state_dict.pop(new)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, feats: List[Tensor]) -> List[Tensor]:
         inner = self.inner_blocks[-1](feats[-1])
         outs = [self.layer_blocks[-1](inner)]

@@ -61,3 +61,12 @@ def test_paper_variant_of_same_model():
     assert paper.semantic_stride == 4
     tri_keys = {k: v.shape for k, v in build_model("tri-cityscapes-r50").state_dict().items()}
     assert {k: v.shape for k, v in paper.state_dict().items()} == tri_keys
+
+
+def test_strict_load_with_new_torchvision_fpn_names(tri):
+    man = _manifest()
+    renames = man["key_renames_for_torchvision_ge_0_13"]
+    state = {renames.get(k["name"], k["name"]): torch.full(k["shape"], 0.5) for k in man["keys"]}
+    assert "backbone.fpn.inner_blocks.0.0.weight" in state
+    tri.load_state_dict(state, strict=True)
+    assert tri.backbone.fpn.inner_blocks[0].weight.eq(0.5).all()
