@@ -130,7 +130,7 @@ def test_head_init_and_box_parametrisation():
 def test_gradients_reach_every_trainable_parameter():
     torch.manual_seed(0)
     model = build_model("r18-fpn", channels=16, description=TINY, freeze_at=0, norm="bn").train()
-    out = model(torch.randn(2, 3, 128, 128))
+    out = model(torch.randn(1, 3, 128, 128))
     loss = sum(t.float().mean() for field in out for t in (field if isinstance(field, list) else [field]))
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
