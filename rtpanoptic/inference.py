@@ -4,7 +4,8 @@ Pipeline of :class:`Predictor` (every box/mask stage goes through :mod:`rtpanopt
 ``backend=`` applies end to end):
 
 1. pad the batch to a multiple of 128 (zeros, bottom/right), normalise, run the network;
-2. per level: ``p = sigmoid(class logits)``, candidates ``p > pre_nms_thresh``, score
+2. per level: ``p = sigmoid(class logits)``, candidates ``p > pre_nms_thresh`` at locations
+   inside the image (not in the padding), score
    ``p * sigmoid(centerness)``, the ``pre_nms_top_n`` best per level, boxes from
    :func:`ops.decode_boxes` clipped to the image;
 3. class-aware NMS (:func:`ops.batched_nms`), optionally class-agnostic NMS
@@ -201,11 +202,17 @@ class Predictor:
             boxes = ops.decode_boxes(offsets, stride, backend=be)  # [B, 4, h, w]
             prob = logits.sigmoid()
             score = prob * ctr.sigmoid()
-            hw = prob.shape[2] * prob.shape[3]
-            for b in range(len(sizes)):
+            hl, wl = prob.shape[2], prob.shape[3]
+            hw = hl * wl
+            centres_y = torch.arange(hl, device=prob.device) * stride + stride // 2
+            centres_x = torch.arange(wl, device=prob.device) * stride + stride // 2
+            for b, (h, w) in enumerate(sizes):
+                # candidates: p above the threshold at a location inside the image (not the padding)
+                inside = (centres_y[:, None] < h) & (centres_x[None, :] < w)
                 p, s = prob[b].flatten(), score[b].flatten()
-                s = torch.where(p > o.pre_nms_thresh, s, torch.full_like(s, -1.0))
-                n = min(int((p > o.pre_nms_thresh).sum()), o.pre_nms_top_n)
+                passing = ((prob[b] > o.pre_nms_thresh) & inside).flatten()
+                s = torch.where(passing, s, torch.full_like(s, -1.0))
+                n = min(int(passing.sum()), o.pre_nms_top_n)
                 top, idx = s.topk(n)
                 loc = idx % hw
                 per_image[b].append((boxes[b].reshape(4, hw)[:, loc].t(), top, idx // hw))

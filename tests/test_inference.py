@@ -110,12 +110,14 @@ def test_detection_conventions():
 
 def test_crop_to_input_size():
     pred = Predictor(_tiny_model())
-    (res,) = pred.postprocess(_one_object_outputs(), [(50, 37)])  # image in the top-left of the pad
+    out = _one_object_outputs()
+    out.class_logits[0][0, 1, 10, 4] = 10.0  # a person centred at (36, 84): in the padding, never a query
+    (res,) = pred.postprocess(out, [(50, 37)])  # image in the top-left of the pad
     assert res.panoptic.shape == (50, 37) and res.semantic.shape == (50, 37)
     assert sum(s["area"] for s in res.segments_info) == 50 * 37
     car = [s for s in res.segments_info if s["isthing"]][0]
     assert car["bbox"] == [16, 16, 21, 34]
-    assert res.detections.boxes[0].tolist() == [16.0, 16.0, 37.0, 50.0]  # clipped to the image
+    assert res.detections.boxes.tolist() == [[16.0, 16.0, 37.0, 50.0]]  # clipped to the image
 
 
 def test_no_query_gives_stuff_only():
