@@ -14,6 +14,15 @@ Pipeline of :class:`Predictor` (every box/mask stage goes through :mod:`rtpanopt
    the same grid, masks and fusion by :func:`ops.panoptic_from_dense` (eqs. 5-7) on the
    image's part of the grid;
 5. the segment-id map (not the Q float masks) is upsampled (nearest) to the input size.
+
+With the ``tri-cityscapes-r50`` preset the options follow the authors' release (threshold 0.06
+on p before the centerness product, 1000 per level, class NMS 0.6 then class-agnostic 0.97,
+top 100, "tri" score, sigma 0.4, semantic logits resized to the stride-4 grid before the
+softmax).  Known differences from the released code: its masks are ``soft >= 0.4`` after a x4
+bilinear upsampling of the soft masks, here ``soft > sigma`` on the stride-4 grid and the id map
+is upsampled; it has no panoptic fusion (masks may overlap), here masks are fused (overlap 0.5);
+boxes are clipped to ``[0, W] x [0, H]`` (no -1); the top 100 are taken exactly (no kthvalue
+ties); candidates in the padding are dropped.
 """
 from __future__ import annotations
 
