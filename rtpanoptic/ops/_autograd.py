@@ -7,10 +7,10 @@ min/max split it between equal arguments) and the zero gradient where the IoU's 
 
 Non-differentiable inputs get ``None``: ``levelness`` (it only enters through an argmax),
 ``gt_masks``, ``beta`` (a constant weight, as in the reference) and ``batch_index``.
-``nms``, ``batched_nms``, ``box_iou`` and ``panoptic_from_dense`` have no formula: nms and
-panoptic outputs are integer/discrete, and ``box_iou`` is an inference op -- calling it with
-inputs that require grad through the cpp/cuda backends raises on backward instead of
-silently returning a wrong gradient (use ``backend="reference"`` to differentiate it).
+``nms`` and ``batched_nms`` return indices (no gradient).  ``box_iou`` and ``panoptic_from_dense``
+have no formula in the kernels: their autograd raises a clear error on backward instead of
+silently returning a missing gradient (``rtpanoptic.ops.box_iou`` with ``backend=None`` uses the
+reference when an input requires grad, so it stays differentiable).
 """
 from __future__ import annotations
 
@@ -72,7 +72,24 @@ def _mask_loss_backward(ctx, grad):
     return gd, gq, None, None, None
 
 
+# ------------------------------------------------------------ not differentiable
+def _no_setup(ctx, inputs, output):
+    pass
+
+
+def _not_differentiable(name):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"rtpanoptic::{name}: the cpp/cuda kernels have no backward; call rtpanoptic.ops.{name} with "
+            f"backend='reference' to differentiate it"
+        )
+
+    return backward
+
+
 FORMULAS = {
+    "box_iou": (_not_differentiable("box_iou"), _no_setup),
+    "panoptic_from_dense": (_not_differentiable("panoptic_from_dense"), _no_setup),
     "decode_boxes": (_decode_backward, _decode_setup),
     "gather_levelness": (_gather_backward, _gather_setup),
     "iou_attention": (_attention_backward, _attention_setup),

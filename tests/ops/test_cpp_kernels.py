@@ -375,6 +375,22 @@ def test_mask_loss_gradcheck():
     torch.autograd.gradcheck(lambda d, q: ops.mask_loss(d, q, masks, beta, bi, backend="cpp"), (dense, queries))
 
 
+# ------------------------------------------------------ no silently missing gradient
+def test_box_iou_and_panoptic_backward_raise_not_silently_zero():
+    a = _boxes(3, 0).requires_grad_()
+    with pytest.raises(RuntimeError, match="box_iou: the cpp/cuda kernels have no backward"):
+        ops.box_iou(a, a.detach(), backend="cpp").sum().backward()
+    # the default backend stays differentiable (it uses the reference when grads are needed)
+    (g,) = torch.autograd.grad(ops.box_iou(a, _boxes(4, 1)).sum(), a)
+    (r,) = torch.autograd.grad(reference.box_iou(a, _boxes(4, 1)).sum(), a)
+    _assert_close(g, r)
+    dense, sem, boxes, classes, scores, is_thing = _scene(0, 6, 7, 3)
+    out = ops.panoptic_from_dense(dense.requires_grad_(), sem, boxes, classes, scores, is_thing, backend="cpp")
+    if out.scores.requires_grad:
+        with pytest.raises(RuntimeError, match="panoptic_from_dense: the cpp/cuda kernels have no backward"):
+            out.scores.sum().backward()
+
+
 # ---------------------------------------------------------------- argument checks (C++)
 @pytest.mark.parametrize(
     "call,match",
