@@ -1,12 +1,13 @@
 // Box self-attention (eq. 6) on the CPU: out[q, y, x] = score(dense[:, y, x], query[q]).
 // "iou": I/U, 0 (and gradient 0) where U == 0; "tri": (I+1)/(U+1) - (C-U)/C, C = enclosing
 // area + 1e-7.  See box_math.h for the formulas, their derivatives and NaN behaviour.
-// Forward: parallel over (query, pixel-range) chunks, contiguous writes.  Backward: the
-// dense gradient is parallel over pixels (sum over queries), the query gradient parallel
-// over queries (sum over pixels): no atomics, deterministic.
+// Forward: parallel over (query, pixel-range) chunks, contiguous writes.  Backward: one
+// pass over pixel chunks; no atomics, deterministic.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <vector>
 
 #include "box_math.h"
 #include "checks.h"
@@ -42,34 +43,31 @@ void forward_impl(const T* d, const T* qb, int64_t n_q, int64_t n_p, Score score
   });
 }
 
+// One pass over pixel chunks computes both gradients: the dense gradient directly, the
+// query gradient into per-chunk buffers reduced afterwards in chunk order (deterministic).
 template <typename T>
 void backward_impl(const T* g, const T* d, const T* qb, int64_t n_q, int64_t n_p, Score score, T* gd, T* gq) {
-  at::parallel_for(0, (n_p + kChunk - 1) / kChunk, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin * kChunk; p < std::min(n_p, end * kChunk); ++p) {
-      T acc[4] = {0, 0, 0, 0}, unused[4];
-      const T d0 = d[p], d1 = d[n_p + p], d2 = d[2 * n_p + p], d3 = d[3 * n_p + p];
-      for (int64_t q = 0; q < n_q; ++q) {
-        const T gv = g[q * n_p + p];
-        if (gv == T(0)) continue;
-        box_score_backward<T>(gv, d0, d1, d2, d3, qb[4 * q], qb[4 * q + 1], qb[4 * q + 2], qb[4 * q + 3], score, acc,
-                              unused);
+  const int64_t chunks = (n_p + kChunk - 1) / kChunk;
+  std::vector<T> partial(chunks * n_q * 4, T(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      T* gq_local = partial.data() + t * n_q * 4;
+      for (int64_t p = t * kChunk; p < std::min(n_p, (t + 1) * kChunk); ++p) {
+        T acc[4] = {0, 0, 0, 0};
+        const T d0 = d[p], d1 = d[n_p + p], d2 = d[2 * n_p + p], d3 = d[3 * n_p + p];
+        for (int64_t q = 0; q < n_q; ++q) {
+          const T gv = g[q * n_p + p];
+          if (gv == T(0)) continue;
+          box_score_backward<T>(gv, d0, d1, d2, d3, qb[4 * q], qb[4 * q + 1], qb[4 * q + 2], qb[4 * q + 3], score,
+                                acc, gq_local + 4 * q);
+        }
+        for (int c = 0; c < 4; ++c) gd[c * n_p + p] = acc[c];
       }
-      for (int c = 0; c < 4; ++c) gd[c * n_p + p] = acc[c];
     }
   });
-  at::parallel_for(0, n_q, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t q = begin; q < end; ++q) {
-      T acc[4] = {0, 0, 0, 0}, unused[4];
-      const T q0 = qb[4 * q], q1 = qb[4 * q + 1], q2 = qb[4 * q + 2], q3 = qb[4 * q + 3];
-      for (int64_t p = 0; p < n_p; ++p) {
-        const T gv = g[q * n_p + p];
-        if (gv == T(0)) continue;
-        box_score_backward<T>(gv, d[p], d[n_p + p], d[2 * n_p + p], d[3 * n_p + p], q0, q1, q2, q3, score, unused,
-                              acc);
-      }
-      for (int c = 0; c < 4; ++c) gq[4 * q + c] = acc[c];
-    }
-  });
+  for (int64_t t = 0; t < chunks; ++t) {
+    for (int64_t k = 0; k < n_q * 4; ++k) gq[k] += partial[t * n_q * 4 + k];
+  }
 }
 
 at::Tensor iou_attention_cpu(const at::Tensor& dense_boxes, const at::Tensor& query_boxes, c10::string_view score_sv) {

@@ -4,7 +4,7 @@
 // with N_j = 0 contributes 0 (and no gradient).  Per-(query, chunk) partial sums are kept in
 // float64 and reduced in a fixed order, so the result is deterministic.
 // Backward: dL/dS_jp = g * beta_j / (N_j * Q) * (p in M_j ? -1 : +1), chained through
-// box_score_backward; dense gradient parallel over pixels, query gradient over queries.
+// box_score_backward, in one pass over (image, pixel chunk) tasks with per-task query buffers.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -120,37 +120,33 @@ void backward_impl(T g, const at::Tensor& dense, const at::Tensor& query, const 
   }
   T* gd = gd_t.data_ptr<T>();
   T* gq = gq_t.data_ptr<T>();
+  // One pass over (image, pixel chunk) tasks computes both gradients: the dense gradient
+  // directly, the query gradient into a per-task buffer reduced afterwards in task order
+  // (deterministic, no atomics).
   const int64_t chunks = (n_p + kChunk - 1) / kChunk;
-  at::parallel_for(0, batch * chunks, 1, [&](int64_t begin, int64_t end) {
+  const int64_t tasks = batch * chunks;
+  std::vector<T> partial(tasks * n_q * 4, T(0));
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / chunks, p0 = (t % chunks) * kChunk, p1 = std::min(n_p, p0 + kChunk);
       if (per_image[b].empty()) continue;
       const T* db = d + b * 4 * n_p;
       T* gdb = gd + b * 4 * n_p;
+      T* gq_local = partial.data() + t * n_q * 4;
       for (int64_t p = p0; p < p1; ++p) {
-        T acc[4] = {0, 0, 0, 0}, unused[4];
+        T acc[4] = {0, 0, 0, 0};
         for (int64_t j : per_image[b]) {
           const T gs = m[j * n_p + p] ? -coef[j] : coef[j];
           box_score_backward<T>(gs, db[p], db[n_p + p], db[2 * n_p + p], db[3 * n_p + p], qb[4 * j], qb[4 * j + 1],
-                                qb[4 * j + 2], qb[4 * j + 3], Score::kIoU, acc, unused);
+                                qb[4 * j + 2], qb[4 * j + 3], Score::kIoU, acc, gq_local + 4 * j);
         }
         for (int c = 0; c < 4; ++c) gdb[c * n_p + p] = acc[c];
       }
     }
   });
-  at::parallel_for(0, n_q, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) {
-      if (coef[j] == T(0)) continue;
-      const T* db = d + bi[j] * 4 * n_p;
-      T acc[4] = {0, 0, 0, 0}, unused[4];
-      for (int64_t p = 0; p < n_p; ++p) {
-        const T gs = m[j * n_p + p] ? -coef[j] : coef[j];
-        box_score_backward<T>(gs, db[p], db[n_p + p], db[2 * n_p + p], db[3 * n_p + p], qb[4 * j], qb[4 * j + 1],
-                              qb[4 * j + 2], qb[4 * j + 3], Score::kIoU, unused, acc);
-      }
-      for (int c = 0; c < 4; ++c) gq[4 * j + c] = acc[c];
-    }
-  });
+  for (int64_t t = 0; t < tasks; ++t) {
+    for (int64_t k = 0; k < n_q * 4; ++k) gq[k] += partial[t * n_q * 4 + k];
+  }
 }
 
 at::Tensor mask_loss_cpu(const at::Tensor& dense_boxes, const at::Tensor& query_boxes, const at::Tensor& gt_masks,
