@@ -83,6 +83,9 @@ def test_panoptic_from_dense(benchmark, bench_run, need, impl, device, q, grid):
 @pytest.mark.parametrize("impl,device", IMPLS, ids=IDS)
 def test_mask_loss(benchmark, bench_run, need, impl, device, pass_, grid):
     need(device, impl, ops.available_backends(device)["mask_loss"])
+    if impl == "reference" and grid == "256x512":
+        pytest.skip("the reference loops over queries in Python (~4 s forward, ~25 s forward+backward here); "
+                    "it is timed at 200x336")
     q = 100
     dense, _, queries, *_ = _scene(q, *GRIDS[grid], device)
     h, w = GRIDS[grid]

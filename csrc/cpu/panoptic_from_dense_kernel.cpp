@@ -50,11 +50,19 @@ Result panoptic_impl(const at::Tensor& dense, const at::Tensor& sem, const at::T
         for (int64_t j = 0; j < n_q; ++j) {
           const T q0 = qb[4 * j], q1 = qb[4 * j + 1], q2 = qb[4 * j + 2], q3 = qb[4 * j + 3];
           const T* prob = sp + qcls[j] * n_p;
-          uint64_t bits = 0;
-          for (int64_t p = p0; p < p1; ++p) {
-            const T s = box_score<T>(d[p], d[n_p + p], d[2 * n_p + p], d[3 * n_p + p], q0, q1, q2, q3, score);
-            if (s * prob[p] > sig) bits |= uint64_t(1) << (p - p0);
+          T val[64];
+          // branch-free on the score kind, so that the compiler can vectorise the 64 evaluations
+          if (score == Score::kIoU) {
+            for (int64_t p = p0; p < p1; ++p)
+              val[p - p0] = box_score<T>(d[p], d[n_p + p], d[2 * n_p + p], d[3 * n_p + p], q0, q1, q2, q3,
+                                         Score::kIoU) * prob[p];
+          } else {
+            for (int64_t p = p0; p < p1; ++p)
+              val[p - p0] = box_score<T>(d[p], d[n_p + p], d[2 * n_p + p], d[3 * n_p + p], q0, q1, q2, q3,
+                                         Score::kTri) * prob[p];
           }
+          uint64_t bits = 0;
+          for (int64_t k = 0; k < p1 - p0; ++k) bits |= static_cast<uint64_t>(val[k] > sig) << k;
           masks[j * words + wd] = bits;
         }
       }

@@ -19,10 +19,17 @@ constexpr int kPixelsPerBlock = 4096;
 
 template <typename scalar_t>
 __global__ void loss_partial_kernel(const scalar_t* __restrict__ d, const scalar_t* __restrict__ qb,
-                                    const bool* __restrict__ masks, const int64_t* __restrict__ bi, int64_t n_p,
-                                    double* __restrict__ err, unsigned long long* __restrict__ count) {
+                                    const bool* __restrict__ masks, const int64_t* __restrict__ bi, int64_t batch,
+                                    int64_t n_p, double* __restrict__ err, unsigned long long* __restrict__ count) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t j = blockIdx.y;
+  if (bi[j] < 0 || bi[j] >= batch) {  // unchecked here (see check_inputs): the loss becomes NaN
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+      atomicAdd(err + j, static_cast<double>(NAN));
+      atomicAdd(count + j, 1ULL);
+    }
+    return;
+  }
   const int64_t p0 = static_cast<int64_t>(blockIdx.x) * kPixelsPerBlock;
   const int64_t p1 = min(n_p, p0 + kPixelsPerBlock);
   const scalar_t* db = d + bi[j] * 4 * n_p;
@@ -112,12 +119,12 @@ template <typename scalar_t>
 __global__ void grad_query_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ d,
                                   const scalar_t* __restrict__ qb, const bool* __restrict__ masks,
                                   const scalar_t* __restrict__ beta, const int64_t* __restrict__ bi,
-                                  const unsigned long long* __restrict__ count, int64_t n_q, int64_t n_p,
-                                  at::opmath_type<scalar_t>* __restrict__ gq) {
+                                  const unsigned long long* __restrict__ count, int64_t batch, int64_t n_q,
+                                  int64_t n_p, at::opmath_type<scalar_t>* __restrict__ gq) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t j = blockIdx.y;
   const acc_t c = coefficient(grad, beta, count, j, n_q);
-  if (c == acc_t(0)) return;  // uniform over the block
+  if (c == acc_t(0) || bi[j] < 0 || bi[j] >= batch) return;  // uniform over the block
   const int64_t p0 = static_cast<int64_t>(blockIdx.x) * kPixelsPerBlock;
   const int64_t p1 = min(n_p, p0 + kPixelsPerBlock);
   const scalar_t* db = d + bi[j] * 4 * n_p;
@@ -159,7 +166,8 @@ void check_inputs(const char* op, const at::Tensor& dense, const at::Tensor& que
   check_same_device(op, "beta", beta, dense);
   check_same_device(op, "batch_index", batch_index, dense);
   TORCH_CHECK(q <= 65535, op, ": the CUDA kernel supports at most 65535 queries, got ", q);
-  // batch_index range: checked by rtpanoptic.ops.mask_loss (a device-side check would need a sync)
+  // batch_index range: checked by rtpanoptic.ops.mask_loss (a device-side check would need a sync);
+  // the kernels never read out of bounds: an out-of-range query makes the loss NaN and gets no gradient.
 }
 
 at::Tensor mask_loss_cuda(const at::Tensor& dense_boxes, const at::Tensor& query_boxes, const at::Tensor& gt_masks,
@@ -182,8 +190,8 @@ at::Tensor mask_loss_cuda(const at::Tensor& dense_boxes, const at::Tensor& query
   const dim3 grid(static_cast<unsigned>((n_p + kPixelsPerBlock - 1) / kPixelsPerBlock), static_cast<unsigned>(n_q));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "mask_loss_cuda", [&] {
     loss_partial_kernel<scalar_t><<<grid, cuda::kThreads, 0, stream>>>(
-        d.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), m.data_ptr<bool>(), bi.data_ptr<int64_t>(), n_p,
-        err.data_ptr<double>(), count_p);
+        d.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), m.data_ptr<bool>(), bi.data_ptr<int64_t>(),
+        dense_boxes.size(0), n_p, err.data_ptr<double>(), count_p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     loss_finish_kernel<scalar_t><<<1, 32, 0, stream>>>(err.data_ptr<double>(), count_p, b.data_ptr<scalar_t>(), n_q,
                                                        out.data_ptr<scalar_t>());
@@ -226,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor> mask_loss_backward_cuda(const at::Tensor& gra
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       grad_query_kernel<scalar_t><<<grid, cuda::kThreads, 0, stream>>>(
           g.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), m.data_ptr<bool>(),
-          b.data_ptr<scalar_t>(), bi.data_ptr<int64_t>(), count_p, n_q, n_p, gq.data_ptr<acc_t>());
+          b.data_ptr<scalar_t>(), bi.data_ptr<int64_t>(), count_p, batch, n_q, n_p, gq.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

@@ -23,7 +23,8 @@ constexpr int kFusionThreads = 1024;
 template <typename scalar_t>
 __global__ void mask_kernel(const scalar_t* __restrict__ d, const scalar_t* __restrict__ sem,
                             const scalar_t* __restrict__ qb, const int64_t* __restrict__ qcls, int64_t n_q,
-                            int64_t n_p, int64_t words, Score score, double sigma, uint32_t* __restrict__ masks) {
+                            int64_t n_c, int64_t n_p, int64_t words, Score score, double sigma,
+                            uint32_t* __restrict__ masks) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const bool valid = p < n_p;
@@ -39,9 +40,10 @@ __global__ void mask_kernel(const scalar_t* __restrict__ d, const scalar_t* __re
   const int64_t word = p / 32;
   for (int64_t j = 0; j < n_q; ++j) {
     bool in = false;
-    if (valid) {
+    const int64_t cj = qcls[j];
+    if (valid && cj >= 0 && cj < n_c) {  // an out-of-range class (unchecked here) gives an empty mask
       const acc_t s = box_score<acc_t>(d0, d1, d2, d3, qb[4 * j], qb[4 * j + 1], qb[4 * j + 2], qb[4 * j + 3], score);
-      in = s * static_cast<acc_t>(sem[qcls[j] * n_p + p]) > sig;
+      in = s * static_cast<acc_t>(sem[cj * n_p + p]) > sig;
     }
     const unsigned bits = __ballot_sync(0xffffffffu, in);
     if (lane == 0 && word < words) masks[j * words + word] = bits;
@@ -188,7 +190,8 @@ Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor&
   TORCH_CHECK(overlap_threshold >= 0 && overlap_threshold <= 1, op, ": overlap_threshold must lie in [0, 1], got ",
               overlap_threshold);
   TORCH_CHECK(stuff_area_limit >= 0, op, ": stuff_area_limit must be >= 0, got ", stuff_area_limit);
-  // query_classes range: checked by rtpanoptic.ops.panoptic_from_dense (a device check would need a sync)
+  // query_classes range: checked by rtpanoptic.ops.panoptic_from_dense (a device check would need a
+  // sync); the kernel gives a query with an out-of-range class an empty mask instead of reading out of bounds.
   c10::cuda::CUDAGuard guard(dense_boxes.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   auto d = dense_boxes.contiguous();
@@ -212,8 +215,8 @@ Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor&
       auto taken = at::zeros({words}, opts.dtype(at::kInt));
       auto* masks_p = reinterpret_cast<uint32_t*>(masks.data_ptr<int32_t>());
       mask_kernel<scalar_t><<<cuda::blocks_for(n_p), cuda::kThreads, 0, stream>>>(
-          d.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), qc.data_ptr<int64_t>(), n_q, n_p,
-          words, sc, sigma, masks_p);
+          d.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), qc.data_ptr<int64_t>(), n_q, n_c,
+          n_p, words, sc, sigma, masks_p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       auto order = std::get<1>(qs.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
       fusion_kernel<scalar_t><<<1, kFusionThreads, 0, stream>>>(
