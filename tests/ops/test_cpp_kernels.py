@@ -491,3 +491,28 @@ def test_compile_fullgraph_training_step():
     torch.testing.assert_close(loss, ref)
     for a, b in zip(torch.autograd.grad(loss, (d1, q1)), torch.autograd.grad(ref, (d2, q2))):
         torch.testing.assert_close(a, b)
+
+
+def test_cpp_kernels_accept_empty_inputs_directly():
+    """N = 0, Q = 0 and H*W = 0 straight into the kernels (bypassing the Python wrappers)."""
+    e, q3 = torch.zeros(0, 4), _boxes(3, 0, torch.float32)
+    assert C.nms(e, torch.zeros(0), 0.5).shape == (0,)
+    assert C.batched_nms(e, torch.zeros(0), torch.zeros(0, dtype=torch.long), 0.5).shape == (0,)
+    assert C.box_iou(e, q3).shape == (0, 3) and C.box_iou(q3, e).shape == (3, 0)
+    assert C.decode_boxes(torch.zeros(0, 4, 2, 2), 8).shape == (0, 4, 2, 2)
+    boxes, fg = C.gather_levelness([torch.zeros(2, 4, 1, 1)], torch.zeros(2, 2, 0, 3), 4)
+    assert boxes.shape == (2, 4, 0, 3) and fg.shape == (2, 0, 3)
+    assert C.iou_attention(torch.zeros(4, 0, 5), q3, "iou").shape == (3, 0, 5)
+    assert C.iou_attention(torch.zeros(4, 2, 5), e, "tri").shape == (0, 2, 5)
+    gd, gq = C._iou_attention_backward(torch.zeros(3, 0, 5), torch.zeros(4, 0, 5), q3, "iou")
+    assert gd.shape == (4, 0, 5) and torch.equal(gq, torch.zeros(3, 4))
+    seg = C.panoptic_from_dense(torch.zeros(4, 0, 5), torch.zeros(2, 0, 5), q3, torch.zeros(3, dtype=torch.long),
+                                torch.ones(3), torch.tensor([False, True]), 0.3, "iou", 0.0, 0.5, 0)
+    assert seg[0].shape == (0, 5) and len(seg[1]) == 0
+    args = (torch.zeros(1, 4, 0, 5), q3, torch.zeros(3, 0, 5, dtype=torch.bool), torch.ones(3),
+            torch.zeros(3, dtype=torch.long))
+    assert C.mask_loss(*args).item() == 0.0
+    gd, gq = C._mask_loss_backward(torch.ones(()), *args)
+    assert gd.shape == (1, 4, 0, 5) and torch.equal(gq, torch.zeros(3, 4))
+    assert C.mask_loss(torch.zeros(1, 4, 2, 2), e, torch.zeros(0, 2, 2, dtype=torch.bool), torch.zeros(0),
+                       torch.zeros(0, dtype=torch.long)).item() == 0.0
