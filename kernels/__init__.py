@@ -8,3 +8,4 @@ and its gradient.  They run on CUDA tensors, or on CPU tensors under ``TRITON_IN
 from . import iou_attention  # noqa: F401
 from . import box_iou, decode_boxes, gather_levelness  # noqa: F401,E402
 from . import mask_loss  # noqa: F401,E402
+from . import panoptic_from_dense  # noqa: F401,E402
