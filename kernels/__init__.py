@@ -9,3 +9,4 @@ from . import iou_attention  # noqa: F401
 from . import box_iou, decode_boxes, gather_levelness  # noqa: F401,E402
 from . import mask_loss  # noqa: F401,E402
 from . import panoptic_from_dense  # noqa: F401,E402
+from . import nms  # noqa: F401,E402

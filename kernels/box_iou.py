@@ -24,8 +24,8 @@ def pair_iou(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
 def load_boxes(ptr, idx, mask, UPCAST: tl.constexpr):
     x1 = tl.load(ptr + idx * 4, mask=mask, other=0)
     y1 = tl.load(ptr + idx * 4 + 1, mask=mask, other=0)
-    x2 = tl.load(ptr + idx * 4 + 2, mask=mask, other=0)
-    y2 = tl.load(ptr + idx * 4 + 3, mask=mask, other=0)
+    x2 = tl.load(ptr + idx * 4 + 2, mask=mask, other=1)  # padding lanes: unit boxes, no 0/0
+    y2 = tl.load(ptr + idx * 4 + 3, mask=mask, other=1)
     if UPCAST:
         x1 = x1.to(tl.float32)
         y1 = y1.to(tl.float32)

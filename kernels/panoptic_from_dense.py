@@ -39,11 +39,6 @@ def _sizes(n_words: int):
 
 
 @triton.jit
-def _or(a, b):
-    return a | b
-
-
-@triton.jit
 def _popcount(words):
     """Set bits of each 32-bit word (int32 in, int64 out; SWAR, no intrinsics)."""
     x = words.to(tl.int64) & 0xFFFFFFFF
@@ -79,7 +74,8 @@ def _masks_kernel(dense_ptr, sem_ptr, query_ptr, class_ptr, order_ptr, params_pt
         s = box_score(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, TRI)
         sem = tl.load(sem_ptr + c * P + p, mask=pm, other=0)
         bit = ((s * sem > sigma) & pm).to(tl.int32)
-        words = tl.reduce(bit << lane[None, :], 1, _or)
+        # distinct powers of two: their sum is their OR
+        words = tl.sum(bit.to(tl.int64) << lane.to(tl.int64)[None, :], axis=1).to(tl.int32)
         tl.store(masks_ptr + t * NW + word, words, mask=word < NW)
         tl.store(area_ptr + t * n_prog + pid, tl.sum(tl.sum(bit, axis=1), axis=0))
 
