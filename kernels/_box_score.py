@@ -2,7 +2,7 @@
 
 Mirrors :func:`rtpanoptic.ops.reference.pairwise_box_score` operation by operation, in the
 inputs' dtype (so float32 results round exactly like the reference), and its autograd:
-``clamp(min=0)`` passes the gradient where its input is ``>= 0`` and ``minimum``/``maximum``
+``clamp(min=0)`` passes the gradient where its input is ``> 0`` (checked empirically) and ``minimum``/``maximum``
 split it in half on ties, as PyTorch's derivatives do.
 """
 import triton
@@ -71,8 +71,8 @@ def box_score_grad(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, g, TRI: tl.const
         d_union = -inter / (u * u)
         g_inter = tl.where(nonzero, g * (one / u - d_union), zero)
         g_area = tl.where(nonzero, g * d_union, zero)
-    g_iw = tl.where(iw_raw >= zero, g_inter * ih, zero)
-    g_ih = tl.where(ih_raw >= zero, g_inter * iw, zero)
+    g_iw = tl.where(iw_raw > zero, g_inter * ih, zero)
+    g_ih = tl.where(ih_raw > zero, g_inter * iw, zero)
     # inter: iw = min(x2) - max(x1), ih = min(y2) - max(y1)
     gdx1 = -g_iw * _d_max(dx1, qx1) - g_area * hd
     gqx1 = -g_iw * _d_max(qx1, dx1) - g_area * hq
