@@ -10,6 +10,19 @@ import triton.language as tl
 
 
 @triton.jit
+def div_rn(a, b):
+    """IEEE division rounded to nearest, as PyTorch's.  Triton's ``/`` on float32 lowers to
+    the approximate ``div.full.f32`` on NVIDIA GPUs; float16/bfloat16 are divided in float32
+    and rounded once more (exact: float32 has more than twice their precision)."""
+    if a.dtype == tl.float64:
+        return a / b
+    elif a.dtype == tl.float32:
+        return tl.math.div_rn(a, b)
+    else:
+        return tl.math.div_rn(a.to(tl.float32), b.to(tl.float32)).to(a.dtype)
+
+
+@triton.jit
 def box_score(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, TRI: tl.constexpr):
     """score("iou" | "tri") of dense boxes against query boxes (broadcasting)."""
     zero = tl.zeros_like(dx1 + qx1)
@@ -22,10 +35,10 @@ def box_score(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, TRI: tl.constexpr):
         cw = tl.maximum(dx2, qx2) - tl.minimum(dx1, qx1)
         ch = tl.maximum(dy2, qy2) - tl.minimum(dy1, qy1)
         enclosing = cw * ch + eps
-        s = (inter + one) / (union + one) - (enclosing - union) / enclosing
+        s = div_rn(inter + one, union + one) - div_rn(enclosing - union, enclosing)
     else:
         nonzero = union != zero
-        s = tl.where(nonzero, inter / tl.where(nonzero, union, one), zero)
+        s = tl.where(nonzero, div_rn(inter, tl.where(nonzero, union, one)), zero)
     return s
 
 
@@ -61,15 +74,15 @@ def box_score_grad(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, g, TRI: tl.const
         ch = tl.maximum(dy2, qy2) - tl.minimum(dy1, qy1)
         enclosing = cw * ch + eps
         up1 = union + one
-        d_union = one / enclosing - (inter + one) / (up1 * up1)
-        g_inter = g * (one / up1 - d_union)
+        d_union = div_rn(one, enclosing) - div_rn(inter + one, up1 * up1)
+        g_inter = g * (div_rn(one, up1) - d_union)
         g_area = g * d_union
-        g_enc = -g * union / (enclosing * enclosing)
+        g_enc = -g * div_rn(union, enclosing * enclosing)
     else:
         nonzero = union != zero
         u = tl.where(nonzero, union, one)
-        d_union = -inter / (u * u)
-        g_inter = tl.where(nonzero, g * (one / u - d_union), zero)
+        d_union = -div_rn(inter, u * u)
+        g_inter = tl.where(nonzero, g * (div_rn(one, u) - d_union), zero)
         g_area = tl.where(nonzero, g * d_union, zero)
     g_iw = tl.where(iw_raw > zero, g_inter * ih, zero)
     g_ih = tl.where(ih_raw > zero, g_inter * iw, zero)

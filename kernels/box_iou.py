@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from ._box_score import div_rn
 from ._common import NAMESPACE, tile
 
 
@@ -17,7 +18,7 @@ def pair_iou(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
     h = tl.maximum(tl.minimum(ay2, by2) - tl.maximum(ay1, by1), zero)
     inter = w * h
     union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    return inter / union
+    return div_rn(inter, union)
 
 
 @triton.jit

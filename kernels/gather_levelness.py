@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
+from ._box_score import div_rn
 from ._common import NAMESPACE, block_size
 from .decode_boxes import decode_block
 
@@ -23,8 +24,8 @@ from .decode_boxes import decode_block
 @triton.jit
 def _source_index(dst, in_size, out_size, OPMATH: tl.constexpr):
     """F.interpolate's (index0, index1, lambda1) along one axis, align_corners=False."""
-    scale = in_size.to(OPMATH) / out_size.to(OPMATH)
-    src = scale * (dst.to(OPMATH) + 0.5) - 0.5
+    scale = div_rn(tl.cast(in_size, OPMATH), tl.cast(out_size, OPMATH))
+    src = scale * (tl.cast(dst, OPMATH) + 0.5) - 0.5
     src = tl.where(src < 0, 0.0, src).to(OPMATH)
     i0 = tl.minimum(tl.floor(src).to(tl.int32), in_size - 1)
     lam = tl.minimum(tl.maximum(src - i0.to(OPMATH), 0.0), 1.0).to(OPMATH)
@@ -34,6 +35,16 @@ def _source_index(dst, in_size, out_size, OPMATH: tl.constexpr):
     i1 = tl.where(same, dst, i1)
     lam = tl.where(same, 0.0, lam).to(OPMATH)
     return i0, i1, lam
+
+
+@triton.jit
+def _bilinear(ch, i00, i01, i10, i11, ly0, ly, lx0, lx, m, OPMATH: tl.constexpr):
+    """One channel's bilinear sample (the weights of F.interpolate's CPU kernel)."""
+    v00 = tl.load(ch + i00, mask=m, other=0).to(OPMATH)
+    v01 = tl.load(ch + i01, mask=m, other=0).to(OPMATH)
+    v10 = tl.load(ch + i10, mask=m, other=0).to(OPMATH)
+    v11 = tl.load(ch + i11, mask=m, other=0).to(OPMATH)
+    return ly0 * (lx0 * v00 + lx * v01) + ly * (lx0 * v10 + lx * v11)
 
 
 @triton.jit
@@ -74,16 +85,11 @@ def _gather_levelness_kernel(off_ptr, meta_ptr, lev_ptr, box_ptr, fg_ptr, H, W, 
     # centres of the output grid, as the reference's arange(dtype) * stride + stride // 2
     cx = xx.to(out_dtype) * out_stride + out_stride // 2
     cy = yy.to(out_dtype) * out_stride + out_stride // 2
-    vals = []
-    for c in tl.static_range(4):
-        ch = off_ptr + level_img + c * p_in
-        v00 = tl.load(ch + i00, mask=m, other=0).to(OPMATH)
-        v01 = tl.load(ch + i01, mask=m, other=0).to(OPMATH)
-        v10 = tl.load(ch + i10, mask=m, other=0).to(OPMATH)
-        v11 = tl.load(ch + i11, mask=m, other=0).to(OPMATH)
-        v = ly0 * (lx0 * v00 + lx * v01) + ly * (lx0 * v10 + lx * v11)
-        vals.append(v.to(out_dtype))
-    x1b, y1b, x2b, y2b = decode_block(cx, cy, vals[0], vals[1], vals[2], vals[3])
+    l = _bilinear(off_ptr + level_img, i00, i01, i10, i11, ly0, ly, lx0, lx, m, OPMATH).to(out_dtype)
+    t = _bilinear(off_ptr + level_img + p_in, i00, i01, i10, i11, ly0, ly, lx0, lx, m, OPMATH).to(out_dtype)
+    r = _bilinear(off_ptr + level_img + 2 * p_in, i00, i01, i10, i11, ly0, ly, lx0, lx, m, OPMATH).to(out_dtype)
+    b = _bilinear(off_ptr + level_img + 3 * p_in, i00, i01, i10, i11, ly0, ly, lx0, lx, m, OPMATH).to(out_dtype)
+    x1b, y1b, x2b, y2b = decode_block(cx, cy, l, t, r, b)
     out = box_ptr + img.to(tl.int64) * 4 * P
     tl.store(out + p, x1b, mask=m)
     tl.store(out + P + p, y1b, mask=m)

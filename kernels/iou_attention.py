@@ -45,7 +45,7 @@ def _iou_attention_fwd(dense_ptr, query_ptr, eps_ptr, out_ptr, Q, P,
 
 @triton.jit
 def _iou_attention_bwd(grad_ptr, dense_ptr, query_ptr, eps_ptr, gdense_ptr, gquery_part_ptr, Q, P,
-                       TRI: tl.constexpr, BLOCK: tl.constexpr):
+                       TRI: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     p = pid * BLOCK + tl.arange(0, BLOCK)
     pm = p < P
@@ -54,7 +54,7 @@ def _iou_attention_bwd(grad_ptr, dense_ptr, query_ptr, eps_ptr, gdense_ptr, gque
     dx2 = tl.load(dense_ptr + 2 * P + p, mask=pm, other=0)
     dy2 = tl.load(dense_ptr + 3 * P + p, mask=pm, other=0)
     eps = tl.load(eps_ptr)
-    acc1 = tl.zeros([BLOCK], dtype=tl.float64 if dx1.dtype == tl.float64 else tl.float32)
+    acc1 = tl.zeros([BLOCK], dtype=ACC)
     acc2 = tl.zeros_like(acc1)
     acc3 = tl.zeros_like(acc1)
     acc4 = tl.zeros_like(acc1)
@@ -116,7 +116,8 @@ def iou_attention_backward(grad: torch.Tensor, dense_boxes: torch.Tensor, query_
     dense = dense_boxes.contiguous()
     wrap_triton(_iou_attention_bwd)[(n_prog,)](
         grad.contiguous().to(dense.dtype), dense, query_boxes.contiguous(), scalars(dense, TRI_EPS),
-        gdense, parts, q, p, TRI=SCORE_IDS[score] == 1, BLOCK=block)
+        gdense, parts, q, p, TRI=SCORE_IDS[score] == 1,
+        ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=block)
     return gdense, parts.sum(0).to(query_boxes.dtype)
 
 
