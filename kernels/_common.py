@@ -14,6 +14,16 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Tests set this to True to run the GPU block sizes (many programs per launch) through the
+# interpreter, so the multi-program paths are checked on CPU too.
+GPU_BLOCKS_IN_INTERPRETER = False
+
+
+def large_blocks() -> bool:
+    """Use interpreter-sized blocks (as few programs as possible) instead of the GPU sizes."""
+    return interpreting() and not GPU_BLOCKS_IN_INTERPRETER
+
+
 def block_size(n: int, *, gpu=(256, 512, 1024), cap: int = 8192) -> int:
     """Elements per program for ``n`` elements: one explicit power of two per size class.
 
@@ -21,7 +31,7 @@ def block_size(n: int, *, gpu=(256, 512, 1024), cap: int = 8192) -> int:
     Under the interpreter every program costs ~0.4 ms of Python, so one program covers as
     much as possible (up to ``cap``).
     """
-    if interpreting():
+    if large_blocks():
         return max(16, min(triton.next_power_of_2(max(n, 1)), cap))
     if n <= 4096:
         return gpu[0]
@@ -32,7 +42,7 @@ def block_size(n: int, *, gpu=(256, 512, 1024), cap: int = 8192) -> int:
 
 def tile(n_rows: int, n_cols: int, *, gpu=(16, 256), cap: int = 16384):
     """(rows, cols) of a 2-D tile: fixed on a GPU, as large as allowed under the interpreter."""
-    if not interpreting():
+    if not large_blocks():
         return gpu
     cols = max(16, min(triton.next_power_of_2(max(n_cols, 1)), cap))
     rows = max(1, min(triton.next_power_of_2(max(n_rows, 1)), max(1, cap // cols)))

@@ -39,7 +39,7 @@ CASES = [
   (ml._mask_loss_fwd, dict(dense_ptr="*fp32", query_ptr="*fp32", mask_ptr="*u8", order_ptr="*i32", start_ptr="*i32", err_ptr="*fp32", count_ptr="*i32", Q="i32", P="i32"), dict(ACC=tl.float32, BLOCK=512)),
   (ml._mask_loss_bwd, dict(dense_ptr="*fp32", query_ptr="*fp32", mask_ptr="*u8", order_ptr="*i32", start_ptr="*i32", weight_ptr="*fp32", gdense_ptr="*fp32", gquery_ptr="*fp32", Q="i32", P="i32"), dict(ACC=tl.float32, BLOCK=512)),
   (ml._mask_loss_bwd, dict(dense_ptr="*bf16", query_ptr="*bf16", mask_ptr="*u8", order_ptr="*i32", start_ptr="*i32", weight_ptr="*fp32", gdense_ptr="*fp32", gquery_ptr="*fp32", Q="i32", P="i32"), dict(ACC=tl.float32, BLOCK=512)),
-  (pd._masks_kernel, dict(dense_ptr="*fp32", sem_ptr="*fp32", query_ptr="*fp32", class_ptr="*i32", order_ptr="*i32", params_ptr="*fp32", masks_ptr="*i32", area_ptr="*i32", Q="i32", P="i32", NW="i32"), dict(TRI=True, QB=1, WB=32)),
+  (pd._masks_kernel, dict(dense_ptr="*fp32", sem_ptr="*fp32", query_ptr="*fp32", class_ptr="*i32", order_ptr="*i32", params_ptr="*fp32", masks_ptr="*i32", area_ptr="*i32", Q="i32", P="i32", NW="i32"), dict(TRI=True, QB=8, WB=32)),
   (pd._fusion_kernel, dict(masks_ptr="*i32", area_ptr="*i64", eligible_ptr="*i32", thr_ptr="*fp64", taken_ptr="*i32", accepted_ptr="*i32", free_ptr="*i64", Q="i32", NW="i32"), dict(WB=1024)),
   (pd._paint_kernel, dict(masks_ptr="*i32", accepted_ptr="*i32", sem_ptr="*fp32", is_thing_ptr="*i8", seg_ptr="*i32", hist_ptr="*i32", K="i32", C="i32", P="i32", NW="i32"), dict(WB=32, CB=32)),
   (pd._stuff_kernel, dict(seg_ptr="*i32", lut_ptr="*i32", P="i32"), dict(BLOCK=1024)),

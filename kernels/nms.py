@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import EXACT, NAMESPACE, interpreting, scalars
+from ._common import EXACT, NAMESPACE, interpreting, large_blocks, scalars
 from .box_iou import load_boxes, pair_iou
 
 MAX_BOXES = 32 * 8192
@@ -51,15 +51,21 @@ def _nms_mask_kernel(box_ptr, cls_ptr, thr_ptr, mask_ptr, N, NW, OUT: tl.constex
 
 @triton.jit
 def _nms_sweep_kernel(mask_ptr, keep_ptr, N, NW, NWB: tl.constexpr):
+    """Greedy sweep in score order, 32 boxes (one word of the suppressed set) at a time: the
+    word is extracted from the register-resident set once per 32 boxes, then updated with
+    scalar loads as boxes are kept."""
     offs = tl.arange(0, NWB)
     wm = offs < NW
     removed = tl.zeros([NWB], dtype=tl.int32)
-    for i in range(N):
-        word = tl.sum(tl.where(offs == i // 32, removed, 0), axis=0)
-        if ((word >> (i % 32)) & 1) == 0:
-            tl.store(keep_ptr + i, 1)
-            row = tl.load(mask_ptr + i * NW + offs, mask=wm, other=0)
-            removed = removed | row
+    for w in range(NW):
+        word = tl.sum(tl.where(offs == w, removed, 0), axis=0)
+        for b in range(32):
+            i = w * 32 + b
+            if (i < N) & (((word >> b) & 1) == 0):
+                tl.store(keep_ptr + i, 1)
+                row = tl.load(mask_ptr + i * NW + offs, mask=wm, other=0)
+                removed = removed | row
+                word = word | tl.load(mask_ptr + i * NW + w)
 
 
 def _nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None, iou_threshold: float) -> torch.Tensor:
@@ -71,7 +77,7 @@ def _nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None, i
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_boxes = boxes[order].contiguous()
     n_words = triton.cdiv(n, 32)
-    if interpreting():
+    if large_blocks():
         wb = max(1, min(triton.next_power_of_2(n_words), 16))
         br = max(1, min(triton.next_power_of_2(n), 16384 // (wb * 32)))
     else:

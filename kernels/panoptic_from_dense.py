@@ -26,14 +26,14 @@ import triton.language as tl
 from rtpanoptic.ops.reference import TRI_EPS
 
 from ._box_score import box_score
-from ._common import EXACT, NAMESPACE, interpreting, scalars
+from ._common import EXACT, NAMESPACE, interpreting, large_blocks, scalars
 
 SCORE_IDS = {"iou": 0, "tri": 1}
 
 
 def _sizes(n_words: int):
     """(words per program of the pixel passes, words per step of the sequential scan)."""
-    if interpreting():
+    if large_blocks():
         return max(1, min(triton.next_power_of_2(n_words), 256)), max(16, min(triton.next_power_of_2(n_words), 4096))
     return 32, 1024
 
@@ -172,7 +172,7 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
     accepted_flags = torch.zeros(q, **i32)
     free_area = torch.zeros(q, dtype=torch.int64, device=device)
     if q and p:
-        qb = q if interpreting() else 1
+        qb = q if large_blocks() else 8  # dense boxes are loaded once per 8 queries
         area_parts = torch.empty((q, n_prog), **i32)
         classes32 = query_classes.to(torch.int32)
         _masks_kernel[(n_prog, triton.cdiv(q, qb))](
@@ -202,7 +202,7 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
     if p and stuff_classes.numel():
         lut = torch.zeros(n_classes, **i32)
         lut[stuff_classes] = torch.arange(k + 1, k + 1 + stuff_classes.numel(), **i32)
-        block = 1024 if not interpreting() else max(16, min(triton.next_power_of_2(p), 65536))
+        block = 1024 if not large_blocks() else max(16, min(triton.next_power_of_2(p), 65536))
         _stuff_kernel[(triton.cdiv(p, block),)](seg, lut, p, BLOCK=block)
     elif p:
         seg.clamp_(min=0)

@@ -367,3 +367,46 @@ def test_gpu_torch_compile_fullgraph():
     (g1,) = torch.autograd.grad(out, offsets)
     (g2,) = torch.autograd.grad(ref, offsets)
     torch.testing.assert_close(g1, g2)
+
+
+# ------------------------------------- GPU block sizes through the interpreter
+@pytest.mark.skipif(not INTERPRET, reason="checks the GPU block sizes under the interpreter")
+def test_gpu_block_sizes_multi_program(monkeypatch):
+    """Under the interpreter every op normally runs as one big program; here the GPU block
+    sizes are forced, so every launch has several programs (tiles, partial sums, tails)."""
+    from rtpanoptic.kernels import _common
+
+    monkeypatch.setattr(_common, "GPU_BLOCKS_IN_INTERPRETER", True)
+    dense = _dense(13, 50, 0)  # 650 pixels: 3 blocks of 256, 21 words
+    queries = _boxes(20, 1)  # 2 query tiles of 16
+    assert torch.equal(ops.iou_attention(dense, queries, "tri", **TRITON), reference.iou_attention(dense, queries, "tri"))
+    a, b = _boxes(40, 2), _boxes(70, 3)
+    torch.testing.assert_close(ops.box_iou(a, b, **TRITON), reference.box_iou(a, b))
+    offsets = torch.rand(2, 4, 13, 50, generator=_gen(1)).to(DEV) * 30
+    assert torch.equal(ops.decode_boxes(offsets, 8, **TRITON), reference.decode_boxes(offsets, 8))
+    lv_offsets, levelness = _levels(2, torch.float32, grid=(20, 30), sizes=((20, 30), (10, 15), (5, 8)))
+    got, want = ops.gather_levelness(lv_offsets, levelness, 4, **TRITON), reference.gather_levelness(lv_offsets, levelness, 4)
+    torch.testing.assert_close(got[0], want[0])
+    assert torch.equal(got[1], want[1])
+
+    d, q, m, beta, bi = _mask_case(5, b=3, h=20, w=30, q=6)  # 600 pixels: 3 programs per image
+    d.requires_grad_()
+    q.requires_grad_()
+    loss = ops.mask_loss(d, q, m, beta, bi, **TRITON)
+    ref = reference.mask_loss(d, q, m, beta, bi)
+    torch.testing.assert_close(loss, ref)
+    for x, y in zip(torch.autograd.grad(loss, (d, q)), torch.autograd.grad(ref, (d, q))):
+        torch.testing.assert_close(x, y)
+    w = torch.randn(20, 13, 50, generator=_gen(2), dtype=torch.float64).to(DEV)
+    d64, q64 = dense.double().requires_grad_(), queries.double().requires_grad_()
+    got = torch.autograd.grad((ops.iou_attention(d64, q64, **TRITON) * w).sum(), (d64, q64))
+    want = torch.autograd.grad((reference.iou_attention(d64, q64, "iou") * w).sum(), (d64, q64))
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y)
+
+    scene = _scene(6, h=13, w=100, q=20)  # 41 words: 2 programs of 32 words; 3 query groups of 8
+    out = ops.panoptic_from_dense(*scene, sigma=0.1, stuff_area_limit=3, **TRITON)
+    _assert_identical(out, reference.panoptic_from_dense(*scene, 0.1, "iou", 0.0, 0.5, 3))
+    boxes = _boxes(150, 7, size=80, max_wh=40)
+    scores = torch.rand(150, generator=_gen(7)).to(DEV)
+    assert torch.equal(ops.nms(boxes, scores, 0.5, **TRITON), reference.nms(boxes, scores, 0.5))
