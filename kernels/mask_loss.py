@@ -102,7 +102,9 @@ def _mask_loss_bwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, weight_
 def _by_image(batch_index: torch.Tensor, n_images: int):
     """Queries sorted by image (stable) and the start of each image's range ``[B + 1]``."""
     order = torch.sort(batch_index, stable=True).indices.to(torch.int32)
-    counts = torch.bincount(batch_index, minlength=n_images)
+    # (index_add_, not bincount: a static output shape, so torch.compile can trace it)
+    counts = torch.zeros(n_images, dtype=torch.int32, device=batch_index.device).index_add_(
+        0, batch_index, torch.ones_like(batch_index, dtype=torch.int32))
     start = torch.zeros(n_images + 1, dtype=torch.int32, device=batch_index.device)
     start[1:] = torch.cumsum(counts, 0)
     return order, start

@@ -309,6 +309,29 @@ def test_nms_custom_op_checks():
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
+def test_data_dependent_ops_trace_under_torch_compile():
+    """nms and panoptic_from_dense are custom ops with registered fakes (dynamic output sizes):
+    they trace with fullgraph=True even where the Triton kernels themselves run interpreted."""
+    torch._dynamo.reset()
+
+    def select(boxes, scores):
+        return boxes[torch.ops.rtpanoptic_triton.nms(boxes, scores, 0.5)]
+
+    def segments(dense, sem, boxes, classes, scores, is_thing):
+        out = torch.ops.rtpanoptic_triton.panoptic_from_dense(dense, sem, boxes, classes, scores, is_thing,
+                                                              0.2, "iou", 0.0, 0.5, 0)
+        return out[0], out[4].sum()
+
+    boxes = _boxes(60, 9)
+    scores = torch.rand(60, generator=_gen(9)).to(DEV)
+    compiled = torch.compile(select, fullgraph=True, backend="eager")
+    assert torch.equal(compiled(boxes, scores), boxes[reference.nms(boxes, scores, 0.5)])
+    scene = _scene(9, h=6, w=8, q=5)
+    seg, area = torch.compile(segments, fullgraph=True, backend="eager")(*scene)
+    ref = reference.panoptic_from_dense(*scene, 0.2, "iou", 0.0, 0.5, 0)
+    assert torch.equal(seg, ref[0]) and area.item() == ref[4].sum().item()
+
+
 # ------------------------------------------------------------ GPU-only checks
 @gpu_only
 def test_gpu_opcheck_triton_ops():
