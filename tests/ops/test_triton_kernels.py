@@ -312,6 +312,8 @@ def test_nms_custom_op_checks():
 def test_data_dependent_ops_trace_under_torch_compile():
     """nms and panoptic_from_dense are custom ops with registered fakes (dynamic output sizes):
     they trace with fullgraph=True even where the Triton kernels themselves run interpreted."""
+    import rtpanoptic.kernels  # noqa: F401  (registers torch.ops.rtpanoptic_triton)
+
     torch._dynamo.reset()
 
     def select(boxes, scores):
