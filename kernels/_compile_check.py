@@ -45,6 +45,12 @@ CASES = [
   (pd._stuff_kernel, dict(seg_ptr="*i32", lut_ptr="*i32", P="i32"), dict(BLOCK=1024)),
   (nm._nms_mask_kernel, dict(box_ptr="*fp32", cls_ptr="*i32", thr_ptr="*fp32", mask_ptr="*i32", N="i32", NW="i32"), dict(OUT=tl.float32, UPCAST=False, BATCHED=True, BR=32, WB=2)),
   (nm._nms_sweep_kernel, dict(mask_ptr="*i32", keep_ptr="*i32", N="i32", NW="i32"), dict(NWB=4096)),
+  (ia._iou_attention_bwd, dict(grad_ptr="*fp64", dense_ptr="*fp64", query_ptr="*fp64", eps_ptr="*fp64", gdense_ptr="*fp64", gquery_part_ptr="*fp64", Q="i32", P="i32"), dict(TRI=True, ACC=tl.float64, BLOCK=256)),
+  (pd._masks_kernel, dict(dense_ptr="*fp16", sem_ptr="*fp16", query_ptr="*fp16", class_ptr="*i32", order_ptr="*i32", params_ptr="*fp16", masks_ptr="*i32", area_ptr="*i32", Q="i32", P="i32", NW="i32"), dict(TRI=False, QB=8, WB=32)),
+  (pd._masks_kernel, dict(dense_ptr="*bf16", sem_ptr="*bf16", query_ptr="*bf16", class_ptr="*i32", order_ptr="*i32", params_ptr="*bf16", masks_ptr="*i32", area_ptr="*i32", Q="i32", P="i32", NW="i32"), dict(TRI=True, QB=8, WB=32)),
+  (pd._masks_kernel, dict(dense_ptr="*fp64", sem_ptr="*fp64", query_ptr="*fp64", class_ptr="*i32", order_ptr="*i32", params_ptr="*fp64", masks_ptr="*i32", area_ptr="*i32", Q="i32", P="i32", NW="i32"), dict(TRI=True, QB=8, WB=32)),
+  (nm._nms_mask_kernel, dict(box_ptr="*bf16", cls_ptr="*bf16", thr_ptr="*bf16", mask_ptr="*i32", N="i32", NW="i32"), dict(OUT=tl.bfloat16, UPCAST=True, BATCHED=False, BR=32, WB=2)),
+  (ml._mask_loss_fwd, dict(dense_ptr="*fp64", query_ptr="*fp64", mask_ptr="*u8", order_ptr="*i32", start_ptr="*i32", err_ptr="*fp64", count_ptr="*i32", Q="i32", P="i32"), dict(ACC=tl.float64, BLOCK=512)),
 ]
 
 

@@ -126,8 +126,10 @@ def test_iou_attention_matches_reference(dtype, score, q):
     out = ops.iou_attention(dense, queries, score, **TRITON)
     ref = reference.iou_attention(dense, queries, score)
     assert out.dtype == dtype and out.shape == (q, 9, 13)
-    if dtype == torch.float32:
-        assert torch.equal(out, ref)  # same operations, same rounding
+    if dtype == torch.float32 and INTERPRET:
+        assert torch.equal(out, ref)  # same operations, same rounding (a GPU may contract to FMA)
+    elif dtype == torch.float32:
+        torch.testing.assert_close(out, ref)
     else:
         torch.testing.assert_close(out, ref, rtol=2e-3, atol=2e-3)
 
@@ -404,7 +406,7 @@ def test_gpu_block_sizes_multi_program(monkeypatch):
     monkeypatch.setattr(_common, "GPU_BLOCKS_IN_INTERPRETER", True)
     dense = _dense(13, 50, 0)  # 650 pixels: 3 blocks of 256, 21 words
     queries = _boxes(20, 1)  # 2 query tiles of 16
-    assert torch.equal(ops.iou_attention(dense, queries, "tri", **TRITON), reference.iou_attention(dense, queries, "tri"))
+    torch.testing.assert_close(ops.iou_attention(dense, queries, "tri", **TRITON), reference.iou_attention(dense, queries, "tri"))
     a, b = _boxes(40, 2), _boxes(70, 3)
     torch.testing.assert_close(ops.box_iou(a, b, **TRITON), reference.box_iou(a, b))
     offsets = torch.rand(2, 4, 13, 50, generator=_gen(1)).to(DEV) * 30
