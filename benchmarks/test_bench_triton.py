@@ -92,7 +92,8 @@ def test_mask_loss_forward_backward(benchmark, backend, grid):
 def test_gather_levelness(benchmark, backend, grid):
     h, w = GRIDS[grid]
     g = torch.Generator().manual_seed(0)
-    offsets = [(torch.rand(2, 4, -(-h * 4 // s), -(-w * 4 // s), generator=g) * 100).cuda() for s in (8, 16, 32, 64, 128)]
+    sizes = [(-(-h * 4 // s), -(-w * 4 // s)) for s in (8, 16, 32, 64, 128)]  # ceil: levels of an H*4 x W*4 input
+    offsets = [(torch.rand(2, 4, hi, wi, generator=g) * 100).cuda() for hi, wi in sizes]
     levelness = torch.randn(2, 6, h, w, generator=g).cuda()
     benchmark.group = f"gather_levelness B=2 {grid}"
     benchmark(_synced(ops.gather_levelness), offsets, levelness, 4, backend=backend)

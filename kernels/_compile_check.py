@@ -26,31 +26,53 @@ from . import mask_loss as ml
 from . import nms as nm
 from . import panoptic_from_dense as pd
 
+def _sig(spec: str, f: str = "fp32") -> dict:
+    """``"a=*F n=i32"`` -> ``{"a": "*fp32", "n": "i32"}`` (``F``: the float type ``f``)."""
+    return dict(item.replace("F", f).split("=") for item in spec.split())
+
+
+_ATT = "dense_ptr=*F query_ptr=*F eps_ptr=*F out_ptr=*F Q=i32 P=i32"
+_ATT_BWD = "grad_ptr=*F dense_ptr=*F query_ptr=*F eps_ptr=*F gdense_ptr=*F gquery_part_ptr=*fp32 Q=i32 P=i32"
+_DECODE = "off_ptr=*F out_ptr=*F H=i32 W=i32 stride=i32"
+_GATHER = "off_ptr=*F meta_ptr=*i64 lev_ptr=*F box_ptr=*F fg_ptr=*u8 H=i32 W=i32 out_stride=i32"
+_LOSS = "dense_ptr=*F query_ptr=*F mask_ptr=*u8 order_ptr=*i32 start_ptr=*i32 err_ptr=*fp32 count_ptr=*i32 Q=i32 P=i32"
+_LOSS_BWD = ("dense_ptr=*F query_ptr=*F mask_ptr=*u8 order_ptr=*i32 start_ptr=*i32 weight_ptr=*fp32 "
+             "gdense_ptr=*fp32 gquery_ptr=*fp32 Q=i32 P=i32")
+_MASKS = ("dense_ptr=*F sem_ptr=*F query_ptr=*F class_ptr=*i32 order_ptr=*i32 params_ptr=*F masks_ptr=*i32 "
+          "area_ptr=*i32 Q=i32 P=i32 NW=i32")
+_SCAN = "masks_ptr=*i32 area_ptr=*i64 eligible_ptr=*i32 thr_ptr=*fp64 accepted_ptr=*i32 free_ptr=*i64 Q=i32 NW=i32"
+_PAINT = ("masks_ptr=*i32 accepted_ptr=*i32 sem_ptr=*F is_thing_ptr=*i8 seg_ptr=*i32 hist_ptr=*i32 "
+          "K=i32 C=i32 P=i32 NW=i32")
+_NMS = "box_ptr=*F cls_ptr=*i32 thr_ptr=*F mask_ptr=*i32 N=i32 NW=i32"
+F32, F64 = tl.float32, tl.float64
+
+# (kernel, argument types, constexpr values): every kernel, in the dtypes the ops launch it with.
 CASES = [
-  (ia._iou_attention_fwd, dict(dense_ptr="*fp32", query_ptr="*fp32", eps_ptr="*fp32", out_ptr="*fp32", Q="i32", P="i32"), dict(TRI=True, QBLOCK=16, BLOCK=256)),
-  (ia._iou_attention_fwd, dict(dense_ptr="*bf16", query_ptr="*bf16", eps_ptr="*bf16", out_ptr="*bf16", Q="i32", P="i32"), dict(TRI=False, QBLOCK=16, BLOCK=256)),
-  (ia._iou_attention_bwd, dict(grad_ptr="*fp32", dense_ptr="*fp32", query_ptr="*fp32", eps_ptr="*fp32", gdense_ptr="*fp32", gquery_part_ptr="*fp32", Q="i32", P="i32"), dict(TRI=True, ACC=tl.float32, BLOCK=256)),
-  (ia._iou_attention_bwd, dict(grad_ptr="*fp16", dense_ptr="*fp16", query_ptr="*fp16", eps_ptr="*fp16", gdense_ptr="*fp16", gquery_part_ptr="*fp32", Q="i32", P="i32"), dict(TRI=False, ACC=tl.float32, BLOCK=256)),
-  (db._decode_boxes_kernel, dict(off_ptr="*fp32", out_ptr="*fp32", H="i32", W="i32", stride="i32"), dict(BLOCK=256)),
-  (db._decode_boxes_kernel, dict(off_ptr="*bf16", out_ptr="*bf16", H="i32", W="i32", stride="i32"), dict(BLOCK=256)),
-  (bi._box_iou_kernel, dict(a_ptr="*fp16", b_ptr="*fp16", out_ptr="*fp16", N="i32", M="i32"), dict(UPCAST=True, BN=32, BM=64)),
-  (gl._gather_levelness_kernel, dict(off_ptr="*fp32", meta_ptr="*i64", lev_ptr="*fp32", box_ptr="*fp32", fg_ptr="*u8", H="i32", W="i32", out_stride="i32"), dict(L=5, OPMATH=tl.float32, BLOCK=512)),
-  (gl._gather_levelness_kernel, dict(off_ptr="*bf16", meta_ptr="*i64", lev_ptr="*bf16", box_ptr="*bf16", fg_ptr="*u8", H="i32", W="i32", out_stride="i32"), dict(L=5, OPMATH=tl.float32, BLOCK=512)),
-  (ml._mask_loss_fwd, dict(dense_ptr="*fp32", query_ptr="*fp32", mask_ptr="*u8", order_ptr="*i32", start_ptr="*i32", err_ptr="*fp32", count_ptr="*i32", Q="i32", P="i32"), dict(ACC=tl.float32, BLOCK=512)),
-  (ml._mask_loss_bwd, dict(dense_ptr="*fp32", query_ptr="*fp32", mask_ptr="*u8", order_ptr="*i32", start_ptr="*i32", weight_ptr="*fp32", gdense_ptr="*fp32", gquery_ptr="*fp32", Q="i32", P="i32"), dict(ACC=tl.float32, BLOCK=512)),
-  (ml._mask_loss_bwd, dict(dense_ptr="*bf16", query_ptr="*bf16", mask_ptr="*u8", order_ptr="*i32", start_ptr="*i32", weight_ptr="*fp32", gdense_ptr="*fp32", gquery_ptr="*fp32", Q="i32", P="i32"), dict(ACC=tl.float32, BLOCK=512)),
-  (pd._masks_kernel, dict(dense_ptr="*fp32", sem_ptr="*fp32", query_ptr="*fp32", class_ptr="*i32", order_ptr="*i32", params_ptr="*fp32", masks_ptr="*i32", area_ptr="*i32", Q="i32", P="i32", NW="i32"), dict(TRI=True, QB=8, WB=32)),
-  (pd._fusion_kernel, dict(masks_ptr="*i32", area_ptr="*i64", eligible_ptr="*i32", thr_ptr="*fp64", taken_ptr="*i32", accepted_ptr="*i32", free_ptr="*i64", Q="i32", NW="i32"), dict(WB=1024)),
-  (pd._paint_kernel, dict(masks_ptr="*i32", accepted_ptr="*i32", sem_ptr="*fp32", is_thing_ptr="*i8", seg_ptr="*i32", hist_ptr="*i32", K="i32", C="i32", P="i32", NW="i32"), dict(WB=32, CB=32)),
-  (pd._stuff_kernel, dict(seg_ptr="*i32", lut_ptr="*i32", P="i32"), dict(BLOCK=1024)),
-  (nm._nms_mask_kernel, dict(box_ptr="*fp32", cls_ptr="*i32", thr_ptr="*fp32", mask_ptr="*i32", N="i32", NW="i32"), dict(OUT=tl.float32, UPCAST=False, BATCHED=True, BR=32, WB=2)),
-  (nm._nms_sweep_kernel, dict(mask_ptr="*i32", keep_ptr="*i32", N="i32", NW="i32"), dict(NWB=4096)),
-  (ia._iou_attention_bwd, dict(grad_ptr="*fp64", dense_ptr="*fp64", query_ptr="*fp64", eps_ptr="*fp64", gdense_ptr="*fp64", gquery_part_ptr="*fp64", Q="i32", P="i32"), dict(TRI=True, ACC=tl.float64, BLOCK=256)),
-  (pd._masks_kernel, dict(dense_ptr="*fp16", sem_ptr="*fp16", query_ptr="*fp16", class_ptr="*i32", order_ptr="*i32", params_ptr="*fp16", masks_ptr="*i32", area_ptr="*i32", Q="i32", P="i32", NW="i32"), dict(TRI=False, QB=8, WB=32)),
-  (pd._masks_kernel, dict(dense_ptr="*bf16", sem_ptr="*bf16", query_ptr="*bf16", class_ptr="*i32", order_ptr="*i32", params_ptr="*bf16", masks_ptr="*i32", area_ptr="*i32", Q="i32", P="i32", NW="i32"), dict(TRI=True, QB=8, WB=32)),
-  (pd._masks_kernel, dict(dense_ptr="*fp64", sem_ptr="*fp64", query_ptr="*fp64", class_ptr="*i32", order_ptr="*i32", params_ptr="*fp64", masks_ptr="*i32", area_ptr="*i32", Q="i32", P="i32", NW="i32"), dict(TRI=True, QB=8, WB=32)),
-  (nm._nms_mask_kernel, dict(box_ptr="*bf16", cls_ptr="*bf16", thr_ptr="*bf16", mask_ptr="*i32", N="i32", NW="i32"), dict(OUT=tl.bfloat16, UPCAST=True, BATCHED=False, BR=32, WB=2)),
-  (ml._mask_loss_fwd, dict(dense_ptr="*fp64", query_ptr="*fp64", mask_ptr="*u8", order_ptr="*i32", start_ptr="*i32", err_ptr="*fp64", count_ptr="*i32", Q="i32", P="i32"), dict(ACC=tl.float64, BLOCK=512)),
+    (ia._iou_attention_fwd, _sig(_ATT), dict(TRI=True, QBLOCK=16, BLOCK=256)),
+    (ia._iou_attention_fwd, _sig(_ATT, "bf16"), dict(TRI=False, QBLOCK=16, BLOCK=256)),
+    (ia._iou_attention_bwd, _sig(_ATT_BWD), dict(TRI=True, ACC=F32, BLOCK=256)),
+    (ia._iou_attention_bwd, _sig(_ATT_BWD, "fp16"), dict(TRI=False, ACC=F32, BLOCK=256)),
+    (ia._iou_attention_bwd, _sig(_ATT_BWD.replace("*fp32", "*fp64"), "fp64"), dict(TRI=True, ACC=F64, BLOCK=256)),
+    (db._decode_boxes_kernel, _sig(_DECODE), dict(BLOCK=256)),
+    (db._decode_boxes_kernel, _sig(_DECODE, "bf16"), dict(BLOCK=256)),
+    (bi._box_iou_kernel, _sig("a_ptr=*F b_ptr=*F out_ptr=*F N=i32 M=i32", "fp16"), dict(UPCAST=True, BN=32, BM=64)),
+    (gl._gather_levelness_kernel, _sig(_GATHER), dict(L=5, OPMATH=F32, BLOCK=512)),
+    (gl._gather_levelness_kernel, _sig(_GATHER, "bf16"), dict(L=5, OPMATH=F32, BLOCK=512)),
+    (ml._mask_loss_fwd, _sig(_LOSS), dict(ACC=F32, BLOCK=512)),
+    (ml._mask_loss_fwd, _sig(_LOSS.replace("*fp32", "*fp64"), "fp64"), dict(ACC=F64, BLOCK=512)),
+    (ml._mask_loss_bwd, _sig(_LOSS_BWD), dict(ACC=F32, BLOCK=512)),
+    (ml._mask_loss_bwd, _sig(_LOSS_BWD, "bf16"), dict(ACC=F32, BLOCK=512)),
+    (pd._masks_kernel, _sig(_MASKS), dict(TRI=True, QB=8, WB=32)),
+    (pd._masks_kernel, _sig(_MASKS, "fp16"), dict(TRI=False, QB=8, WB=32)),
+    (pd._masks_kernel, _sig(_MASKS, "bf16"), dict(TRI=True, QB=8, WB=32)),
+    (pd._masks_kernel, _sig(_MASKS, "fp64"), dict(TRI=True, QB=8, WB=32)),
+    (pd._fusion_kernel, _sig(_SCAN.replace("thr_ptr=*fp64", "thr_ptr=*fp64 taken_ptr=*i32")), dict(WB=1024)),
+    (pd._fusion_resident_kernel, _sig(_SCAN), dict(NWB=8192)),
+    (pd._paint_kernel, _sig(_PAINT), dict(WB=32, CB=32)),
+    (pd._stuff_kernel, _sig("seg_ptr=*i32 lut_ptr=*i32 P=i32"), dict(BLOCK=1024)),
+    (nm._nms_mask_kernel, _sig(_NMS), dict(OUT=F32, UPCAST=False, BATCHED=True, BR=32, WB=2)),
+    (nm._nms_mask_kernel, _sig(_NMS, "bf16"), dict(OUT=tl.bfloat16, UPCAST=True, BATCHED=False, BR=32, WB=2)),
+    (nm._nms_sweep_kernel, _sig("mask_ptr=*i32 keep_ptr=*i32 N=i32 NW=i32"), dict(NWB=4096)),
 ]
 
 

@@ -118,7 +118,8 @@ def _launch_shape(dense_boxes):
 
 
 @triton_op(f"{NAMESPACE}::mask_loss", mutates_args=(),
-           schema="(Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, Tensor batch_index) -> Tensor")
+           schema="(Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, "
+                  "Tensor batch_index) -> Tensor")
 def mask_loss(dense_boxes: torch.Tensor, query_boxes: torch.Tensor, gt_masks: torch.Tensor, beta: torch.Tensor,
               batch_index: torch.Tensor) -> torch.Tensor:
     q = query_boxes.shape[0]

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import EXACT, NAMESPACE, interpreting, large_blocks, scalars
+from ._common import EXACT, NAMESPACE, large_blocks, scalars
 from .box_iou import load_boxes, pair_iou
 
 MAX_BOXES = 32 * 8192

@@ -7,8 +7,8 @@ float tensor.  Four passes:
    computed operation by operation in the inputs' dtype like the reference (no FMA contraction),
    bit-packed into int32 words ``[Q, ceil(HW / 32)]`` with the queries in painting order
    (decreasing score, stable), plus per-program popcounts of each mask.
-2. ``_fusion_kernel`` (one program, the sequential part): for each query in order, the overlap
-   with the pixels taken so far is a popcount of ``mask & taken`` over the words; the
+2. ``_fusion_resident_kernel`` (bitmap in registers) / ``_fusion_kernel`` (streamed; one program,
+   the sequential part): for each query in order, the overlap with the pixels taken so far is a popcount of ``mask & taken`` over the words; the
    reference's tests (score threshold, empty mask, ``overlap / area > overlap_threshold``
    in float64, no free pixel) decide, and an accepted mask is OR-ed into ``taken``.
 3. ``_paint_kernel`` (parallel over pixels): the first accepted mask covering a pixel gives its
@@ -26,9 +26,12 @@ import triton.language as tl
 from rtpanoptic.ops.reference import TRI_EPS
 
 from ._box_score import box_score
-from ._common import EXACT, NAMESPACE, interpreting, large_blocks, scalars
+from ._common import EXACT, NAMESPACE, large_blocks, scalars
 
 SCORE_IDS = {"iou": 0, "tri": 1}
+# Up to this many 32-pixel words (262144 pixels, e.g. 256x1024) the sequential scan keeps the
+# taken-pixel bitmap in registers; larger grids stream it through global memory.
+RESIDENT_WORDS = 8192
 
 
 def _sizes(n_words: int):
@@ -109,6 +112,28 @@ def _fusion_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, taken_ptr, accept
 
 
 @triton.jit
+def _fusion_resident_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, accepted_ptr, free_ptr, Q, NW,
+                            NWB: tl.constexpr):
+    """``_fusion_kernel`` with the taken-pixel bitmap held in registers (NW <= NWB words):
+    one load of each candidate mask, no global round trips for the bitmap."""
+    overlap_threshold = tl.load(thr_ptr)
+    offs = tl.arange(0, NWB)
+    wm = offs < NW
+    taken = tl.zeros([NWB], dtype=tl.int32)
+    for t in range(Q):
+        area = tl.load(area_ptr + t)
+        if (tl.load(eligible_ptr + t) != 0) & (area > 0):
+            words = tl.load(masks_ptr + t * NW + offs, mask=wm, other=0)
+            n_overlap = tl.sum(_popcount(words & taken), axis=0)
+            free = area - n_overlap
+            ratio = n_overlap.to(tl.float64) / area.to(tl.float64)
+            if (free > 0) & (ratio <= overlap_threshold):
+                taken = taken | words
+                tl.store(accepted_ptr + t, 1)
+                tl.store(free_ptr + t, free)
+
+
+@triton.jit
 def _paint_kernel(masks_ptr, accepted_ptr, sem_ptr, is_thing_ptr, seg_ptr, hist_ptr, K, C, P, NW,
                   WB: tl.constexpr, CB: tl.constexpr):
     pid = tl.program_id(0)
@@ -182,10 +207,14 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
         areas = area_parts.sum(1, dtype=torch.int64)
         # the reference skips query j when float(score_j) < score_threshold (float64 compare)
         eligible = (~(query_scores[order].double() < score_threshold)).to(torch.int32)
-        taken = torch.zeros(n_words, **i32)
         thr = torch.tensor([overlap_threshold], dtype=torch.float64, device=device)
-        _fusion_kernel[(1,)](masks, areas, eligible, thr, taken, accepted_flags, free_area, q, n_words,
-                             WB=scan_wb, num_warps=8 if not interpreting() else 4)
+        if n_words <= RESIDENT_WORDS:
+            _fusion_resident_kernel[(1,)](masks, areas, eligible, thr, accepted_flags, free_area, q, n_words,
+                                          NWB=max(16, triton.next_power_of_2(n_words)), num_warps=8)
+        else:
+            taken = torch.zeros(n_words, **i32)
+            _fusion_kernel[(1,)](masks, areas, eligible, thr, taken, accepted_flags, free_area, q, n_words,
+                                 WB=scan_wb, num_warps=8)
     accepted = torch.nonzero(accepted_flags).flatten()  # ranks in painting order
     k = accepted.numel()
 

@@ -251,6 +251,19 @@ def test_panoptic_identical_to_reference(dtype, score, seed):
         assert len(out.classes) >= 2
 
 
+def test_panoptic_streamed_scan_matches_register_scan(monkeypatch):
+    """Large grids stream the taken-pixel bitmap through global memory: same result."""
+    from rtpanoptic.kernels import panoptic_from_dense as kernel
+
+    scene = _scene(5, h=17, w=40, q=12, score_ties=True)
+    args = dict(sigma=0.1, overlap_threshold=0.3, stuff_area_limit=4)
+    resident = ops.panoptic_from_dense(*scene, **args, **TRITON)
+    monkeypatch.setattr(kernel, "RESIDENT_WORDS", 0)
+    streamed = ops.panoptic_from_dense(*scene, **args, **TRITON)
+    _assert_identical(streamed, resident)
+    _assert_identical(streamed, reference.panoptic_from_dense(*scene, 0.1, "iou", 0.0, 0.3, 4))
+
+
 def test_panoptic_threshold_is_strict_and_exact():
     # IoU exactly 1 and P_sem exactly sigma: loc * P_sem == sigma is not > sigma
     dense = torch.tensor([0.0, 0.0, 8.0, 8.0], device=DEV).view(4, 1, 1).expand(4, 3, 5).contiguous()
@@ -293,7 +306,8 @@ def test_nms_matches_reference_with_ties_and_duplicates(dtype):
     for thr in (0.0, 0.5, 1.0):
         assert torch.equal(ops.nms(boxes, scores, thr, **TRITON), reference.nms(boxes, scores, thr))
     idxs = torch.randint(0, 3, (150,), generator=_gen(7)).to(DEV)
-    assert torch.equal(ops.batched_nms(boxes, scores, idxs, 0.4, **TRITON), reference.batched_nms(boxes, scores, idxs, 0.4))
+    got = ops.batched_nms(boxes, scores, idxs, 0.4, **TRITON)
+    assert torch.equal(got, reference.batched_nms(boxes, scores, idxs, 0.4))
 
 
 def test_nms_single_box_and_nan():
@@ -406,13 +420,15 @@ def test_gpu_block_sizes_multi_program(monkeypatch):
     monkeypatch.setattr(_common, "GPU_BLOCKS_IN_INTERPRETER", True)
     dense = _dense(13, 50, 0)  # 650 pixels: 3 blocks of 256, 21 words
     queries = _boxes(20, 1)  # 2 query tiles of 16
-    torch.testing.assert_close(ops.iou_attention(dense, queries, "tri", **TRITON), reference.iou_attention(dense, queries, "tri"))
+    got = ops.iou_attention(dense, queries, "tri", **TRITON)
+    torch.testing.assert_close(got, reference.iou_attention(dense, queries, "tri"))
     a, b = _boxes(40, 2), _boxes(70, 3)
     torch.testing.assert_close(ops.box_iou(a, b, **TRITON), reference.box_iou(a, b))
     offsets = torch.rand(2, 4, 13, 50, generator=_gen(1)).to(DEV) * 30
     assert torch.equal(ops.decode_boxes(offsets, 8, **TRITON), reference.decode_boxes(offsets, 8))
     lv_offsets, levelness = _levels(2, torch.float32, grid=(20, 30), sizes=((20, 30), (10, 15), (5, 8)))
-    got, want = ops.gather_levelness(lv_offsets, levelness, 4, **TRITON), reference.gather_levelness(lv_offsets, levelness, 4)
+    got = ops.gather_levelness(lv_offsets, levelness, 4, **TRITON)
+    want = reference.gather_levelness(lv_offsets, levelness, 4)
     torch.testing.assert_close(got[0], want[0])
     assert torch.equal(got[1], want[1])
 
