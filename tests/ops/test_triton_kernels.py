@@ -325,6 +325,25 @@ def test_nms_custom_op_checks():
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 
+def test_non_contiguous_inputs():
+    dense = _dense(9, 7, 0).transpose(1, 2)  # [4, 7, 9], strided
+    queries = _boxes(10, 1)[::2]
+    assert not dense.is_contiguous() and not queries.is_contiguous()
+    assert torch.equal(ops.iou_attention(dense, queries, **TRITON), reference.iou_attention(dense, queries, "iou"))
+    offsets = (torch.rand(2, 7, 4, 5, generator=_gen(1)) * 9).to(DEV).permute(0, 2, 1, 3)[:, :, :5]
+    assert torch.equal(ops.decode_boxes(offsets, 4, **TRITON), reference.decode_boxes(offsets, 4))
+    dense, sem, boxes, classes, scores, is_thing = _scene(2, h=8, w=11, q=6)
+    args = (dense.transpose(1, 2), sem.transpose(1, 2), boxes.flip(0), classes.flip(0), scores.flip(0), is_thing)
+    _assert_identical(ops.panoptic_from_dense(*args, sigma=0.1, **TRITON),
+                      reference.panoptic_from_dense(*args, 0.1, "iou", 0.0, 0.5, 0))
+    masks = (torch.rand(6, 11, 8, generator=_gen(3)) > 0.5).to(DEV).transpose(1, 2)
+    d = dense[None].expand(2, -1, -1, -1)
+    bi = torch.tensor([0, 1, 0, 1, 1, 0], device=DEV)
+    beta = torch.ones(6, device=DEV)
+    got = ops.mask_loss(d, boxes, masks, beta, bi, **TRITON)
+    torch.testing.assert_close(got, reference.mask_loss(d, boxes, masks, beta, bi))
+
+
 def test_data_dependent_ops_trace_under_torch_compile():
     """nms and panoptic_from_dense are custom ops with registered fakes (dynamic output sizes):
     they trace with fullgraph=True even where the Triton kernels themselves run interpreted."""
