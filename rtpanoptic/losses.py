@@ -180,7 +180,7 @@ def explicit_mask_loss(
             continue
         with torch.no_grad():
             iou = ops.box_iou(boxes.detach(), gt_boxes).nan_to_num(0.0)  # [Q, N]
-            beta, match = iou.max(dim=1)
+            beta, match = iou.amax(dim=1), iou.argmax(dim=1)
             ok = beta >= cfg.mask_min_iou
         if not bool(ok.any()):
             continue

@@ -121,7 +121,9 @@ def assign_points(
         inside = masks[:, ys.clamp(0, h - 1), xs.clamp(0, w - 1)] & ok[None]  # [N, P]
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     cost = torch.where(inside, area[:, None], torch.full_like(area[:, None], math.inf))
-    best_cost, best = cost.min(dim=0)  # first minimum: ties go to the lower index
+    # amin + argmin: Tensor.min(dim) (values and indices) has a pathologically slow multithreaded
+    # CPU path for small tensors in some torch builds (ms instead of us).
+    best_cost, best = cost.amin(dim=0), cost.argmin(dim=0)  # first minimum: ties go to the lower index
     fg = torch.isfinite(best_cost)
     box = boxes[best]  # [P, 4]
     offsets = torch.stack([fx - box[:, 0], fy - box[:, 1], box[:, 2] - fx, box[:, 3] - fy], dim=1)
@@ -185,7 +187,7 @@ def build_targets(batch: dict, cfg: TargetConfig = TargetConfig()) -> Targets:
             h, w = hp // stride, wp // stride
             xs, ys = _grid(h, w, stride, device)
             inst, offsets = assign_points(xs, ys, masks, boxes, cfg.weak)
-            keep = (inst >= 0) & _in_ranges(offsets.max(dim=1).values, [rng])[:, 0]
+            keep = (inst >= 0) & _in_ranges(offsets.amax(dim=1), [rng])[:, 0]
             inst = torch.where(keep, inst, torch.full_like(inst, -1))
             offsets = torch.where(keep[:, None], offsets, torch.zeros_like(offsets))
             lab = torch.where(keep, labels[inst.clamp(min=0)] if labels.numel() else inst, torch.full_like(inst, -1))
@@ -206,7 +208,7 @@ def build_targets(batch: dict, cfg: TargetConfig = TargetConfig()) -> Targets:
         h, w = hp // s, wp // s
         xs, ys = _grid(h, w, s, device)
         inst, offsets = assign_points(xs, ys, masks, boxes, cfg.weak)
-        fits = _in_ranges(offsets.max(dim=1).values, cfg.size_ranges)  # [P, L]
+        fits = _in_ranges(offsets.amax(dim=1), cfg.size_ranges)  # [P, L]
         first = torch.where(fits.any(dim=1), fits.to(torch.uint8).argmax(dim=1) + 1, torch.zeros_like(inst))
         lvl = torch.where(inst >= 0, first, torch.zeros_like(inst))
         if crowd is not None:

@@ -103,6 +103,23 @@ def all_reduce_tensor_mean(values: torch.Tensor, info: DistInfo) -> torch.Tensor
     return t
 
 
+def broadcast_buffers(model: torch.nn.Module, info: DistInfo, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank.
+
+    DDP broadcasts buffers at the start of each forward pass, so after the last step the ranks'
+    running statistics differ by their last local update; this makes the replicas identical
+    (rank 0's values, the ones its checkpoint holds)."""
+    if not info.distributed:
+        return
+    for buf in model.buffers():
+        if info.device.type == "cuda" or dist.get_backend() != "nccl":
+            dist.broadcast(buf.data, src)
+        else:  # pragma: no cover - nccl needs device tensors
+            tmp = buf.data.to(info.device)
+            dist.broadcast(tmp, src)
+            buf.data.copy_(tmp)
+
+
 def _comm_device(info: DistInfo) -> torch.device:
     backend = dist.get_backend() if info.distributed else "gloo"
     return info.device if backend == "nccl" else torch.device("cpu")

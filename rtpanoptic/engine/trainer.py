@@ -33,6 +33,7 @@ from .distributed import (
     all_reduce_mean,
     all_reduce_tensor_mean,
     barrier,
+    broadcast_buffers,
     cleanup,
     init_distributed,
     unwrap,
@@ -285,6 +286,7 @@ def train(
     r = cfg.runtime
     info = init_distributed(r.device, r.dist_backend)
     logger = None
+    threads_before = torch.get_num_threads()
     try:
         if r.threads is not None and info.device.type == "cpu":
             torch.set_num_threads(int(r.threads))
@@ -320,6 +322,9 @@ def train(
             save_config(cfg, out_dir / "config.yaml")
 
         net = model
+        if info.distributed and r.sync_bn and info.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            net = model
         if info.distributed:
             ddp_kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
             net = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
@@ -377,6 +382,8 @@ def train(
             last = step == cfg.schedule.max_steps
             if step % r.log_every == 0 or last:
                 logger.flush(step, lr)
+            if last:
+                broadcast_buffers(model, info)  # identical replicas at the end (BN statistics)
             if step % r.checkpoint_every == 0 or last:
                 if info.is_main:
                     extra = {"history": logger.history}
@@ -403,4 +410,5 @@ def train(
     finally:
         if logger is not None:
             logger.close()
+        torch.set_num_threads(threads_before)
         cleanup(info)
