@@ -275,7 +275,9 @@ def train(
         train_set: a dataset of CONTRACT.md samples (with ``.description``) instead of
             ``cfg.data``'s.
         evaluator: ``evaluator(model, step) -> {name: value}``, run on rank 0 every
-            ``runtime.eval_every`` steps and after the last step.
+            ``runtime.eval_every`` steps and after the last step.  None with ``eval_every > 0``:
+            :class:`~rtpanoptic.engine.evaluate.PanopticEvaluator` on ``cfg.data.val_split``
+            (``runtime.eval_max_images`` images).
 
     Resumes from ``runtime.resume`` ("auto": ``output_dir/last.pt``).  Raises
     :class:`NonFiniteLossError` (naming the loss part and step) if a loss becomes NaN/inf.
@@ -343,6 +345,13 @@ def train(
         )
         batches = iter(loader)
 
+        if evaluator is None and r.eval_every > 0 and info.is_main:
+            from .evaluate import PanopticEvaluator
+
+            val_set = build_dataset_from_config(cfg, cfg.data.val_split, train=False)
+            evaluator = PanopticEvaluator(val_set, max_images=r.eval_max_images, batch_size=r.batch_size)
+        # every rank must agree on whether evaluation (and its barrier) happens
+        any_evaluator = all_reduce_mean(float(evaluator is not None), info) > 0
         logger = _Logger(cfg, info, start)
         metrics: Dict[str, float] = {}
         last_ckpt: Optional[Path] = None
@@ -394,8 +403,9 @@ def train(
                         save_checkpoint(out_dir / f"step_{step:07d}.pt", model=model, optimizer=optimizer,
                                         scheduler=scheduler, scaler=scaler, step=step, config=to_dict(cfg))
                 barrier(info)
-            if evaluator is not None and ((r.eval_every and step % r.eval_every == 0) or last):
-                if info.is_main:
+            run_eval = (r.eval_every and step % r.eval_every == 0) or last
+            if run_eval and any_evaluator:
+                if info.is_main and evaluator is not None:
                     model.eval()
                     with torch.no_grad():
                         metrics = dict(evaluator(model, step))

@@ -249,3 +249,20 @@ def test_ddp_two_processes_gloo(tmp_path):
     # only rank 0 wrote the checkpoint and config
     names = sorted(p.name for p in Path(tmp_path).iterdir())
     assert "last.pt" in names and "config.yaml" in names
+
+
+def test_tensorboard_and_progress_bar(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    cfg = toy_config(tmp_path / "tb", steps=2, tensorboard="true", progress="true")
+    calls = []
+
+    def evaluator(model, step):
+        assert not model.training
+        calls.append(step)
+        return {"pq": 12.5}
+
+    result = train(cfg, model=ToyNet(), train_set=ToySet(), evaluator=evaluator)
+    assert calls == [2] and result.metrics == {"pq": 12.5} and result.model.training
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb" / "tb").iterdir())
+    err = capsys.readouterr().err
+    assert "train" in err and "img/s" in err and "box_reg" in err
