@@ -41,6 +41,9 @@ class LossConfig:
     # box classification
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # "foreground": divide the summed focal loss by N_fg (FCOS, RetinaNet); "locations": by the
+    # number of (non-ignored) locations over all levels, a literal reading of §4.2
+    box_cls_normalizer: str = "foreground"
     # semantic bootstrapping (eq. 15): fraction of the worst pixels kept
     bootstrap_ratio: float = 0.3
     # target assignment (eq. 9) and weak supervision (§5.6)
@@ -56,6 +59,10 @@ class LossConfig:
     backend: Optional[str] = "reference"  # of gather_levelness / mask_loss (needs autograd)
 
     def __post_init__(self):
+        if self.box_cls_normalizer not in ("foreground", "locations"):
+            raise ValueError(
+                f"LossConfig: box_cls_normalizer must be 'foreground' or 'locations', got {self.box_cls_normalizer!r}"
+            )
         if not 0 < self.bootstrap_ratio <= 1:
             raise ValueError(f"LossConfig: bootstrap_ratio must lie in (0, 1], got {self.bootstrap_ratio}")
         for name in LOSS_NAMES:
@@ -264,7 +271,13 @@ class PanopticCriterion:
             num_fg = self.reduce_mean(num_fg)
         norm = max(num_fg, 1.0)
 
-        box_cls = sigmoid_focal_loss(pred_cls[valid], tgt_lab[valid], cfg.focal_alpha, cfg.focal_gamma).sum() / norm
+        cls_norm = norm
+        if cfg.box_cls_normalizer == "locations":
+            cls_norm = float(valid.sum())
+            if self.reduce_mean is not None:
+                cls_norm = self.reduce_mean(cls_norm)
+            cls_norm = max(cls_norm, 1.0)
+        box_cls = sigmoid_focal_loss(pred_cls[valid], tgt_lab[valid], cfg.focal_alpha, cfg.focal_gamma).sum() / cls_norm
         if bool(fg.any()):
             box_reg = iou_loss(pred_off[fg], tgt_off[fg]).sum() / norm
             center = centerness_loss(pred_ctr[fg], tgt_ctr[fg]).sum() / norm

@@ -199,6 +199,11 @@ def test_focal_normalised_by_foreground_and_crowd_ignored():
     labels = torch.cat([lab.reshape(-1) for lab in t.labels])
     expected = sigmoid_focal_loss(logits, labels).sum() / parts["num_fg"]
     assert parts["box_cls"].item() == pytest.approx(expected.item(), rel=1e-5)
+    _, parts_loc = PanopticCriterion(LossConfig(box_cls_normalizer="locations"), STRIDES)(out, batch)
+    n_loc = sum(lab.numel() for lab in t.labels)
+    assert parts_loc["box_cls"].item() == pytest.approx(expected.item() * parts["num_fg"] / n_loc, rel=1e-5)
+    with pytest.raises(ValueError, match="box_cls_normalizer"):
+        LossConfig(box_cls_normalizer="batch")
     # a crowd region over background removes those locations from the classification loss
     batch_c = _batch(crowd=_rect(0, 8, 64, 128))
     _, parts_c = crit(out, batch_c)
