@@ -99,6 +99,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch
     )
 
 
+def _reapply_schedule(optimizer, scheduler, cfg: TrainConfig, world_size: int) -> None:
+    """After loading a checkpoint: the lr and schedule of ``cfg`` win over the saved ones (a run
+    resumed with a longer schedule follows the new one); the same config changes nothing."""
+    fresh = build_optimizer(torch.nn.Linear(1, 1), cfg, world_size).param_groups[0]["lr"]
+    s = cfg.schedule
+    scheduler.lr_lambdas = [WarmupMultiStep(s.warmup_steps, s.warmup_factor, s.milestones, s.gamma)
+                            for _ in optimizer.param_groups]
+    scheduler.base_lrs = [fresh for _ in optimizer.param_groups]
+    for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["initial_lr"] = base
+        group["lr"] = base * fn(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
 def build_transforms(cfg: TrainConfig, ignore_label: int = 255):
     from ..data import transforms as T
 
@@ -319,6 +333,7 @@ def train(
             state = load_checkpoint(resume_path, model=model, optimizer=optimizer, scheduler=scheduler,
                                     scaler=scaler, map_location=info.device)
             start = int(state["step"])
+            _reapply_schedule(optimizer, scheduler, cfg, info.world_size)
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out_dir / "config.yaml")

@@ -145,6 +145,14 @@ def test_resume_is_exact(tmp_path):
     assert state["step"] == 6 and state["scheduler"]["last_epoch"] == 6
 
 
+def test_resume_follows_the_new_schedule(tmp_path):
+    _run(toy_config(tmp_path / "c", steps=3))
+    cfg = load_config(TrainConfig, None, ["optim.lr=0.02"], base=toy_config(tmp_path / "c", steps=5))
+    resumed = _run(cfg)
+    # warm-up (2 steps) is over; milestone 4: lr 0.02 for step 4 (scheduler epoch 3), 0.002 after
+    assert [h["lr"] for h in resumed.history] == pytest.approx([0.02, 0.002])
+
+
 def test_nonfinite_loss_stops_with_named_part(tmp_path, monkeypatch):
     import rtpanoptic.losses as losses
 
