@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import dataclasses
-import math
 import time
 import warnings
 from dataclasses import dataclass, field

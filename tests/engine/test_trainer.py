@@ -206,7 +206,7 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
 
 
-def test_presets_follow_the_paper():
+def test_presets_follow_the_paper(tmp_path):
     cs, coco, syn = train_preset("cityscapes"), train_preset("coco"), train_preset("synthetic")
     assert (cs.optim.lr, cs.schedule.max_steps, cs.schedule.milestones) == (0.013, 48000, (36000, 44000))
     assert cs.runtime.batch_size == 1 and cs.data.crop_size == (900, 1800) and cs.data.scale == (0.7, 1.3)
@@ -214,6 +214,11 @@ def test_presets_follow_the_paper():
     assert coco.runtime.batch_size == 2 and coco.data.min_sizes == (640, 720, 800) and coco.loss.semantic == 0.4
     for cfg in (cs, coco, syn):
         assert cfg.optim.momentum == 0.9 and cfg.optim.weight_decay == 1e-4
+    from rtpanoptic.config import save_config
+
+    for name, cfg in (("cs", cs), ("coco", coco), ("syn", syn)):  # YAML round trip (inf size range)
+        save_config(cfg, tmp_path / f"{name}.yaml")
+        assert load_config(TrainConfig, tmp_path / f"{name}.yaml") == cfg
     with pytest.raises(ValueError, match="unknown training preset"):
         train_preset("imagenet")
     bad = load_config(TrainConfig, None, ["runtime.amp=fp8"])
