@@ -8,6 +8,7 @@ from .config import (
     ScheduleConfig,
     TRAIN_PRESETS,
     TrainConfig,
+    make_config,
     train_preset,
 )
 from .distributed import DistInfo, init_distributed
@@ -28,6 +29,7 @@ __all__ = [
     "atomic_save",
     "init_distributed",
     "load_checkpoint",
+    "make_config",
     "save_checkpoint",
     "train",
     "train_preset",

@@ -180,3 +180,13 @@ def train_preset(name: str) -> TrainConfig:
     if name not in TRAIN_PRESETS:
         raise ValueError(f"unknown training preset {name!r}; known: {sorted(TRAIN_PRESETS)}")
     return copy.deepcopy(TRAIN_PRESETS[name]())
+
+
+def make_config(preset: str = "synthetic", path: Optional[str] = None, overrides=()) -> TrainConfig:
+    """``train_preset(preset)``, then the YAML file at ``path``, then ``["a.b=value", ...]`` overrides
+    (what a command line needs)."""
+    from ..config import load_config
+
+    cfg = load_config(TrainConfig, path, list(overrides), base=train_preset(preset))
+    validate_train_config(cfg)
+    return cfg

@@ -219,6 +219,10 @@ def test_presets_follow_the_paper(tmp_path):
     for name, cfg in (("cs", cs), ("coco", coco), ("syn", syn)):  # YAML round trip (inf size range)
         save_config(cfg, tmp_path / f"{name}.yaml")
         assert load_config(TrainConfig, tmp_path / f"{name}.yaml") == cfg
+    from rtpanoptic.engine import make_config
+
+    made = make_config("coco", None, ["optim.lr=0.02", "runtime.batch_size=4"])
+    assert made.optim.lr == 0.02 and made.runtime.batch_size == 4 and made.loss.semantic == 0.4
     with pytest.raises(ValueError, match="unknown training preset"):
         train_preset("imagenet")
     bad = load_config(TrainConfig, None, ["runtime.amp=fp8"])
