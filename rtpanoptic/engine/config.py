@@ -91,6 +91,9 @@ class RuntimeConfig:
     # often much faster than the default: torch's multithreaded kernels can stall when the cores
     # are busy (measured 20x slower steps with 2 threads on a loaded 2-core machine).
     threads: Optional[int] = None
+    # wall-clock budget of the training loop in seconds: when exceeded, training stops after the
+    # current step as if it were the last one (checkpoint, final evaluation); resuming continues
+    time_limit_s: Optional[float] = None
 
 
 @dataclass
@@ -112,6 +115,7 @@ def validate_train_config(cfg: TrainConfig) -> None:
         (r.checkpoint_every >= 1, "runtime.checkpoint_every", ">= 1", r.checkpoint_every),
         (r.log_every >= 1, "runtime.log_every", ">= 1", r.log_every),
         (r.eval_every >= 0, "runtime.eval_every", ">= 0", r.eval_every),
+        (r.time_limit_s is None or r.time_limit_s >= 0, "runtime.time_limit_s", ">= 0 or null", r.time_limit_s),
         (s.max_steps >= 1, "schedule.max_steps", ">= 1", s.max_steps),
         (s.warmup_steps >= 0, "schedule.warmup_steps", ">= 0", s.warmup_steps),
         (0 < s.warmup_factor <= 1, "schedule.warmup_factor", "in (0, 1]", s.warmup_factor),

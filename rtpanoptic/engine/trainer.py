@@ -402,6 +402,11 @@ def train(
                         "num_fg": parts["num_fg"], "num_queries": parts["num_queries"]})
             logger.update()
             last = step == cfg.schedule.max_steps
+            if r.time_limit_s is not None and not last:
+                over = float(time.perf_counter() - t0 > r.time_limit_s)
+                last = all_reduce_mean(over, info) > 0  # every rank stops at the same step
+                if last and info.is_main and logger.bar is not None:
+                    logger.bar.write(f"runtime.time_limit_s={r.time_limit_s} reached: stopping after step {step}")
             if step % r.log_every == 0 or last:
                 logger.flush(step, lr)
             if last:
@@ -425,10 +430,14 @@ def train(
                     model.train()
                     logger.metrics(step, metrics)
                 barrier(info)
+            if last:
+                break
+        else:
+            step = start
         seconds = time.perf_counter() - t0
         if last_ckpt is None and info.is_main and (out_dir / LAST).is_file():
             last_ckpt = out_dir / LAST
-        return TrainResult(model=model, step=max(start, cfg.schedule.max_steps), history=logger.history,
+        return TrainResult(model=model, step=step, history=logger.history,
                            metrics=metrics, checkpoint=last_ckpt, seconds=seconds)
     finally:
         if logger is not None:

@@ -153,6 +153,18 @@ def test_resume_follows_the_new_schedule(tmp_path):
     assert [h["lr"] for h in resumed.history] == pytest.approx([0.02, 0.002])
 
 
+def test_time_limit_stops_cleanly_and_resumes(tmp_path):
+    calls = []
+    cfg = toy_config(tmp_path / "t", steps=4, time_limit_s=0.0)
+    result = train(cfg, model=ToyNet(), train_set=ToySet(), evaluator=lambda m, s: calls.append(s) or {"pq": 1.0})
+    assert result.step == 1 and calls == [1]  # stopped after the first step, evaluated once
+    assert load_checkpoint(tmp_path / "t" / "last.pt", restore_rng=False)["step"] == 1
+    rest = train(toy_config(tmp_path / "t", steps=4), model=ToyNet(), train_set=ToySet())
+    assert rest.step == 4 and [h["step"] for h in rest.history] == [2, 3, 4]
+    again = train(toy_config(tmp_path / "t", steps=4), model=ToyNet(), train_set=ToySet())
+    assert again.step == 4 and again.history == []  # nothing left to do
+
+
 def test_nonfinite_loss_stops_with_named_part(tmp_path, monkeypatch):
     import rtpanoptic.losses as losses
 
