@@ -1,0 +1,36 @@
+"""Training: configuration and presets, the DDP-ready loop, checkpoints."""
+from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from .config import (
+    DataSection,
+    ModelSection,
+    OptimConfig,
+    RuntimeConfig,
+    ScheduleConfig,
+    TRAIN_PRESETS,
+    TrainConfig,
+    make_config,
+    train_preset,
+)
+from .distributed import DistInfo, init_distributed
+from .trainer import NonFiniteLossError, TrainResult, WarmupMultiStep, train
+
+__all__ = [
+    "DataSection",
+    "DistInfo",
+    "ModelSection",
+    "NonFiniteLossError",
+    "OptimConfig",
+    "RuntimeConfig",
+    "ScheduleConfig",
+    "TRAIN_PRESETS",
+    "TrainConfig",
+    "TrainResult",
+    "WarmupMultiStep",
+    "atomic_save",
+    "init_distributed",
+    "load_checkpoint",
+    "make_config",
+    "save_checkpoint",
+    "train",
+    "train_preset",
+]
