@@ -1,0 +1,334 @@
+"""Building blocks of the command line: config and model loading, dataset evaluation, prediction.
+
+:class:`UsageError` is what a user can fix (a missing folder, a checkpoint of another
+architecture, CUDA without a GPU, an unknown preset); the CLI prints it as one line and exits 2.
+
+- :func:`train_config` -> a :class:`~rtpanoptic.engine.TrainConfig` from a preset, a YAML file and
+  ``key.sub=value`` overrides;
+- :func:`load_model` -> the network of a training checkpoint;
+- :func:`evaluate_model` -> PQ / SQ / RQ (from COCO-panoptic files written next to the
+  ground truth), mIoU and mask AP of a model on a dataset, with overlays;
+- :func:`predict_images` -> panoptic PNG + JSON and overlays for image files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class UsageError(Exception):
+    """An error the user can fix; its message is one line."""
+
+
+# ----------------------------------------------------------------------------------- config
+def train_config(preset: str, config_path: Optional[str] = None, overrides: Sequence[str] = ()):
+    """``engine.make_config`` with the user-facing errors turned into :class:`UsageError`."""
+    from .config import ConfigError
+    from .engine import TRAIN_PRESETS, make_config
+
+    if preset not in TRAIN_PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; known presets: {', '.join(sorted(TRAIN_PRESETS))}")
+    if config_path is not None and not Path(config_path).is_file():
+        raise UsageError(f"config file {config_path} does not exist")
+    try:
+        return make_config(preset, config_path, list(overrides))
+    except ConfigError as exc:
+        raise UsageError(f"bad config: {exc}") from None
+    except ValueError as exc:  # validate_train_config
+        raise UsageError(str(exc)) from None
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` -> cuda when a GPU is visible, else cpu; ``"cuda"`` without a GPU is a UsageError."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} was asked for, but torch sees no CUDA GPU here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"device {device!r} is not supported; use auto, cpu or cuda")
+    return dev
+
+
+def check_backend(backend: Optional[str], device: torch.device) -> None:
+    from . import ops
+    from .inference import PIPELINE_OPS
+
+    if backend is None:
+        return
+    if backend not in ops.BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; known: {', '.join(ops.BACKENDS)}")
+    avail = ops.available_backends(device.type)
+    missing = [op for op in PIPELINE_OPS if backend not in avail[op]]
+    if missing:
+        raise UsageError(f"backend {backend!r} cannot run {', '.join(missing)} on {device.type} here "
+                         f"(see rtpanoptic.ops.available_backends()); leave --backend out for the fastest")
+
+
+def check_data_root(cfg) -> None:
+    """The dataset folder of ``cfg.data`` must exist (the synthetic set is generated on demand)."""
+    d = cfg.data
+    if d.name != "synthetic" and not Path(d.root).is_dir():
+        raise UsageError(f"dataset folder {d.root} (data.root, dataset {d.name!r}) does not exist; "
+                         f"set data.root=PATH to where the dataset lies")
+
+
+def build_dataset(cfg, split: str, train: bool = False):
+    """The (un-augmented unless ``train``) dataset of ``cfg.data`` for ``split``; UsageError if missing."""
+    from .data import DatasetError
+    from .engine.trainer import build_dataset_from_config
+
+    check_data_root(cfg)
+    try:
+        return build_dataset_from_config(cfg, split, train=train)
+    except (DatasetError, FileNotFoundError) as exc:
+        raise UsageError(f"cannot open dataset {cfg.data.name!r} split {split!r}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------- models
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # pickle / zip errors of many types
+        raise UsageError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UsageError(f"{path} is not an rtpanoptic checkpoint (no 'model' entry)")
+    return state
+
+
+def checkpoint_config(state: dict, path: str):
+    """The TrainConfig saved in a checkpoint."""
+    from .config import ConfigError, from_dict
+    from .engine import TrainConfig
+
+    if not isinstance(state.get("config"), dict):
+        raise UsageError(f"{path} holds no training config; pass --preset / --config to describe its network")
+    try:
+        return from_dict(TrainConfig, state["config"], where=f"{path} config")
+    except ConfigError as exc:
+        raise UsageError(f"{path}: cannot read its training config ({exc})") from None
+
+
+def build_network(cfg, description=None):
+    from .data import get_description
+    from .engine.trainer import build_model_from_config
+
+    if description is None:
+        try:
+            description = get_description(cfg.data.name)
+        except KeyError as exc:
+            raise UsageError(str(exc).strip("'\"")) from None
+    try:
+        return build_model_from_config(cfg, description)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"cannot build model {cfg.model.preset!r}: {exc}") from None
+
+
+def load_model(checkpoint: str, cfg=None, description=None, device: torch.device = torch.device("cpu")):
+    """``(network in eval mode on device, TrainConfig)`` of a training checkpoint.
+
+    ``cfg`` None: the network described by the checkpoint's own config.  Otherwise ``cfg.model``
+    must describe the checkpoint's network; a mismatch is a :class:`UsageError`.
+    """
+    state = read_checkpoint(checkpoint)
+    if cfg is None:
+        cfg = checkpoint_config(state, checkpoint)
+    model = build_network(cfg, description)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise UsageError(
+            f"checkpoint {checkpoint} is for another architecture than model {cfg.model.preset!r} "
+            f"{list(cfg.model.overrides)} with {model.num_classes} classes ({detail[:160]})"
+        ) from None
+    return model.to(device).eval(), cfg
+
+
+# ----------------------------------------------------------------------------------- evaluation
+def _thing_index(description) -> Dict[int, int]:
+    return {t: k for k, t in enumerate(description.thing_train_ids)}
+
+
+def _crowd_instances(sample, description) -> Tuple[np.ndarray, np.ndarray]:
+    """Crowd regions of a sample as one mask per thing class present in them."""
+    crowd = sample["crowd_mask"].numpy().astype(bool)
+    h, w = crowd.shape
+    if not crowd.any():
+        return np.zeros((0, h, w), bool), np.zeros(0, np.int64)
+    sem = sample["semantic"].numpy()
+    masks, labels = [], []
+    for k, t in enumerate(description.thing_train_ids):
+        m = crowd & (sem == t)
+        if m.any():
+            masks.append(m)
+            labels.append(k)
+    if not masks:
+        return np.zeros((0, h, w), bool), np.zeros(0, np.int64)
+    return np.stack(masks), np.array(labels, np.int64)
+
+
+def write_subset_gt(dataset, image_ids: Sequence, path: Path) -> Path:
+    """A COCO-panoptic ground-truth JSON holding only ``image_ids`` of ``dataset``'s JSON."""
+    with open(dataset.panoptic_json) as f:
+        data = json.load(f)
+    keep = set(image_ids)
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
+    data["images"] = [im for im in data.get("images", []) if im["id"] in keep]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def evaluate_model(
+    model,
+    dataset,
+    out_dir: str | os.PathLike,
+    backend: Optional[str] = None,
+    max_images: Optional[int] = None,
+    num_overlays: int = 8,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Dict:
+    """Predict every image of ``dataset`` (CONTRACT.md samples, un-augmented) and score it.
+
+    Writes under ``out_dir``: ``predictions/<stem>.png`` + ``predictions.json`` (COCO panoptic),
+    ``gt.json`` (the ground truth of the evaluated images), ``overlays/<stem>.png`` (the first
+    ``num_overlays``) and ``metrics.json``.  PQ / SQ / RQ are computed by
+    :func:`rtpanoptic.evaluation.pq_compute` from those files; mIoU from the semantic maps;
+    mask AP (pycocotools) from the thing segments of the panoptic output, scored by their
+    query score.  Returns the metrics (percent).
+    """
+    from tqdm import tqdm
+
+    from .evaluation import InstanceAPEvaluator, SemanticEvaluator, pq_compute
+    from .inference import Predictor
+    from .viz import write_coco_panoptic, write_coco_panoptic_json, write_overlay
+
+    out = Path(out_dir)
+    pred_dir = out / "predictions"
+    description = dataset.description
+    predictor = Predictor(model, backend=backend)
+    sem_eval = SemanticEvaluator(description.num_classes, description.ignore_label, list(description.class_names))
+    ap_eval = InstanceAPEvaluator(description.num_things, [description.class_names[t] for t in description.thing_train_ids])
+    thing_index = _thing_index(description)
+    n = len(dataset) if max_images is None else min(int(max_images), len(dataset))
+    if n == 0:
+        raise UsageError("the evaluation dataset is empty")
+    annotations, image_ids = [], []
+    t0 = time.perf_counter()
+    infer_s = 0.0
+    bar = tqdm(total=n, desc="evaluate", unit="img", disable=not progress)
+    for start in range(0, n, batch_size):
+        samples = [dataset[i] for i in range(start, min(n, start + batch_size))]
+        t1 = time.perf_counter()
+        results = predictor([s["image"] for s in samples])
+        infer_s += time.perf_counter() - t1
+        for sample, result in zip(samples, results):
+            image_id = sample["image_id"]
+            stem = Path(str(sample.get("file_name") or image_id)).stem
+            annotations.append(write_coco_panoptic(result, pred_dir / f"{stem}.png", image_id=image_id))
+            image_ids.append(image_id)
+            if len(image_ids) <= num_overlays:
+                write_overlay(sample["image"].permute(1, 2, 0).numpy(), result, out / "overlays" / f"{stem}.png")
+            sem_eval.update(result.semantic, sample["semantic"])
+            things = result.thing_segments
+            crowd_masks, crowd_labels = _crowd_instances(sample, description)
+            ap_eval.update(
+                sample["instance_masks"], sample["labels"], result.instance_masks,
+                [thing_index[s["train_id"]] for s in things], [s["score"] for s in things],
+                crowd_masks, crowd_labels,
+            )
+        bar.update(len(samples))
+    bar.close()
+    pred_json = out / "predictions.json"
+    write_coco_panoptic_json(annotations, description, pred_json)
+    gt_json = write_subset_gt(dataset, image_ids, out / "gt.json")
+    pq = pq_compute(gt_json, pred_json, gt_folder=dataset.panoptic_root, pred_folder=pred_dir,
+                    workers=0, progress=False)
+    sem = sem_eval.compute()
+    ap = ap_eval.compute() if ap_eval.gt else {"AP": float("nan"), "AP50": float("nan"), "per_class": {}}
+    metrics = {"images": n}
+    for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        for key in ("pq", "sq", "rq"):
+            metrics[f"{key.upper()}{suffix}"] = 100.0 * float(pq[group][key])
+    metrics["mIoU"] = 100.0 * float(sem["miou"])
+    metrics["AP"] = 100.0 * float(ap["AP"])
+    metrics["AP50"] = 100.0 * float(ap["AP50"])
+    names = {c.id: c.name for c in description.categories}
+    metrics["per_class_pq"] = {names[int(cid)]: 100.0 * float(v["pq"]) for cid, v in pq["per_class"].items()}
+    metrics["per_class_iou"] = {name: 100.0 * float(v) for name, v in zip(description.class_names, sem["iou"])}
+    metrics["inference_ms_per_image"] = 1e3 * infer_s / n
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    metrics["files"] = {"predictions_json": str(pred_json), "predictions_dir": str(pred_dir), "gt_json": str(gt_json),
+                        "gt_dir": str(dataset.panoptic_root)}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+# ----------------------------------------------------------------------------------- prediction
+def list_images(inputs: Sequence[str]) -> List[Path]:
+    """Image files of ``inputs`` (files, or folders scanned for image suffixes, sorted)."""
+    files: List[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UsageError(f"folder {p} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise UsageError(f"input {p} does not exist")
+    if not files:
+        raise UsageError("no input image given")
+    return files
+
+
+def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, backend: Optional[str] = None,
+                   overlays: bool = True, progress: bool = True) -> Dict:
+    """Panoptic segmentation of image files: ``out_dir/panoptic/<stem>.png`` + ``panoptic.json``
+    (COCO panoptic, the model's dataset category ids) and ``out_dir/overlays/<stem>.png``."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    from .inference import Predictor
+    from .viz import write_coco_panoptic, write_coco_panoptic_json, write_overlay
+
+    files = list_images(inputs)
+    out = Path(out_dir)
+    predictor = Predictor(model, backend=backend)
+    annotations, images = [], []
+    seconds = 0.0
+    for path in tqdm(files, desc="predict", unit="img", disable=not progress):
+        try:
+            with Image.open(path) as im:
+                image = np.array(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise UsageError(f"cannot read image {path} ({type(exc).__name__})") from None
+        t0 = time.perf_counter()
+        result = predictor(image)[0]
+        seconds += time.perf_counter() - t0
+        ann = write_coco_panoptic(result, out / "panoptic" / f"{path.stem}.png", image_id=path.stem)
+        annotations.append(ann)
+        images.append({"id": path.stem, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
+        if overlays:
+            write_overlay(image, result, out / "overlays" / f"{path.stem}.png")
+    write_coco_panoptic_json(annotations, model.description, out / "panoptic.json", images=images)
+    return {"images": len(files), "ms_per_image": 1e3 * seconds / len(files), "output_dir": str(out)}
