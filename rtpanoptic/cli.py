@@ -1,53 +1,265 @@
-"""Command-line interface: ``rtpanoptic <command>``.
+"""Command-line interface: ``rtpanoptic <command> [options] [key.sub=value ...]``.
 
-Until the network lands, ``demo`` times the ops on synthetic dense detections.
+Commands: ``demo`` (the built-in end-to-end job), ``train``, ``evaluate``, ``predict``,
+``benchmark``, ``export``.  Each takes ``--preset`` (training presets: synthetic, cityscapes,
+coco), ``--config FILE.yaml`` and trailing ``key.sub=value`` overrides of the training config
+(e.g. ``schedule.max_steps=200 data.root=/data/coco``), ``--device`` and, where ops run,
+``--backend``.  Errors a user can fix print one line on stderr and exit with status 2.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
+from pathlib import Path
 from typing import List, Optional
 
-import torch
+from . import __version__
 
-from . import __version__, ops
+BACKEND_CHOICES = ("reference", "cpp", "cuda", "triton")
 
 
-def _demo(args: argparse.Namespace) -> int:
-    g = torch.Generator().manual_seed(args.seed)
-    n = args.boxes
-    centres = torch.rand(max(1, n // 20), 2, generator=g) * 1024
-    owner = torch.randint(0, len(centres), (n,), generator=g)
-    sizes = 16 + torch.rand(len(centres), 2, generator=g)[owner] * 200
-    jitter = 1 + 0.1 * torch.randn(n, 4, generator=g)
-    c = centres[owner]
-    boxes = torch.cat([c - sizes / 2 * jitter[:, :2], c + sizes / 2 * jitter[:, 2:]], 1)
-    scores = torch.rand(n, generator=g)
-    print(f"rtpanoptic {__version__}; backends on cpu:")
-    for op, backends in ops.available_backends("cpu").items():
-        print(f"  {op:20s} {', '.join(backends)}")
-    for backend in ops.available_backends("cpu")["nms"]:
-        start = time.perf_counter()
-        keep = ops.nms(boxes, scores, 0.5, backend=backend)
-        print(f"nms[{backend}] {n} boxes -> {len(keep)} kept in {1e3 * (time.perf_counter() - start):.1f} ms")
+def _common(p: argparse.ArgumentParser, preset_default: Optional[str] = "synthetic", backend: bool = True) -> None:
+    if preset_default is None:
+        p.add_argument("--preset", default=None,
+                       help="training preset describing the network (default: the checkpoint's own config)")
+    else:
+        p.add_argument("--preset", default=preset_default,
+                       help=f"training preset: synthetic, cityscapes, coco (default {preset_default})")
+    p.add_argument("--config", metavar="YAML", help="YAML file of training-config values (applied after the preset)")
+    p.add_argument("--device", default="auto", help="auto (GPU when visible), cpu or cuda (default auto)")
+    if backend:
+        p.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
+                       help="rtpanoptic.ops backend of the post-processing (default: fastest available)")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="overrides of the training config, e.g. schedule.max_steps=100 data.root=PATH")
+
+
+# ----------------------------------------------------------------------------------- commands
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    out = args.output_dir or ("runs/demo-quick" if args.quick else "runs/demo")
+    run_demo(out, quick=args.quick, preset=args.preset, config_path=args.config, overrides=args.overrides,
+             backend=args.backend, device=args.device, num_overlays=args.overlays, progress=not args.no_progress)
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .engine import train
+    from .pipeline import build_dataset, resolve_device, train_config
+
+    resolve_device(args.device)
+    extra = [f"runtime.device={args.device}"]
+    if args.output_dir:
+        extra.append(f"runtime.output_dir={args.output_dir}")
+    cfg = train_config(args.preset, args.config, extra + list(args.overrides))
+    resolve_device(cfg.runtime.device)
+    train_set = build_dataset(cfg, cfg.data.train_split, train=True)
+    result = train(cfg, train_set=train_set)
+    print(f"trained {result.step} steps in {result.seconds:.0f} s; checkpoint: {result.checkpoint}")
+    if result.metrics:
+        print(", ".join(f"{k}={v:.2f}" for k, v in result.metrics.items()))
+    print(f"evaluate it with: rtpanoptic evaluate --checkpoint {result.checkpoint}")
+    return 0
+
+
+def _config_for_checkpoint(args, checkpoint: str):
+    """The checkpoint's own config (plus overrides), or --preset/--config when given."""
+    from .config import ConfigError, load_config
+    from .engine import TrainConfig
+    from .engine.config import validate_train_config
+    from .pipeline import UsageError, checkpoint_config, read_checkpoint, train_config
+
+    if args.preset is not None or args.config is not None:
+        return train_config(args.preset or "synthetic", args.config, args.overrides)
+    base = checkpoint_config(read_checkpoint(checkpoint), checkpoint)
+    try:
+        cfg = load_config(TrainConfig, None, list(args.overrides), base=base)
+        validate_train_config(cfg)
+    except (ConfigError, ValueError) as exc:
+        raise UsageError(f"bad config: {exc}") from None
+    return cfg
+
+
+def _cmd_evaluate(args) -> int:
+    from .pipeline import build_dataset, check_backend, evaluate_model, load_model, resolve_device
+    from .report import format_table
+
+    device = resolve_device(args.device)
+    check_backend(args.backend, device)
+    cfg = _config_for_checkpoint(args, args.checkpoint)
+    if args.data_root:
+        cfg.data.root = args.data_root
+    split = args.split or cfg.data.val_split
+    dataset = build_dataset(cfg, split, train=False)
+    model, _ = load_model(args.checkpoint, cfg, dataset.description, device)
+    metrics = evaluate_model(model, dataset, args.output_dir, backend=args.backend, max_images=args.max_images,
+                             num_overlays=args.overlays, progress=not args.no_progress)
+    print(format_table(metrics, title=f"{cfg.data.name} {split}:"))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+    print(f"wrote {Path(args.output_dir) / 'metrics.json'} and the predictions under {args.output_dir}")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .pipeline import check_backend, load_model, predict_images, resolve_device
+
+    device = resolve_device(args.device)
+    check_backend(args.backend, device)
+    cfg = _config_for_checkpoint(args, args.checkpoint)
+    model, _ = load_model(args.checkpoint, cfg, None, device)
+    info = predict_images(model, args.input, args.output_dir, backend=args.backend, overlays=not args.no_overlays,
+                          progress=not args.no_progress)
+    print(f"{info['images']} images, {info['ms_per_image']:.1f} ms/image; wrote {args.output_dir}/panoptic.json, "
+          f"panoptic/*.png" + ("" if args.no_overlays else ", overlays/*.png"))
+    return 0
+
+
+def _model_for(args, device):
+    from .pipeline import build_network, load_model, train_config
+
+    if args.checkpoint:
+        cfg = _config_for_checkpoint(args, args.checkpoint)
+        return load_model(args.checkpoint, cfg, None, device)[0]
+    cfg = train_config(args.preset or "synthetic", args.config, args.overrides)
+    return build_network(cfg).to(device).eval()
+
+
+def _cmd_benchmark(args) -> int:
+    from .benchmark import run_benchmark
+    from .pipeline import check_backend, resolve_device
+
+    device = resolve_device(args.device)
+    check_backend(args.backend, device)
+    model = _model_for(args, device)
+    report = run_benchmark(model, tuple(args.image_size), batch=args.batch, iters=args.iters, backend=args.backend,
+                           ops_too=not args.no_ops)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    print("for the full op / kernel suite (pytest-benchmark): make bench; results in benchmarks/RESULTS.md")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .export import ExportError, export_dense_program, export_onnx
+    from .pipeline import UsageError, resolve_device
+
+    device = resolve_device("cpu")
+    model = _model_for(args, device)
+    out = Path(args.output or ("model.onnx" if args.format == "onnx" else "model.pt2"))
+    try:
+        if args.format == "onnx":
+            errors = export_onnx(model, out, image_size=tuple(args.image_size), opset=args.opset, check=not args.no_check)
+            msg = f"max |onnxruntime - PyTorch| = {max(errors.values()):.2e}" if errors else "not checked"
+        else:
+            import torch
+
+            program = export_dense_program(model, image_size=tuple(args.image_size), check=not args.no_check)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            torch.export.save(program, str(out))
+            msg = "network + normalisation + dense decoding (see rtpanoptic.export.DensePredictor)"
+    except (ValueError, ExportError) as exc:
+        raise UsageError(f"export failed: {exc}".splitlines()[0]) from None
+    print(f"wrote {out} ({args.format}; {msg})")
+    return 0
+
+
+# ----------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rtpanoptic", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="rtpanoptic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"rtpanoptic {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the main job on the built-in default")
-    demo.add_argument("--boxes", type=int, default=5000)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="generate the synthetic set, train, evaluate, write figures (the README's main job)",
+                       description="From nothing: generate the synthetic panoptic dataset, train a small model, "
+                                   "evaluate PQ/SQ/RQ, mIoU and mask AP on the held-out split, write COCO-panoptic "
+                                   "predictions, overlays, a figure and results.json. About 10-15 minutes on a "
+                                   "2-core CPU; --quick: about a minute.")
+    _common(p)
+    p.add_argument("--quick", action="store_true", help="smoke run: few images and steps (about a minute on a CPU)")
+    p.add_argument("--output-dir", help="where everything goes (default runs/demo, runs/demo-quick with --quick)")
+    p.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write (default 8)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("train", help="train a network (rtpanoptic.engine.train)",
+                       description="Train with a preset + YAML + overrides; checkpoints go to runtime.output_dir. "
+                                   "Multi-GPU: torchrun --nproc_per_node=N -m rtpanoptic train ...")
+    _common(p, backend=False)
+    p.add_argument("--output-dir", help="runtime.output_dir (checkpoints, config.yaml)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="checkpoint + dataset -> PQ / mIoU / AP table and JSON",
+                       description="Evaluate a training checkpoint on a dataset split: writes COCO-panoptic "
+                                   "predictions, overlays and metrics.json; prints the table.")
+    _common(p, preset_default=None)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by train / demo (last.pt)")
+    p.add_argument("--data-root", help="dataset folder (data.root; default: the checkpoint's)")
+    p.add_argument("--split", help="split to evaluate (default data.val_split)")
+    p.add_argument("--output-dir", default="runs/eval", help="where predictions and metrics go (default runs/eval)")
+    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    p.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write (default 8)")
+    p.add_argument("--json", help="also write the metrics to this JSON file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="images or folders -> panoptic PNG/JSON + overlays",
+                       description="Run a checkpoint on image files or folders; writes COCO-panoptic PNGs + "
+                                   "panoptic.json and overlay PNGs.")
+    _common(p, preset_default=None)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by train / demo (last.pt)")
+    p.add_argument("-i", "--input", action="append", required=True, metavar="PATH",
+                   help="an image file or a folder of images (repeatable)")
+    p.add_argument("--output-dir", default="runs/predict", help="default runs/predict")
+    p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("benchmark", help="op timings and end-to-end timings, in-process",
+                       description="Time the network, the post-processing and the ops of the pipeline on random "
+                                   "images (a checkpoint's network or a preset's, untrained). The full suite: make bench.")
+    _common(p, preset_default=None)
+    p.add_argument("--checkpoint", help="time this checkpoint's network (default: the preset's, random weights)")
+    p.add_argument("--image-size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--no-ops", action="store_true", help="skip the per-op, per-backend timings")
+    p.add_argument("--json", help="write the timings to this JSON file")
+    p.set_defaults(func=_cmd_benchmark)
+
+    p = sub.add_parser("export", help="ONNX (checked with onnxruntime) or torch.export program",
+                       description="Export a checkpoint's network (or a preset's) to ONNX, checked against "
+                                   "onnxruntime, or to a torch.export program (.pt2) of network + dense decoding.")
+    _common(p, preset_default=None, backend=False)
+    p.add_argument("--checkpoint", help="export this checkpoint's network (default: the preset's, random weights)")
+    p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx")
+    p.add_argument("--output", help="output file (default model.onnx / model.pt2)")
+    p.add_argument("--image-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
+                   help="fixed input size, multiples of 128 (default 256 256)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime / re-run comparison")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .config import ConfigError
+    from .pipeline import UsageError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return int(args.func(args) or 0)
+    except (UsageError, ConfigError) as exc:
+        print(f"rtpanoptic {args.command}: error: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"rtpanoptic {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -122,3 +122,57 @@ def export_program(model: nn.Module, image_size: Sequence[int] = (256, 512), bat
     """``torch.export`` of the network; returns the ExportedProgram (save with ``torch.export.save``)."""
     example = _example(image_size, batch)
     return torch.export.export(model.eval(), (example,), strict=False)
+
+
+class DensePredictor(nn.Module):
+    """The exportable part of :class:`~rtpanoptic.inference.Predictor`: uint8 RGB images
+    ``[B, 3, H, W]`` (H, W multiples of 128) -> normalisation, network, dense decoding.
+
+    Returns a flat tuple: per level the decoded boxes ``[B, 4, h_i, w_i]`` (``ops.decode_boxes``)
+    and the detection scores ``sigmoid(class) * sigmoid(centerness)`` ``[B, K, h_i, w_i]``, then the
+    global dense boxes ``[B, 4, H/s, W/s]`` and foreground mask of ``ops.gather_levelness``
+    (eq. 14) and the semantic probabilities on the same grid ``[B, C, H/s, W/s]``.  What the
+    Predictor does after this (per-image thresholds and top-k with data-dependent counts, NMS,
+    ``panoptic_from_dense``) is not part of the program.
+    """
+
+    def __init__(self, model: nn.Module, backend=None):
+        super().__init__()
+        self.model = model
+        self.backend = backend
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
+        from . import ops
+
+        out = self.model(self.model.normalize(images))
+        boxes = [ops.decode_boxes(o, s, backend=self.backend) for o, s in zip(out.box_offsets, self.model.strides)]
+        scores = [c.sigmoid() * t.sigmoid() for c, t in zip(out.class_logits, out.centerness)]
+        dense, fg = ops.gather_levelness(list(out.box_offsets), out.levelness,
+                                         out_stride=self.model.levelness_stride, backend=self.backend)
+        sem = out.semantic
+        if sem.shape[-2:] != dense.shape[-2:]:
+            sem = torch.nn.functional.interpolate(sem, size=dense.shape[-2:], mode="bilinear", align_corners=False)
+        return (*boxes, *scores, dense, fg, sem.softmax(dim=1))
+
+
+def export_dense_program(model: nn.Module, image_size: Sequence[int] = (256, 512), batch: int = 1,
+                         check: bool = True, backend=None):
+    """``torch.export`` of :class:`DensePredictor` (the C++ ops enter the graph as
+    ``torch.ops.rtpanoptic.*`` through their fake kernels).  With ``check``, the program's
+    outputs are compared with eager ones on a random image (:class:`ExportError` if they differ)."""
+    _example(image_size, batch)  # validates the size
+    g = torch.Generator().manual_seed(0)
+    example = torch.randint(0, 256, (batch, 3, int(image_size[0]), int(image_size[1])), generator=g, dtype=torch.uint8)
+    wrapper = DensePredictor(model.eval(), backend).eval()
+    try:
+        program = torch.export.export(wrapper, (example,), strict=False)
+    except Exception as exc:
+        raise ExportError(f"torch.export failed: {type(exc).__name__}: {exc}") from exc
+    if check:
+        with torch.no_grad():
+            expected = wrapper(example)
+            got = program.module()(example)
+        for i, (a, b) in enumerate(zip(got, expected)):
+            if a.shape != b.shape or not torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-4):
+                raise ExportError(f"exported program output {i} differs from eager PyTorch")
+    return program
