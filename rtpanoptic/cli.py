@@ -29,6 +29,8 @@ def _common(p: argparse.ArgumentParser, preset_default: Optional[str] = "synthet
     p.add_argument("--config", metavar="YAML", help="YAML file of training-config values (applied after the preset)")
     p.add_argument("--device", default="auto", help="auto (GPU when visible), cpu or cuda (default auto)")
     if backend:
+        p.add_argument("--threads", type=int, default=None,
+                       help="CPU threads for torch (default: torch's; 1 is often fastest on a small busy CPU)")
         p.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
                        help="rtpanoptic.ops backend of the post-processing (default: fastest available)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
@@ -40,7 +42,8 @@ def _cmd_demo(args) -> int:
     from .demo import run_demo
 
     out = args.output_dir or ("runs/demo-quick" if args.quick else "runs/demo")
-    run_demo(out, quick=args.quick, preset=args.preset, config_path=args.config, overrides=args.overrides,
+    threads = [f"runtime.threads={args.threads}"] if args.threads is not None else []
+    run_demo(out, quick=args.quick, preset=args.preset, config_path=args.config, overrides=threads + list(args.overrides),
              backend=args.backend, device=args.device, num_overlays=args.overlays, progress=not args.no_progress)
     return 0
 
@@ -83,7 +86,7 @@ def _config_for_checkpoint(args, checkpoint: str):
 
 
 def _cmd_evaluate(args) -> int:
-    from .pipeline import build_dataset, check_backend, evaluate_model, load_model, resolve_device
+    from .pipeline import build_dataset, check_backend, evaluate_model, load_model, resolve_device, torch_threads
     from .report import format_table
 
     device = resolve_device(args.device)
@@ -94,8 +97,9 @@ def _cmd_evaluate(args) -> int:
     split = args.split or cfg.data.val_split
     dataset = build_dataset(cfg, split, train=False)
     model, _ = load_model(args.checkpoint, cfg, dataset.description, device)
-    metrics = evaluate_model(model, dataset, args.output_dir, backend=args.backend, max_images=args.max_images,
-                             num_overlays=args.overlays, progress=not args.no_progress)
+    with torch_threads(args.threads):
+        metrics = evaluate_model(model, dataset, args.output_dir, backend=args.backend, max_images=args.max_images,
+                                 num_overlays=args.overlays, progress=not args.no_progress)
     print(format_table(metrics, title=f"{cfg.data.name} {split}:"))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -105,14 +109,15 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from .pipeline import check_backend, load_model, predict_images, resolve_device
+    from .pipeline import check_backend, load_model, predict_images, resolve_device, torch_threads
 
     device = resolve_device(args.device)
     check_backend(args.backend, device)
     cfg = _config_for_checkpoint(args, args.checkpoint)
     model, _ = load_model(args.checkpoint, cfg, None, device)
-    info = predict_images(model, args.input, args.output_dir, backend=args.backend, overlays=not args.no_overlays,
-                          progress=not args.no_progress)
+    with torch_threads(args.threads):
+        info = predict_images(model, args.input, args.output_dir, backend=args.backend,
+                              overlays=not args.no_overlays, progress=not args.no_progress)
     print(f"{info['images']} images, {info['ms_per_image']:.1f} ms/image; wrote {args.output_dir}/panoptic.json, "
           f"panoptic/*.png" + ("" if args.no_overlays else ", overlays/*.png"))
     return 0
@@ -130,13 +135,14 @@ def _model_for(args, device):
 
 def _cmd_benchmark(args) -> int:
     from .benchmark import run_benchmark
-    from .pipeline import check_backend, resolve_device
+    from .pipeline import check_backend, resolve_device, torch_threads
 
     device = resolve_device(args.device)
     check_backend(args.backend, device)
     model = _model_for(args, device)
-    report = run_benchmark(model, tuple(args.image_size), batch=args.batch, iters=args.iters, backend=args.backend,
-                           ops_too=not args.no_ops)
+    with torch_threads(args.threads):
+        report = run_benchmark(model, tuple(args.image_size), batch=args.batch, iters=args.iters,
+                               backend=args.backend, ops_too=not args.no_ops)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     print("for the full op / kernel suite (pytest-benchmark): make bench; results in benchmarks/RESULTS.md")

@@ -81,10 +81,12 @@ def run_demo(
 
     model = result.model.eval()
     t = time.perf_counter()
-    from .pipeline import evaluate_model
+    from .pipeline import evaluate_model, torch_threads
 
-    metrics = evaluate_model(model, val_set, out / "eval", backend=backend, num_overlays=num_overlays,
-                             progress=progress)
+    # the training's CPU thread count (1 in the synthetic preset: much faster on a loaded small CPU)
+    with torch_threads(cfg.runtime.threads if dev.type == "cpu" else None):
+        metrics = evaluate_model(model, val_set, out / "eval", backend=backend, num_overlays=num_overlays,
+                                 progress=progress)
     eval_s = time.perf_counter() - t
     figure = write_figure(result.history, metrics, out / "demo.png")
     total_s = time.perf_counter() - t_start

@@ -12,6 +12,7 @@ architecture, CUDA without a GPU, an unknown preset); the CLI prints it as one l
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -59,6 +60,20 @@ def resolve_device(device: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"device {device!r} is not supported; use auto, cpu or cuda")
     return dev
+
+
+@contextlib.contextmanager
+def torch_threads(n: Optional[int]):
+    """``torch.set_num_threads(n)`` inside the block (None: unchanged)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        if n < 1:
+            raise UsageError(f"--threads must be >= 1, got {n}")
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def check_backend(backend: Optional[str], device: torch.device) -> None:

@@ -79,3 +79,49 @@ def test_torch_export_program_runs():
     got = program.module()(x)
     for a, b in zip(flatten_outputs(got), flatten_outputs(model(x))):
         torch.testing.assert_close(a, b)
+
+
+def _tiny_real_network():
+    """The synthetic training preset's network (ResNet-18, 32-channel FPN and head), random weights."""
+    from rtpanoptic.engine import train_preset
+    from rtpanoptic.engine.trainer import build_model_from_config
+    from rtpanoptic.data import SYNTHETIC
+
+    torch.manual_seed(0)
+    return build_model_from_config(train_preset("synthetic"), SYNTHETIC).eval()
+
+
+@pytest.mark.slow
+def test_onnx_real_tiny_preset(tmp_path):
+    model = _tiny_real_network()
+    errors = export_onnx(model, tmp_path / "net.onnx", image_size=(128, 128), opset=17)
+    assert len(errors) == 5 * 3 + 2  # 5 levels x (boxes, centerness, classes) + levelness + semantic
+    assert max(errors.values()) < 1e-3
+
+
+def test_torch_export_dense_predictor_real_preset(tmp_path):
+    from rtpanoptic.export import DensePredictor, export_dense_program
+    from rtpanoptic.inference import Predictor
+
+    model = _tiny_real_network()
+    program = export_dense_program(model, image_size=(128, 256))
+    targets = {str(n.target) for n in program.graph.nodes}
+    assert any("rtpanoptic.decode_boxes" in t for t in targets)
+    assert any("rtpanoptic.gather_levelness" in t for t in targets)
+    # saved and loaded back (the ops must be registered: importing rtpanoptic does it)
+    torch.export.save(program, str(tmp_path / "dense.pt2"))
+    loaded = torch.export.load(str(tmp_path / "dense.pt2"))
+    images = torch.randint(0, 256, (1, 3, 128, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    got = loaded.module()(images)
+    # the dense boxes agree with the eager Predictor's stages
+    pred = Predictor(model)
+    x, _ = pred.preprocess(images)
+    from rtpanoptic import ops
+
+    out = model(x)
+    dense, fg = ops.gather_levelness(list(out.box_offsets), out.levelness, out_stride=model.levelness_stride)
+    torch.testing.assert_close(got[-3], dense, rtol=1e-4, atol=1e-3)
+    assert torch.equal(got[-2], fg)
+    torch.testing.assert_close(got[0], ops.decode_boxes(out.box_offsets[0], 8), rtol=1e-4, atol=1e-3)
+    assert got[-1].shape == (1, model.num_classes, 32, 64)
+    assert isinstance(DensePredictor(model), torch.nn.Module)
