@@ -150,7 +150,7 @@ def _cmd_benchmark(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .export import ExportError, export_dense_program, export_onnx
+    from .export import ExportError, export_onnx, export_panoptic_program
     from .pipeline import UsageError, resolve_device
 
     device = resolve_device("cpu")
@@ -163,10 +163,10 @@ def _cmd_export(args) -> int:
         else:
             import torch
 
-            program = export_dense_program(model, image_size=tuple(args.image_size), check=not args.no_check)
+            program = export_panoptic_program(model, image_size=tuple(args.image_size), check=not args.no_check)
             out.parent.mkdir(parents=True, exist_ok=True)
             torch.export.save(program, str(out))
-            msg = "network + normalisation + dense decoding (see rtpanoptic.export.DensePredictor)"
+            msg = "network + post-processing, rtpanoptic.export.PanopticProgram; import rtpanoptic before torch.export.load"
     except (ValueError, ExportError) as exc:
         raise UsageError(f"export failed: {exc}".splitlines()[0]) from None
     print(f"wrote {out} ({args.format}; {msg})")
@@ -240,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="ONNX (checked with onnxruntime) or torch.export program",
                        description="Export a checkpoint's network (or a preset's) to ONNX, checked against "
-                                   "onnxruntime, or to a torch.export program (.pt2) of network + dense decoding.")
+                                   "onnxruntime, or to a torch.export program (.pt2) of the whole predictor for one image "
+                                   "(rtpanoptic.export.PanopticProgram).")
     _common(p, preset_default=None, backend=False)
     p.add_argument("--checkpoint", help="export this checkpoint's network (default: the preset's, random weights)")
     p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx")

@@ -176,3 +176,86 @@ def export_dense_program(model: nn.Module, image_size: Sequence[int] = (256, 512
             if a.shape != b.shape or not torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-4):
                 raise ExportError(f"exported program output {i} differs from eager PyTorch")
     return program
+
+
+class PanopticProgram(nn.Module):
+    """The whole :class:`~rtpanoptic.inference.Predictor` for one image, in a form ``torch.export``
+    can trace: uint8 RGB ``[1, 3, H, W]`` (H, W multiples of 128) -> ``(panoptic int32 [H, W]``
+    (0 void, k the k-th segment), ``classes`` int64 ``[S]`` (semantic train ids), ``queries``
+    int64 ``[S]`` (query index, -1 for stuff), ``scores [S])``.
+
+    Same result as the Predictor: the per-level candidates are a fixed ``pre_nms_top_n`` top-k
+    whose entries below ``pre_nms_thresh`` get score -1; those sort after every real candidate,
+    so they suppress nothing in NMS and are dropped after the ``post_nms_top_n`` cut.  The
+    data-dependent sizes (NMS survivors, segments) are unbacked sizes of the ops' fake kernels.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.options = model.cfg.inference
+        d = model.description
+        self.register_buffer("is_thing", torch.tensor(d.is_thing, dtype=torch.bool), persistent=False)
+        self.register_buffer("thing_train_ids", torch.tensor(d.thing_train_ids, dtype=torch.int64), persistent=False)
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        from . import ops
+
+        m, o = self.model, self.options
+        h, w = images.shape[-2], images.shape[-1]
+        out = m(m.normalize(images))
+        all_boxes, all_scores, all_labels = [], [], []
+        for stride, logits, ctr, offsets in zip(m.strides, out.class_logits, out.centerness, out.box_offsets):
+            boxes = ops.decode_boxes(offsets, stride)[0]
+            prob = logits[0].sigmoid()
+            score = prob * ctr[0].sigmoid()
+            hw = prob.shape[1] * prob.shape[2]
+            score = torch.where(prob > o.pre_nms_thresh, score, torch.full_like(score, -1.0)).flatten()
+            top, idx = score.topk(min(o.pre_nms_top_n, score.numel()))
+            all_boxes.append(boxes.reshape(4, hw)[:, idx % hw].t())
+            all_scores.append(top)
+            all_labels.append(idx // hw)
+        boxes, scores, labels = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
+        boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([w, h, w, h]))
+        keep = ops.batched_nms(boxes, scores, labels, o.nms_thresh)
+        if o.global_nms_thresh is not None:
+            keep = keep[ops.nms(boxes[keep], scores[keep], o.global_nms_thresh)]
+        keep = keep[: o.post_nms_top_n]
+        keep = keep[scores[keep] > 0]
+        ls = m.levelness_stride
+        dense, _ = ops.gather_levelness(list(out.box_offsets), out.levelness, out_stride=ls)
+        sem = out.semantic
+        if sem.shape[-2:] != dense.shape[-2:]:
+            sem = torch.nn.functional.interpolate(sem, size=dense.shape[-2:], mode="bilinear", align_corners=False)
+        seg = ops.panoptic_from_dense(
+            dense[0], sem.softmax(dim=1)[0], boxes[keep], self.thing_train_ids[labels[keep]], scores[keep],
+            self.is_thing, sigma=o.sigma, score=o.score, score_threshold=o.score_threshold,
+            overlap_threshold=o.overlap_threshold, stuff_area_limit=o.stuff_area_limit // (ls * ls),
+        )
+        panoptic = seg.segment_map.repeat_interleave(ls, 0).repeat_interleave(ls, 1)[:h, :w]
+        return panoptic, seg.classes, seg.queries, seg.scores
+
+
+def export_panoptic_program(model: nn.Module, image_size: Sequence[int] = (256, 512), check: bool = True,
+                            example: Tensor | None = None):
+    """``torch.export`` of :class:`PanopticProgram` (network + post-processing through the
+    ``torch.ops.rtpanoptic`` ops) for a fixed image size.  With ``check``, the program's output on
+    ``example`` (default: a random uint8 image) must equal the eager module's (:class:`ExportError`).
+    Load it with ``import rtpanoptic; torch.export.load(path)`` (the import registers the ops)."""
+    _example(image_size, 1)  # validates the size
+    if example is None:
+        g = torch.Generator().manual_seed(0)
+        example = torch.randint(0, 256, (1, 3, int(image_size[0]), int(image_size[1])), generator=g, dtype=torch.uint8)
+    wrapper = PanopticProgram(model.eval()).eval()
+    try:
+        program = torch.export.export(wrapper, (example,), strict=False)
+    except Exception as exc:
+        raise ExportError(f"torch.export failed: {type(exc).__name__}: {exc}") from exc
+    if check:
+        with torch.no_grad():
+            expected = wrapper(example)
+            got = program.module()(example)
+        for name, a, b in zip(("panoptic", "classes", "queries", "scores"), got, expected):
+            if a.shape != b.shape or not torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5):
+                raise ExportError(f"exported program output {name!r} differs from eager PyTorch")
+    return program

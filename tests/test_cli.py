@@ -169,3 +169,18 @@ def test_error_subprocess_has_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+
+
+def test_export_torch_program(demo_run, tmp_path, capsys):
+    out = tmp_path / "m.pt2"
+    rc = main(["export", "--checkpoint", str(demo_run / "train" / "last.pt"), "--format", "torch-export",
+               "--image-size", "128", "128", "--output", str(out)])
+    assert rc == 0 and out.stat().st_size > 0
+    program = torch.export.load(str(out)).module()
+    panoptic = program(torch.zeros(1, 3, 128, 128, dtype=torch.uint8))[0]
+    assert panoptic.shape == (128, 128)
+
+
+def test_export_bad_size_is_one_line(demo_run, capsys):
+    _one_line_error(capsys, ["export", "--checkpoint", str(demo_run / "train" / "last.pt"), "--image-size", "100", "128"],
+                    "multiples of 128")

@@ -125,3 +125,34 @@ def test_torch_export_dense_predictor_real_preset(tmp_path):
     torch.testing.assert_close(got[0], ops.decode_boxes(out.box_offsets[0], 8), rtol=1e-4, atol=1e-3)
     assert got[-1].shape == (1, model.num_classes, 32, 64)
     assert isinstance(DensePredictor(model), torch.nn.Module)
+
+
+def test_torch_export_full_predictor_matches_predictor(tmp_path):
+    import dataclasses
+
+    from rtpanoptic.export import export_panoptic_program
+    from rtpanoptic.inference import Predictor
+
+    model = _tiny_real_network()
+    # every location a candidate, so NMS and the mask fusion have many queries to work on
+    model.cfg = dataclasses.replace(model.cfg, inference=dataclasses.replace(model.cfg.inference, pre_nms_thresh=0.0))
+    g = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (1, 3, 128, 256), dtype=torch.uint8, generator=g)
+    program = export_panoptic_program(model, image_size=(128, 256), example=images)
+    torch.export.save(program, str(tmp_path / "full.pt2"))
+    loaded = torch.export.load(str(tmp_path / "full.pt2")).module()
+    for image in (images, torch.randint(0, 256, (1, 3, 128, 256), dtype=torch.uint8, generator=g)):
+        panoptic, classes, queries, scores = loaded(image)
+        ref = Predictor(model)(image)[0]
+        assert len(ref.detections.scores) > 10  # the fixture has real work for the post-processing
+        assert torch.equal(panoptic, ref.panoptic)
+        assert classes.tolist() == [s["train_id"] for s in ref.segments_info]
+        assert (queries >= 0).tolist() == [s["isthing"] for s in ref.segments_info]
+        torch.testing.assert_close(scores, torch.tensor([s["score"] for s in ref.segments_info]))
+
+
+def test_torch_export_bad_size():
+    from rtpanoptic.export import export_panoptic_program
+
+    with pytest.raises(ValueError, match="multiples of 128"):
+        export_panoptic_program(_tiny_real_network(), image_size=(100, 128))

@@ -99,7 +99,7 @@ def panoptic_from_dense(
     if isinstance(stuff_area_limit, bool) or not isinstance(stuff_area_limit, int) or stuff_area_limit < 0:
         raise ValueError(f"{op}: stuff_area_limit must be a non-negative int, got {stuff_area_limit!r}")
     query_classes = query_classes.to(torch.int64)
-    if query_classes.numel() and not torch.compiler.is_compiling():
+    if not torch.compiler.is_compiling() and query_classes.numel():
         lo, hi = int(query_classes.min()), int(query_classes.max())
         if lo < 0 or hi >= n_classes:
             raise ValueError(f"{op}: query_classes must lie in [0, {n_classes}), got values in [{lo}, {hi}]")
