@@ -1,4 +1,16 @@
-"""Benchmark inputs: deterministic, built in-process.  Run with ``make bench``."""
+"""Benchmark inputs and measurement helpers: deterministic, built in-process.  Run with ``make bench``.
+
+Peak memory (``benchmark.extra_info["peak_mem_mb"]``): on CUDA, ``torch.cuda.max_memory_allocated``
+above what was allocated before the call; on the CPU, the growth of the process's resident-set
+high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) during one call, with glibc
+told to serve every allocation above 64 KiB by mmap so that freed memory is returned and
+re-counted.  (``tracemalloc`` only sees Python's allocator, not torch's or the C++ kernels'.)
+"""
+import ctypes
+import gc
+import re
+import time
+
 import pytest
 import torch
 
@@ -20,3 +32,86 @@ def clustered_boxes(n: int, seed: int = 0, image: float = 1024.0, device="cpu"):
 @pytest.fixture
 def make_clustered_boxes():
     return clustered_boxes
+
+
+def _libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so large blocks are unmapped on free
+        libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _libc()
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(key + r":\s+(\d+) kB", f.read()).group(1)) * 1024
+
+
+def cpu_peak_bytes(fn) -> int | None:
+    """Extra resident memory at the peak of one call of ``fn`` (None where not measurable)."""
+    try:
+        gc.collect()
+        if _LIBC is not None:
+            _LIBC.malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM to the current RSS
+        base = _status_bytes("VmRSS")
+        fn()
+        return max(0, _status_bytes("VmHWM") - base)
+    except (OSError, AttributeError):
+        return None
+
+
+def cuda_peak_bytes(fn) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def skip_unless(device: str, impl: str, backends):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no GPU")
+    if impl not in ("torchvision",) and impl not in backends:
+        pytest.skip(f"backend {impl!r} not available on {device}")
+
+
+def run(benchmark, fn, device: str, budget_s: float = 1.0, max_rounds: int = 20):
+    """Benchmark ``fn()`` (synchronised on CUDA) and record its peak memory in extra_info.
+
+    The number of rounds is fitted to ``budget_s`` from one timed warm-up call (at least 3),
+    which keeps the whole suite to a few minutes on a small CPU."""
+    if device == "cuda":
+        def call():
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+    else:
+        call = fn
+    t0 = time.perf_counter()
+    call()  # warm-up (also loads kernels / caches)
+    once = time.perf_counter() - t0
+    peak = cuda_peak_bytes(fn) if device == "cuda" else cpu_peak_bytes(fn)
+    benchmark.extra_info["device"] = device
+    benchmark.extra_info["peak_mem_mb"] = None if peak is None else round(peak / 2**20, 2)
+    rounds = int(min(max_rounds, max(3, budget_s / max(once, 1e-6))))
+    return benchmark.pedantic(call, rounds=rounds, iterations=1)
+
+
+@pytest.fixture
+def bench_run():
+    """``bench_run(benchmark, fn, device)``: see :func:`run`."""
+    return run
+
+
+@pytest.fixture
+def need():
+    """``need(device, impl, backends)``: skip unless ``impl`` can run on ``device``."""
+    return skip_unless

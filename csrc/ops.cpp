@@ -27,4 +27,15 @@ TORCH_LIBRARY(rtpanoptic, m) {
   // Explicit mask loss (eqs. 16-18).
   m.def(
       "mask_loss(Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, Tensor batch_index) -> Tensor");
+
+  // Backward kernels, called by the autograd formulas in rtpanoptic/ops/_autograd.py
+  // (decode_boxes' backward is a sign flip written there with plain tensor ops).
+  // Gradient w.r.t. every level's offsets (levelness gets none: argmax is piecewise constant).
+  m.def("_gather_levelness_backward(Tensor grad_boxes, Tensor[] offsets, Tensor levelness, int out_stride) -> Tensor[]");
+  // (grad_dense_boxes [4,H,W], grad_query_boxes [Q,4]) from grad [Q,H,W].
+  m.def("_iou_attention_backward(Tensor grad, Tensor dense_boxes, Tensor query_boxes, str score) -> (Tensor, Tensor)");
+  // (grad_dense_boxes [B,4,H,W], grad_query_boxes [Q,4]) from the scalar grad of mask_loss.
+  m.def(
+      "_mask_loss_backward(Tensor grad, Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, "
+      "Tensor batch_index) -> (Tensor, Tensor)");
 }

@@ -1,4 +1,35 @@
 """Datasets, dataset descriptions and transforms."""
-from .description import CITYSCAPES, Category, DatasetDescription, get_description, register_description
+from .builtin import DATASETS, build_dataset, coco_panoptic_dataset
+from .cityscapes import cityscapes_panoptic_dataset
+from .coco_panoptic import COCOPanopticDataset, DatasetError, cityscapes_image_path, collate, masks_to_boxes
+from .description import (
+    CITYSCAPES,
+    COCO_PANOPTIC,
+    Category,
+    DatasetDescription,
+    get_description,
+    register_description,
+)
+from .synthetic import SYNTHETIC, SyntheticConfig, generate_synthetic, synthetic_dataset
 
-__all__ = ["CITYSCAPES", "Category", "DatasetDescription", "get_description", "register_description"]
+__all__ = [
+    "CITYSCAPES",
+    "COCO_PANOPTIC",
+    "SYNTHETIC",
+    "COCOPanopticDataset",
+    "DATASETS",
+    "build_dataset",
+    "cityscapes_panoptic_dataset",
+    "coco_panoptic_dataset",
+    "Category",
+    "DatasetDescription",
+    "DatasetError",
+    "SyntheticConfig",
+    "cityscapes_image_path",
+    "collate",
+    "generate_synthetic",
+    "get_description",
+    "masks_to_boxes",
+    "register_description",
+    "synthetic_dataset",
+]

@@ -116,7 +116,17 @@ _CITYSCAPES = [
 ]
 CITYSCAPES = DatasetDescription("cityscapes", tuple(Category(*c) for c in _CITYSCAPES), ignore_label=255)
 
-_REGISTRY: Dict[str, DatasetDescription] = {"cityscapes": CITYSCAPES}
+
+def _coco_panoptic() -> DatasetDescription:
+    from ._coco_categories import coco_panoptic_rows
+
+    return DatasetDescription("coco_panoptic", tuple(Category(*r) for r in coco_panoptic_rows()), ignore_label=255)
+
+
+# COCO panoptic 2017: 133 classes, things are train ids 0..79, stuff 80..132.
+COCO_PANOPTIC = _coco_panoptic()
+
+_REGISTRY: Dict[str, DatasetDescription] = {"cityscapes": CITYSCAPES, "coco_panoptic": COCO_PANOPTIC, "coco": COCO_PANOPTIC}
 
 
 def register_description(desc: DatasetDescription) -> None:

@@ -53,6 +53,18 @@ def _mask_loss_fake(dense_boxes, query_boxes, gt_masks, beta, batch_index):
     return dense_boxes.new_empty(())
 
 
+def _gather_levelness_backward_fake(grad_boxes, offsets, levelness, out_stride):
+    return [torch.empty_like(o) for o in offsets]
+
+
+def _iou_attention_backward_fake(grad, dense_boxes, query_boxes, score):
+    return torch.empty_like(dense_boxes), torch.empty_like(query_boxes)
+
+
+def _mask_loss_backward_fake(grad, dense_boxes, query_boxes, gt_masks, beta, batch_index):
+    return torch.empty_like(dense_boxes), torch.empty_like(query_boxes)
+
+
 FAKES = {
     "nms": _nms_fake,
     "batched_nms": _batched_nms_fake,
@@ -62,6 +74,12 @@ FAKES = {
     "iou_attention": _iou_attention_fake,
     "panoptic_from_dense": _panoptic_from_dense_fake,
     "mask_loss": _mask_loss_fake,
+}
+# Backward kernels of the C++/CUDA library only (other namespaces need not define them).
+BACKWARD_FAKES = {
+    "_gather_levelness_backward": _gather_levelness_backward_fake,
+    "_iou_attention_backward": _iou_attention_backward_fake,
+    "_mask_loss_backward": _mask_loss_backward_fake,
 }
 
 
@@ -73,3 +91,5 @@ def register(namespace: str = "rtpanoptic") -> None:
 
 if _extension.load():
     register()
+    for _name, _fn in BACKWARD_FAKES.items():
+        torch.library.register_fake(f"rtpanoptic::{_name}", _fn)

@@ -59,7 +59,9 @@ def batched_nms(
 def box_iou(boxes1: Tensor, boxes2: Tensor, *, backend: str | None = None) -> Tensor:
     """Pairwise IoU ``[N, M]`` of xyxy boxes ``[N, 4]`` and ``[M, 4]``, as
     ``torchvision.ops.box_iou`` (no +1 on areas; two zero-area boxes give NaN).
-    The result has the boxes' dtype (float16/bfloat16 are computed in float32)."""
+    The result has the boxes' dtype (float16/bfloat16 are computed in float32).
+    Differentiable only through the reference: with ``backend=None`` and an input that
+    requires grad, the reference is used (the cpp/cuda kernels raise on backward)."""
     op = "box_iou"
     _validate.boxes(op, "boxes1", boxes1)
     _validate.boxes(op, "boxes2", boxes2)
@@ -67,4 +69,6 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, backend: str | None = None) -> Te
     device = _validate.same_device(op, boxes1=boxes1, boxes2=boxes2)
     if boxes1.shape[0] == 0 or boxes2.shape[0] == 0:
         return boxes1.new_zeros((boxes1.shape[0], boxes2.shape[0]))
+    if backend is None and torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad):
+        backend = "reference"
     return _dispatch.select(op, backend, device)(boxes1, boxes2)

@@ -138,7 +138,7 @@ def iou_attention(dense_boxes: Tensor, query_boxes: Tensor, score: str) -> Tenso
     """P_loc(x, y, j) = score(B(x, y), B_j): ``[4,H,W]`` x ``[Q,4]`` -> ``[Q,H,W]`` (eq. 6)."""
     _, h, w = dense_boxes.shape
     flat = dense_boxes.reshape(4, h * w).t()
-    return pairwise_box_score(flat, query_boxes, score).reshape(-1, h, w)
+    return pairwise_box_score(flat, query_boxes, score).reshape(query_boxes.shape[0], h, w)
 
 
 # ----------------------------------------------------- mask construction + fusion

@@ -1,0 +1,227 @@
+// Levelness gathering (eq. 14) on the CPU, fused: for each output location the level
+// argmax(levelness[1:]) is found first and only that level's offsets are bilinearly
+// sampled (align_corners=False, as F.interpolate) and decoded around the location's
+// centre floor(out_stride/2) + i*out_stride -- the [B, L, 4, H, W] stack of resampled
+// levels that the reference builds never exists.  argmax follows torch.argmax: first
+// maximum, a NaN logit counts as the maximum.  foreground = argmax(levelness) != 0.
+//
+// Backward (w.r.t. the offsets only; the argmax is piecewise constant so levelness gets
+// no gradient, as in the reference): the transposed bilinear interpolation of the sign-
+// flipped box gradient into the chosen level.  Parallel over (batch, coordinate) planes,
+// which own disjoint parts of every level's gradient, so no atomics are needed.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "box_math.h"
+#include "checks.h"
+
+namespace rtpanoptic {
+namespace {
+
+
+template <typename T>
+struct AxisW {
+  std::vector<int64_t> i0, i1;
+  std::vector<T> w0, w1;
+};
+
+template <typename T>
+AxisW<T> axis_coeffs(int64_t out_size, int64_t in_size) {
+  AxisW<T> a;
+  a.i0.resize(out_size);
+  a.i1.resize(out_size);
+  a.w0.resize(out_size);
+  a.w1.resize(out_size);
+  const T scale = static_cast<T>(in_size) / static_cast<T>(out_size);
+  for (int64_t o = 0; o < out_size; ++o) bilinear_coeffs<T>(o, in_size, scale, &a.i0[o], &a.i1[o], &a.w0[o], &a.w1[o]);
+  return a;
+}
+
+void check_inputs(const char* op, const at::TensorList& offsets, const at::Tensor& levelness, int64_t out_stride) {
+  TORCH_CHECK(levelness.dim() == 4, op, ": levelness must have shape [B, L+1, H, W], got ", levelness.sizes());
+  check_float(op, "levelness", levelness);
+  const int64_t n_levels = levelness.size(1) - 1;
+  TORCH_CHECK(n_levels >= 1 && static_cast<int64_t>(offsets.size()) == n_levels, op, ": levelness has ",
+              levelness.size(1), " channels, so offsets must hold ", n_levels, " tensors, got ", offsets.size());
+  TORCH_CHECK(out_stride > 0, op, ": out_stride must be a positive int, got ", out_stride);
+  const bool nonempty = levelness.size(2) > 0 && levelness.size(3) > 0;
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    const auto& o = offsets[i];
+    TORCH_CHECK(o.dim() == 4 && o.size(0) == levelness.size(0) && o.size(1) == 4, op, ": offsets[", i,
+                "] must have shape [B=", levelness.size(0), ", 4, h, w], got ", o.sizes());
+    TORCH_CHECK(o.scalar_type() == levelness.scalar_type(), op, ": offsets[", i, "] must have the dtype of levelness (",
+                levelness.scalar_type(), "), got ", o.scalar_type());
+    TORCH_CHECK(o.device() == levelness.device(), op, ": offsets[", i, "] must be on ", levelness.device(), ", got ",
+                o.device());
+    TORCH_CHECK(!nonempty || levelness.size(0) == 0 || (o.size(2) > 0 && o.size(3) > 0), op, ": offsets[", i,
+                "] is empty ", o.sizes(), " but the levelness grid is not");
+  }
+}
+
+// level index (0-based among levels) and foreground flag of one location.
+template <typename T>
+inline void pick_level(const T* lv, int64_t plane, int64_t n_channels, int64_t* level, bool* fg) {
+  T best = lv[plane];
+  int64_t best_i = 1;
+  for (int64_t c = 2; c < n_channels; ++c) {
+    const T v = lv[c * plane];
+    if (argmax_better(v, best)) {
+      best = v;
+      best_i = c;
+    }
+  }
+  *level = best_i - 1;
+  // argmax over all channels is 0 iff channel 0 is not beaten by the best level logit
+  *fg = argmax_better(best, lv[0]);
+}
+
+template <typename T>
+void forward_impl(const std::vector<at::Tensor>& offs, const at::Tensor& lv, int64_t out_stride, at::Tensor& boxes,
+                  at::Tensor& fg) {
+  const int64_t batch = lv.size(0), nc = lv.size(1), h = lv.size(2), w = lv.size(3), plane = h * w;
+  const int64_t n_levels = nc - 1;
+  std::vector<AxisW<T>> ys, xs;
+  std::vector<const T*> ptr;
+  for (const auto& o : offs) {
+    ys.push_back(axis_coeffs<T>(h, o.size(2)));
+    xs.push_back(axis_coeffs<T>(w, o.size(3)));
+    ptr.push_back(o.data_ptr<T>());
+  }
+  const T* lvp = lv.data_ptr<T>();
+  T* bp = boxes.data_ptr<T>();
+  bool* fp = fg.data_ptr<bool>();
+  const int64_t half = out_stride / 2;
+  at::parallel_for(0, batch * h, std::max<int64_t>(1, 4096 / std::max<int64_t>(w, 1)), [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / h, y = row % h;
+      const T cy = static_cast<T>(y) * static_cast<T>(out_stride) + static_cast<T>(half);
+      for (int64_t x = 0; x < w; ++x) {
+        const int64_t p = y * w + x;
+        int64_t level;
+        bool is_fg;
+        pick_level(lvp + b * nc * plane + p, plane, nc, &level, &is_fg);
+        (void)n_levels;
+        fp[b * plane + p] = is_fg;
+        const auto& ay = ys[level];
+        const auto& ax = xs[level];
+        const int64_t hi = offs[level].size(2), wi = offs[level].size(3);
+        const T* src = ptr[level] + b * 4 * hi * wi;
+        const int64_t y0 = ay.i0[y], y1 = ay.i1[y], x0 = ax.i0[x], x1 = ax.i1[x];
+        const T wy0 = ay.w0[y], wy1 = ay.w1[y], wx0 = ax.w0[x], wx1 = ax.w1[x];
+        T v[4];
+        for (int c = 0; c < 4; ++c) {
+          const T* s = src + c * hi * wi;
+          v[c] = wy0 * (wx0 * s[y0 * wi + x0] + wx1 * s[y0 * wi + x1]) + wy1 * (wx0 * s[y1 * wi + x0] + wx1 * s[y1 * wi + x1]);
+        }
+        const T cx = static_cast<T>(x) * static_cast<T>(out_stride) + static_cast<T>(half);
+        T* dst = bp + b * 4 * plane + p;
+        dst[0] = cx - v[0];
+        dst[plane] = cy - v[1];
+        dst[2 * plane] = cx + v[2];
+        dst[3 * plane] = cy + v[3];
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_impl(const at::Tensor& grad, const std::vector<at::Tensor>& offs, const at::Tensor& lv,
+                   std::vector<at::Tensor>& grads) {
+  const int64_t batch = lv.size(0), nc = lv.size(1), h = lv.size(2), w = lv.size(3), plane = h * w;
+  // levels chosen at every location (computed once, shared by the 4 coordinate planes)
+  std::vector<int32_t> levels(batch * plane);
+  const T* lvp = lv.data_ptr<T>();
+  at::parallel_for(0, batch * plane, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / plane, p = i % plane;
+      int64_t level;
+      bool is_fg;
+      pick_level(lvp + b * nc * plane + p, plane, nc, &level, &is_fg);
+      levels[i] = static_cast<int32_t>(level);
+    }
+  });
+  std::vector<AxisW<T>> ys, xs;
+  std::vector<T*> gptr;
+  for (size_t l = 0; l < offs.size(); ++l) {
+    ys.push_back(axis_coeffs<T>(h, offs[l].size(2)));
+    xs.push_back(axis_coeffs<T>(w, offs[l].size(3)));
+    gptr.push_back(grads[l].data_ptr<T>());
+  }
+  const T* gp = grad.data_ptr<T>();
+  at::parallel_for(0, batch * 4, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const int64_t b = bc / 4, c = bc % 4;
+      const T sign = c < 2 ? T(-1) : T(1);
+      const T* g = gp + (b * 4 + c) * plane;
+      for (int64_t y = 0; y < h; ++y) {
+        for (int64_t x = 0; x < w; ++x) {
+          const int64_t p = y * w + x;
+          const int64_t level = levels[b * plane + p];
+          const T gv = sign * g[p];
+          const auto& ay = ys[level];
+          const auto& ax = xs[level];
+          const int64_t hi = offs[level].size(2), wi = offs[level].size(3);
+          T* dst = gptr[level] + (b * 4 + c) * hi * wi;
+          const int64_t y0 = ay.i0[y], y1 = ay.i1[y], x0 = ax.i0[x], x1 = ax.i1[x];
+          dst[y0 * wi + x0] += gv * ay.w0[y] * ax.w0[x];
+          dst[y0 * wi + x1] += gv * ay.w0[y] * ax.w1[x];
+          dst[y1 * wi + x0] += gv * ay.w1[y] * ax.w0[x];
+          dst[y1 * wi + x1] += gv * ay.w1[y] * ax.w1[x];
+        }
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> gather_levelness_cpu(at::TensorList offsets, const at::Tensor& levelness,
+                                                        int64_t out_stride) {
+  const char* op = "gather_levelness";
+  check_inputs(op, offsets, levelness, out_stride);
+  check_device(op, "levelness", levelness, c10::kCPU);
+  const auto acc = levelness.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto lv = levelness.to(acc).contiguous();
+  const int64_t batch = lv.size(0), h = lv.size(2), w = lv.size(3);
+  auto boxes = at::empty({batch, 4, h, w}, lv.options());
+  auto fg = at::empty({batch, h, w}, lv.options().dtype(at::kBool));
+  if (batch * h * w > 0) {
+    std::vector<at::Tensor> offs;
+    for (const auto& o : offsets) offs.push_back(o.to(acc).contiguous());
+    AT_DISPATCH_FLOATING_TYPES(acc, "gather_levelness_cpu", [&] { forward_impl<scalar_t>(offs, lv, out_stride, boxes, fg); });
+  }
+  return {boxes.to(levelness.scalar_type()), fg};
+}
+
+std::vector<at::Tensor> gather_levelness_backward_cpu(const at::Tensor& grad_boxes, at::TensorList offsets,
+                                                      const at::Tensor& levelness, int64_t out_stride) {
+  const char* op = "_gather_levelness_backward";
+  check_inputs(op, offsets, levelness, out_stride);
+  check_device(op, "levelness", levelness, c10::kCPU);
+  TORCH_CHECK(grad_boxes.dim() == 4 && grad_boxes.size(0) == levelness.size(0) && grad_boxes.size(1) == 4 &&
+                  grad_boxes.size(2) == levelness.size(2) && grad_boxes.size(3) == levelness.size(3),
+              op, ": grad_boxes must have shape [B, 4, H, W] of levelness, got ", grad_boxes.sizes());
+  const auto acc = levelness.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto lv = levelness.to(acc).contiguous();
+  auto g = grad_boxes.to(acc).contiguous();
+  std::vector<at::Tensor> offs, grads;
+  for (const auto& o : offsets) {
+    offs.push_back(o);
+    grads.push_back(at::zeros(o.sizes(), lv.options()));
+  }
+  if (lv.size(0) * lv.size(2) * lv.size(3) > 0) {
+    AT_DISPATCH_FLOATING_TYPES(acc, "gather_levelness_backward_cpu", [&] { backward_impl<scalar_t>(g, offs, lv, grads); });
+  }
+  for (size_t i = 0; i < grads.size(); ++i) grads[i] = grads[i].to(offsets[i].scalar_type());
+  return grads;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rtpanoptic, CPU, m) {
+  m.impl("gather_levelness", TORCH_FN(gather_levelness_cpu));
+  m.impl("_gather_levelness_backward", TORCH_FN(gather_levelness_backward_cpu));
+}
+
+}  // namespace rtpanoptic

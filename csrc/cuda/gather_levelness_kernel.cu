@@ -1,0 +1,196 @@
+// Levelness gathering (eq. 14) on the GPU, fused: one thread per output location picks
+// argmax(levelness[1:]) (torch.argmax: first maximum, NaN wins), samples only that level's
+// offsets bilinearly (align_corners=False) and decodes them.  Backward: one thread per
+// location scatters the sign-flipped box gradient into the chosen level with atomics
+// (accumulated in float32 for float16/bfloat16/float32, float64 for float64), so the
+// gradient's summation order is not deterministic on the GPU.
+#include <ATen/cuda/Atomic.cuh>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "cuda_common.cuh"
+
+namespace rtpanoptic {
+namespace {
+
+constexpr int kMaxLevels = 8;
+
+template <typename scalar_t, typename ptr_t>
+struct Levels {
+  ptr_t ptr[kMaxLevels];
+  int64_t h[kMaxLevels];
+  int64_t w[kMaxLevels];
+};
+
+template <typename scalar_t>
+__device__ __forceinline__ void pick_level(const scalar_t* lv, int64_t plane, int64_t nc, int* level, bool* fg) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t best = lv[plane];
+  int best_i = 1;
+  for (int64_t c = 2; c < nc; ++c) {
+    const acc_t v = lv[c * plane];
+    if (argmax_better(v, best)) {
+      best = v;
+      best_i = static_cast<int>(c);
+    }
+  }
+  *level = best_i - 1;
+  *fg = argmax_better(best, static_cast<acc_t>(lv[0]));
+}
+
+template <typename scalar_t>
+__global__ void gather_forward_kernel(Levels<scalar_t, const scalar_t*> levels, const scalar_t* __restrict__ lv,
+                                      int64_t batch, int64_t nc, int64_t h, int64_t w, int64_t out_stride,
+                                      scalar_t* __restrict__ boxes, bool* __restrict__ fg) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t plane = h * w;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= batch * plane) return;
+  const int64_t b = t / plane, p = t % plane, y = p / w, x = p % w;
+  int level;
+  bool is_fg;
+  pick_level(lv + b * nc * plane + p, plane, nc, &level, &is_fg);
+  fg[t] = is_fg;
+  const int64_t hi = levels.h[level], wi = levels.w[level];
+  int64_t y0, y1, x0, x1;
+  acc_t wy0, wy1, wx0, wx1;
+  bilinear_coeffs<acc_t>(y, hi, static_cast<acc_t>(hi) / static_cast<acc_t>(h), &y0, &y1, &wy0, &wy1);
+  bilinear_coeffs<acc_t>(x, wi, static_cast<acc_t>(wi) / static_cast<acc_t>(w), &x0, &x1, &wx0, &wx1);
+  const scalar_t* src = levels.ptr[level] + b * 4 * hi * wi;
+  acc_t v[4];
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    const scalar_t* s = src + c * hi * wi;
+    v[c] = wy0 * (wx0 * static_cast<acc_t>(s[y0 * wi + x0]) + wx1 * static_cast<acc_t>(s[y0 * wi + x1])) +
+           wy1 * (wx0 * static_cast<acc_t>(s[y1 * wi + x0]) + wx1 * static_cast<acc_t>(s[y1 * wi + x1]));
+  }
+  const acc_t cx = static_cast<acc_t>(x * out_stride + out_stride / 2);
+  const acc_t cy = static_cast<acc_t>(y * out_stride + out_stride / 2);
+  scalar_t* dst = boxes + b * 4 * plane + p;
+  dst[0] = static_cast<scalar_t>(cx - v[0]);
+  dst[plane] = static_cast<scalar_t>(cy - v[1]);
+  dst[2 * plane] = static_cast<scalar_t>(cx + v[2]);
+  dst[3 * plane] = static_cast<scalar_t>(cy + v[3]);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void gather_backward_kernel(Levels<scalar_t, acc_t*> grads, const scalar_t* __restrict__ grad,
+                                       const scalar_t* __restrict__ lv, int64_t batch, int64_t nc, int64_t h,
+                                       int64_t w) {
+  const int64_t plane = h * w;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= batch * plane) return;
+  const int64_t b = t / plane, p = t % plane, y = p / w, x = p % w;
+  int level;
+  bool is_fg;
+  pick_level(lv + b * nc * plane + p, plane, nc, &level, &is_fg);
+  const int64_t hi = grads.h[level], wi = grads.w[level];
+  int64_t y0, y1, x0, x1;
+  acc_t wy0, wy1, wx0, wx1;
+  bilinear_coeffs<acc_t>(y, hi, static_cast<acc_t>(hi) / static_cast<acc_t>(h), &y0, &y1, &wy0, &wy1);
+  bilinear_coeffs<acc_t>(x, wi, static_cast<acc_t>(wi) / static_cast<acc_t>(w), &x0, &x1, &wx0, &wx1);
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    const acc_t gv = (c < 2 ? acc_t(-1) : acc_t(1)) * static_cast<acc_t>(grad[(b * 4 + c) * plane + p]);
+    acc_t* dst = grads.ptr[level] + (b * 4 + c) * hi * wi;
+    gpuAtomicAdd(dst + y0 * wi + x0, gv * wy0 * wx0);
+    gpuAtomicAdd(dst + y0 * wi + x1, gv * wy0 * wx1);
+    gpuAtomicAdd(dst + y1 * wi + x0, gv * wy1 * wx0);
+    gpuAtomicAdd(dst + y1 * wi + x1, gv * wy1 * wx1);
+  }
+}
+
+void check_inputs(const char* op, const at::TensorList& offsets, const at::Tensor& levelness, int64_t out_stride) {
+  TORCH_CHECK(levelness.dim() == 4, op, ": levelness must have shape [B, L+1, H, W], got ", levelness.sizes());
+  check_float(op, "levelness", levelness);
+  cuda::check_cuda(op, "levelness", levelness);
+  const int64_t n_levels = levelness.size(1) - 1;
+  TORCH_CHECK(n_levels >= 1 && static_cast<int64_t>(offsets.size()) == n_levels, op, ": levelness has ",
+              levelness.size(1), " channels, so offsets must hold ", n_levels, " tensors, got ", offsets.size());
+  TORCH_CHECK(n_levels <= kMaxLevels, op, ": the CUDA kernel supports at most ", kMaxLevels, " levels, got ",
+              n_levels);
+  TORCH_CHECK(out_stride > 0, op, ": out_stride must be a positive int, got ", out_stride);
+  const bool nonempty = levelness.size(0) > 0 && levelness.size(2) > 0 && levelness.size(3) > 0;
+  for (size_t i = 0; i < offsets.size(); ++i) {
+    const auto& o = offsets[i];
+    TORCH_CHECK(o.dim() == 4 && o.size(0) == levelness.size(0) && o.size(1) == 4, op, ": offsets[", i,
+                "] must have shape [B=", levelness.size(0), ", 4, h, w], got ", o.sizes());
+    TORCH_CHECK(o.scalar_type() == levelness.scalar_type(), op, ": offsets[", i, "] must have the dtype of levelness (",
+                levelness.scalar_type(), "), got ", o.scalar_type());
+    TORCH_CHECK(o.device() == levelness.device(), op, ": offsets[", i, "] must be on ", levelness.device(), ", got ",
+                o.device());
+    TORCH_CHECK(!nonempty || (o.size(2) > 0 && o.size(3) > 0), op, ": offsets[", i, "] is empty ", o.sizes(),
+                " but the levelness grid is not");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> gather_levelness_cuda(at::TensorList offsets, const at::Tensor& levelness,
+                                                         int64_t out_stride) {
+  const char* op = "gather_levelness";
+  check_inputs(op, offsets, levelness, out_stride);
+  c10::cuda::CUDAGuard guard(levelness.device());
+  auto lv = levelness.contiguous();
+  const int64_t batch = lv.size(0), nc = lv.size(1), h = lv.size(2), w = lv.size(3);
+  auto boxes = at::empty({batch, 4, h, w}, lv.options());
+  auto fg = at::empty({batch, h, w}, lv.options().dtype(at::kBool));
+  if (batch * h * w == 0) return {boxes, fg};
+  std::vector<at::Tensor> offs;
+  for (const auto& o : offsets) offs.push_back(o.contiguous());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lv.scalar_type(), "gather_levelness_cuda", [&] {
+    Levels<scalar_t, const scalar_t*> levels;
+    for (size_t l = 0; l < offs.size(); ++l) {
+      levels.ptr[l] = offs[l].data_ptr<scalar_t>();
+      levels.h[l] = offs[l].size(2);
+      levels.w[l] = offs[l].size(3);
+    }
+    gather_forward_kernel<scalar_t><<<cuda::blocks_for(batch * h * w), cuda::kThreads, 0,
+                                      at::cuda::getCurrentCUDAStream()>>>(
+        levels, lv.data_ptr<scalar_t>(), batch, nc, h, w, out_stride, boxes.data_ptr<scalar_t>(), fg.data_ptr<bool>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {boxes, fg};
+}
+
+std::vector<at::Tensor> gather_levelness_backward_cuda(const at::Tensor& grad_boxes, at::TensorList offsets,
+                                                       const at::Tensor& levelness, int64_t out_stride) {
+  const char* op = "_gather_levelness_backward";
+  check_inputs(op, offsets, levelness, out_stride);
+  TORCH_CHECK(grad_boxes.dim() == 4 && grad_boxes.size(0) == levelness.size(0) && grad_boxes.size(1) == 4 &&
+                  grad_boxes.size(2) == levelness.size(2) && grad_boxes.size(3) == levelness.size(3),
+              op, ": grad_boxes must have shape [B, 4, H, W] of levelness, got ", grad_boxes.sizes());
+  check_same_device(op, "grad_boxes", grad_boxes, levelness);
+  c10::cuda::CUDAGuard guard(levelness.device());
+  auto lv = levelness.contiguous();
+  auto g = grad_boxes.to(lv.scalar_type()).contiguous();
+  const int64_t batch = lv.size(0), nc = lv.size(1), h = lv.size(2), w = lv.size(3);
+  const auto acc = lv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  std::vector<at::Tensor> grads;
+  for (const auto& o : offsets) grads.push_back(at::zeros(o.sizes(), o.options().dtype(acc)));
+  if (batch * h * w > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lv.scalar_type(), "gather_levelness_backward_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      Levels<scalar_t, acc_t*> levels;
+      for (size_t l = 0; l < grads.size(); ++l) {
+        levels.ptr[l] = grads[l].data_ptr<acc_t>();
+        levels.h[l] = grads[l].size(2);
+        levels.w[l] = grads[l].size(3);
+      }
+      gather_backward_kernel<scalar_t, acc_t><<<cuda::blocks_for(batch * h * w), cuda::kThreads, 0,
+                                                at::cuda::getCurrentCUDAStream()>>>(
+          levels, g.data_ptr<scalar_t>(), lv.data_ptr<scalar_t>(), batch, nc, h, w);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  for (size_t i = 0; i < grads.size(); ++i) grads[i] = grads[i].to(offsets[i].scalar_type());
+  return grads;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rtpanoptic, CUDA, m) {
+  m.impl("gather_levelness", TORCH_FN(gather_levelness_cuda));
+  m.impl("_gather_levelness_backward", TORCH_FN(gather_levelness_backward_cuda));
+}
+
+}  // namespace rtpanoptic

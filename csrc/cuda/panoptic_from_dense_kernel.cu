@@ -1,0 +1,259 @@
+// Mask construction (eqs. 5, 7) fused with panoptic fusion on the GPU; no [Q, H, W] float
+// tensor is built.
+//   1. mask kernel: one fused pass over pixels; each thread reads its pixel's box once and,
+//      for every query, evaluates score * P_sem(c_j) > sigma (float32 math for
+//      float16/bfloat16); a warp ballot packs 32 pixels into one word of the [Q, ceil(HW/32)]
+//      bit masks.
+//   2. fusion kernel (one block): queries in decreasing score (stable sort on the device);
+//      per query the block reduces area and free area with popcounts, applies the skip rules
+//      of the reference (score < score_threshold, empty, overlap > overlap_threshold, free == 0)
+//      and paints the free bits.
+//   3. semantic argmax + per-stuff-class free-area counts (atomics), a one-thread kernel
+//      numbering the stuff segments, and a paint kernel.
+// Only the segment count is copied to the host (to size the outputs).
+#include <torch/library.h>
+
+#include "cuda_common.cuh"
+
+namespace rtpanoptic {
+namespace {
+
+constexpr int kFusionThreads = 1024;
+
+template <typename scalar_t>
+__global__ void mask_kernel(const scalar_t* __restrict__ d, const scalar_t* __restrict__ sem,
+                            const scalar_t* __restrict__ qb, const int64_t* __restrict__ qcls, int64_t n_q,
+                            int64_t n_c, int64_t n_p, int64_t words, Score score, double sigma,
+                            uint32_t* __restrict__ masks) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const bool valid = p < n_p;
+  acc_t d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+  if (valid) {
+    d0 = d[p];
+    d1 = d[n_p + p];
+    d2 = d[2 * n_p + p];
+    d3 = d[3 * n_p + p];
+  }
+  const acc_t sig = static_cast<acc_t>(static_cast<scalar_t>(sigma));
+  const int lane = threadIdx.x % 32;
+  const int64_t word = p / 32;
+  for (int64_t j = 0; j < n_q; ++j) {
+    bool in = false;
+    const int64_t cj = qcls[j];
+    if (valid && cj >= 0 && cj < n_c) {  // an out-of-range class (unchecked here) gives an empty mask
+      const acc_t s = box_score<acc_t>(d0, d1, d2, d3, qb[4 * j], qb[4 * j + 1], qb[4 * j + 2], qb[4 * j + 3], score);
+      in = s * static_cast<acc_t>(sem[cj * n_p + p]) > sig;
+    }
+    const unsigned bits = __ballot_sync(0xffffffffu, in);
+    if (lane == 0 && word < words) masks[j * words + word] = bits;
+  }
+}
+
+template <typename scalar_t>
+__global__ void fusion_kernel(const uint32_t* __restrict__ masks, const int64_t* __restrict__ order,
+                              const scalar_t* __restrict__ qscore, const int64_t* __restrict__ qcls, int64_t n_q,
+                              int64_t words, double score_threshold, double overlap_threshold,
+                              uint32_t* __restrict__ taken, int32_t* __restrict__ seg, int64_t* __restrict__ seg_class,
+                              int64_t* __restrict__ seg_query, float* __restrict__ seg_score,
+                              int64_t* __restrict__ seg_area, int64_t* __restrict__ n_segments) {
+  int64_t n_things = 0;  // identical in every thread
+  for (int64_t k = 0; k < n_q; ++k) {
+    const int64_t j = order[k];
+    const double sc = static_cast<double>(static_cast<at::opmath_type<scalar_t>>(qscore[j]));
+    if (sc < score_threshold) continue;
+    const uint32_t* mj = masks + j * words;
+    unsigned long long area = 0, free_area = 0;
+    for (int64_t w = threadIdx.x; w < words; w += blockDim.x) {
+      area += __popc(mj[w]);
+      free_area += __popc(mj[w] & ~taken[w]);
+    }
+    area = cuda::block_sum(area);
+    free_area = cuda::block_sum(free_area);
+    __shared__ unsigned long long s_area, s_free;
+    if (threadIdx.x == 0) {
+      s_area = area;
+      s_free = free_area;
+    }
+    __syncthreads();
+    area = s_area;
+    free_area = s_free;
+    __syncthreads();
+    if (area == 0) continue;
+    if (static_cast<double>(area - free_area) / static_cast<double>(area) > overlap_threshold || free_area == 0)
+      continue;
+    const int32_t id = static_cast<int32_t>(n_things) + 1;
+    for (int64_t w = threadIdx.x; w < words; w += blockDim.x) {
+      uint32_t f = mj[w] & ~taken[w];
+      taken[w] |= f;
+      while (f) {
+        const int bit = __ffs(f) - 1;
+        seg[w * 32 + bit] = id;
+        f &= f - 1;
+      }
+    }
+    if (threadIdx.x == 0) {
+      seg_class[n_things] = qcls[j];
+      seg_query[n_things] = j;
+      seg_score[n_things] = static_cast<float>(sc);
+      seg_area[n_things] = static_cast<int64_t>(free_area);
+    }
+    ++n_things;
+  }
+  if (threadIdx.x == 0) *n_segments = n_things;
+}
+
+template <typename scalar_t>
+__global__ void stuff_count_kernel(const scalar_t* __restrict__ sem, int64_t n_c, int64_t n_p,
+                                   const bool* __restrict__ is_thing, const int32_t* __restrict__ seg,
+                                   int32_t* __restrict__ semantic, unsigned long long* __restrict__ stuff_area) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p >= n_p) return;
+  acc_t best = sem[p];
+  int32_t best_c = 0;
+  for (int64_t c = 1; c < n_c; ++c) {
+    const acc_t v = sem[c * n_p + p];
+    if (argmax_better(v, best)) {
+      best = v;
+      best_c = static_cast<int32_t>(c);
+    }
+  }
+  semantic[p] = best_c;
+  if (seg[p] == 0 && !is_thing[best_c]) atomicAdd(stuff_area + best_c, 1ULL);
+}
+
+__global__ void stuff_number_kernel(const unsigned long long* __restrict__ stuff_area, const bool* __restrict__ is_thing,
+                                    int64_t n_c, int64_t stuff_area_limit, int32_t* __restrict__ stuff_id,
+                                    int64_t* __restrict__ seg_class, int64_t* __restrict__ seg_query,
+                                    float* __restrict__ seg_score, int64_t* __restrict__ seg_area,
+                                    int64_t* __restrict__ n_segments) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  int64_t n = *n_segments;
+  for (int64_t c = 0; c < n_c; ++c) {
+    stuff_id[c] = 0;
+    if (is_thing[c]) continue;
+    const int64_t area = static_cast<int64_t>(stuff_area[c]);
+    if (area == 0 || area < stuff_area_limit) continue;
+    seg_class[n] = c;
+    seg_query[n] = -1;
+    seg_score[n] = 1.0f;
+    seg_area[n] = area;
+    ++n;
+    stuff_id[c] = static_cast<int32_t>(n);
+  }
+  *n_segments = n;
+}
+
+__global__ void stuff_paint_kernel(const int32_t* __restrict__ semantic, const int32_t* __restrict__ stuff_id,
+                                   int64_t n_p, int32_t* __restrict__ seg) {
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p < n_p && seg[p] == 0) seg[p] = stuff_id[semantic[p]];
+}
+
+using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+
+Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor& sem_probs,
+                                const at::Tensor& query_boxes, const at::Tensor& query_classes,
+                                const at::Tensor& query_scores, const at::Tensor& is_thing, double sigma,
+                                c10::string_view score_sv, double score_threshold, double overlap_threshold,
+                                int64_t stuff_area_limit) {
+  const char* op = "panoptic_from_dense";
+  const std::string score(score_sv);
+  TORCH_CHECK(dense_boxes.dim() == 3 && dense_boxes.size(0) == 4, op,
+              ": dense_boxes must have shape [4, H, W], got ", dense_boxes.sizes());
+  check_float(op, "dense_boxes", dense_boxes);
+  cuda::check_cuda(op, "dense_boxes", dense_boxes);
+  const int64_t h = dense_boxes.size(1), w = dense_boxes.size(2), n_p = h * w;
+  TORCH_CHECK(sem_probs.dim() == 3 && sem_probs.size(0) >= 1 && sem_probs.size(1) == h && sem_probs.size(2) == w, op,
+              ": sem_probs must have shape [C>=1, H=", h, ", W=", w, "], got ", sem_probs.sizes());
+  check_same_dtype(op, "sem_probs", sem_probs, "dense_boxes", dense_boxes);
+  check_boxes(op, "query_boxes", query_boxes);
+  check_same_dtype(op, "query_boxes", query_boxes, "dense_boxes", dense_boxes);
+  const int64_t n_q = query_boxes.size(0), n_c = sem_probs.size(0);
+  TORCH_CHECK(query_classes.dim() == 1 && query_classes.size(0) == n_q, op, ": query_classes must have shape [Q=",
+              n_q, "], got ", query_classes.sizes());
+  TORCH_CHECK(!at::isFloatingType(query_classes.scalar_type()) && query_classes.scalar_type() != at::kBool, op,
+              ": query_classes must be an integer tensor, got ", query_classes.scalar_type());
+  TORCH_CHECK(query_scores.dim() == 1 && query_scores.size(0) == n_q, op, ": query_scores must have shape [Q=", n_q,
+              "], got ", query_scores.sizes());
+  check_float(op, "query_scores", query_scores);
+  TORCH_CHECK(is_thing.dim() == 1 && is_thing.size(0) == n_c && is_thing.scalar_type() == at::kBool, op,
+              ": is_thing must be a bool tensor of shape [C=", n_c, "], got ", is_thing.scalar_type(), " ",
+              is_thing.sizes());
+  check_same_device(op, "sem_probs", sem_probs, dense_boxes);
+  check_same_device(op, "query_boxes", query_boxes, dense_boxes);
+  check_same_device(op, "query_classes", query_classes, dense_boxes);
+  check_same_device(op, "query_scores", query_scores, dense_boxes);
+  check_same_device(op, "is_thing", is_thing, dense_boxes);
+  check_score(op, score);
+  TORCH_CHECK(overlap_threshold >= 0 && overlap_threshold <= 1, op, ": overlap_threshold must lie in [0, 1], got ",
+              overlap_threshold);
+  TORCH_CHECK(stuff_area_limit >= 0, op, ": stuff_area_limit must be >= 0, got ", stuff_area_limit);
+  // query_classes range: checked by rtpanoptic.ops.panoptic_from_dense (a device check would need a
+  // sync); the kernel gives a query with an out-of-range class an empty mask instead of reading out of bounds.
+  c10::cuda::CUDAGuard guard(dense_boxes.device());
+  auto stream = at::cuda::getCurrentCUDAStream();
+  auto d = dense_boxes.contiguous();
+  auto s = sem_probs.contiguous();
+  auto q = query_boxes.contiguous();
+  auto qc = query_classes.to(at::kLong).contiguous();
+  auto qs = query_scores.to(d.scalar_type()).contiguous();
+  auto it = is_thing.contiguous();
+  auto opts = d.options();
+  const int64_t words = (n_p + 31) / 32;
+  auto seg = at::zeros({h, w}, opts.dtype(at::kInt));
+  auto seg_class = at::empty({n_q + n_c}, opts.dtype(at::kLong));
+  auto seg_query = at::empty({n_q + n_c}, opts.dtype(at::kLong));
+  auto seg_score = at::empty({n_q + n_c}, opts.dtype(at::kFloat));
+  auto seg_area = at::empty({n_q + n_c}, opts.dtype(at::kLong));
+  auto n_segments = at::zeros({1}, opts.dtype(at::kLong));
+  const Score sc = score == "iou" ? Score::kIoU : Score::kTri;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "panoptic_from_dense_cuda", [&] {
+    if (n_q > 0 && n_p > 0) {
+      auto masks = at::empty({n_q * words}, opts.dtype(at::kInt));
+      auto taken = at::zeros({words}, opts.dtype(at::kInt));
+      auto* masks_p = reinterpret_cast<uint32_t*>(masks.data_ptr<int32_t>());
+      mask_kernel<scalar_t><<<cuda::blocks_for(n_p), cuda::kThreads, 0, stream>>>(
+          d.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), qc.data_ptr<int64_t>(), n_q, n_c,
+          n_p, words, sc, sigma, masks_p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      auto order = std::get<1>(qs.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
+      fusion_kernel<scalar_t><<<1, kFusionThreads, 0, stream>>>(
+          masks_p, order.data_ptr<int64_t>(), qs.data_ptr<scalar_t>(), qc.data_ptr<int64_t>(), n_q, words,
+          score_threshold, overlap_threshold, reinterpret_cast<uint32_t*>(taken.data_ptr<int32_t>()),
+          seg.data_ptr<int32_t>(), seg_class.data_ptr<int64_t>(), seg_query.data_ptr<int64_t>(),
+          seg_score.data_ptr<float>(), seg_area.data_ptr<int64_t>(), n_segments.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (n_p > 0) {
+      auto semantic = at::empty({n_p}, opts.dtype(at::kInt));
+      auto stuff_area = at::zeros({n_c}, opts.dtype(at::kLong));
+      auto stuff_id = at::empty({n_c}, opts.dtype(at::kInt));
+      auto* area_p = reinterpret_cast<unsigned long long*>(stuff_area.data_ptr<int64_t>());
+      stuff_count_kernel<scalar_t><<<cuda::blocks_for(n_p), cuda::kThreads, 0, stream>>>(
+          s.data_ptr<scalar_t>(), n_c, n_p, it.data_ptr<bool>(), seg.data_ptr<int32_t>(), semantic.data_ptr<int32_t>(),
+          area_p);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      stuff_number_kernel<<<1, 1, 0, stream>>>(area_p, it.data_ptr<bool>(), n_c, stuff_area_limit,
+                                               stuff_id.data_ptr<int32_t>(), seg_class.data_ptr<int64_t>(),
+                                               seg_query.data_ptr<int64_t>(), seg_score.data_ptr<float>(),
+                                               seg_area.data_ptr<int64_t>(), n_segments.data_ptr<int64_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      stuff_paint_kernel<<<cuda::blocks_for(n_p), cuda::kThreads, 0, stream>>>(
+          semantic.data_ptr<int32_t>(), stuff_id.data_ptr<int32_t>(), n_p, seg.data_ptr<int32_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  });
+  const int64_t n = n_segments.item<int64_t>();  // the one host sync: output sizes
+  return {seg, seg_class.narrow(0, 0, n).clone(), seg_query.narrow(0, 0, n).clone(),
+          seg_score.narrow(0, 0, n).clone(), seg_area.narrow(0, 0, n).clone()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rtpanoptic, CUDA, m) {
+  m.impl("panoptic_from_dense", TORCH_FN(panoptic_from_dense_cuda));
+}
+
+}  // namespace rtpanoptic

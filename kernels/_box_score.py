@@ -1,0 +1,109 @@
+"""Box score of dense boxes against query boxes, and its gradient, as ``@triton.jit`` helpers.
+
+Mirrors :func:`rtpanoptic.ops.reference.pairwise_box_score` operation by operation, in the
+inputs' dtype (so float32 results round exactly like the reference), and its autograd:
+``clamp(min=0)`` passes the gradient where its input is ``> 0`` (checked empirically) and ``minimum``/``maximum``
+split it in half on ties, as PyTorch's derivatives do.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def div_rn(a, b):
+    """IEEE division rounded to nearest, as PyTorch's.  Triton's ``/`` on float32 lowers to
+    the approximate ``div.full.f32`` on NVIDIA GPUs; float16/bfloat16 are divided in float32
+    and rounded once more (exact: float32 has more than twice their precision)."""
+    if a.dtype == tl.float64:
+        return a / b
+    elif a.dtype == tl.float32:
+        return tl.math.div_rn(a, b)
+    else:
+        return tl.math.div_rn(a.to(tl.float32), b.to(tl.float32)).to(a.dtype)
+
+
+@triton.jit
+def box_score(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, TRI: tl.constexpr):
+    """score("iou" | "tri") of dense boxes against query boxes (broadcasting)."""
+    zero = tl.zeros_like(dx1 + qx1)
+    one = zero + 1
+    iw = tl.maximum(tl.minimum(dx2, qx2) - tl.maximum(dx1, qx1), zero)
+    ih = tl.maximum(tl.minimum(dy2, qy2) - tl.maximum(dy1, qy1), zero)
+    inter = iw * ih
+    union = (dx2 - dx1) * (dy2 - dy1) + (qx2 - qx1) * (qy2 - qy1) - inter
+    if TRI:
+        cw = tl.maximum(dx2, qx2) - tl.minimum(dx1, qx1)
+        ch = tl.maximum(dy2, qy2) - tl.minimum(dy1, qy1)
+        enclosing = cw * ch + eps
+        s = div_rn(inter + one, union + one) - div_rn(enclosing - union, enclosing)
+    else:
+        nonzero = union != zero
+        s = tl.where(nonzero, div_rn(inter, tl.where(nonzero, union, one)), zero)
+    return s
+
+
+@triton.jit
+def _d_min(a, b):
+    """d minimum(a, b) / da as PyTorch: 1 if a < b, 1/2 on ties, else 0."""
+    return tl.where(a < b, 1.0, tl.where(a == b, 0.5, 0.0))
+
+
+@triton.jit
+def _d_max(a, b):
+    """d maximum(a, b) / da as PyTorch: 1 if a > b, 1/2 on ties, else 0."""
+    return tl.where(a > b, 1.0, tl.where(a == b, 0.5, 0.0))
+
+
+@triton.jit
+def box_score_grad(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, g, TRI: tl.constexpr):
+    """Gradients of ``g * score`` w.r.t. the 8 coordinates (dense 4, then query 4)."""
+    zero = tl.zeros_like(dx1 + qx1)
+    one = zero + 1
+    iw_raw = tl.minimum(dx2, qx2) - tl.maximum(dx1, qx1)
+    ih_raw = tl.minimum(dy2, qy2) - tl.maximum(dy1, qy1)
+    iw = tl.maximum(iw_raw, zero)
+    ih = tl.maximum(ih_raw, zero)
+    inter = iw * ih
+    wd = dx2 - dx1
+    hd = dy2 - dy1
+    wq = qx2 - qx1
+    hq = qy2 - qy1
+    union = wd * hd + wq * hq - inter
+    if TRI:
+        cw = tl.maximum(dx2, qx2) - tl.minimum(dx1, qx1)
+        ch = tl.maximum(dy2, qy2) - tl.minimum(dy1, qy1)
+        enclosing = cw * ch + eps
+        up1 = union + one
+        d_union = div_rn(one, enclosing) - div_rn(inter + one, up1 * up1)
+        g_inter = g * (div_rn(one, up1) - d_union)
+        g_area = g * d_union
+        g_enc = -g * div_rn(union, enclosing * enclosing)
+    else:
+        nonzero = union != zero
+        u = tl.where(nonzero, union, one)
+        d_union = -div_rn(inter, u * u)
+        g_inter = tl.where(nonzero, g * (div_rn(one, u) - d_union), zero)
+        g_area = tl.where(nonzero, g * d_union, zero)
+    g_iw = tl.where(iw_raw > zero, g_inter * ih, zero)
+    g_ih = tl.where(ih_raw > zero, g_inter * iw, zero)
+    # inter: iw = min(x2) - max(x1), ih = min(y2) - max(y1)
+    gdx1 = -g_iw * _d_max(dx1, qx1) - g_area * hd
+    gqx1 = -g_iw * _d_max(qx1, dx1) - g_area * hq
+    gdx2 = g_iw * _d_min(dx2, qx2) + g_area * hd
+    gqx2 = g_iw * _d_min(qx2, dx2) + g_area * hq
+    gdy1 = -g_ih * _d_max(dy1, qy1) - g_area * wd
+    gqy1 = -g_ih * _d_max(qy1, dy1) - g_area * wq
+    gdy2 = g_ih * _d_min(dy2, qy2) + g_area * wd
+    gqy2 = g_ih * _d_min(qy2, dy2) + g_area * wq
+    if TRI:
+        g_cw = g_enc * ch
+        g_ch = g_enc * cw
+        gdx1 -= g_cw * _d_min(dx1, qx1)
+        gqx1 -= g_cw * _d_min(qx1, dx1)
+        gdx2 += g_cw * _d_max(dx2, qx2)
+        gqx2 += g_cw * _d_max(qx2, dx2)
+        gdy1 -= g_ch * _d_min(dy1, qy1)
+        gqy1 -= g_ch * _d_min(qy1, dy1)
+        gdy2 += g_ch * _d_max(dy2, qy2)
+        gqy2 += g_ch * _d_max(qy2, dy2)
+    return gdx1, gdy1, gdx2, gdy2, gqx1, gqy1, gqx2, gqy2

@@ -1,0 +1,65 @@
+"""``decode_boxes``: (l, t, r, b) offsets -> xyxy boxes around cell centres (eq. 8)."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from ._common import NAMESPACE, block_size
+
+
+@triton.jit
+def decode_block(x, y, l, t, r, b):
+    """xyxy from a centre (x, y) and (l, t, r, b) offsets, in the offsets' dtype."""
+    return x - l, y - t, x + r, y + b
+
+
+@triton.jit
+def _decode_boxes_kernel(off_ptr, out_ptr, H, W, stride, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    img = tl.program_id(1).to(tl.int64)
+    P = H * W
+    p = pid * BLOCK + tl.arange(0, BLOCK)
+    m = p < P
+    base = img * 4 * P
+    l = tl.load(off_ptr + base + p, mask=m, other=0)
+    t = tl.load(off_ptr + base + P + p, mask=m, other=0)
+    r = tl.load(off_ptr + base + 2 * P + p, mask=m, other=0)
+    b = tl.load(off_ptr + base + 3 * P + p, mask=m, other=0)
+    # as the reference's arange(dtype) * stride + stride // 2, rounded in the offsets' dtype
+    x = (p % W).to(l.dtype) * stride + stride // 2
+    y = (p // W).to(l.dtype) * stride + stride // 2
+    x1, y1, x2, y2 = decode_block(x, y, l, t, r, b)
+    tl.store(out_ptr + base + p, x1, mask=m)
+    tl.store(out_ptr + base + P + p, y1, mask=m)
+    tl.store(out_ptr + base + 2 * P + p, x2, mask=m)
+    tl.store(out_ptr + base + 3 * P + p, y2, mask=m)
+
+
+@triton_op(f"{NAMESPACE}::decode_boxes", mutates_args=(), schema="(Tensor offsets, int stride) -> Tensor")
+def decode_boxes(offsets: torch.Tensor, stride: int) -> torch.Tensor:
+    b, _, h, w = offsets.shape
+    out = torch.empty_like(offsets, memory_format=torch.contiguous_format)
+    if out.numel() == 0:
+        return out
+    block = block_size(h * w)
+    wrap_triton(_decode_boxes_kernel)[(triton.cdiv(h * w, block), b)](
+        offsets.contiguous(), out, h, w, stride, BLOCK=block)
+    return out
+
+
+_SIGN = (-1.0, -1.0, 1.0, 1.0)
+
+
+def _setup_context(ctx, inputs, output):
+    pass
+
+
+def _backward(ctx, grad):
+    # d(x - l)/dl = -1, d(x + r)/dr = +1: a sign per channel (plain PyTorch, exact).
+    sign = torch.tensor(_SIGN, dtype=grad.dtype, device=grad.device).view(1, 4, 1, 1)
+    return grad * sign, None
+
+
+decode_boxes.register_autograd(_backward, setup_context=_setup_context)

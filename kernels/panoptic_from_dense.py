@@ -1,0 +1,259 @@
+"""``panoptic_from_dense``: mask construction (eqs. 5-7) fused with panoptic fusion.
+
+Bit-identical to :func:`rtpanoptic.ops.reference.panoptic_from_dense`, without a ``Q x H x W``
+float tensor.  Four passes:
+
+1. ``_masks_kernel`` (parallel over pixels x queries): ``score(B(x,y), B_j) * P_sem(x,y,c_j) > sigma``
+   computed operation by operation in the inputs' dtype like the reference (no FMA contraction),
+   bit-packed into int32 words ``[Q, ceil(HW / 32)]`` with the queries in painting order
+   (decreasing score, stable), plus per-program popcounts of each mask.
+2. ``_fusion_resident_kernel`` (bitmap in registers) / ``_fusion_kernel`` (streamed; one program,
+   the sequential part): for each query in order, the overlap with the pixels taken so far is a popcount of ``mask & taken`` over the words; the
+   reference's tests (score threshold, empty mask, ``overlap / area > overlap_threshold``
+   in float64, no free pixel) decide, and an accepted mask is OR-ed into ``taken``.
+3. ``_paint_kernel`` (parallel over pixels): the first accepted mask covering a pixel gives its
+   segment (accepted masks are visited in painting order); free pixels whose semantic argmax
+   (first maximum) is a stuff class are marked for step 4, with per-program class histograms.
+4. ``_stuff_kernel``: stuff pixels take their class's segment id when the class's free area is
+   non-zero and ``>= stuff_area_limit`` (decided from the summed histograms).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from rtpanoptic.ops.reference import TRI_EPS
+
+from ._box_score import box_score
+from ._common import EXACT, NAMESPACE, large_blocks, scalars
+
+SCORE_IDS = {"iou": 0, "tri": 1}
+# Up to this many 32-pixel words (262144 pixels, e.g. 256x1024) the sequential scan keeps the
+# taken-pixel bitmap in registers; larger grids stream it through global memory.
+RESIDENT_WORDS = 8192
+
+
+def _sizes(n_words: int):
+    """(words per program of the pixel passes, words per step of the sequential scan)."""
+    if large_blocks():
+        return max(1, min(triton.next_power_of_2(n_words), 256)), max(16, min(triton.next_power_of_2(n_words), 4096))
+    return 32, 1024
+
+
+@triton.jit
+def _popcount(words):
+    """Set bits of each 32-bit word (int32 in, int64 out; SWAR, no intrinsics)."""
+    x = words.to(tl.int64) & 0xFFFFFFFF
+    x = x - ((x >> 1) & 0x55555555)
+    x = (x & 0x33333333) + ((x >> 2) & 0x33333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F
+    return ((x * 0x01010101) >> 24) & 0xFF
+
+
+@triton.jit
+def _masks_kernel(dense_ptr, sem_ptr, query_ptr, class_ptr, order_ptr, params_ptr, masks_ptr, area_ptr,
+                  Q, P, NW, TRI: tl.constexpr, QB: tl.constexpr, WB: tl.constexpr):
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    word = pid * WB + tl.arange(0, WB)
+    lane = tl.arange(0, 32)
+    p = word[:, None] * 32 + lane[None, :]  # [WB, 32] pixels
+    pm = p < P
+    dx1 = tl.load(dense_ptr + p, mask=pm, other=0)
+    dy1 = tl.load(dense_ptr + P + p, mask=pm, other=0)
+    dx2 = tl.load(dense_ptr + 2 * P + p, mask=pm, other=0)
+    dy2 = tl.load(dense_ptr + 3 * P + p, mask=pm, other=0)
+    sigma = tl.load(params_ptr)
+    eps = tl.load(params_ptr + 1)
+    t0 = tl.program_id(1) * QB
+    for t in range(t0, tl.minimum(t0 + QB, Q)):
+        j = tl.load(order_ptr + t)
+        qx1 = tl.load(query_ptr + j * 4)
+        qy1 = tl.load(query_ptr + j * 4 + 1)
+        qx2 = tl.load(query_ptr + j * 4 + 2)
+        qy2 = tl.load(query_ptr + j * 4 + 3)
+        c = tl.load(class_ptr + j)
+        s = box_score(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, TRI)
+        sem = tl.load(sem_ptr + c * P + p, mask=pm, other=0)
+        bit = ((s * sem > sigma) & pm).to(tl.int32)
+        # distinct powers of two: their sum is their OR
+        words = tl.sum(bit.to(tl.int64) << lane.to(tl.int64)[None, :], axis=1).to(tl.int32)
+        tl.store(masks_ptr + t * NW + word, words, mask=word < NW)
+        tl.store(area_ptr + t * n_prog + pid, tl.sum(tl.sum(bit, axis=1), axis=0))
+
+
+@triton.jit
+def _fusion_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, taken_ptr, accepted_ptr, free_ptr, Q, NW,
+                   WB: tl.constexpr):
+    overlap_threshold = tl.load(thr_ptr)
+    offs = tl.arange(0, WB)
+    for t in range(Q):
+        area = tl.load(area_ptr + t)
+        if (tl.load(eligible_ptr + t) != 0) & (area > 0):
+            overlap = tl.zeros([WB], dtype=tl.int64)
+            for w0 in range(0, NW, WB):
+                wm = w0 + offs < NW
+                words = tl.load(masks_ptr + t * NW + w0 + offs, mask=wm, other=0)
+                taken = tl.load(taken_ptr + w0 + offs, mask=wm, other=0)
+                overlap += _popcount(words & taken)
+            n_overlap = tl.sum(overlap, axis=0)
+            free = area - n_overlap
+            ratio = n_overlap.to(tl.float64) / area.to(tl.float64)
+            if (free > 0) & (ratio <= overlap_threshold):
+                for w0 in range(0, NW, WB):
+                    wm = w0 + offs < NW
+                    words = tl.load(masks_ptr + t * NW + w0 + offs, mask=wm, other=0)
+                    taken = tl.load(taken_ptr + w0 + offs, mask=wm, other=0)
+                    tl.store(taken_ptr + w0 + offs, taken | words, mask=wm)
+                tl.store(accepted_ptr + t, 1)
+                tl.store(free_ptr + t, free)
+                tl.debug_barrier()
+
+
+@triton.jit
+def _fusion_resident_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, accepted_ptr, free_ptr, Q, NW,
+                            NWB: tl.constexpr):
+    """``_fusion_kernel`` with the taken-pixel bitmap held in registers (NW <= NWB words):
+    one load of each candidate mask, no global round trips for the bitmap."""
+    overlap_threshold = tl.load(thr_ptr)
+    offs = tl.arange(0, NWB)
+    wm = offs < NW
+    taken = tl.zeros([NWB], dtype=tl.int32)
+    for t in range(Q):
+        area = tl.load(area_ptr + t)
+        if (tl.load(eligible_ptr + t) != 0) & (area > 0):
+            words = tl.load(masks_ptr + t * NW + offs, mask=wm, other=0)
+            n_overlap = tl.sum(_popcount(words & taken), axis=0)
+            free = area - n_overlap
+            ratio = n_overlap.to(tl.float64) / area.to(tl.float64)
+            if (free > 0) & (ratio <= overlap_threshold):
+                taken = taken | words
+                tl.store(accepted_ptr + t, 1)
+                tl.store(free_ptr + t, free)
+
+
+@triton.jit
+def _paint_kernel(masks_ptr, accepted_ptr, sem_ptr, is_thing_ptr, seg_ptr, hist_ptr, K, C, P, NW,
+                  WB: tl.constexpr, CB: tl.constexpr):
+    pid = tl.program_id(0)
+    word = pid * WB + tl.arange(0, WB)
+    lane = tl.arange(0, 32)
+    p = word[:, None] * 32 + lane[None, :]
+    pm = p < P
+    wm = word < NW
+    seg = tl.zeros([WB, 32], dtype=tl.int32)
+    for k in range(K):
+        t = tl.load(accepted_ptr + k)
+        words = tl.load(masks_ptr + t * NW + word, mask=wm, other=0)
+        bit = ((words[:, None] >> lane[None, :]) & 1) != 0
+        seg = tl.where((seg == 0) & bit, k + 1, seg)
+    best = tl.load(sem_ptr + p, mask=pm, other=0)
+    label = tl.zeros([WB, 32], dtype=tl.int32)
+    for c in range(1, C):
+        v = tl.load(sem_ptr + c * P + p, mask=pm, other=0)
+        better = v > best
+        best = tl.where(better, v, best)
+        label = tl.where(better, c, label)
+    stuff = (seg == 0) & (tl.load(is_thing_ptr + label, mask=pm, other=1) == 0) & pm
+    seg = tl.where(stuff, -(label + 1), seg)
+    tl.store(seg_ptr + p, seg, mask=pm)
+    hist = tl.histogram(tl.where(stuff, label, 0).reshape([WB * 32]), CB, mask=stuff.reshape([WB * 32]))
+    tl.store(hist_ptr + pid * CB + tl.arange(0, CB), hist)
+
+
+@triton.jit
+def _stuff_kernel(seg_ptr, lut_ptr, P, BLOCK: tl.constexpr):
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = p < P
+    seg = tl.load(seg_ptr + p, mask=m, other=0)
+    stuff = seg < 0
+    ids = tl.load(lut_ptr + (-seg - 1), mask=m & stuff, other=0)
+    tl.store(seg_ptr + p, tl.where(stuff, ids, seg), mask=m)
+
+
+@torch.library.custom_op(
+    f"{NAMESPACE}::panoptic_from_dense", mutates_args=(),
+    schema="(Tensor dense_boxes, Tensor sem_probs, Tensor query_boxes, Tensor query_classes, "
+           "Tensor query_scores, Tensor is_thing, float sigma, str score, float score_threshold, "
+           "float overlap_threshold, int stuff_area_limit) -> "
+           "(Tensor segment_map, Tensor segment_class, Tensor segment_query, Tensor segment_score, "
+           "Tensor segment_area)")
+def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
+                        sigma, score, score_threshold, overlap_threshold, stuff_area_limit):
+    device = dense_boxes.device
+    _, h, w = dense_boxes.shape
+    n_classes = sem_probs.shape[0]
+    q, p = query_boxes.shape[0], h * w
+    n_words = triton.cdiv(p, 32)
+    wb, scan_wb = _sizes(n_words)
+    n_prog = triton.cdiv(n_words, wb) if p else 0
+    dense = dense_boxes.contiguous()
+    sem = sem_probs.contiguous()
+    i32 = dict(dtype=torch.int32, device=device)
+
+    order = torch.sort(query_scores, descending=True, stable=True).indices
+    masks = torch.zeros((q, n_words), **i32)
+    accepted_flags = torch.zeros(q, **i32)
+    free_area = torch.zeros(q, dtype=torch.int64, device=device)
+    if q and p:
+        qb = q if large_blocks() else 8  # dense boxes are loaded once per 8 queries
+        area_parts = torch.empty((q, n_prog), **i32)
+        classes32 = query_classes.to(torch.int32)
+        _masks_kernel[(n_prog, triton.cdiv(q, qb))](
+            dense, sem, query_boxes.contiguous(), classes32, order.to(torch.int32),
+            scalars(dense, sigma, TRI_EPS), masks, area_parts, q, p, n_words,
+            TRI=SCORE_IDS[score] == 1, QB=qb, WB=wb, **EXACT)
+        areas = area_parts.sum(1, dtype=torch.int64)
+        # the reference skips query j when float(score_j) < score_threshold (float64 compare)
+        eligible = (~(query_scores[order].double() < score_threshold)).to(torch.int32)
+        thr = torch.tensor([overlap_threshold], dtype=torch.float64, device=device)
+        if n_words <= RESIDENT_WORDS:
+            _fusion_resident_kernel[(1,)](masks, areas, eligible, thr, accepted_flags, free_area, q, n_words,
+                                          NWB=max(16, triton.next_power_of_2(n_words)), num_warps=8)
+        else:
+            taken = torch.zeros(n_words, **i32)
+            _fusion_kernel[(1,)](masks, areas, eligible, thr, taken, accepted_flags, free_area, q, n_words,
+                                 WB=scan_wb, num_warps=8)
+    accepted = torch.nonzero(accepted_flags).flatten()  # ranks in painting order
+    k = accepted.numel()
+
+    seg = torch.zeros((h, w), **i32)
+    cb = max(16, triton.next_power_of_2(n_classes))
+    hist = torch.zeros((max(n_prog, 1), cb), **i32)
+    if p:
+        _paint_kernel[(n_prog,)](
+            masks, accepted.to(torch.int32), sem, is_thing.to(torch.int8), seg, hist, k, n_classes, p, n_words,
+            WB=wb, CB=cb)
+    stuff_area = hist.sum(0, dtype=torch.int64)[:n_classes]
+    keep_stuff = (~is_thing) & (stuff_area > 0) & (stuff_area >= stuff_area_limit)
+    stuff_classes = torch.nonzero(keep_stuff).flatten()
+    if p and stuff_classes.numel():
+        lut = torch.zeros(n_classes, **i32)
+        lut[stuff_classes] = torch.arange(k + 1, k + 1 + stuff_classes.numel(), **i32)
+        block = 1024 if not large_blocks() else max(16, min(triton.next_power_of_2(p), 65536))
+        _stuff_kernel[(triton.cdiv(p, block),)](seg, lut, p, BLOCK=block)
+    elif p:
+        seg.clamp_(min=0)
+
+    thing_queries = order[accepted]
+    n_stuff = stuff_classes.numel()
+    return (
+        seg,
+        torch.cat([query_classes[thing_queries].to(torch.int64), stuff_classes]),
+        torch.cat([thing_queries, torch.full((n_stuff,), -1, dtype=torch.int64, device=device)]),
+        torch.cat([query_scores[thing_queries].to(torch.float32), torch.ones(n_stuff, device=device)]),
+        torch.cat([free_area[accepted], stuff_area[stuff_classes]]),
+    )
+
+
+def _fake(dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
+          sigma, score, score_threshold, overlap_threshold, stuff_area_limit):
+    from rtpanoptic.ops._fake import FAKES
+
+    return FAKES["panoptic_from_dense"](
+        dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
+        sigma, score, score_threshold, overlap_threshold, stuff_area_limit)
+
+
+panoptic_from_dense.register_fake(_fake)

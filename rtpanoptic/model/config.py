@@ -1,0 +1,98 @@
+"""Configuration of the network and of its inference defaults (plain dataclasses).
+
+Works with :mod:`rtpanoptic.config` (YAML files and ``key.sub=value`` overrides)::
+
+    cfg = load_config(ModelConfig, None, ["head.loc_channels=32"], base=preset_config("r18-fpn"))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+INPUT_FORMATS = ("rgb_imagenet", "bgr_caffe")
+NORMS = ("frozen_bn", "bn")
+DEPTHS = (18, 34, 50)
+SCORES = ("iou", "tri")
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 50  # ResNet-18 / 34 / 50 (torchvision)
+    # Local file with torchvision ImageNet weights (a ResNet state dict); None: random init.
+    pretrained: Optional[str] = None
+    norm: str = "frozen_bn"  # "frozen_bn" (paper, release) or "bn" (trainable, e.g. from scratch)
+    frozen_bn_eps: float = 1e-5  # 0.0 reproduces the release (torchvision <= 0.8 had no eps)
+    freeze_at: int = 2  # stages with frozen weights: 0 none, 1 stem, 2 stem + layer1, ... 5 all
+
+
+@dataclass
+class FPNConfig:
+    channels: int = 256
+    p6_from: str = "p5"  # "p5" (release: P6 = conv(P5)) or "c5" (RetinaNet paper)
+
+
+@dataclass
+class HeadConfig:
+    loc_channels: int = 256  # localisation (bbox) tower width
+    sem_channels: int = 128  # semantics (cls) tower width
+    num_convs: int = 4  # Conv3x3 + GroupNorm + ReLU blocks per tower
+    gn_channels_per_group: int = 8  # GroupNorm groups = channels // this (release: 16 for 128, 32 for 256)
+    semantic_stride: int = 4  # 4 in the paper (Fig. 3), 8 in the release
+    levelness_stride: int = 4
+    prior_prob: float = 0.01  # FCOS prior for the thing-class logits' bias
+    max_log_offset: float = 9.210340371976184  # exp(clamp(scale * x, max=ln 10000)) box parametrisation
+
+
+@dataclass
+class InferenceConfig:
+    """Defaults of :class:`rtpanoptic.inference.Predictor` (each can be overridden there)."""
+
+    pre_nms_thresh: float = 0.05  # on the class probability, before the centerness product
+    pre_nms_top_n: int = 1000  # candidates per level, by class prob x centerness
+    nms_thresh: float = 0.6  # class-aware NMS
+    global_nms_thresh: Optional[float] = None  # class-agnostic NMS after it (release: 0.97)
+    post_nms_top_n: int = 100  # queries kept per image
+    score: str = "iou"  # box attention score: "iou" (paper eq. 6) or "tri" (release)
+    sigma: float = 0.3  # mask threshold (paper 0.3; release 0.4 with "tri")
+    score_threshold: float = 0.0  # fusion: queries below this score are dropped
+    overlap_threshold: float = 0.5  # fusion: max fraction of a mask already taken
+    stuff_area_limit: int = 0  # fusion: minimum stuff area, in input pixels
+
+
+@dataclass
+class ModelConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    fpn: FPNConfig = field(default_factory=FPNConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    input_format: str = "rgb_imagenet"  # or "bgr_caffe" (release: BGR 0-255 minus Caffe means)
+    description: str = "cityscapes"  # name of a registered DatasetDescription
+
+
+def validate_config(cfg: ModelConfig) -> None:
+    """Raise ValueError naming the field for a value the network cannot be built with."""
+    b, f, h, i = cfg.backbone, cfg.fpn, cfg.head, cfg.inference
+    checks = [
+        (b.depth in DEPTHS, "backbone.depth", f"one of {DEPTHS}", b.depth),
+        (b.norm in NORMS, "backbone.norm", f"one of {NORMS}", b.norm),
+        (b.frozen_bn_eps >= 0, "backbone.frozen_bn_eps", ">= 0", b.frozen_bn_eps),
+        (0 <= b.freeze_at <= 5, "backbone.freeze_at", "in 0..5", b.freeze_at),
+        (f.channels > 0, "fpn.channels", "> 0", f.channels),
+        (f.p6_from in ("p5", "c5"), "fpn.p6_from", "'p5' or 'c5'", f.p6_from),
+        (h.num_convs >= 1, "head.num_convs", ">= 1", h.num_convs),
+        (h.semantic_stride in (4, 8), "head.semantic_stride", "4 or 8", h.semantic_stride),
+        (h.levelness_stride in (4, 8), "head.levelness_stride", "4 or 8", h.levelness_stride),
+        (0 < h.prior_prob < 1, "head.prior_prob", "in (0, 1)", h.prior_prob),
+        (cfg.input_format in INPUT_FORMATS, "input_format", f"one of {INPUT_FORMATS}", cfg.input_format),
+        (i.score in SCORES, "inference.score", f"one of {SCORES}", i.score),
+        (i.pre_nms_top_n > 0, "inference.pre_nms_top_n", "> 0", i.pre_nms_top_n),
+        (i.post_nms_top_n >= 0, "inference.post_nms_top_n", ">= 0", i.post_nms_top_n),
+        (0 <= i.overlap_threshold <= 1, "inference.overlap_threshold", "in [0, 1]", i.overlap_threshold),
+        (i.stuff_area_limit >= 0, "inference.stuff_area_limit", ">= 0", i.stuff_area_limit),
+    ]
+    for name, width in (("head.loc_channels", h.loc_channels), ("head.sem_channels", h.sem_channels)):
+        ok = width > 0 and h.gn_channels_per_group > 0 and width % h.gn_channels_per_group == 0
+        checks.append((ok, name, f"a positive multiple of head.gn_channels_per_group={h.gn_channels_per_group}", width))
+    for ok, name, expected, got in checks:
+        if not ok:
+            raise ValueError(f"model config: {name} must be {expected}, got {got!r}")
