@@ -56,7 +56,9 @@ class LossConfig:
     mask_post_nms_top_n: int = 100
     mask_min_iou: float = 0.5  # a query is matched to the GT box it overlaps most, if at least this
     mask_detach_queries: bool = False
-    backend: Optional[str] = "reference"  # of gather_levelness / mask_loss (needs autograd)
+    # rtpanoptic.ops backend of gather_levelness / mask_loss in the mask loss; every backend
+    # has autograd formulas (reference, cpp, cuda, triton), None picks the fastest for the device
+    backend: Optional[str] = None
 
     def __post_init__(self):
         if self.box_cls_normalizer not in ("foreground", "locations"):
