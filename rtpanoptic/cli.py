@@ -184,8 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="generate the synthetic set, train, evaluate, write figures (the README's main job)",
                        description="From nothing: generate the synthetic panoptic dataset, train a small model, "
                                    "evaluate PQ/SQ/RQ, mIoU and mask AP on the held-out split, write COCO-panoptic "
-                                   "predictions, overlays, a figure and results.json. About 10-15 minutes on a "
-                                   "2-core CPU; --quick: about a minute.")
+                                   "predictions, overlays, a figure and results.json. 6-10 minutes on a 2-core "
+                                   "CPU (at most 15); --quick: about a minute.")
     _common(p)
     p.add_argument("--quick", action="store_true", help="smoke run: few images and steps (about a minute on a CPU)")
     p.add_argument("--output-dir", help="where everything goes (default runs/demo, runs/demo-quick with --quick)")

@@ -69,8 +69,8 @@ def run_demo(
     echo(f"[demo] output: {out}  preset: {preset}{' (quick)' if quick else ''}  device: {dev.type}")
 
     t = time.perf_counter()
-    train_set = build_dataset(cfg, cfg.data.train_split, train=True)
-    val_set = build_dataset(cfg, cfg.data.val_split, train=False)
+    train_set = build_dataset(cfg, cfg.data.train_split, train=True, progress=progress)
+    val_set = build_dataset(cfg, cfg.data.val_split, train=False, progress=progress)
     data_s = time.perf_counter() - t
     echo(f"[demo] dataset: {len(train_set)} train / {len(val_set)} held-out images ({data_s:.1f} s)")
 

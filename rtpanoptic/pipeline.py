@@ -99,13 +99,16 @@ def check_data_root(cfg) -> None:
                          f"set data.root=PATH to where the dataset lies")
 
 
-def build_dataset(cfg, split: str, train: bool = False):
-    """The (un-augmented unless ``train``) dataset of ``cfg.data`` for ``split``; UsageError if missing."""
-    from .data import DatasetError
-    from .engine.trainer import build_dataset_from_config
+def build_dataset(cfg, split: str, train: bool = False, progress: bool = True):
+    """The (un-augmented unless ``train``) dataset of ``cfg.data`` for ``split``; UsageError if missing.
+    The synthetic set is generated first when needed (with a progress bar if ``progress``)."""
+    from .data import DatasetError, generate_synthetic
+    from .engine.trainer import _synthetic_config, build_dataset_from_config
 
     check_data_root(cfg)
     try:
+        if cfg.data.name == "synthetic":
+            generate_synthetic(cfg.data.root, _synthetic_config(cfg), progress=progress)
         return build_dataset_from_config(cfg, split, train=train)
     except (DatasetError, FileNotFoundError) as exc:
         raise UsageError(f"cannot open dataset {cfg.data.name!r} split {split!r}: {exc}") from None
