@@ -184,3 +184,17 @@ def test_export_torch_program(demo_run, tmp_path, capsys):
 def test_export_bad_size_is_one_line(demo_run, capsys):
     _one_line_error(capsys, ["export", "--checkpoint", str(demo_run / "train" / "last.pt"), "--image-size", "100", "128"],
                     "multiples of 128")
+
+
+def test_train_then_evaluate_with_explicit_preset(tmp_path, capsys):
+    data = tmp_path / "data"
+    rc = main(["train", "--output-dir", str(tmp_path / "run"), "--device", "cpu", f"data.root={data}",
+               "runtime.progress=false", *TINY])
+    assert rc == 0
+    ckpt = tmp_path / "run" / "last.pt"
+    assert ckpt.is_file() and "trained 2 steps" in capsys.readouterr().out
+    # --preset / --config describe the network instead of the checkpoint's own config
+    rc = main(["evaluate", "--checkpoint", str(ckpt), "--preset", "synthetic", f"data.root={data}", *TINY,
+               "--max-images", "1", "--output-dir", str(tmp_path / "ev"), "--no-progress"])
+    assert rc == 0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["images"] == 1
