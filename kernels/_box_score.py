@@ -10,6 +10,27 @@ import triton.language as tl
 
 
 @triton.jit
+def load_dense(base, P, p, m):
+    """Coordinates (x1, y1, x2, y2) at pixels ``p`` of a contiguous [4, P] dense box map starting
+    at ``base`` (0 where ``m`` is False)."""
+    dx1 = tl.load(base + p, mask=m, other=0)
+    dy1 = tl.load(base + P + p, mask=m, other=0)
+    dx2 = tl.load(base + 2 * P + p, mask=m, other=0)
+    dy2 = tl.load(base + 3 * P + p, mask=m, other=0)
+    return dx1, dy1, dx2, dy2
+
+
+@triton.jit
+def load_box(ptr, j):
+    """Box ``j`` (x1, y1, x2, y2) of a contiguous [N, 4] tensor, as four scalars."""
+    x1 = tl.load(ptr + j * 4)
+    y1 = tl.load(ptr + j * 4 + 1)
+    x2 = tl.load(ptr + j * 4 + 2)
+    y2 = tl.load(ptr + j * 4 + 3)
+    return x1, y1, x2, y2
+
+
+@triton.jit
 def div_rn(a, b):
     """IEEE division rounded to nearest, as PyTorch's.  Triton's ``/`` on float32 lowers to
     the approximate ``div.full.f32`` on NVIDIA GPUs; float16/bfloat16 are divided in float32

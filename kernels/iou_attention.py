@@ -14,7 +14,7 @@ from torch.library import triton_op, wrap_triton
 
 from rtpanoptic.ops.reference import TRI_EPS
 
-from ._box_score import box_score, box_score_grad
+from ._box_score import box_score, box_score_grad, load_box, load_dense
 from ._common import NAMESPACE, block_size, scalars, tile
 
 SCORE_IDS = {"iou": 0, "tri": 1}
@@ -49,20 +49,14 @@ def _iou_attention_bwd(grad_ptr, dense_ptr, query_ptr, eps_ptr, gdense_ptr, gque
     pid = tl.program_id(0)
     p = pid * BLOCK + tl.arange(0, BLOCK)
     pm = p < P
-    dx1 = tl.load(dense_ptr + p, mask=pm, other=0)
-    dy1 = tl.load(dense_ptr + P + p, mask=pm, other=0)
-    dx2 = tl.load(dense_ptr + 2 * P + p, mask=pm, other=0)
-    dy2 = tl.load(dense_ptr + 3 * P + p, mask=pm, other=0)
+    dx1, dy1, dx2, dy2 = load_dense(dense_ptr, P, p, pm)
     eps = tl.load(eps_ptr)
     acc1 = tl.zeros([BLOCK], dtype=ACC)
     acc2 = tl.zeros_like(acc1)
     acc3 = tl.zeros_like(acc1)
     acc4 = tl.zeros_like(acc1)
     for j in range(Q):
-        qx1 = tl.load(query_ptr + j * 4)
-        qy1 = tl.load(query_ptr + j * 4 + 1)
-        qx2 = tl.load(query_ptr + j * 4 + 2)
-        qy2 = tl.load(query_ptr + j * 4 + 3)
+        qx1, qy1, qx2, qy2 = load_box(query_ptr, j)
         g = tl.load(grad_ptr + j * P + p, mask=pm, other=0)
         gdx1, gdy1, gdx2, gdy2, gqx1, gqy1, gqx2, gqy2 = box_score_grad(
             dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, g, TRI)

@@ -17,18 +17,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from ._box_score import box_score, box_score_grad
+from ._box_score import box_score, box_score_grad, load_box, load_dense
 from ._common import NAMESPACE, acc_dtype, block_size
-
-
-@triton.jit
-def _load_dense(dense_ptr, img, P, p, m):
-    base = dense_ptr + img.to(tl.int64) * 4 * P
-    dx1 = tl.load(base + p, mask=m, other=0)
-    dy1 = tl.load(base + P + p, mask=m, other=0)
-    dx2 = tl.load(base + 2 * P + p, mask=m, other=0)
-    dy2 = tl.load(base + 3 * P + p, mask=m, other=0)
-    return dx1, dy1, dx2, dy2
 
 
 @triton.jit
@@ -39,15 +29,12 @@ def _mask_loss_fwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, err_ptr
     n_prog = tl.num_programs(0)
     p = pid * BLOCK + tl.arange(0, BLOCK)
     m = p < P
-    dx1, dy1, dx2, dy2 = _load_dense(dense_ptr, img, P, p, m)
+    dx1, dy1, dx2, dy2 = load_dense(dense_ptr + img.to(tl.int64) * 4 * P, P, p, m)
     first = tl.load(start_ptr + img)
     last = tl.load(start_ptr + img + 1)
     for k in range(first, last):
         j = tl.load(order_ptr + k)
-        qx1 = tl.load(query_ptr + j * 4)
-        qy1 = tl.load(query_ptr + j * 4 + 1)
-        qx2 = tl.load(query_ptr + j * 4 + 2)
-        qy2 = tl.load(query_ptr + j * 4 + 3)
+        qx1, qy1, qx2, qy2 = load_box(query_ptr, j)
         iou = box_score(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, 0.0, False).to(ACC)
         inside = tl.load(mask_ptr + j * P + p, mask=m, other=0) != 0
         err = tl.where(inside, 1.0 - iou, iou)
@@ -64,7 +51,7 @@ def _mask_loss_bwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, weight_
     n_prog = tl.num_programs(0)
     p = pid * BLOCK + tl.arange(0, BLOCK)
     m = p < P
-    dx1, dy1, dx2, dy2 = _load_dense(dense_ptr, img, P, p, m)
+    dx1, dy1, dx2, dy2 = load_dense(dense_ptr + img.to(tl.int64) * 4 * P, P, p, m)
     acc1 = tl.zeros([BLOCK], dtype=ACC)
     acc2 = tl.zeros([BLOCK], dtype=ACC)
     acc3 = tl.zeros([BLOCK], dtype=ACC)
@@ -73,10 +60,7 @@ def _mask_loss_bwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, weight_
     last = tl.load(start_ptr + img + 1)
     for k in range(first, last):
         j = tl.load(order_ptr + k)
-        qx1 = tl.load(query_ptr + j * 4)
-        qy1 = tl.load(query_ptr + j * 4 + 1)
-        qx2 = tl.load(query_ptr + j * 4 + 2)
-        qy2 = tl.load(query_ptr + j * 4 + 3)
+        qx1, qy1, qx2, qy2 = load_box(query_ptr, j)
         wj = tl.load(weight_ptr + j)  # grad * beta_j / (N_j * Q), 0 when N_j = 0
         inside = tl.load(mask_ptr + j * P + p, mask=m, other=0) != 0
         # d(err)/d(iou) = +1 outside the mask (E_FP), -1 inside (E_FN)

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from rtpanoptic.ops.reference import TRI_EPS
 
-from ._box_score import box_score
+from ._box_score import box_score, load_box, load_dense
 from ._common import EXACT, NAMESPACE, large_blocks, scalars
 
 SCORE_IDS = {"iou": 0, "tri": 1}
@@ -60,19 +60,13 @@ def _masks_kernel(dense_ptr, sem_ptr, query_ptr, class_ptr, order_ptr, params_pt
     lane = tl.arange(0, 32)
     p = word[:, None] * 32 + lane[None, :]  # [WB, 32] pixels
     pm = p < P
-    dx1 = tl.load(dense_ptr + p, mask=pm, other=0)
-    dy1 = tl.load(dense_ptr + P + p, mask=pm, other=0)
-    dx2 = tl.load(dense_ptr + 2 * P + p, mask=pm, other=0)
-    dy2 = tl.load(dense_ptr + 3 * P + p, mask=pm, other=0)
+    dx1, dy1, dx2, dy2 = load_dense(dense_ptr, P, p, pm)
     sigma = tl.load(params_ptr)
     eps = tl.load(params_ptr + 1)
     t0 = tl.program_id(1) * QB
     for t in range(t0, tl.minimum(t0 + QB, Q)):
         j = tl.load(order_ptr + t)
-        qx1 = tl.load(query_ptr + j * 4)
-        qy1 = tl.load(query_ptr + j * 4 + 1)
-        qx2 = tl.load(query_ptr + j * 4 + 2)
-        qy2 = tl.load(query_ptr + j * 4 + 3)
+        qx1, qy1, qx2, qy2 = load_box(query_ptr, j)
         c = tl.load(class_ptr + j)
         s = box_score(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, TRI)
         sem = tl.load(sem_ptr + c * P + p, mask=pm, other=0)

@@ -17,6 +17,7 @@
 
 #include "box_math.h"
 #include "checks.h"
+#include "op_checks.h"
 
 namespace rtpanoptic {
 namespace {
@@ -38,27 +39,6 @@ AxisW<T> axis_coeffs(int64_t out_size, int64_t in_size) {
   const T scale = static_cast<T>(in_size) / static_cast<T>(out_size);
   for (int64_t o = 0; o < out_size; ++o) bilinear_coeffs<T>(o, in_size, scale, &a.i0[o], &a.i1[o], &a.w0[o], &a.w1[o]);
   return a;
-}
-
-void check_inputs(const char* op, const at::TensorList& offsets, const at::Tensor& levelness, int64_t out_stride) {
-  TORCH_CHECK(levelness.dim() == 4, op, ": levelness must have shape [B, L+1, H, W], got ", levelness.sizes());
-  check_float(op, "levelness", levelness);
-  const int64_t n_levels = levelness.size(1) - 1;
-  TORCH_CHECK(n_levels >= 1 && static_cast<int64_t>(offsets.size()) == n_levels, op, ": levelness has ",
-              levelness.size(1), " channels, so offsets must hold ", n_levels, " tensors, got ", offsets.size());
-  TORCH_CHECK(out_stride > 0, op, ": out_stride must be a positive int, got ", out_stride);
-  const bool nonempty = levelness.size(2) > 0 && levelness.size(3) > 0;
-  for (size_t i = 0; i < offsets.size(); ++i) {
-    const auto& o = offsets[i];
-    TORCH_CHECK(o.dim() == 4 && o.size(0) == levelness.size(0) && o.size(1) == 4, op, ": offsets[", i,
-                "] must have shape [B=", levelness.size(0), ", 4, h, w], got ", o.sizes());
-    TORCH_CHECK(o.scalar_type() == levelness.scalar_type(), op, ": offsets[", i, "] must have the dtype of levelness (",
-                levelness.scalar_type(), "), got ", o.scalar_type());
-    TORCH_CHECK(o.device() == levelness.device(), op, ": offsets[", i, "] must be on ", levelness.device(), ", got ",
-                o.device());
-    TORCH_CHECK(!nonempty || levelness.size(0) == 0 || (o.size(2) > 0 && o.size(3) > 0), op, ": offsets[", i,
-                "] is empty ", o.sizes(), " but the levelness grid is not");
-  }
 }
 
 // level index (0-based among levels) and foreground flag of one location.
@@ -179,8 +159,7 @@ void backward_impl(const at::Tensor& grad, const std::vector<at::Tensor>& offs, 
 std::tuple<at::Tensor, at::Tensor> gather_levelness_cpu(at::TensorList offsets, const at::Tensor& levelness,
                                                         int64_t out_stride) {
   const char* op = "gather_levelness";
-  check_inputs(op, offsets, levelness, out_stride);
-  check_device(op, "levelness", levelness, c10::kCPU);
+  check_gather_levelness_args(op, offsets, levelness, out_stride, c10::kCPU);
   const auto acc = levelness.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto lv = levelness.to(acc).contiguous();
   const int64_t batch = lv.size(0), h = lv.size(2), w = lv.size(3);
@@ -197,11 +176,8 @@ std::tuple<at::Tensor, at::Tensor> gather_levelness_cpu(at::TensorList offsets, 
 std::vector<at::Tensor> gather_levelness_backward_cpu(const at::Tensor& grad_boxes, at::TensorList offsets,
                                                       const at::Tensor& levelness, int64_t out_stride) {
   const char* op = "_gather_levelness_backward";
-  check_inputs(op, offsets, levelness, out_stride);
-  check_device(op, "levelness", levelness, c10::kCPU);
-  TORCH_CHECK(grad_boxes.dim() == 4 && grad_boxes.size(0) == levelness.size(0) && grad_boxes.size(1) == 4 &&
-                  grad_boxes.size(2) == levelness.size(2) && grad_boxes.size(3) == levelness.size(3),
-              op, ": grad_boxes must have shape [B, 4, H, W] of levelness, got ", grad_boxes.sizes());
+  check_gather_levelness_args(op, offsets, levelness, out_stride, c10::kCPU);
+  check_gather_levelness_grad(op, grad_boxes, levelness);
   const auto acc = levelness.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto lv = levelness.to(acc).contiguous();
   auto g = grad_boxes.to(acc).contiguous();

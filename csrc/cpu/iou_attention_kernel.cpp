@@ -11,6 +11,7 @@
 
 #include "box_math.h"
 #include "checks.h"
+#include "op_checks.h"
 
 namespace rtpanoptic {
 namespace {
@@ -18,12 +19,7 @@ namespace {
 constexpr int64_t kChunk = 2048;
 
 void check_inputs(const char* op, const at::Tensor& dense, const at::Tensor& query, const std::string& score) {
-  TORCH_CHECK(dense.dim() == 3 && dense.size(0) == 4, op, ": dense_boxes must have shape [4, H, W], got ",
-              dense.sizes());
-  check_float(op, "dense_boxes", dense);
-  check_boxes(op, "query_boxes", query);
-  check_same_dtype(op, "query_boxes", query, "dense_boxes", dense);
-  check_device(op, "dense_boxes", dense, c10::kCPU);
+  check_iou_attention_args(op, dense, query, c10::kCPU);
   check_device(op, "query_boxes", query, c10::kCPU);
   check_score(op, score);
 }
@@ -105,8 +101,7 @@ std::tuple<at::Tensor, at::Tensor> iou_attention_backward_cpu(const at::Tensor& 
   const std::string score(score_sv);
   check_inputs(op, dense_boxes, query_boxes, score);
   const int64_t n_q = query_boxes.size(0), h = dense_boxes.size(1), w = dense_boxes.size(2);
-  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == n_q && grad.size(1) == h && grad.size(2) == w, op,
-              ": grad must have shape [Q=", n_q, ", H=", h, ", W=", w, "], got ", grad.sizes());
+  check_iou_attention_grad(op, grad, dense_boxes, query_boxes);
   const auto acc = dense_boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto d = dense_boxes.to(acc).contiguous();
   auto q = query_boxes.to(acc).contiguous();

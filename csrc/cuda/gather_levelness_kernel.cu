@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cuda_common.cuh"
+#include "op_checks.h"
 
 namespace rtpanoptic {
 namespace {
@@ -39,6 +40,34 @@ __device__ __forceinline__ void pick_level(const scalar_t* lv, int64_t plane, in
   *fg = argmax_better(best, static_cast<acc_t>(lv[0]));
 }
 
+// Where output location t of the [batch, h, w] grid reads from: its chosen level (and the
+// foreground flag) and the bilinear taps (align_corners=False) into that level's grid.
+template <typename acc_t>
+struct Tap {
+  int64_t b, p, y, x;  // batch, flat pixel and its row/column in the output grid
+  int level;
+  bool fg;
+  int64_t hi, wi, y0, y1, x0, x1;
+  acc_t wy0, wy1, wx0, wx1;
+};
+
+template <typename acc_t, typename levels_t, typename scalar_t>
+__device__ __forceinline__ Tap<acc_t> locate(const levels_t& levels, const scalar_t* lv, int64_t t, int64_t nc,
+                                             int64_t h, int64_t w) {
+  const int64_t plane = h * w;
+  Tap<acc_t> k;
+  k.b = t / plane;
+  k.p = t % plane;
+  k.y = k.p / w;
+  k.x = k.p % w;
+  pick_level(lv + k.b * nc * plane + k.p, plane, nc, &k.level, &k.fg);
+  k.hi = levels.h[k.level];
+  k.wi = levels.w[k.level];
+  bilinear_coeffs<acc_t>(k.y, k.hi, static_cast<acc_t>(k.hi) / static_cast<acc_t>(h), &k.y0, &k.y1, &k.wy0, &k.wy1);
+  bilinear_coeffs<acc_t>(k.x, k.wi, static_cast<acc_t>(k.wi) / static_cast<acc_t>(w), &k.x0, &k.x1, &k.wx0, &k.wx1);
+  return k;
+}
+
 template <typename scalar_t>
 __global__ void gather_forward_kernel(Levels<scalar_t, const scalar_t*> levels, const scalar_t* __restrict__ lv,
                                       int64_t batch, int64_t nc, int64_t h, int64_t w, int64_t out_stride,
@@ -47,27 +76,20 @@ __global__ void gather_forward_kernel(Levels<scalar_t, const scalar_t*> levels, 
   const int64_t plane = h * w;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= batch * plane) return;
-  const int64_t b = t / plane, p = t % plane, y = p / w, x = p % w;
-  int level;
-  bool is_fg;
-  pick_level(lv + b * nc * plane + p, plane, nc, &level, &is_fg);
-  fg[t] = is_fg;
-  const int64_t hi = levels.h[level], wi = levels.w[level];
-  int64_t y0, y1, x0, x1;
-  acc_t wy0, wy1, wx0, wx1;
-  bilinear_coeffs<acc_t>(y, hi, static_cast<acc_t>(hi) / static_cast<acc_t>(h), &y0, &y1, &wy0, &wy1);
-  bilinear_coeffs<acc_t>(x, wi, static_cast<acc_t>(wi) / static_cast<acc_t>(w), &x0, &x1, &wx0, &wx1);
-  const scalar_t* src = levels.ptr[level] + b * 4 * hi * wi;
+  const Tap<acc_t> k = locate<acc_t>(levels, lv, t, nc, h, w);
+  fg[t] = k.fg;
+  const int64_t wi = k.wi;
+  const scalar_t* src = levels.ptr[k.level] + k.b * 4 * k.hi * wi;
   acc_t v[4];
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
-    const scalar_t* s = src + c * hi * wi;
-    v[c] = wy0 * (wx0 * static_cast<acc_t>(s[y0 * wi + x0]) + wx1 * static_cast<acc_t>(s[y0 * wi + x1])) +
-           wy1 * (wx0 * static_cast<acc_t>(s[y1 * wi + x0]) + wx1 * static_cast<acc_t>(s[y1 * wi + x1]));
+    const scalar_t* s = src + c * k.hi * wi;
+    v[c] = k.wy0 * (k.wx0 * static_cast<acc_t>(s[k.y0 * wi + k.x0]) + k.wx1 * static_cast<acc_t>(s[k.y0 * wi + k.x1])) +
+           k.wy1 * (k.wx0 * static_cast<acc_t>(s[k.y1 * wi + k.x0]) + k.wx1 * static_cast<acc_t>(s[k.y1 * wi + k.x1]));
   }
-  const acc_t cx = static_cast<acc_t>(x * out_stride + out_stride / 2);
-  const acc_t cy = static_cast<acc_t>(y * out_stride + out_stride / 2);
-  scalar_t* dst = boxes + b * 4 * plane + p;
+  const acc_t cx = static_cast<acc_t>(k.x * out_stride + out_stride / 2);
+  const acc_t cy = static_cast<acc_t>(k.y * out_stride + out_stride / 2);
+  scalar_t* dst = boxes + k.b * 4 * plane + k.p;
   dst[0] = static_cast<scalar_t>(cx - v[0]);
   dst[plane] = static_cast<scalar_t>(cy - v[1]);
   dst[2 * plane] = static_cast<scalar_t>(cx + v[2]);
@@ -81,48 +103,24 @@ __global__ void gather_backward_kernel(Levels<scalar_t, acc_t*> grads, const sca
   const int64_t plane = h * w;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= batch * plane) return;
-  const int64_t b = t / plane, p = t % plane, y = p / w, x = p % w;
-  int level;
-  bool is_fg;
-  pick_level(lv + b * nc * plane + p, plane, nc, &level, &is_fg);
-  const int64_t hi = grads.h[level], wi = grads.w[level];
-  int64_t y0, y1, x0, x1;
-  acc_t wy0, wy1, wx0, wx1;
-  bilinear_coeffs<acc_t>(y, hi, static_cast<acc_t>(hi) / static_cast<acc_t>(h), &y0, &y1, &wy0, &wy1);
-  bilinear_coeffs<acc_t>(x, wi, static_cast<acc_t>(wi) / static_cast<acc_t>(w), &x0, &x1, &wx0, &wx1);
+  const Tap<acc_t> k = locate<acc_t>(grads, lv, t, nc, h, w);
+  const int64_t wi = k.wi;
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
-    const acc_t gv = (c < 2 ? acc_t(-1) : acc_t(1)) * static_cast<acc_t>(grad[(b * 4 + c) * plane + p]);
-    acc_t* dst = grads.ptr[level] + (b * 4 + c) * hi * wi;
-    gpuAtomicAdd(dst + y0 * wi + x0, gv * wy0 * wx0);
-    gpuAtomicAdd(dst + y0 * wi + x1, gv * wy0 * wx1);
-    gpuAtomicAdd(dst + y1 * wi + x0, gv * wy1 * wx0);
-    gpuAtomicAdd(dst + y1 * wi + x1, gv * wy1 * wx1);
+    const acc_t gv = (c < 2 ? acc_t(-1) : acc_t(1)) * static_cast<acc_t>(grad[(k.b * 4 + c) * plane + k.p]);
+    acc_t* dst = grads.ptr[k.level] + (k.b * 4 + c) * k.hi * wi;
+    gpuAtomicAdd(dst + k.y0 * wi + k.x0, gv * k.wy0 * k.wx0);
+    gpuAtomicAdd(dst + k.y0 * wi + k.x1, gv * k.wy0 * k.wx1);
+    gpuAtomicAdd(dst + k.y1 * wi + k.x0, gv * k.wy1 * k.wx0);
+    gpuAtomicAdd(dst + k.y1 * wi + k.x1, gv * k.wy1 * k.wx1);
   }
 }
 
 void check_inputs(const char* op, const at::TensorList& offsets, const at::Tensor& levelness, int64_t out_stride) {
-  TORCH_CHECK(levelness.dim() == 4, op, ": levelness must have shape [B, L+1, H, W], got ", levelness.sizes());
-  check_float(op, "levelness", levelness);
-  cuda::check_cuda(op, "levelness", levelness);
+  check_gather_levelness_args(op, offsets, levelness, out_stride, c10::kCUDA);
   const int64_t n_levels = levelness.size(1) - 1;
-  TORCH_CHECK(n_levels >= 1 && static_cast<int64_t>(offsets.size()) == n_levels, op, ": levelness has ",
-              levelness.size(1), " channels, so offsets must hold ", n_levels, " tensors, got ", offsets.size());
   TORCH_CHECK(n_levels <= kMaxLevels, op, ": the CUDA kernel supports at most ", kMaxLevels, " levels, got ",
               n_levels);
-  TORCH_CHECK(out_stride > 0, op, ": out_stride must be a positive int, got ", out_stride);
-  const bool nonempty = levelness.size(0) > 0 && levelness.size(2) > 0 && levelness.size(3) > 0;
-  for (size_t i = 0; i < offsets.size(); ++i) {
-    const auto& o = offsets[i];
-    TORCH_CHECK(o.dim() == 4 && o.size(0) == levelness.size(0) && o.size(1) == 4, op, ": offsets[", i,
-                "] must have shape [B=", levelness.size(0), ", 4, h, w], got ", o.sizes());
-    TORCH_CHECK(o.scalar_type() == levelness.scalar_type(), op, ": offsets[", i, "] must have the dtype of levelness (",
-                levelness.scalar_type(), "), got ", o.scalar_type());
-    TORCH_CHECK(o.device() == levelness.device(), op, ": offsets[", i, "] must be on ", levelness.device(), ", got ",
-                o.device());
-    TORCH_CHECK(!nonempty || (o.size(2) > 0 && o.size(3) > 0), op, ": offsets[", i, "] is empty ", o.sizes(),
-                " but the levelness grid is not");
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor> gather_levelness_cuda(at::TensorList offsets, const at::Tensor& levelness,
@@ -156,9 +154,7 @@ std::vector<at::Tensor> gather_levelness_backward_cuda(const at::Tensor& grad_bo
                                                        const at::Tensor& levelness, int64_t out_stride) {
   const char* op = "_gather_levelness_backward";
   check_inputs(op, offsets, levelness, out_stride);
-  TORCH_CHECK(grad_boxes.dim() == 4 && grad_boxes.size(0) == levelness.size(0) && grad_boxes.size(1) == 4 &&
-                  grad_boxes.size(2) == levelness.size(2) && grad_boxes.size(3) == levelness.size(3),
-              op, ": grad_boxes must have shape [B, 4, H, W] of levelness, got ", grad_boxes.sizes());
+  check_gather_levelness_grad(op, grad_boxes, levelness);
   check_same_device(op, "grad_boxes", grad_boxes, levelness);
   c10::cuda::CUDAGuard guard(levelness.device());
   auto lv = levelness.contiguous();

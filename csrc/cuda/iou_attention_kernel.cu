@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
+#include "op_checks.h"
 
 namespace rtpanoptic {
 namespace {
@@ -67,12 +68,7 @@ __global__ void attention_grad_query_kernel(const scalar_t* __restrict__ g, cons
 }
 
 void check_inputs(const char* op, const at::Tensor& dense, const at::Tensor& query, const std::string& score) {
-  TORCH_CHECK(dense.dim() == 3 && dense.size(0) == 4, op, ": dense_boxes must have shape [4, H, W], got ",
-              dense.sizes());
-  check_float(op, "dense_boxes", dense);
-  check_boxes(op, "query_boxes", query);
-  check_same_dtype(op, "query_boxes", query, "dense_boxes", dense);
-  cuda::check_cuda(op, "dense_boxes", dense);
+  check_iou_attention_args(op, dense, query, c10::kCUDA);
   check_same_device(op, "query_boxes", query, dense);
   check_score(op, score);
 }
@@ -104,8 +100,7 @@ std::tuple<at::Tensor, at::Tensor> iou_attention_backward_cuda(const at::Tensor&
   const std::string score(score_sv);
   check_inputs(op, dense_boxes, query_boxes, score);
   const int64_t n_q = query_boxes.size(0), h = dense_boxes.size(1), w = dense_boxes.size(2), n_p = h * w;
-  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == n_q && grad.size(1) == h && grad.size(2) == w, op,
-              ": grad must have shape [Q=", n_q, ", H=", h, ", W=", w, "], got ", grad.sizes());
+  check_iou_attention_grad(op, grad, dense_boxes, query_boxes);
   check_same_device(op, "grad", grad, dense_boxes);
   TORCH_CHECK(n_q <= 65535, op, ": the CUDA backward supports at most 65535 queries, got ", n_q);
   c10::cuda::CUDAGuard guard(dense_boxes.device());

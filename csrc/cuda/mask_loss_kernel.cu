@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
+#include "op_checks.h"
 
 namespace rtpanoptic {
 namespace {
@@ -144,23 +145,8 @@ __global__ void grad_query_kernel(const scalar_t* __restrict__ grad, const scala
 
 void check_inputs(const char* op, const at::Tensor& dense, const at::Tensor& query, const at::Tensor& masks,
                   const at::Tensor& beta, const at::Tensor& batch_index) {
-  TORCH_CHECK(dense.dim() == 4 && dense.size(1) == 4, op, ": dense_boxes must have shape [B, 4, H, W], got ",
-              dense.sizes());
-  check_float(op, "dense_boxes", dense);
-  cuda::check_cuda(op, "dense_boxes", dense);
-  check_boxes(op, "query_boxes", query);
-  check_same_dtype(op, "query_boxes", query, "dense_boxes", dense);
+  check_mask_loss_args(op, dense, query, masks, beta, batch_index, c10::kCUDA);
   const int64_t q = query.size(0);
-  TORCH_CHECK(masks.dim() == 3 && masks.size(0) == q && masks.size(1) == dense.size(2) && masks.size(2) == dense.size(3),
-              op, ": gt_masks must have shape [Q=", q, ", H=", dense.size(2), ", W=", dense.size(3), "], got ",
-              masks.sizes());
-  TORCH_CHECK(masks.scalar_type() == at::kBool, op, ": gt_masks must be a bool tensor, got ", masks.scalar_type());
-  TORCH_CHECK(beta.dim() == 1 && beta.size(0) == q, op, ": beta must have shape [Q=", q, "], got ", beta.sizes());
-  check_float(op, "beta", beta);
-  TORCH_CHECK(batch_index.dim() == 1 && batch_index.size(0) == q, op, ": batch_index must have shape [Q=", q,
-              "], got ", batch_index.sizes());
-  TORCH_CHECK(batch_index.scalar_type() == at::kLong || batch_index.scalar_type() == at::kInt, op,
-              ": batch_index must be int64 or int32, got ", batch_index.scalar_type());
   check_same_device(op, "query_boxes", query, dense);
   check_same_device(op, "gt_masks", masks, dense);
   check_same_device(op, "beta", beta, dense);
@@ -205,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor> mask_loss_backward_cuda(const at::Tensor& gra
                                                            const at::Tensor& beta, const at::Tensor& batch_index) {
   const char* op = "_mask_loss_backward";
   check_inputs(op, dense_boxes, query_boxes, gt_masks, beta, batch_index);
-  TORCH_CHECK(grad.numel() == 1, op, ": grad must be a scalar, got shape ", grad.sizes());
+  check_mask_loss_grad(op, grad);
   check_same_device(op, "grad", grad, dense_boxes);
   c10::cuda::CUDAGuard guard(dense_boxes.device());
   const int64_t n_q = query_boxes.size(0), batch = dense_boxes.size(0);

@@ -14,6 +14,7 @@
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
+#include "op_checks.h"
 
 namespace rtpanoptic {
 namespace {
@@ -160,36 +161,16 @@ Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor&
                                 int64_t stuff_area_limit) {
   const char* op = "panoptic_from_dense";
   const std::string score(score_sv);
-  TORCH_CHECK(dense_boxes.dim() == 3 && dense_boxes.size(0) == 4, op,
-              ": dense_boxes must have shape [4, H, W], got ", dense_boxes.sizes());
-  check_float(op, "dense_boxes", dense_boxes);
-  cuda::check_cuda(op, "dense_boxes", dense_boxes);
+  check_panoptic_from_dense_args(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
+                                 c10::kCUDA);
   const int64_t h = dense_boxes.size(1), w = dense_boxes.size(2), n_p = h * w;
-  TORCH_CHECK(sem_probs.dim() == 3 && sem_probs.size(0) >= 1 && sem_probs.size(1) == h && sem_probs.size(2) == w, op,
-              ": sem_probs must have shape [C>=1, H=", h, ", W=", w, "], got ", sem_probs.sizes());
-  check_same_dtype(op, "sem_probs", sem_probs, "dense_boxes", dense_boxes);
-  check_boxes(op, "query_boxes", query_boxes);
-  check_same_dtype(op, "query_boxes", query_boxes, "dense_boxes", dense_boxes);
   const int64_t n_q = query_boxes.size(0), n_c = sem_probs.size(0);
-  TORCH_CHECK(query_classes.dim() == 1 && query_classes.size(0) == n_q, op, ": query_classes must have shape [Q=",
-              n_q, "], got ", query_classes.sizes());
-  TORCH_CHECK(!at::isFloatingType(query_classes.scalar_type()) && query_classes.scalar_type() != at::kBool, op,
-              ": query_classes must be an integer tensor, got ", query_classes.scalar_type());
-  TORCH_CHECK(query_scores.dim() == 1 && query_scores.size(0) == n_q, op, ": query_scores must have shape [Q=", n_q,
-              "], got ", query_scores.sizes());
-  check_float(op, "query_scores", query_scores);
-  TORCH_CHECK(is_thing.dim() == 1 && is_thing.size(0) == n_c && is_thing.scalar_type() == at::kBool, op,
-              ": is_thing must be a bool tensor of shape [C=", n_c, "], got ", is_thing.scalar_type(), " ",
-              is_thing.sizes());
   check_same_device(op, "sem_probs", sem_probs, dense_boxes);
   check_same_device(op, "query_boxes", query_boxes, dense_boxes);
   check_same_device(op, "query_classes", query_classes, dense_boxes);
   check_same_device(op, "query_scores", query_scores, dense_boxes);
   check_same_device(op, "is_thing", is_thing, dense_boxes);
-  check_score(op, score);
-  TORCH_CHECK(overlap_threshold >= 0 && overlap_threshold <= 1, op, ": overlap_threshold must lie in [0, 1], got ",
-              overlap_threshold);
-  TORCH_CHECK(stuff_area_limit >= 0, op, ": stuff_area_limit must be >= 0, got ", stuff_area_limit);
+  check_panoptic_from_dense_scalars(op, score, overlap_threshold, stuff_area_limit);
   // query_classes range: checked by rtpanoptic.ops.panoptic_from_dense (a device check would need a
   // sync); the kernel gives a query with an out-of-range class an empty mask instead of reading out of bounds.
   c10::cuda::CUDAGuard guard(dense_boxes.device());
