@@ -160,10 +160,19 @@ def export_dense_program(model: nn.Module, image_size: Sequence[int] = (256, 512
     """``torch.export`` of :class:`DensePredictor` (the C++ ops enter the graph as
     ``torch.ops.rtpanoptic.*`` through their fake kernels).  With ``check``, the program's
     outputs are compared with eager ones on a random image (:class:`ExportError` if they differ)."""
+    example = _uint8_example(image_size, batch)
+    wrapper = DensePredictor(model.eval(), backend).eval()
+    return _export_checked(wrapper, example, check, atol=1e-4)
+
+
+def _uint8_example(image_size: Sequence[int], batch: int) -> Tensor:
     _example(image_size, batch)  # validates the size
     g = torch.Generator().manual_seed(0)
-    example = torch.randint(0, 256, (batch, 3, int(image_size[0]), int(image_size[1])), generator=g, dtype=torch.uint8)
-    wrapper = DensePredictor(model.eval(), backend).eval()
+    return torch.randint(0, 256, (batch, 3, int(image_size[0]), int(image_size[1])), generator=g, dtype=torch.uint8)
+
+
+def _export_checked(wrapper: nn.Module, example: Tensor, check: bool, atol: float, names: Sequence[str] = ()):
+    """``torch.export`` ``wrapper`` on ``example``; with ``check`` its outputs must equal eager ones."""
     try:
         program = torch.export.export(wrapper, (example,), strict=False)
     except Exception as exc:
@@ -173,8 +182,9 @@ def export_dense_program(model: nn.Module, image_size: Sequence[int] = (256, 512
             expected = wrapper(example)
             got = program.module()(example)
         for i, (a, b) in enumerate(zip(got, expected)):
-            if a.shape != b.shape or not torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-4):
-                raise ExportError(f"exported program output {i} differs from eager PyTorch")
+            if a.shape != b.shape or not torch.allclose(a.float(), b.float(), rtol=1e-4, atol=atol):
+                name = repr(names[i]) if i < len(names) else str(i)
+                raise ExportError(f"exported program output {name} differs from eager PyTorch")
     return program
 
 
@@ -242,20 +252,7 @@ def export_panoptic_program(model: nn.Module, image_size: Sequence[int] = (256, 
     ``torch.ops.rtpanoptic`` ops) for a fixed image size.  With ``check``, the program's output on
     ``example`` (default: a random uint8 image) must equal the eager module's (:class:`ExportError`).
     Load it with ``import rtpanoptic; torch.export.load(path)`` (the import registers the ops)."""
-    _example(image_size, 1)  # validates the size
-    if example is None:
-        g = torch.Generator().manual_seed(0)
-        example = torch.randint(0, 256, (1, 3, int(image_size[0]), int(image_size[1])), generator=g, dtype=torch.uint8)
+    default = _uint8_example(image_size, 1)
+    example = default if example is None else example
     wrapper = PanopticProgram(model.eval()).eval()
-    try:
-        program = torch.export.export(wrapper, (example,), strict=False)
-    except Exception as exc:
-        raise ExportError(f"torch.export failed: {type(exc).__name__}: {exc}") from exc
-    if check:
-        with torch.no_grad():
-            expected = wrapper(example)
-            got = program.module()(example)
-        for name, a, b in zip(("panoptic", "classes", "queries", "scores"), got, expected):
-            if a.shape != b.shape or not torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-5):
-                raise ExportError(f"exported program output {name!r} differs from eager PyTorch")
-    return program
+    return _export_checked(wrapper, example, check, atol=1e-5, names=("panoptic", "classes", "queries", "scores"))
