@@ -11,6 +11,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
+from .inference import nms_queries, semantic_probs_on
+
 
 class ExportError(RuntimeError):
     """Export failed or the exported model disagrees with PyTorch."""
@@ -149,10 +151,7 @@ class DensePredictor(nn.Module):
         scores = [c.sigmoid() * t.sigmoid() for c, t in zip(out.class_logits, out.centerness)]
         dense, fg = ops.gather_levelness(list(out.box_offsets), out.levelness,
                                          out_stride=self.model.levelness_stride, backend=self.backend)
-        sem = out.semantic
-        if sem.shape[-2:] != dense.shape[-2:]:
-            sem = torch.nn.functional.interpolate(sem, size=dense.shape[-2:], mode="bilinear", align_corners=False)
-        return (*boxes, *scores, dense, fg, sem.softmax(dim=1))
+        return (*boxes, *scores, dense, fg, semantic_probs_on(out.semantic, dense.shape[-2:]))
 
 
 def export_dense_program(model: nn.Module, image_size: Sequence[int] = (256, 512), batch: int = 1,
@@ -226,19 +225,12 @@ class PanopticProgram(nn.Module):
             all_scores.append(top)
             all_labels.append(idx // hw)
         boxes, scores, labels = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
-        boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([w, h, w, h]))
-        keep = ops.batched_nms(boxes, scores, labels, o.nms_thresh)
-        if o.global_nms_thresh is not None:
-            keep = keep[ops.nms(boxes[keep], scores[keep], o.global_nms_thresh)]
-        keep = keep[: o.post_nms_top_n]
+        boxes, keep = nms_queries(boxes, scores, labels, (h, w), o)
         keep = keep[scores[keep] > 0]
         ls = m.levelness_stride
         dense, _ = ops.gather_levelness(list(out.box_offsets), out.levelness, out_stride=ls)
-        sem = out.semantic
-        if sem.shape[-2:] != dense.shape[-2:]:
-            sem = torch.nn.functional.interpolate(sem, size=dense.shape[-2:], mode="bilinear", align_corners=False)
         seg = ops.panoptic_from_dense(
-            dense[0], sem.softmax(dim=1)[0], boxes[keep], self.thing_train_ids[labels[keep]], scores[keep],
+            dense[0], semantic_probs_on(out.semantic, dense.shape[-2:])[0], boxes[keep], self.thing_train_ids[labels[keep]], scores[keep],
             self.is_thing, sigma=o.sigma, score=o.score, score_threshold=o.score_threshold,
             overlap_threshold=o.overlap_threshold, stuff_area_limit=o.stuff_area_limit // (ls * ls),
         )

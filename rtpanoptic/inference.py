@@ -230,12 +230,7 @@ class Predictor:
             boxes = torch.cat([t[0] for t in per_image[b]])
             scores = torch.cat([t[1] for t in per_image[b]])
             labels = torch.cat([t[2] for t in per_image[b]])
-            limit = boxes.new_tensor([w, h, w, h])
-            boxes = torch.minimum(boxes.clamp(min=0), limit)
-            keep = ops.batched_nms(boxes, scores, labels, o.nms_thresh, backend=be)
-            if o.global_nms_thresh is not None and keep.numel():
-                keep = keep[ops.nms(boxes[keep], scores[keep], o.global_nms_thresh, backend=be)]
-            keep = keep[: o.post_nms_top_n]
+            boxes, keep = nms_queries(boxes, scores, labels, (h, w), o, be)
             results.append(Detections(boxes[keep], scores[keep], labels[keep]))
         return results
 
@@ -246,12 +241,8 @@ class Predictor:
         detections = self.detect(outputs, sizes)
         ls = self.model.levelness_stride
         dense, _ = ops.gather_levelness(list(outputs.box_offsets), outputs.levelness, out_stride=ls, backend=be)
-        grid = outputs.levelness.shape[-2:]
         sem_logits = outputs.semantic
-        sem_on_grid = sem_logits if sem_logits.shape[-2:] == grid else F.interpolate(
-            sem_logits, size=grid, mode="bilinear", align_corners=False
-        )
-        sem_probs = sem_on_grid.softmax(dim=1)
+        sem_probs = semantic_probs_on(sem_logits, dense.shape[-2:])
         is_thing = self._is_thing.to(dense.device)
         thing_train_ids = self._thing_train_ids.to(dense.device)
         results = []
@@ -287,6 +278,25 @@ class Predictor:
             })
         det = Detections(det.boxes.cpu(), det.scores.cpu(), det.labels.cpu())
         return PanopticResult(panoptic, infos, semantic.cpu(), det, self.description)
+
+
+def nms_queries(boxes: Tensor, scores: Tensor, labels: Tensor, size: Tuple[int, int], options, backend=None):
+    """Candidates of one image -> ``(boxes clipped to [0, W] x [0, H], kept indices)``: class-aware NMS,
+    then the optional class-agnostic NMS, then the ``post_nms_top_n`` best (the queries)."""
+    h, w = size
+    boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([w, h, w, h]))
+    keep = ops.batched_nms(boxes, scores, labels, options.nms_thresh, backend=backend)
+    if options.global_nms_thresh is not None:
+        keep = keep[ops.nms(boxes[keep], scores[keep], options.global_nms_thresh, backend=backend)]
+    return boxes, keep[: options.post_nms_top_n]
+
+
+def semantic_probs_on(logits: Tensor, grid) -> Tensor:
+    """Semantic probabilities ``[B, C, *grid]``: softmax of the logits, bilinearly resampled to the
+    levelness grid first when the semantic stride differs (the TRI preset's stride 8)."""
+    if logits.shape[-2:] != grid:
+        logits = F.interpolate(logits, size=grid, mode="bilinear", align_corners=False)
+    return logits.softmax(dim=1)
 
 
 def upsample_argmax(logits: Tensor, scale: int, size: Tuple[int, int], band: int = 32) -> Tensor:
