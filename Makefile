@@ -11,7 +11,7 @@ SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lint bench install clean
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	TRITON_INTERPRET=1 $(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
 
 bench: $(VENV)/.installed
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,mean,rounds $(PYTEST_ARGS)

@@ -60,7 +60,7 @@ def _rounds(device, arch):
 def test_end_to_end(benchmark, device, arch, size, compiled):
     if compiled and device == "cpu" and os.environ.get("RTP_BENCH_COMPILE_CPU") != "1":
         pytest.skip("torch.compile on CPU: set RTP_BENCH_COMPILE_CPU=1")
-    model, predictor, image = _setup(arch, size, device, compiled)
+    _model, predictor, image = _setup(arch, size, device, compiled)
     benchmark.group = f"end-to-end {device} {size[0]}x{size[1]}"
 
     def run():

@@ -26,6 +26,7 @@ from . import mask_loss as ml
 from . import nms as nm
 from . import panoptic_from_dense as pd
 
+
 def _sig(spec: str, f: str = "fp32") -> dict:
     """``"a=*F n=i32"`` -> ``{"a": "*fp32", "n": "i32"}`` (``F``: the float type ``f``)."""
     return dict(item.replace("F", f).split("=") for item in spec.split())
@@ -93,7 +94,7 @@ def compile_all(arch: int = 90, only=()) -> int:
             if "div.full.f32" in ptx or "div.approx.f32" in ptx:
                 raise AssertionError("approximate float32 division in the PTX")
             print(f"OK   {name} ({time.time() - start:.1f}s)")
-        except Exception as e:  # noqa: BLE001 - report every kernel
+        except Exception as e:
             fails += 1
             print(f"FAIL {name}: {type(e).__name__}: {str(e)[:2000]}")
     return fails

@@ -9,8 +9,6 @@ plain PyTorch: the bilinear adjoint of each level's masked gradient
 """
 from __future__ import annotations
 
-from typing import List
-
 import torch
 import triton
 import triton.language as tl
@@ -100,7 +98,7 @@ def _gather_levelness_kernel(off_ptr, meta_ptr, lev_ptr, box_ptr, fg_ptr, H, W, 
 
 @triton_op(f"{NAMESPACE}::gather_levelness", mutates_args=(),
            schema="(Tensor[] offsets, Tensor levelness, int out_stride) -> (Tensor, Tensor)")
-def gather_levelness(offsets: List[torch.Tensor], levelness: torch.Tensor,
+def gather_levelness(offsets: list[torch.Tensor], levelness: torch.Tensor,
                      out_stride: int) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = levelness.shape
     n_levels = c - 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable, Dict, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -23,9 +23,8 @@ def _median_ms(fn: Callable[[], object], iters: int, sync: Callable[[], None]) -
 
 
 def run_benchmark(model, image_size: Sequence[int] = (256, 512), batch: int = 1, iters: int = 5,
-                  backend: Optional[str] = None, ops_too: bool = True, echo=print) -> Dict:
+                  backend: str | None = None, ops_too: bool = True, echo=print) -> dict:
     """Time ``model`` (a PanopticNet) end to end on random uint8 images; returns the timings (ms)."""
-    from . import ops
     from .inference import Predictor
 
     if iters < 1 or batch < 1:
@@ -39,7 +38,7 @@ def run_benchmark(model, image_size: Sequence[int] = (256, 512), batch: int = 1,
     with torch.no_grad():
         x, sizes = predictor.preprocess(images)
         outputs = model(x)
-        report: Dict = {"device": device.type, "image_size": [h, w], "batch": batch, "backend": backend or "auto"}
+        report: dict = {"device": device.type, "image_size": [h, w], "batch": batch, "backend": backend or "auto"}
         report["network_ms"] = _median_ms(lambda: model(x), iters, sync)
         report["postprocess_ms"] = _median_ms(lambda: predictor.postprocess(outputs, sizes), iters, sync)
         report["end_to_end_ms"] = _median_ms(lambda: predictor(images), iters, sync)
@@ -53,7 +52,7 @@ def run_benchmark(model, image_size: Sequence[int] = (256, 512), batch: int = 1,
     return report
 
 
-def _op_timings(model, outputs, predictor, device, iters, sync, echo) -> Dict[str, Dict[str, float]]:
+def _op_timings(model, outputs, predictor, device, iters, sync, echo) -> dict[str, dict[str, float]]:
     """Each pipeline op on this network's outputs, per backend that runs here."""
     from . import ops
 
@@ -83,12 +82,12 @@ def _op_timings(model, outputs, predictor, device, iters, sync, echo) -> Dict[st
     }
     op_of = {f"nms N={n}": "nms", "decode_boxes level 0": "decode_boxes", "gather_levelness": "gather_levelness",
              f"panoptic_from_dense Q={q}": "panoptic_from_dense"}
-    table: Dict[str, Dict[str, float]] = {}
+    table: dict[str, dict[str, float]] = {}
     with torch.no_grad():
         for name, fn in cases.items():
             row = {}
             for be in avail[op_of[name]]:
-                row[be] = _median_ms(lambda: fn(be), iters, sync)
+                row[be] = _median_ms(lambda fn=fn, be=be: fn(be), iters, sync)
             table[name] = row
             echo(f"  {name:28s} " + "  ".join(f"{be} {ms:8.2f} ms" for be, ms in row.items()))
     return table

@@ -12,14 +12,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 from . import __version__
 
 BACKEND_CHOICES = ("reference", "cpp", "cuda", "triton")
 
 
-def _common(p: argparse.ArgumentParser, preset_default: Optional[str] = "synthetic", backend: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, preset_default: str | None = "synthetic", backend: bool = True) -> None:
     if preset_default is None:
         p.add_argument("--preset", default=None,
                        help="training preset describing the network (default: the checkpoint's own config)")
@@ -254,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .pipeline import UsageError
 

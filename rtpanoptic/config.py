@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -20,7 +21,7 @@ class ConfigError(ValueError):
     """A config file or override that does not fit the config's dataclass."""
 
 
-def to_dict(cfg: Any) -> Dict[str, Any]:
+def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain (YAML-serialisable) dict of a config dataclass; tuples become lists."""
     def plain(v):
         if dataclasses.is_dataclass(v):
@@ -91,7 +92,7 @@ def _coerce(tp, value, where: str):
     return value
 
 
-def from_dict(cls: Type[T], data: Mapping[str, Any], where: str = "config") -> T:
+def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "config") -> T:
     """Build ``cls`` from a mapping; unknown keys and wrongly typed values raise :class:`ConfigError`."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -118,7 +119,7 @@ def merge(cfg: T, data: Mapping[str, Any], where: str = "config") -> T:
     return dataclasses.replace(cfg, **changes)
 
 
-def parse_override(text: str) -> Dict[str, Any]:
+def parse_override(text: str) -> dict[str, Any]:
     """``"a.b=1"`` -> ``{"a": {"b": 1}}``; the value is parsed as YAML (``x=[1,2]``, ``y=null``)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
@@ -129,7 +130,7 @@ def parse_override(text: str) -> Dict[str, Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: cannot parse the value: {exc}") from None
-    out: Dict[str, Any] = {}
+    out: dict[str, Any] = {}
     node = out
     parts = key.split(".")
     for part in parts[:-1]:
@@ -138,7 +139,7 @@ def parse_override(text: str) -> Dict[str, Any]:
     return out
 
 
-def load_yaml(path: str | Path) -> Dict[str, Any]:
+def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
@@ -154,10 +155,10 @@ def load_yaml(path: str | Path) -> Dict[str, Any]:
 
 
 def load_config(
-    cls: Type[T],
-    path: Optional[str | Path] = None,
+    cls: type[T],
+    path: str | Path | None = None,
     overrides: Iterable[str] = (),
-    base: Optional[T] = None,
+    base: T | None = None,
 ) -> T:
     """``base`` (or ``cls()``), then the YAML file at ``path``, then the overrides, in that order."""
     cfg = base if base is not None else cls()

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Optional, Sequence
 
 # Settings of ``--quick`` (applied before the user's overrides, which win).
 QUICK_OVERRIDES = (
@@ -45,14 +45,14 @@ def run_demo(
     output_dir: str | Path = "runs/demo",
     quick: bool = False,
     preset: str = "synthetic",
-    config_path: Optional[str] = None,
+    config_path: str | None = None,
     overrides: Sequence[str] = (),
-    backend: Optional[str] = None,
+    backend: str | None = None,
     device: str = "auto",
     num_overlays: int = 8,
     progress: bool = True,
     echo=print,
-) -> Dict:
+) -> dict:
     """Run the demo; returns ``results.json``'s content (metrics in percent, wall times in s)."""
     from .engine import train
     from .pipeline import build_dataset, check_backend, resolve_device, train_config

@@ -5,8 +5,8 @@ nested outputs, so the exported graph returns its tensors flat, in :func:`output
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -18,9 +18,9 @@ class ExportError(RuntimeError):
     """Export failed or the exported model disagrees with PyTorch."""
 
 
-def flatten_outputs(outputs) -> Tuple[Tensor, ...]:
+def flatten_outputs(outputs) -> tuple[Tensor, ...]:
     """HeadOutputs (lists per level + global maps) -> a flat tuple of tensors."""
-    flat: List[Tensor] = []
+    flat: list[Tensor] = []
     for value in outputs:
         if isinstance(value, (list, tuple)):
             flat.extend(value)
@@ -29,8 +29,8 @@ def flatten_outputs(outputs) -> Tuple[Tensor, ...]:
     return tuple(flat)
 
 
-def output_names(outputs) -> List[str]:
-    names: List[str] = []
+def output_names(outputs) -> list[str]:
+    names: list[str] = []
     for field, value in zip(outputs._fields, outputs):
         if isinstance(value, (list, tuple)):
             names.extend(f"{field}_{i}" for i in range(len(value)))
@@ -44,7 +44,7 @@ class _FlatOutputs(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         return flatten_outputs(self.model(images))
 
 
@@ -64,7 +64,7 @@ def export_onnx(
     check: bool = True,
     rtol: float = 1e-3,
     atol: float = 1e-4,
-) -> Dict[str, float]:
+) -> dict[str, float]:
     """Write ``model`` (eval mode, fixed input size) to ONNX at ``path``.
 
     With ``check``, runs onnxruntime on a random input and compares every output with
@@ -95,7 +95,7 @@ def export_onnx(
 
 def check_onnx(
     path: str | Path, example: Tensor, expected: Sequence[Tensor], names: Sequence[str], rtol: float, atol: float
-) -> Dict[str, float]:
+) -> dict[str, float]:
     """Run the ONNX file with onnxruntime on ``example`` and compare with ``expected``."""
     try:
         import onnxruntime as ort
@@ -143,7 +143,7 @@ class DensePredictor(nn.Module):
         self.model = model
         self.backend = backend
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, ...]:
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         from . import ops
 
         out = self.model(self.model.normalize(images))
@@ -207,7 +207,7 @@ class PanopticProgram(nn.Module):
         self.register_buffer("is_thing", torch.tensor(d.is_thing, dtype=torch.bool), persistent=False)
         self.register_buffer("thing_train_ids", torch.tensor(d.thing_train_ids, dtype=torch.int64), persistent=False)
 
-    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         from . import ops
 
         m, o = self.model, self.options

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -65,17 +65,17 @@ class PanopticResult:
     """
 
     panoptic: Tensor
-    segments_info: List[Dict]
+    segments_info: list[dict]
     semantic: Tensor
     detections: Detections
     description: DatasetDescription = field(repr=False)
 
     @property
-    def image_size(self) -> Tuple[int, int]:
+    def image_size(self) -> tuple[int, int]:
         return tuple(self.panoptic.shape)
 
     @property
-    def thing_segments(self) -> List[Dict]:
+    def thing_segments(self) -> list[dict]:
         return [s for s in self.segments_info if s["isthing"]]
 
     @property
@@ -99,11 +99,11 @@ class PanopticResult:
         return lut[self.panoptic.long()]
 
 
-def to_image_tensors(images) -> List[Tensor]:
+def to_image_tensors(images) -> list[Tensor]:
     """uint8 RGB images as HWC numpy arrays, PIL images, ``[3, H, W]`` / ``[B, 3, H, W]`` tensors,
     ``[B, H, W, 3]`` arrays, or a list of those -> list of ``[3, H, W]`` uint8 tensors."""
     if isinstance(images, (list, tuple)):
-        out: List[Tensor] = []
+        out: list[Tensor] = []
         for i, im in enumerate(images):
             converted = to_image_tensors(im)
             if len(converted) != 1 and not isinstance(im, (list, tuple)):
@@ -153,7 +153,7 @@ class Predictor:
             ``post_nms_top_n``, ``score_threshold``, ``overlap_threshold``, ``stuff_area_limit``.
     """
 
-    def __init__(self, model, backend: Optional[str] = None, **options):
+    def __init__(self, model, backend: str | None = None, **options):
         if backend is not None and backend not in ops.BACKENDS:
             raise ValueError(f"Predictor: backend must be one of {ops.BACKENDS} or None, got {backend!r}")
         base = getattr(getattr(model, "cfg", None), "inference", None)
@@ -184,7 +184,7 @@ class Predictor:
         return next(self.model.parameters()).device
 
     # ----------------------------------------------------------------- stages
-    def preprocess(self, images) -> Tuple[Tensor, List[Tuple[int, int]]]:
+    def preprocess(self, images) -> tuple[Tensor, list[tuple[int, int]]]:
         """-> (normalised padded batch ``[B, 3, Hp, Wp]`` on the model's device, input sizes)."""
         tensors = to_image_tensors(images)
         if not tensors:
@@ -196,15 +196,15 @@ class Predictor:
         return self.model.normalize(batch), sizes
 
     @torch.no_grad()
-    def __call__(self, images) -> List[PanopticResult]:
+    def __call__(self, images) -> list[PanopticResult]:
         batch, sizes = self.preprocess(images)
         return self.postprocess(self.model(batch), sizes)
 
     @torch.no_grad()
-    def detect(self, outputs: HeadOutputs, sizes: Sequence[Tuple[int, int]]) -> List[Detections]:
+    def detect(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         """Per-level thresholds and top-k, decoding, NMS: the queries of every image."""
         o, be = self.options, self.backend
-        per_image: List[List[Tuple[Tensor, Tensor, Tensor]]] = [[] for _ in sizes]
+        per_image: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in sizes]
         for stride, logits, ctr, offsets in zip(
             self.model.strides, outputs.class_logits, outputs.centerness, outputs.box_offsets
         ):
@@ -218,7 +218,7 @@ class Predictor:
             for b, (h, w) in enumerate(sizes):
                 # candidates: p above the threshold at a location inside the image (not the padding)
                 inside = (centres_y[:, None] < h) & (centres_x[None, :] < w)
-                p, s = prob[b].flatten(), score[b].flatten()
+                _p, s = prob[b].flatten(), score[b].flatten()
                 passing = ((prob[b] > o.pre_nms_thresh) & inside).flatten()
                 s = torch.where(passing, s, torch.full_like(s, -1.0))
                 n = min(int(passing.sum()), o.pre_nms_top_n)
@@ -235,7 +235,7 @@ class Predictor:
         return results
 
     @torch.no_grad()
-    def postprocess(self, outputs: HeadOutputs, sizes: Sequence[Tuple[int, int]]) -> List[PanopticResult]:
+    def postprocess(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[PanopticResult]:
         """Network outputs of a padded batch + the input sizes -> one result per image."""
         o, be = self.options, self.backend
         detections = self.detect(outputs, sizes)
@@ -280,7 +280,7 @@ class Predictor:
         return PanopticResult(panoptic, infos, semantic.cpu(), det, self.description)
 
 
-def nms_queries(boxes: Tensor, scores: Tensor, labels: Tensor, size: Tuple[int, int], options, backend=None):
+def nms_queries(boxes: Tensor, scores: Tensor, labels: Tensor, size: tuple[int, int], options, backend=None):
     """Candidates of one image -> ``(boxes clipped to [0, W] x [0, H], kept indices)``: class-aware NMS,
     then the optional class-agnostic NMS, then the ``post_nms_top_n`` best (the queries)."""
     h, w = size
@@ -299,12 +299,12 @@ def semantic_probs_on(logits: Tensor, grid) -> Tensor:
     return logits.softmax(dim=1)
 
 
-def upsample_argmax(logits: Tensor, scale: int, size: Tuple[int, int], band: int = 32) -> Tensor:
+def upsample_argmax(logits: Tensor, scale: int, size: tuple[int, int], band: int = 32) -> Tensor:
     """``argmax_c`` of ``logits [C, h, w]`` bilinearly upsampled by ``scale`` (align_corners=False),
     cropped to ``size``; computed in bands of ``band`` input rows, so no ``[C, H, W]`` full-size
     tensor is built (133 COCO classes at 800x1333 would be 0.5 GB).  Equal to the one-shot result:
     each band carries one input row of context on either side."""
-    c, h, w = logits.shape
+    _c, h, w = logits.shape
     out_h, out_w = size
     rows = []
     for a in range(0, math.ceil(out_h / scale), band):
@@ -317,7 +317,7 @@ def upsample_argmax(logits: Tensor, scale: int, size: Tuple[int, int], band: int
     return torch.cat(rows, dim=0)[:out_h]
 
 
-def segment_areas_and_boxes(panoptic: Tensor, n: int) -> Tuple[List[int], List[List[int]]]:
+def segment_areas_and_boxes(panoptic: Tensor, n: int) -> tuple[list[int], list[list[int]]]:
     """Pixel count and COCO ``[x, y, w, h]`` box of segments 1..n of an id map, in O(HW)."""
     flat = panoptic.reshape(-1).long()
     areas = torch.bincount(flat, minlength=n + 1)[1:]

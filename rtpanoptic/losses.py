@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from . import ops
 from .model.outputs import HeadOutputs
-from .targets import FCOS_SIZE_RANGES, IGNORE, Targets, TargetConfig, build_targets, sample_masks
+from .targets import FCOS_SIZE_RANGES, IGNORE, TargetConfig, Targets, build_targets, sample_masks
 
 LOSS_NAMES = ("box_reg", "centerness", "box_cls", "levelness", "semantic", "mask")
 
@@ -47,7 +47,7 @@ class LossConfig:
     # semantic bootstrapping (eq. 15): fraction of the worst pixels kept
     bootstrap_ratio: float = 0.3
     # target assignment (eq. 9) and weak supervision (§5.6)
-    size_ranges: Tuple[Tuple[float, float], ...] = FCOS_SIZE_RANGES
+    size_ranges: tuple[tuple[float, float], ...] = FCOS_SIZE_RANGES
     weak: bool = False
     # explicit mask loss: queries from NMS on the current predictions
     mask_pre_nms_thresh: float = 0.05
@@ -58,7 +58,7 @@ class LossConfig:
     mask_detach_queries: bool = False
     # rtpanoptic.ops backend of gather_levelness / mask_loss in the mask loss; every backend
     # has autograd formulas (reference, cpp, cuda, triton), None picks the fastest for the device
-    backend: Optional[str] = None
+    backend: str | None = None
 
     def __post_init__(self):
         if self.box_cls_normalizer not in ("foreground", "locations"):
@@ -122,7 +122,7 @@ def bootstrapped_cross_entropy(logits: Tensor, target: Tensor, ignore_index: int
     n = int(valid.sum())
     if n == 0:
         return logits.sum() * 0
-    k = max(1, int(math.ceil(ratio * n)))
+    k = max(1, math.ceil(ratio * n))
     losses = per_pixel[valid]
     if k < n:
         losses = losses.topk(k, sorted=False).values
@@ -138,7 +138,7 @@ def select_queries(
     pre_nms_top_n: int,
     nms_thresh: float,
     post_nms_top_n: int,
-) -> Tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """Query boxes of one image from the current predictions (eq. 4): per level, candidates with
     class probability > ``pre_nms_thresh`` scored by ``p * centerness`` (top ``pre_nms_top_n``),
     class-aware NMS, the best ``post_nms_top_n`` kept.  Returns ``(boxes [Q, 4] differentiable,
@@ -172,7 +172,7 @@ def select_queries(
 
 def explicit_mask_loss(
     outputs: HeadOutputs, batch: dict, strides: Sequence[int], levelness_stride: int, cfg: LossConfig
-) -> Tuple[Tensor, int]:
+) -> tuple[Tensor, int]:
     """Eqs. 16-18 on a batch.  Returns ``(loss, number of matched queries)``."""
     offsets = [o.float() for o in outputs.box_offsets]
     dense, _ = ops.gather_levelness(offsets, outputs.levelness.float(), levelness_stride, backend=cfg.backend)
@@ -230,7 +230,7 @@ class PanopticCriterion:
         levelness_stride: int = 4,
         semantic_stride: int = 4,
         ignore_label: int = 255,
-        reduce_mean: Optional[Callable[[float], float]] = None,
+        reduce_mean: Callable[[float], float] | None = None,
     ):
         self.cfg = cfg
         self.strides = tuple(int(s) for s in strides)
@@ -249,7 +249,7 @@ class PanopticCriterion:
     def targets(self, batch: dict) -> Targets:
         return build_targets(batch, self.target_cfg)
 
-    def __call__(self, outputs: HeadOutputs, batch: dict) -> Tuple[Tensor, Dict[str, Tensor]]:
+    def __call__(self, outputs: HeadOutputs, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.cfg
         t = self.targets(batch)
         n_levels = len(self.strides)

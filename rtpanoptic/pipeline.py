@@ -16,8 +16,8 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ class UsageError(Exception):
 
 
 # ----------------------------------------------------------------------------------- config
-def train_config(preset: str, config_path: Optional[str] = None, overrides: Sequence[str] = ()):
+def train_config(preset: str, config_path: str | None = None, overrides: Sequence[str] = ()):
     """``engine.make_config`` with the user-facing errors turned into :class:`UsageError`."""
     from .config import ConfigError
     from .engine import TRAIN_PRESETS, make_config
@@ -63,7 +63,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def torch_threads(n: Optional[int]):
+def torch_threads(n: int | None):
     """``torch.set_num_threads(n)`` inside the block (None: unchanged)."""
     before = torch.get_num_threads()
     if n is not None:
@@ -76,7 +76,7 @@ def torch_threads(n: Optional[int]):
         torch.set_num_threads(before)
 
 
-def check_backend(backend: Optional[str], device: torch.device) -> None:
+def check_backend(backend: str | None, device: torch.device) -> None:
     from . import ops
     from .inference import PIPELINE_OPS
 
@@ -156,7 +156,7 @@ def build_network(cfg, description=None):
         raise UsageError(f"cannot build model {cfg.model.preset!r}: {exc}") from None
 
 
-def load_model(checkpoint: str, cfg=None, description=None, device: torch.device = torch.device("cpu")):
+def load_model(checkpoint: str, cfg=None, description=None, device: torch.device | str = "cpu"):
     """``(network in eval mode on device, TrainConfig)`` of a training checkpoint.
 
     ``cfg`` None: the network described by the checkpoint's own config.  Otherwise ``cfg.model``
@@ -179,11 +179,11 @@ def load_model(checkpoint: str, cfg=None, description=None, device: torch.device
 
 
 # ----------------------------------------------------------------------------------- evaluation
-def _thing_index(description) -> Dict[int, int]:
+def _thing_index(description) -> dict[int, int]:
     return {t: k for k, t in enumerate(description.thing_train_ids)}
 
 
-def _crowd_instances(sample, description) -> Tuple[np.ndarray, np.ndarray]:
+def _crowd_instances(sample, description) -> tuple[np.ndarray, np.ndarray]:
     """Crowd regions of a sample as one mask per thing class present in them."""
     crowd = sample["crowd_mask"].numpy().astype(bool)
     h, w = crowd.shape
@@ -217,12 +217,12 @@ def evaluate_model(
     model,
     dataset,
     out_dir: str | os.PathLike,
-    backend: Optional[str] = None,
-    max_images: Optional[int] = None,
+    backend: str | None = None,
+    max_images: int | None = None,
     num_overlays: int = 8,
     batch_size: int = 8,
     progress: bool = True,
-) -> Dict:
+) -> dict:
     """Predict every image of ``dataset`` (CONTRACT.md samples, un-augmented) and score it.
 
     Writes under ``out_dir``: ``predictions/<stem>.png`` + ``predictions.json`` (COCO panoptic),
@@ -300,9 +300,9 @@ def evaluate_model(
 
 
 # ----------------------------------------------------------------------------------- prediction
-def list_images(inputs: Sequence[str]) -> List[Path]:
+def list_images(inputs: Sequence[str]) -> list[Path]:
     """Image files of ``inputs`` (files, or folders scanned for image suffixes, sorted)."""
-    files: List[Path] = []
+    files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
@@ -319,8 +319,8 @@ def list_images(inputs: Sequence[str]) -> List[Path]:
     return files
 
 
-def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, backend: Optional[str] = None,
-                   overlays: bool = True, progress: bool = True) -> Dict:
+def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, backend: str | None = None,
+                   overlays: bool = True, progress: bool = True) -> dict:
     """Panoptic segmentation of image files: ``out_dir/panoptic/<stem>.png`` + ``panoptic.json``
     (COCO panoptic, the model's dataset category ids) and ``out_dir/overlays/<stem>.png``."""
     from PIL import Image, UnidentifiedImageError

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
 
 METRIC_ROWS = (
     ("PQ", "PQ", "PQ_th", "PQ_st"),
@@ -18,7 +17,7 @@ def _fmt(v) -> str:
     return f"{float(v):5.1f}"
 
 
-def format_table(metrics: Dict, title: Optional[str] = None) -> str:
+def format_table(metrics: dict, title: str | None = None) -> str:
     """A plain-text table of PQ/SQ/RQ (all, things, stuff), mIoU, mask AP and per-class PQ."""
     lines = []
     if title:
@@ -36,7 +35,7 @@ def format_table(metrics: Dict, title: Optional[str] = None) -> str:
     return "\n".join(lines)
 
 
-def write_figure(history: List[Dict], metrics: Dict, path: str | Path) -> Path:
+def write_figure(history: list[dict], metrics: dict, path: str | Path) -> Path:
     """Two panels: the training loss parts against the step, and per-class PQ (bar chart)."""
     import matplotlib
 

@@ -21,15 +21,16 @@ only Python loops run over images and levels.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, NamedTuple, Sequence, Tuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .ops.reference import locations
 
-FCOS_SIZE_RANGES: Tuple[Tuple[float, float], ...] = (
+FCOS_SIZE_RANGES: tuple[tuple[float, float], ...] = (
     (0.0, 64.0),
     (64.0, 128.0),
     (128.0, 256.0),
@@ -42,8 +43,8 @@ IGNORE = -1
 
 @dataclass(frozen=True)
 class TargetConfig:
-    strides: Tuple[int, ...] = (8, 16, 32, 64, 128)
-    size_ranges: Tuple[Tuple[float, float], ...] = FCOS_SIZE_RANGES  # (m_{i-1}, m_i) per level
+    strides: tuple[int, ...] = (8, 16, 32, 64, 128)
+    size_ranges: tuple[tuple[float, float], ...] = FCOS_SIZE_RANGES  # (m_{i-1}, m_i) per level
     levelness_stride: int = 4
     semantic_stride: int = 4
     ignore_label: int = 255  # semantic ignore label of the dataset
@@ -74,16 +75,16 @@ class Targets(NamedTuple):
     semantic        int64 ``[B, H_s, W_s]`` train ids, ``ignore_label`` where void / padding
     """
 
-    box_offsets: List[Tensor]
-    labels: List[Tensor]
-    centerness: List[Tensor]
-    valid: List[Tensor]
-    instance: List[Tensor]
+    box_offsets: list[Tensor]
+    labels: list[Tensor]
+    centerness: list[Tensor]
+    valid: list[Tensor]
+    instance: list[Tensor]
     levelness: Tensor
     semantic: Tensor
 
     @property
-    def foreground(self) -> List[Tensor]:
+    def foreground(self) -> list[Tensor]:
         return [lab >= 0 for lab in self.labels]
 
 
@@ -97,7 +98,7 @@ def centerness_target(offsets: Tensor) -> Tensor:
 
 def assign_points(
     xs: Tensor, ys: Tensor, masks: Tensor, boxes: Tensor, weak: bool
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Assign the image points ``(xs[P], ys[P])`` (integer pixels) to instances.
 
     Full supervision: a point belongs to the instance whose mask holds it (``masks [N, H, W]``);
@@ -131,14 +132,14 @@ def assign_points(
     return torch.where(fg, best, torch.full_like(best, -1)), offsets
 
 
-def _grid(h: int, w: int, stride: int, device) -> Tuple[Tensor, Tensor]:
+def _grid(h: int, w: int, stride: int, device) -> tuple[Tensor, Tensor]:
     ys = locations(h, stride, torch.int64, device)
     xs = locations(w, stride, torch.int64, device)
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return xx.reshape(-1), yy.reshape(-1)
 
 
-def _in_ranges(max_offset: Tensor, ranges: Sequence[Tuple[float, float]]) -> Tensor:
+def _in_ranges(max_offset: Tensor, ranges: Sequence[tuple[float, float]]) -> Tensor:
     lo = max_offset.new_tensor([r[0] for r in ranges])
     hi = max_offset.new_tensor([r[1] for r in ranges])
     return (max_offset[:, None] >= lo) & (max_offset[:, None] <= hi)  # [P, L]
@@ -172,7 +173,7 @@ def build_targets(batch: dict, cfg: TargetConfig = TargetConfig()) -> Targets:
         if hp % s or wp % s:
             raise ValueError(f"build_targets: padded image size {hp}x{wp} is not a multiple of stride {s}")
     n_levels = len(cfg.strides)
-    per_level: List[List[List[Tensor]]] = [[[] for _ in range(5)] for _ in range(n_levels)]
+    per_level: list[list[list[Tensor]]] = [[[] for _ in range(5)] for _ in range(n_levels)]
     levelness, semantic = [], []
     crowds = batch.get("crowd_mask")
     for b in range(bsz):

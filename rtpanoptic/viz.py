@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from .data.panoptic_format import id2rgb
 
 
-def coco_segments_info(result) -> List[Dict]:
+def coco_segments_info(result) -> list[dict]:
     """The ``segments_info`` of a COCO-panoptic annotation (dataset category ids)."""
     return [
         {
@@ -25,7 +25,7 @@ def coco_segments_info(result) -> List[Dict]:
     ]
 
 
-def write_coco_panoptic(result, png_path: str | Path, image_id: Optional[str | int] = None) -> Dict:
+def write_coco_panoptic(result, png_path: str | Path, image_id: str | int | None = None) -> dict:
     """Write the segment-id PNG (``id = R + 256 G + 256^2 B``) and return the JSON annotation."""
     from PIL import Image
 
@@ -40,7 +40,7 @@ def write_coco_panoptic(result, png_path: str | Path, image_id: Optional[str | i
 
 
 def write_coco_panoptic_json(
-    annotations: Sequence[Dict], description, json_path: str | Path, images: Optional[Sequence[Dict]] = None
+    annotations: Sequence[dict], description, json_path: str | Path, images: Sequence[dict] | None = None
 ) -> None:
     """Write a COCO-panoptic predictions JSON (``annotations``, ``categories``, ``images``)."""
     json_path = Path(json_path)

@@ -3,7 +3,6 @@ checkpoint, every --help, and the one-line errors (exit status 2)."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

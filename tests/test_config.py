@@ -1,6 +1,5 @@
 """Typed configs: defaults, YAML, overrides, and clear errors."""
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
 
 import pytest
 
@@ -10,7 +9,7 @@ from rtpanoptic.config import ConfigError, load_config, save_config
 @dataclass
 class Optim:
     lr: float = 0.01
-    steps: Tuple[int, ...] = (10, 20)
+    steps: tuple[int, ...] = (10, 20)
 
 
 @dataclass
@@ -18,7 +17,7 @@ class Cfg:
     name: str = "x"
     depth: int = 50
     amp: bool = False
-    weights: Optional[str] = None
+    weights: str | None = None
     optim: Optim = field(default_factory=Optim)
 
 

@@ -10,7 +10,13 @@ from PIL import Image
 from rtpanoptic import ops
 from rtpanoptic.data.description import Category, DatasetDescription
 from rtpanoptic.inference import (
-    PIPELINE_OPS, PanopticResult, Predictor, pad_batch, segment_areas_and_boxes, to_image_tensors, upsample_argmax,
+    PIPELINE_OPS,
+    PanopticResult,
+    Predictor,
+    pad_batch,
+    segment_areas_and_boxes,
+    to_image_tensors,
+    upsample_argmax,
 )
 from rtpanoptic.model import HeadOutputs, build_model
 
@@ -115,7 +121,7 @@ def test_crop_to_input_size():
     (res,) = pred.postprocess(out, [(50, 37)])  # image in the top-left of the pad
     assert res.panoptic.shape == (50, 37) and res.semantic.shape == (50, 37)
     assert sum(s["area"] for s in res.segments_info) == 50 * 37
-    car = [s for s in res.segments_info if s["isthing"]][0]
+    car = next(s for s in res.segments_info if s["isthing"])
     assert car["bbox"] == [16, 16, 21, 34]
     assert res.detections.boxes.tolist() == [[16.0, 16.0, 37.0, 50.0]]  # clipped to the image
 

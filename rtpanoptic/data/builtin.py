@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from .cityscapes import cityscapes_panoptic_dataset
 from .coco_panoptic import COCOPanopticDataset
@@ -33,8 +33,8 @@ def build_dataset(
     name: str,
     root: str,
     split: str = "train",
-    transforms: Optional[Callable[[dict], dict]] = None,
-    synthetic_cfg: Optional[SyntheticConfig] = None,
+    transforms: Callable[[dict], dict] | None = None,
+    synthetic_cfg: SyntheticConfig | None = None,
 ) -> COCOPanopticDataset:
     if name == "coco":
         return coco_panoptic_dataset(root, split, transforms)

@@ -14,7 +14,7 @@ its own categories (``description=None``).
 from __future__ import annotations
 
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from .coco_panoptic import COCOPanopticDataset, cityscapes_image_path
 from .description import CITYSCAPES, DatasetDescription
@@ -23,8 +23,8 @@ from .description import CITYSCAPES, DatasetDescription
 def cityscapes_panoptic_dataset(
     root: str,
     split: str = "train",
-    transforms: Optional[Callable[[dict], dict]] = None,
-    description: Optional[DatasetDescription] = CITYSCAPES,
+    transforms: Callable[[dict], dict] | None = None,
+    description: DatasetDescription | None = CITYSCAPES,
 ) -> COCOPanopticDataset:
     root = str(root)
     image_root = os.path.join(root, "leftImg8bit", split)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Dict, List, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -117,9 +117,9 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
         image_root: str,
         panoptic_json: str,
         panoptic_root: str,
-        description: Optional[DatasetDescription | str] = None,
-        transforms: Optional[Callable[[dict], dict]] = None,
-        image_path_fn: Optional[ImagePathFn] = None,
+        description: DatasetDescription | str | None = None,
+        transforms: Callable[[dict], dict] | None = None,
+        image_path_fn: ImagePathFn | None = None,
     ):
         self.image_root = str(image_root)
         self.panoptic_json = str(panoptic_json)
@@ -150,7 +150,7 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
             images[img["id"]] = img
         self._images = images
         self._image_path_fn = image_path_fn
-        self.annotations: List[dict] = []
+        self.annotations: list[dict] = []
         for i, ann in enumerate(data["annotations"]):
             self._check_annotation(i, ann)
             self.annotations.append(ann)
@@ -238,8 +238,8 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
         train = np.array([ignore] + [self._cat_to_train[s["category_id"]] for s in segments], dtype=np.int64)
         semantic = train[index_map]
         crowd = np.zeros((h, w), dtype=bool)
-        masks: List[np.ndarray] = []
-        labels: List[int] = []
+        masks: list[np.ndarray] = []
+        labels: list[int] = []
         for j, s in enumerate(segments, start=1):
             if not self._is_thing_cat[s["category_id"]]:
                 continue
@@ -270,7 +270,7 @@ def _read_png(path: str, what: str, mode: str) -> np.ndarray:
         raise DatasetError(f"{path}: cannot read {what} ({exc})") from None
 
 
-def collate(samples: List[Dict], ignore_label: int = 255) -> Dict:
+def collate(samples: list[dict], ignore_label: int = 255) -> dict:
     """Batch CONTRACT.md samples: ``images`` uint8 ``[B, 3, Hp, Wp]`` zero-padded bottom/right to a
     multiple of 128, ``image_sizes`` [(H, W)], and per-image lists of the other fields with
     ``semantic`` padded with the ignore label and masks padded with False.
@@ -283,7 +283,7 @@ def collate(samples: List[Dict], ignore_label: int = 255) -> Dict:
     hp = -(-max(h for h, _ in sizes) // 128) * 128
     wp = -(-max(w for _, w in sizes) // 128) * 128
     images = samples[0]["image"].new_zeros((len(samples), 3, hp, wp))
-    out: Dict = {"images": images, "image_sizes": sizes}
+    out: dict = {"images": images, "image_sizes": sizes}
     for key in ("semantic", "instance_masks", "boxes", "labels", "crowd_mask", "image_id", "file_name"):
         out[key] = []
     for b, s in enumerate(samples):

@@ -6,8 +6,8 @@ maps both to the dataset's category ids, names, colours and the thing/stuff spli
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class Category:
     id: int  # dataset category id (as in the COCO-panoptic JSON)
     name: str
     isthing: bool
-    color: Tuple[int, int, int]
+    color: tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class DatasetDescription:
     """Categories in train-id order, plus the semantic ignore label."""
 
     name: str
-    categories: Tuple[Category, ...]
+    categories: tuple[Category, ...]
     ignore_label: int = 255
 
     def __post_init__(self):
@@ -39,7 +39,7 @@ class DatasetDescription:
         return len(self.categories)
 
     @property
-    def thing_train_ids(self) -> List[int]:
+    def thing_train_ids(self) -> list[int]:
         """Semantic train id of each thing index 0..K-1."""
         return [i for i, c in enumerate(self.categories) if c.isthing]
 
@@ -48,18 +48,18 @@ class DatasetDescription:
         return len(self.thing_train_ids)
 
     @property
-    def is_thing(self) -> List[bool]:
+    def is_thing(self) -> list[bool]:
         return [c.isthing for c in self.categories]
 
     @property
-    def class_names(self) -> List[str]:
+    def class_names(self) -> list[str]:
         return [c.name for c in self.categories]
 
     @property
-    def colors(self) -> List[Tuple[int, int, int]]:
+    def colors(self) -> list[tuple[int, int, int]]:
         return [c.color for c in self.categories]
 
-    def category_to_train_id(self) -> Dict[int, int]:
+    def category_to_train_id(self) -> dict[int, int]:
         return {c.id: i for i, c in enumerate(self.categories)}
 
     def train_id_to_category(self, train_id: int) -> Category:
@@ -68,7 +68,7 @@ class DatasetDescription:
     def thing_index_to_train_id(self, k: int) -> int:
         return self.thing_train_ids[k]
 
-    def coco_categories(self) -> List[dict]:
+    def coco_categories(self) -> list[dict]:
         """The ``categories`` list of a COCO-panoptic JSON."""
         return [
             {"id": c.id, "name": c.name, "isthing": int(c.isthing), "color": list(c.color), "supercategory": c.name}
@@ -88,7 +88,7 @@ class DatasetDescription:
         return cls(name, tuple(cats), ignore_label)
 
 
-def _fallback_color(i: int) -> Tuple[int, int, int]:
+def _fallback_color(i: int) -> tuple[int, int, int]:
     return ((37 * i + 71) % 256, (91 * i + 13) % 256, (53 * i + 197) % 256)
 
 
@@ -126,7 +126,7 @@ def _coco_panoptic() -> DatasetDescription:
 # COCO panoptic 2017: 133 classes, things are train ids 0..79, stuff 80..132.
 COCO_PANOPTIC = _coco_panoptic()
 
-_REGISTRY: Dict[str, DatasetDescription] = {"cityscapes": CITYSCAPES, "coco_panoptic": COCO_PANOPTIC, "coco": COCO_PANOPTIC}
+_REGISTRY: dict[str, DatasetDescription] = {"cityscapes": CITYSCAPES, "coco_panoptic": COCO_PANOPTIC, "coco": COCO_PANOPTIC}
 
 
 def register_description(desc: DatasetDescription) -> None:

@@ -22,8 +22,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -89,7 +90,7 @@ class SplitPaths(NamedTuple):
     panoptic_root: str
 
 
-def synthetic_paths(root: str) -> Dict[str, SplitPaths]:
+def synthetic_paths(root: str) -> dict[str, SplitPaths]:
     root = str(root)
     return {
         split: SplitPaths(
@@ -106,8 +107,8 @@ def _config_record(cfg: SyntheticConfig) -> dict:
 
 
 def generate_synthetic(
-    root: str, cfg: Optional[SyntheticConfig] = None, progress: bool = True, overwrite: bool = False
-) -> Dict[str, SplitPaths]:
+    root: str, cfg: SyntheticConfig | None = None, progress: bool = True, overwrite: bool = False
+) -> dict[str, SplitPaths]:
     """Write the synthetic dataset under ``root`` (reused when already generated with ``cfg``).
 
     Returns ``{"train": SplitPaths, "val": SplitPaths}``.
@@ -162,8 +163,8 @@ def generate_synthetic(
 def synthetic_dataset(
     root: str,
     split: str = "train",
-    cfg: Optional[SyntheticConfig] = None,
-    transforms: Optional[Callable[[dict], dict]] = None,
+    cfg: SyntheticConfig | None = None,
+    transforms: Callable[[dict], dict] | None = None,
     progress: bool = True,
 ):
     """Generate (if needed) and open one split as a :class:`COCOPanopticDataset`."""
@@ -196,7 +197,7 @@ def _shape_mask(rng: np.random.Generator, cls: int, size: int, cx: float, cy: fl
     return (t >= 0) & (t <= 1) & (np.abs(xx - (apex_x + (cx - apex_x) * t)) <= half)
 
 
-def _stuff(rng: np.random.Generator, s: int, yy, xx, wall_prob: float) -> Tuple[np.ndarray, np.ndarray]:
+def _stuff(rng: np.random.Generator, s: int, yy, xx, wall_prob: float) -> tuple[np.ndarray, np.ndarray]:
     """Stuff category map [s, s] and background image [s, s, 3] float."""
     horizon = rng.uniform(0.3, 0.6) * s + rng.uniform(-0.2, 0.2) * (xx - s / 2)
     cat = np.where(yy >= horizon, GROUND, SKY)
@@ -234,8 +235,8 @@ def render_scene(rng: np.random.Generator, cfg: SyntheticConfig):
     stuff_cat, img = _stuff(rng, s, yy, xx, cfg.wall_prob)
     # Thing layer: owner index per pixel (-1 = none); owners are (category, iscrowd).
     owner = np.full((s, s), -1, np.int64)
-    owners: List[Tuple[int, int]] = []
-    full_area: List[int] = []
+    owners: list[tuple[int, int]] = []
+    full_area: list[int] = []
 
     if rng.random() < cfg.crowd_prob:
         cls = int(rng.integers(1, 4))
@@ -254,7 +255,7 @@ def render_scene(rng: np.random.Generator, cfg: SyntheticConfig):
             full_area.append(int(crowd.sum()))
 
     n_obj = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
-    placed: List[Tuple[int, float, float, int]] = []  # (cls, cx, cy, size) of regular objects
+    placed: list[tuple[int, float, float, int]] = []  # (cls, cx, cy, size) of regular objects
     pad = cfg.max_object_size
     gy, gx = np.mgrid[-pad : s + pad, -pad : s + pad].astype(np.float64)
     for _ in range(n_obj):

@@ -12,7 +12,7 @@ instances left without pixels (with their labels). Randomness comes from ``torch
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ class Compose:
         return f"Compose({self.transforms!r})"
 
 
-def _check(sample: Sample) -> Tuple[int, int]:
+def _check(sample: Sample) -> tuple[int, int]:
     img = sample.get("image")
     if not isinstance(img, torch.Tensor) or img.ndim != 3 or img.shape[0] != 3:
         raise ValueError("transforms: sample['image'] must be a [3, H, W] tensor")
@@ -50,7 +50,7 @@ def _finish(sample: Sample, masks: torch.Tensor) -> Sample:
     return sample
 
 
-def resize(sample: Sample, size: Tuple[int, int]) -> Sample:
+def resize(sample: Sample, size: tuple[int, int]) -> Sample:
     """Resize every dense field of ``sample`` to ``size = (H, W)``."""
     h, w = int(size[0]), int(size[1])
     if h <= 0 or w <= 0:
@@ -77,7 +77,7 @@ def resize(sample: Sample, size: Tuple[int, int]) -> Sample:
 class RandomScale:
     """Rescale by a factor drawn uniformly from ``[min_scale, max_scale]``."""
 
-    def __init__(self, min_scale: float = 0.7, max_scale: float = 1.3, generator: Optional[torch.Generator] = None):
+    def __init__(self, min_scale: float = 0.7, max_scale: float = 1.3, generator: torch.Generator | None = None):
         if not 0 < min_scale <= max_scale:
             raise ValueError(f"RandomScale: need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
         self.min_scale, self.max_scale, self.generator = min_scale, max_scale, generator
@@ -95,7 +95,7 @@ class RandomScale:
 class ResizeShortestSide:
     """Resize so the shorter side is one of ``sizes`` (drawn at random), the longer at most ``max_size``."""
 
-    def __init__(self, sizes: Sequence[int] | int, max_size: Optional[int] = None, generator=None):
+    def __init__(self, sizes: Sequence[int] | int, max_size: int | None = None, generator=None):
         self.sizes = [int(sizes)] if isinstance(sizes, int) else [int(s) for s in sizes]
         if not self.sizes or min(self.sizes) <= 0:
             raise ValueError(f"ResizeShortestSide: sizes must be positive, got {sizes}")
@@ -117,7 +117,7 @@ class RandomCrop:
     """Crop ``size = (H, W)`` at a random position; smaller images are padded bottom/right first
     (image 0, semantic ``ignore_label``, masks False)."""
 
-    def __init__(self, size: Tuple[int, int] | int, ignore_label: int = 255, generator=None):
+    def __init__(self, size: tuple[int, int] | int, ignore_label: int = 255, generator=None):
         self.size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if min(self.size) <= 0:
             raise ValueError(f"RandomCrop: size must be positive, got {size}")

@@ -1,12 +1,12 @@
 """Training: configuration and presets, the DDP-ready loop, checkpoints."""
 from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from .config import (
+    TRAIN_PRESETS,
     DataSection,
     ModelSection,
     OptimConfig,
     RuntimeConfig,
     ScheduleConfig,
-    TRAIN_PRESETS,
     TrainConfig,
     make_config,
     train_preset,
@@ -15,6 +15,7 @@ from .distributed import DistInfo, init_distributed
 from .trainer import NonFiniteLossError, TrainResult, WarmupMultiStep, train
 
 __all__ = [
+    "TRAIN_PRESETS",
     "DataSection",
     "DistInfo",
     "ModelSection",
@@ -22,7 +23,6 @@ __all__ = [
     "OptimConfig",
     "RuntimeConfig",
     "ScheduleConfig",
-    "TRAIN_PRESETS",
     "TrainConfig",
     "TrainResult",
     "WarmupMultiStep",

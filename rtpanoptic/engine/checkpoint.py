@@ -6,11 +6,12 @@ checkpoint intact, never a truncated one.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ LAST = "last.pt"
 FORMAT_VERSION = 1
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     state = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
@@ -30,7 +31,7 @@ def rng_state() -> Dict[str, Any]:
     return state
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -52,10 +53,8 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         raise
     return path
 
@@ -64,12 +63,12 @@ def save_checkpoint(
     path: str | os.PathLike,
     *,
     model: torch.nn.Module,
-    optimizer: Optional[torch.optim.Optimizer] = None,
-    scheduler: Optional[Any] = None,
-    scaler: Optional[Any] = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    scaler: Any | None = None,
     step: int,
-    config: Optional[Dict[str, Any]] = None,
-    extra: Optional[Dict[str, Any]] = None,
+    config: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     state = {
         "format_version": FORMAT_VERSION,
@@ -88,13 +87,13 @@ def save_checkpoint(
 def load_checkpoint(
     path: str | os.PathLike,
     *,
-    model: Optional[torch.nn.Module] = None,
-    optimizer: Optional[torch.optim.Optimizer] = None,
-    scheduler: Optional[Any] = None,
-    scaler: Optional[Any] = None,
+    model: torch.nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    scaler: Any | None = None,
     restore_rng: bool = True,
     map_location: Any = "cpu",
-) -> Dict[str, Any]:
+) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` into the given objects; returns it."""
     path = Path(path)
     if not path.is_file():
@@ -115,7 +114,7 @@ def load_checkpoint(
     return state
 
 
-def find_resume(resume: Optional[str], output_dir: str | os.PathLike) -> Optional[Path]:
+def find_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | None:
     """``"auto"``: ``output_dir/last.pt`` if it exists; a path: that file (must exist); None: none."""
     if resume is None or resume == "" or resume == "none":
         return None

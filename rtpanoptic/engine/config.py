@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
 
 from ..losses import LossConfig
 
@@ -27,7 +26,7 @@ TRANSFORMS = ("synthetic", "cityscapes", "coco", "none")
 @dataclass
 class ModelSection:
     preset: str = "r50-fpn"  # a name of rtpanoptic.model.PRESETS
-    overrides: List[str] = field(default_factory=list)  # ["head.loc_channels=32", "backbone.norm=bn"]
+    overrides: list[str] = field(default_factory=list)  # ["head.loc_channels=32", "backbone.norm=bn"]
 
 
 @dataclass
@@ -37,15 +36,15 @@ class DataSection:
     train_split: str = "train"
     val_split: str = "val"
     transforms: str = "synthetic"  # one of TRANSFORMS
-    crop_size: Tuple[int, int] = (900, 1800)  # (H, W), cityscapes transforms
-    scale: Tuple[float, float] = (0.7, 1.3)  # cityscapes / synthetic rescaling range
-    min_sizes: Tuple[int, ...] = (640, 720, 800)  # coco shortest side choices
+    crop_size: tuple[int, int] = (900, 1800)  # (H, W), cityscapes transforms
+    scale: tuple[float, float] = (0.7, 1.3)  # cityscapes / synthetic rescaling range
+    min_sizes: tuple[int, ...] = (640, 720, 800)  # coco shortest side choices
     max_size: int = 1333
     synthetic_size: int = 128  # synthetic transforms crop size
     # synthetic set generation (used when name == "synthetic"); None keeps the generator default
-    synthetic_num_train: Optional[int] = None
-    synthetic_num_val: Optional[int] = None
-    synthetic_image_size: Optional[int] = None
+    synthetic_num_train: int | None = None
+    synthetic_num_val: int | None = None
+    synthetic_image_size: int | None = None
     num_workers: int = 0
 
 
@@ -55,7 +54,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     no_decay_norm_bias: bool = False  # exempt GroupNorm/BatchNorm weights and biases from decay
-    clip_grad_norm: Optional[float] = None  # max global grad norm; None: no clipping
+    clip_grad_norm: float | None = None  # max global grad norm; None: no clipping
     scale_lr_with_world_size: bool = False
     reference_world_size: int = 8  # world size the lr is given for (when scaling)
 
@@ -65,7 +64,7 @@ class ScheduleConfig:
     max_steps: int = 90000
     warmup_steps: int = 500
     warmup_factor: float = 1.0 / 3  # lr multiplier at step 0, rising linearly to 1
-    milestones: Tuple[int, ...] = ()
+    milestones: tuple[int, ...] = ()
     gamma: float = 0.1
 
 
@@ -77,12 +76,12 @@ class RuntimeConfig:
     batch_size: int = 2  # images per process
     seed: int = 0
     output_dir: str = "runs/train"
-    resume: Optional[str] = "auto"  # "auto": output_dir/last.pt if present; a path; None: never
+    resume: str | None = "auto"  # "auto": output_dir/last.pt if present; a path; None: never
     checkpoint_every: int = 1000  # steps; the last step is always saved
     keep_checkpoints: bool = False  # also keep step_XXXXXXX.pt copies
     log_every: int = 20
     eval_every: int = 0  # steps; 0: only the evaluator's final call (if an evaluator is given)
-    eval_max_images: Optional[int] = None
+    eval_max_images: int | None = None
     tensorboard: bool = False
     progress: bool = True
     dist_backend: str = "auto"  # "auto": nccl on GPU, gloo on CPU
@@ -90,10 +89,10 @@ class RuntimeConfig:
     # torch.set_num_threads during training on CPU (None: leave it).  On a small shared CPU, 1 is
     # often much faster than the default: torch's multithreaded kernels can stall when the cores
     # are busy (measured 20x slower steps with 2 threads on a loaded 2-core machine).
-    threads: Optional[int] = None
+    threads: int | None = None
     # wall-clock budget of the training loop in seconds: when exceeded, training stops after the
     # current step as if it were the last one (checkpoint, final evaluation); resuming continues
-    time_limit_s: Optional[float] = None
+    time_limit_s: float | None = None
 
 
 @dataclass
@@ -178,7 +177,7 @@ def _synthetic() -> TrainConfig:
     )
 
 
-TRAIN_PRESETS: Dict[str, callable] = {"cityscapes": _cityscapes, "coco": _coco, "synthetic": _synthetic}
+TRAIN_PRESETS: dict[str, callable] = {"cityscapes": _cityscapes, "coco": _coco, "synthetic": _synthetic}
 
 
 def train_preset(name: str) -> TrainConfig:
@@ -188,7 +187,7 @@ def train_preset(name: str) -> TrainConfig:
     return copy.deepcopy(TRAIN_PRESETS[name]())
 
 
-def make_config(preset: str = "synthetic", path: Optional[str] = None, overrides=()) -> TrainConfig:
+def make_config(preset: str = "synthetic", path: str | None = None, overrides=()) -> TrainConfig:
     """``train_preset(preset)``, then the YAML file at ``path``, then ``["a.b=value", ...]`` overrides
     (what a command line needs)."""
     from ..config import load_config

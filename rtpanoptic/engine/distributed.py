@@ -7,8 +7,8 @@ joins the group (NCCL on GPU, gloo on CPU).  Without them training runs as a sin
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist

@@ -5,8 +5,6 @@ and after the last one; any ``callable(model, step) -> {name: value}`` works in 
 """
 from __future__ import annotations
 
-from typing import Dict, Optional
-
 import torch
 
 
@@ -21,15 +19,15 @@ class PanopticEvaluator:
         **options: :class:`rtpanoptic.inference.Predictor` options (``sigma``, ``score_threshold``...).
     """
 
-    def __init__(self, dataset, max_images: Optional[int] = None, batch_size: int = 8,
-                 backend: Optional[str] = None, **options):
+    def __init__(self, dataset, max_images: int | None = None, batch_size: int = 8,
+                 backend: str | None = None, **options):
         self.dataset = dataset
         self.max_images = max_images
         self.batch_size = int(batch_size)
         self.backend = backend
         self.options = options
 
-    def __call__(self, model: torch.nn.Module, step: int = 0) -> Dict[str, float]:
+    def __call__(self, model: torch.nn.Module, step: int = 0) -> dict[str, float]:
         from ..evaluation import PanopticQualityEvaluator, sample_to_panoptic
         from ..inference import Predictor
 

@@ -13,10 +13,11 @@ import bisect
 import contextlib
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ from .distributed import (
 )
 
 # evaluator(model, step) -> {"metric": value}; called on rank 0 with the unwrapped model in eval mode
-Evaluator = Callable[[torch.nn.Module, int], Dict[str, float]]
+Evaluator = Callable[[torch.nn.Module, int], dict[str, float]]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -49,9 +50,9 @@ class NonFiniteLossError(FloatingPointError):
 class TrainResult:
     model: torch.nn.Module  # the trained network (unwrapped from DDP), in train mode
     step: int  # steps done
-    history: List[Dict[str, float]] = field(default_factory=list)  # one record per log interval (rank 0)
-    metrics: Dict[str, float] = field(default_factory=dict)  # last evaluation
-    checkpoint: Optional[Path] = None  # last checkpoint written (rank 0)
+    history: list[dict[str, float]] = field(default_factory=list)  # one record per log interval (rank 0)
+    metrics: dict[str, float] = field(default_factory=dict)  # last evaluation
+    checkpoint: Path | None = None  # last checkpoint written (rank 0)
     seconds: float = 0.0  # wall time of the loop
 
 
@@ -143,10 +144,8 @@ def build_dataset_from_config(cfg: TrainConfig, split: str, train: bool = True):
 
     d = cfg.data
     ignore = 255
-    try:
+    with contextlib.suppress(ValueError, KeyError):
         ignore = get_description(d.name).ignore_label
-    except (ValueError, KeyError):
-        pass
     transforms = build_transforms(cfg, ignore) if train else None
     synthetic_cfg = _synthetic_config(cfg) if d.name == "synthetic" else None
     if d.name == "synthetic":
@@ -160,7 +159,7 @@ def build_model_from_config(cfg: TrainConfig, description):
     return build_model(cfg.model.preset, description, overrides=list(cfg.model.overrides))
 
 
-def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda" or amp == "none":
         return None
     if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
@@ -168,7 +167,7 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     return torch.float16
 
 
-def _to_device(batch: Dict[str, Any], device: torch.device) -> Dict[str, Any]:
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     non_blocking = device.type == "cuda"
     out = dict(batch)
     out["images"] = batch["images"].to(device, non_blocking=non_blocking)
@@ -183,8 +182,8 @@ class _Logger:
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, start: int):
         self.cfg, self.info = cfg, info
-        self.history: List[Dict[str, float]] = []
-        self.sums: Dict[str, float] = {}
+        self.history: list[dict[str, float]] = []
+        self.sums: dict[str, float] = {}
         self.count = 0
         self.t_last = time.perf_counter()
         self.step_last = start
@@ -201,14 +200,14 @@ class _Logger:
 
                     self.writer = SummaryWriter(log_dir=str(Path(cfg.runtime.output_dir) / "tb"))
                 except ImportError as exc:  # tensorboard is optional
-                    warnings.warn(f"runtime.tensorboard is set but TensorBoard cannot be imported ({exc})")
+                    warnings.warn(f"runtime.tensorboard is set but TensorBoard cannot be imported ({exc})", stacklevel=2)
 
-    def add(self, values: Dict[str, float]) -> None:
+    def add(self, values: dict[str, float]) -> None:
         for k, v in values.items():
             self.sums[k] = self.sums.get(k, 0.0) + float(v)
         self.count += 1
 
-    def flush(self, step: int, lr: float) -> Optional[Dict[str, float]]:
+    def flush(self, step: int, lr: float) -> dict[str, float] | None:
         if self.count == 0:
             return None
         keys = sorted(self.sums)
@@ -233,7 +232,7 @@ class _Logger:
                         self.writer.add_scalar(f"train/{k}", v, step)
         return record
 
-    def metrics(self, step: int, metrics: Dict[str, float]) -> None:
+    def metrics(self, step: int, metrics: dict[str, float]) -> None:
         if self.info.is_main:
             self.history.append({"step": step, **{f"eval/{k}": float(v) for k, v in metrics.items()}})
             if self.writer is not None:
@@ -253,7 +252,7 @@ class _Logger:
             self.writer.close()
 
 
-def _check_finite(parts: Dict[str, torch.Tensor], total: torch.Tensor, step: int, info: DistInfo) -> None:
+def _check_finite(parts: dict[str, torch.Tensor], total: torch.Tensor, step: int, info: DistInfo) -> None:
     names = list(LOSS_NAMES) + ["total"]
     values = torch.stack([parts[n].detach().float() for n in LOSS_NAMES] + [total.detach().float()])
     bad = ~torch.isfinite(values)
@@ -273,9 +272,9 @@ def _check_finite(parts: Dict[str, torch.Tensor], total: torch.Tensor, step: int
 def train(
     cfg: TrainConfig,
     *,
-    model: Optional[torch.nn.Module] = None,
+    model: torch.nn.Module | None = None,
     train_set=None,
-    evaluator: Optional[Evaluator] = None,
+    evaluator: Evaluator | None = None,
 ) -> TrainResult:
     """Train the panoptic network described by ``cfg`` (see :mod:`rtpanoptic.engine.config`).
 
@@ -366,8 +365,8 @@ def train(
         # every rank must agree on whether evaluation (and its barrier) happens
         any_evaluator = all_reduce_mean(float(evaluator is not None), info) > 0
         logger = _Logger(cfg, info, start)
-        metrics: Dict[str, float] = {}
-        last_ckpt: Optional[Path] = None
+        metrics: dict[str, float] = {}
+        last_ckpt: Path | None = None
         t0 = time.perf_counter()
         net.train()
         for step in range(start + 1, cfg.schedule.max_steps + 1):

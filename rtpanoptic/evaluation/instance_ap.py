@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class InstanceAPEvaluator:
         max_dets: COCOeval's maximum detections per image (last entry of ``maxDets``).
     """
 
-    def __init__(self, num_things: int, class_names: Optional[Sequence[str]] = None, max_dets: int = 100):
+    def __init__(self, num_things: int, class_names: Sequence[str] | None = None, max_dets: int = 100):
         try:
             import pycocotools  # noqa: F401
         except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -46,9 +46,9 @@ class InstanceAPEvaluator:
         self.reset()
 
     def reset(self) -> None:
-        self.images: List[dict] = []
-        self.gt: List[dict] = []
-        self.dt: List[dict] = []
+        self.images: list[dict] = []
+        self.gt: list[dict] = []
+        self.dt: list[dict] = []
 
     def update(self, gt_masks, gt_labels, pred_masks, pred_labels, pred_scores, crowd_masks=None, crowd_labels=None):
         """One image. Masks bool ``[N, H, W]``; labels int thing indices; ``crowd_masks`` optional

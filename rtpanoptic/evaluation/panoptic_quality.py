@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -42,19 +42,19 @@ class PQStat:
     fn: np.ndarray
 
     @classmethod
-    def zeros(cls, n: int) -> "PQStat":
+    def zeros(cls, n: int) -> PQStat:
         return cls(np.zeros(n, np.float64), np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64))
 
-    def __iadd__(self, other: "PQStat") -> "PQStat":
+    def __iadd__(self, other: PQStat) -> PQStat:
         self.iou += other.iou
         self.tp += other.tp
         self.fp += other.fp
         self.fn += other.fn
         return self
 
-    def average(self, select: np.ndarray) -> Tuple[dict, Dict[int, dict]]:
+    def average(self, select: np.ndarray) -> tuple[dict, dict[int, dict]]:
         """``({"pq", "sq", "rq", "n"}, {index: {"pq", "sq", "rq"}})`` over the selected categories."""
-        per_class: Dict[int, dict] = {}
+        per_class: dict[int, dict] = {}
         pq = sq = rq = 0.0
         n = 0
         for k in np.flatnonzero(select):
@@ -137,11 +137,10 @@ def pq_image(
     gt_area = inter.sum(axis=1)[1:]
     pred_area = inter.sum(axis=0)[1:]
     present = pred_area > 0
-    if not present.all():
-        if require_pred_pixels:
-            raise PQError(
-                f"{where}: predicted segments {p_ids[~present][:10].tolist()} are in segments_info but not in the PNG"
-            )
+    if not present.all() and require_pred_pixels:
+        raise PQError(
+            f"{where}: predicted segments {p_ids[~present][:10].tolist()} are in segments_info but not in the PNG"
+        )
     I = inter[1:, 1:].astype(np.float64)  # [G, P]
     pred_void = inter[0, 1:]
     union = pred_area[None, :] + gt_area[:, None] - I - pred_void[None, :]
@@ -232,7 +231,7 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def sample_to_panoptic(sample: Mapping, description: DatasetDescription) -> Tuple[np.ndarray, List[dict]]:
+def sample_to_panoptic(sample: Mapping, description: DatasetDescription) -> tuple[np.ndarray, list[dict]]:
     """Ground-truth ``(ids [H, W], segments_info)`` (train-id categories) rebuilt from a dataset sample.
 
     Stuff: one segment per stuff class present; crowd: one segment per thing class inside
@@ -245,7 +244,7 @@ def sample_to_panoptic(sample: Mapping, description: DatasetDescription) -> Tupl
     labels = _to_numpy(sample["labels"]).astype(np.int64)
     thing_train = description.thing_train_ids
     ids = np.zeros(sem.shape, np.int64)
-    segments: List[dict] = []
+    segments: list[dict] = []
     covered = crowd | masks.any(axis=0) if len(masks) else crowd.copy()
     for c, cat in enumerate(description.categories):
         if cat.isthing:
@@ -306,9 +305,9 @@ def _pq_file_pair(args) -> PQStat:
 def pq_compute(
     gt_json_file: str,
     pred_json_file: str,
-    gt_folder: Optional[str] = None,
-    pred_folder: Optional[str] = None,
-    workers: Optional[int] = None,
+    gt_folder: str | None = None,
+    pred_folder: str | None = None,
+    workers: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Panoptic quality of COCO-panoptic prediction files against ground-truth files.

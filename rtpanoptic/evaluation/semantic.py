@@ -1,8 +1,6 @@
 """Semantic segmentation metrics from a confusion matrix: per-class IoU, mIoU, pixel accuracy."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 
@@ -44,7 +42,7 @@ def iou_from_confusion(conf: torch.Tensor) -> dict:
 class SemanticEvaluator:
     """Accumulates a confusion matrix over images; ``compute()`` gives mIoU (classes present in gt or pred)."""
 
-    def __init__(self, num_classes: int, ignore_label: int = 255, class_names: Optional[list] = None):
+    def __init__(self, num_classes: int, ignore_label: int = 255, class_names: list | None = None):
         self.num_classes, self.ignore_label, self.class_names = int(num_classes), int(ignore_label), class_names
         self.conf = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)
 

@@ -5,6 +5,14 @@ from .outputs import HeadOutputs
 from .presets import PRESETS, build_model, preset_config
 
 __all__ = [
-    "BackboneConfig", "FPNConfig", "HeadConfig", "HeadOutputs", "InferenceConfig", "ModelConfig",
-    "PRESETS", "PanopticNet", "build_model", "preset_config",
+    "PRESETS",
+    "BackboneConfig",
+    "FPNConfig",
+    "HeadConfig",
+    "HeadOutputs",
+    "InferenceConfig",
+    "ModelConfig",
+    "PanopticNet",
+    "build_model",
+    "preset_config",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +78,7 @@ class LastLevelP6P7(nn.Module):
             nn.init.kaiming_uniform_(conv.weight, a=1)
             nn.init.zeros_(conv.bias)
 
-    def forward(self, x: Tensor) -> List[Tensor]:
+    def forward(self, x: Tensor) -> list[Tensor]:
         p6 = self.p6(x)
         return [p6, self.p7(F.relu(p6))]
 
@@ -87,7 +86,7 @@ class LastLevelP6P7(nn.Module):
 class FPN(nn.Module):
     """Top-down FPN on C3-C5 (1x1 laterals, nearest upsampling, 3x3 outputs) plus P6, P7."""
 
-    def __init__(self, in_channels: List[int], cfg: FPNConfig):
+    def __init__(self, in_channels: list[int], cfg: FPNConfig):
         super().__init__()
         ch = cfg.channels
         self.p6_from = cfg.p6_from
@@ -108,7 +107,7 @@ class FPN(nn.Module):
                         state_dict[f"{prefix}{block}.{i}.{param}"] = state_dict.pop(new)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward(self, feats: List[Tensor]) -> List[Tensor]:
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
         inner = self.inner_blocks[-1](feats[-1])
         outs = [self.layer_blocks[-1](inner)]
         for i in range(len(feats) - 2, -1, -1):
@@ -130,9 +129,9 @@ class ResNetFPN(nn.Module):
         self.fpn = FPN(list(STAGE_CHANNELS[backbone.depth]), fpn)
         self.out_channels = fpn.channels
 
-    def forward(self, images: Tensor) -> List[Tensor]:
+    def forward(self, images: Tensor) -> list[Tensor]:
         c = self.body(images)
         return self.fpn([c["c3"], c["c4"], c["c5"]])
 
 
-__all__ = ["FPN", "ResNetFPN", "STRIDES", "build_resnet_body", "load_imagenet_weights"]
+__all__ = ["FPN", "STRIDES", "ResNetFPN", "build_resnet_body", "load_imagenet_weights"]

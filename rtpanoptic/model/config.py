@@ -7,7 +7,6 @@ Works with :mod:`rtpanoptic.config` (YAML files and ``key.sub=value`` overrides)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 INPUT_FORMATS = ("rgb_imagenet", "bgr_caffe")
 NORMS = ("frozen_bn", "bn")
@@ -19,7 +18,7 @@ SCORES = ("iou", "tri")
 class BackboneConfig:
     depth: int = 50  # ResNet-18 / 34 / 50 (torchvision)
     # Local file with torchvision ImageNet weights (a ResNet state dict); None: random init.
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
     norm: str = "frozen_bn"  # "frozen_bn" (paper, release) or "bn" (trainable, e.g. from scratch)
     frozen_bn_eps: float = 1e-5  # 0.0 reproduces the release (torchvision <= 0.8 had no eps)
     freeze_at: int = 2  # stages with frozen weights: 0 none, 1 stem, 2 stem + layer1, ... 5 all
@@ -50,7 +49,7 @@ class InferenceConfig:
     pre_nms_thresh: float = 0.05  # on the class probability, before the centerness product
     pre_nms_top_n: int = 1000  # candidates per level, by class prob x centerness
     nms_thresh: float = 0.6  # class-aware NMS
-    global_nms_thresh: Optional[float] = None  # class-agnostic NMS after it (release: 0.97)
+    global_nms_thresh: float | None = None  # class-agnostic NMS after it (release: 0.97)
     post_nms_top_n: int = 100  # queries kept per image
     score: str = "iou"  # box attention score: "iou" (paper eq. 6) or "tri" (release)
     sigma: float = 0.3  # mask threshold (paper 0.3; release 0.4 with "tri")

@@ -9,7 +9,6 @@ resized to one grid and concatenated.  Names follow the authors' release.
 from __future__ import annotations
 
 import math
-from typing import List
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +30,7 @@ class Scale(nn.Module):
 
 
 def _tower(in_channels: int, channels: int, num_convs: int, per_group: int) -> nn.Sequential:
-    layers: List[nn.Module] = []
+    layers: list[nn.Module] = []
     for i in range(num_convs):
         layers += [
             nn.Conv2d(in_channels if i == 0 else channels, channels, 3, padding=1),
@@ -61,7 +60,7 @@ class PanopticHead(nn.Module):
                 nn.init.zeros_(m.bias)
         nn.init.constant_(self.box_cls_logits.bias, -math.log((1 - cfg.prior_prob) / cfg.prior_prob))
 
-    def forward(self, features: List[Tensor], image_size: tuple) -> HeadOutputs:
+    def forward(self, features: list[Tensor], image_size: tuple) -> HeadOutputs:
         """``features``: P3..P7; ``image_size``: the (padded) input (H, W)."""
         if len(features) != self.num_levels:
             raise ValueError(f"PanopticHead: expected {self.num_levels} feature maps, got {len(features)}")
@@ -83,7 +82,7 @@ class PanopticHead(nn.Module):
         return HeadOutputs(offsets, centerness, class_logits, levelness, semantic)
 
 
-def _resize_cat(feats: List[Tensor], size) -> Tensor:
+def _resize_cat(feats: list[Tensor], size) -> Tensor:
     return torch.cat(
         [f if tuple(f.shape[-2:]) == tuple(size) else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
          for f in feats],

@@ -1,7 +1,7 @@
 """What the network returns: the contract between the model, the losses and the predictor."""
 from __future__ import annotations
 
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 from torch import Tensor
 
@@ -18,8 +18,8 @@ class HeadOutputs(NamedTuple):
       semantic         ``[B, C, H / s, W / s]`` logits over all C classes (s = 4 in the paper)
     """
 
-    box_offsets: List[Tensor]
-    centerness: List[Tensor]
-    class_logits: List[Tensor]
+    box_offsets: list[Tensor]
+    centerness: list[Tensor]
+    class_logits: list[Tensor]
     levelness: Tensor
     semantic: Tensor

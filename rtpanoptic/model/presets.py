@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Dict, Iterable, Mapping, Optional, Union
+from collections.abc import Iterable, Mapping
 
 from ..config import merge, parse_override
 from ..data.description import DatasetDescription, get_description
@@ -24,7 +24,7 @@ def _paper(depth: int) -> ModelConfig:
     return ModelConfig(backbone=BackboneConfig(depth=depth))
 
 
-PRESETS: Dict[str, ModelConfig] = {
+PRESETS: dict[str, ModelConfig] = {
     "r18-fpn": _paper(18),
     "r34-fpn": _paper(34),
     "r50-fpn": _paper(50),
@@ -48,7 +48,7 @@ def preset_config(name: str) -> ModelConfig:
     return copy.deepcopy(PRESETS[name])
 
 
-def _shortcut(key: str, value) -> Dict:
+def _shortcut(key: str, value) -> dict:
     if key == "channels":
         return {"fpn": {"channels": value}, "head": {"loc_channels": value, "sem_channels": value}}
     if key == "fpn_channels":
@@ -63,9 +63,9 @@ def _shortcut(key: str, value) -> Dict:
 
 
 def build_model(
-    name_or_config: Union[str, ModelConfig],
-    description: Optional[Union[str, DatasetDescription]] = None,
-    overrides: Union[Iterable[str], Mapping, None] = None,
+    name_or_config: str | ModelConfig,
+    description: str | DatasetDescription | None = None,
+    overrides: Iterable[str] | Mapping | None = None,
     **kwargs,
 ) -> PanopticNet:
     """Build a :class:`PanopticNet` from a preset name or a :class:`ModelConfig`.

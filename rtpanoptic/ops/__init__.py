@@ -5,8 +5,10 @@ None for the fastest available on the tensors' device) and validates its inputs.
 Boxes are xyxy in absolute pixels with no +1 on areas.  See
 :mod:`rtpanoptic.ops.reference` for the specification of each op.
 """
-from . import _autograd  # noqa: F401  (autograd formulas of the C++/CUDA ops)
-from . import _fake  # noqa: F401  (registers fake kernels for torch.compile)
+from . import (
+    _autograd,  # noqa: F401  (autograd formulas of the C++/CUDA ops)
+    _fake,  # noqa: F401  (registers fake kernels for torch.compile)
+)
 from ._dispatch import BACKENDS, OPS, available_backends
 from .attention import iou_attention
 from .boxes import batched_nms, box_iou, nms

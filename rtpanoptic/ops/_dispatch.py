@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import torch
 
@@ -41,7 +41,7 @@ def triton_interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_loaded() -> bool:
     """Import the Triton kernels (they register ``rtpanoptic_triton::<op>``)."""
     if importlib.util.find_spec("triton") is None:
@@ -91,7 +91,7 @@ def _built(backend: str, op: str) -> bool:
     return _triton_has(op)
 
 
-def available_backends(device: str | torch.device | None = None) -> Dict[str, List[str]]:
+def available_backends(device: str | torch.device | None = None) -> dict[str, list[str]]:
     """Backends of every op that were built, or, given ``device``, that can run there.
 
     >>> available_backends("cpu")["nms"]

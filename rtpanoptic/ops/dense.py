@@ -1,7 +1,7 @@
 """Dense box decoding (eq. 8) and levelness gathering (eq. 14)."""
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -30,7 +30,7 @@ def decode_boxes(offsets: Tensor, stride: int, *, backend: str | None = None) ->
 
 def gather_levelness(
     offsets: Sequence[Tensor], levelness: Tensor, out_stride: int = 4, *, backend: str | None = None
-) -> Tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor]:
     """Global dense boxes B(x, y) from per-level predictions and levelness (eq. 14).
 
     Args:

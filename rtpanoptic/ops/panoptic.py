@@ -1,7 +1,8 @@
 """Parameter-free mask construction (paper eqs. 5, 7) fused with panoptic fusion."""
 from __future__ import annotations
 
-from typing import Dict, List, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -24,7 +25,7 @@ class PanopticSegments(NamedTuple):
     scores: Tensor  # float32 [S] query score, 1.0 for stuff
     areas: Tensor  # int64 [S] pixels in segment_map
 
-    def segments_info(self) -> List[Dict]:
+    def segments_info(self) -> list[dict]:
         """A list of dicts ``{id, category_id, isthing, score, area, query}``."""
         out = []
         for k, (c, q, s, a) in enumerate(

@@ -10,8 +10,6 @@ Conventions: boxes are ``xyxy`` in absolute pixels; areas have no ``+1``
 """
 from __future__ import annotations
 
-from typing import List, Tuple
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -91,7 +89,7 @@ def decode_boxes(offsets: Tensor, stride: int) -> Tensor:
     return torch.stack([xs - l, ys - t, xs + r, ys + b], dim=1)
 
 
-def gather_levelness(offsets: List[Tensor], levelness: Tensor, out_stride: int) -> Tuple[Tensor, Tensor]:
+def gather_levelness(offsets: list[Tensor], levelness: Tensor, out_stride: int) -> tuple[Tensor, Tensor]:
     """Dense boxes on the levelness grid (eq. 14).
 
     Each level's offsets are bilinearly resampled (``align_corners=False``) to the
@@ -154,7 +152,7 @@ def panoptic_from_dense(
     score_threshold: float,
     overlap_threshold: float,
     stuff_area_limit: int,
-) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Mask construction (eqs. 5, 7) and panoptic fusion, sequentially.
 
     Masks: ``M_j = score(B(x,y), B_j) * P_sem(x, y, c_j) > sigma``.

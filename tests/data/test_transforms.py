@@ -109,7 +109,11 @@ def test_shortest_side():
 
 
 def test_presets_run():
-    from rtpanoptic.data.transforms import cityscapes_train_transforms, coco_train_transforms, synthetic_train_transforms
+    from rtpanoptic.data.transforms import (
+        cityscapes_train_transforms,
+        coco_train_transforms,
+        synthetic_train_transforms,
+    )
 
     s = make_sample()
     o = cityscapes_train_transforms(crop_size=(30, 40))(s)

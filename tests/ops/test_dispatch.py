@@ -13,7 +13,7 @@ HAS_CPP_NMS = "cpp" in ops.available_backends("cpu")["nms"]
 def test_available_backends_shape():
     built = ops.available_backends()
     assert set(built) == set(ops.OPS)
-    for op, backends in built.items():
+    for backends in built.values():
         assert backends[0] == "reference"
         assert set(backends) <= set(ops.BACKENDS)
     here = ops.available_backends("cpu")

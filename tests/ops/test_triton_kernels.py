@@ -226,7 +226,7 @@ def _scene(seed, h=13, w=37, c=7, q=15, dtype=torch.float32, score_ties=False):
     scores = torch.rand(q, generator=g)
     if score_ties:
         scores = (scores * 3).round() / 3  # few distinct scores: stable order decides
-    cast = lambda t: t.to(dtype).to(DEV)  # noqa: E731
+    cast = lambda t: t.to(dtype).to(DEV)
     return cast(dense), cast(sem), cast(boxes), classes.to(DEV), cast(scores), is_thing.to(DEV)
 
 
