@@ -1,5 +1,5 @@
 """Training: configuration and presets, the DDP-ready loop, checkpoints."""
-from .checkpoint import atomic_save, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, atomic_save, load_checkpoint, save_checkpoint
 from .config import (
     TRAIN_PRESETS,
     DataSection,
@@ -16,6 +16,7 @@ from .trainer import NonFiniteLossError, TrainResult, WarmupMultiStep, train
 
 __all__ = [
     "TRAIN_PRESETS",
+    "CheckpointError",
     "DataSection",
     "DistInfo",
     "ModelSection",

@@ -2,13 +2,23 @@
 
 A checkpoint is written to a temporary file in the target directory, flushed to disk, then
 moved over the target with :func:`os.replace` (atomic on POSIX): a crash leaves the previous
-checkpoint intact, never a truncated one.
+checkpoint intact, never a truncated one; :func:`remove_stale_temporaries` clears the
+temporaries such a crash leaves behind.
+
+Checkpoints hold tensors and plain values only (the RNG states included), and every load goes
+through :func:`read_checkpoint` with ``torch.load(weights_only=True)``: a file that needs
+arbitrary unpickling is refused with :class:`CheckpointError`, never executed.  Every problem a
+user can fix (missing, truncated or untrusted file, another architecture, a full disk) is a
+:class:`CheckpointError` with a one-line message naming the file.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,14 +27,32 @@ import numpy as np
 import torch
 
 LAST = "last.pt"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: RNG states as tensors / ints (weights_only-loadable); 1 pickled numpy's
+
+# atomic_save's temporaries of the trainer's files: ".last.pt.<8 chars>.tmp", ".step_0001000.pt.<8 chars>.tmp"
+_TEMPORARY = re.compile(r"\.(?:last|step_\d+)\.pt\.[a-z0-9_]{8}\.tmp")
 
 
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read, trusted, fitted to a network or written (one-line message)."""
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
+# ----------------------------------------------------------------------------------- RNG states
 def rng_state() -> dict[str, Any]:
+    """torch, numpy (legacy global), Python and CUDA generator states as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        "numpy": {"bit_generator": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "python": {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+                   "gauss_next": gauss_next},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -32,31 +60,67 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` returned (CUDA states only with the same number of GPUs)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["bit_generator"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["internal"].tolist()), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         cuda = state["cuda"]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
 
 
+# ----------------------------------------------------------------------------------- writing
+def _write_error(path: Path, exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"cannot write checkpoint {path}: the disk is full (no space left on the device of {path.parent}); "
+                f"the previous checkpoint there is intact")
+    return f"cannot write checkpoint {path}: {exc.strerror or _first_line(exc)}"
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` through a temporary file and :func:`os.replace`."""
+    """``torch.save(obj)`` to ``path`` through a temporary file and :func:`os.replace`.
+
+    An ``OSError`` (full disk, no permission) becomes a :class:`CheckpointError`; on any failure
+    the temporary file is removed and ``path`` keeps its previous content.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(_write_error(path, exc)) from exc
+    try:
+        # unbuffered: a failed write (ENOSPC) reaches torch.save as the OSError it is
+        with os.fdopen(fd, "wb", buffering=0) as f:
             torch.save(obj, f)
-            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise CheckpointError(_write_error(path, exc)) from exc
         raise
     return path
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of interrupted saves of ``last.pt`` / ``step_*.pt`` in ``folder``
+    (files named exactly as :func:`atomic_save` names them, nothing else); returns them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in sorted(folder.iterdir()):
+        if _TEMPORARY.fullmatch(p.name) and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
 
 
 def save_checkpoint(
@@ -84,6 +148,64 @@ def save_checkpoint(
     return atomic_save(state, path)
 
 
+# ----------------------------------------------------------------------------------- reading
+def _untrusted_message(path: Path) -> str:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # an old-format or unreadable archive: the names are only a hint
+        names = []
+    listed = f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
+    return (f"{path} was not loaded: it holds pickled Python objects{listed} that only an unsafe load could "
+            f"rebuild, and such a load can run code; rtpanoptic reads checkpoints with weights_only=True "
+            f"(checkpoints of rtpanoptic <= 0.1.0 pickled the numpy RNG state: train again to get a current one)")
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """The content of a checkpoint file, loaded with ``weights_only=True``; it must hold ``model``.
+
+    Raises :class:`CheckpointError` for a missing, unreadable (truncated) or untrusted file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist" if not path.exists()
+                              else f"checkpoint {path} is not a file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(_untrusted_message(path)) from None
+    except Exception as exc:  # zip / storage errors of a truncated or foreign file
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint, truncated or of another format "
+                              f"({_first_line(exc)})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not an rtpanoptic checkpoint (no 'model' entry)")
+    return state
+
+
+def _mismatch(model: torch.nn.Module, weights: dict[str, Any]) -> str:
+    """A short account of how ``weights`` differs from ``model.state_dict()``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [k for k in own if k in weights and hasattr(weights[k], "shape") and weights[k].shape != own[k].shape]
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} of another shape, e.g. {k} {list(weights[k].shape)} vs {list(own[k].shape)}")
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    return "; ".join(parts) or "incompatible tensors"
+
+
+def load_model_state(model: torch.nn.Module, weights: dict[str, Any], path: str | os.PathLike) -> None:
+    """``model.load_state_dict(weights)``; a mismatch is a one-line :class:`CheckpointError`."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, TypeError, AttributeError):
+        raise CheckpointError(f"checkpoint {path} is for another architecture ({_mismatch(model, weights)})") from None
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     *,
@@ -94,23 +216,26 @@ def load_checkpoint(
     restore_rng: bool = True,
     map_location: Any = "cpu",
 ) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` into the given objects; returns it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    state = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(state, dict) or "model" not in state or "step" not in state:
-        raise ValueError(f"{path} is not an rtpanoptic training checkpoint (no 'model' / 'step')")
+    """Load a checkpoint written by :func:`save_checkpoint` into the given objects; returns it.
+
+    Raises :class:`CheckpointError` (one line, naming ``path``) for anything a user can fix.
+    """
+    state = read_checkpoint(path, map_location)
+    if "step" not in state:
+        raise CheckpointError(f"{path} is not an rtpanoptic training checkpoint (no 'step' entry)")
     if model is not None:
-        model.load_state_dict(state["model"])
-    if optimizer is not None and state.get("optimizer") is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler") is not None:
-        scaler.load_state_dict(state["scaler"])
+        load_model_state(model, state["model"], path)
+    for name, obj in (("optimizer", optimizer), ("scheduler", scheduler), ("scaler", scaler)):
+        if obj is not None and state.get(name) is not None:
+            try:
+                obj.load_state_dict(state[name])
+            except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"{path}: its {name} state does not fit this run ({_first_line(exc)})") from None
     if restore_rng and state.get("rng") is not None:
-        set_rng_state(state["rng"])
+        try:
+            set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{path}: unreadable RNG state ({_first_line(exc)})") from None
     return state
 
 
@@ -123,5 +248,5 @@ def find_resume(resume: str | None, output_dir: str | os.PathLike) -> Path | Non
         return p if p.is_file() else None
     p = Path(resume)
     if not p.is_file():
-        raise FileNotFoundError(f"runtime.resume: checkpoint {p} does not exist")
+        raise CheckpointError(f"runtime.resume: checkpoint {p} does not exist")
     return p

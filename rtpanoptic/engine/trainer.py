@@ -23,7 +23,7 @@ import torch
 
 from ..config import save_config, to_dict
 from ..losses import LOSS_NAMES, PanopticCriterion
-from .checkpoint import LAST, find_resume, load_checkpoint, save_checkpoint
+from .checkpoint import LAST, find_resume, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig, validate_train_config
 from .distributed import (
     DistInfo,
@@ -50,7 +50,8 @@ class NonFiniteLossError(FloatingPointError):
 class TrainResult:
     model: torch.nn.Module  # the trained network (unwrapped from DDP), in train mode
     step: int  # steps done
-    history: list[dict[str, float]] = field(default_factory=list)  # one record per log interval (rank 0)
+    # one record per log interval (rank 0), those before a resume included
+    history: list[dict[str, float]] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)  # last evaluation
     checkpoint: Path | None = None  # last checkpoint written (rank 0)
     seconds: float = 0.0  # wall time of the loop
@@ -180,9 +181,9 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 class _Logger:
     """Rank-0 logging: running means of the loss parts, tqdm postfix, TensorBoard scalars."""
 
-    def __init__(self, cfg: TrainConfig, info: DistInfo, start: int):
+    def __init__(self, cfg: TrainConfig, info: DistInfo, start: int, history: list[dict[str, float]] = ()):
         self.cfg, self.info = cfg, info
-        self.history: list[dict[str, float]] = []
+        self.history: list[dict[str, float]] = list(history) if info.is_main else []
         self.sums: dict[str, float] = {}
         self.count = 0
         self.t_last = time.perf_counter()
@@ -290,8 +291,11 @@ def train(
             :class:`~rtpanoptic.engine.evaluate.PanopticEvaluator` on ``cfg.data.val_split``
             (``runtime.eval_max_images`` images).
 
-    Resumes from ``runtime.resume`` ("auto": ``output_dir/last.pt``).  Raises
-    :class:`NonFiniteLossError` (naming the loss part and step) if a loss becomes NaN/inf.
+    Resumes from ``runtime.resume`` ("auto": ``output_dir/last.pt``): weights, optimiser, RNG
+    states and the log history; temporaries of saves killed mid-write are removed first.  Raises
+    :class:`NonFiniteLossError` (naming the loss part and step) if a loss becomes NaN/inf and
+    :class:`~rtpanoptic.engine.checkpoint.CheckpointError` (one line) for a checkpoint that cannot
+    be read, fitted or written.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train: cfg must be a TrainConfig, got {type(cfg).__name__}")
@@ -325,11 +329,15 @@ def train(
         optimizer = build_optimizer(model, cfg, info.world_size)
         scheduler = build_scheduler(optimizer, cfg)
         start = 0
+        history: list[dict[str, float]] = []  # the log records of the steps before a resume
+        if info.is_main:
+            remove_stale_temporaries(out_dir)  # of saves killed mid-write
         resume_path = find_resume(r.resume, out_dir)
         if resume_path is not None:
             state = load_checkpoint(resume_path, model=model, optimizer=optimizer, scheduler=scheduler,
                                     scaler=scaler, map_location=info.device)
             start = int(state["step"])
+            history = [h for h in state.get("extra", {}).get("history", []) if h.get("step", 0) <= start]
             _reapply_schedule(optimizer, scheduler, cfg, info.world_size)
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -364,7 +372,7 @@ def train(
             evaluator = PanopticEvaluator(val_set, max_images=r.eval_max_images, batch_size=r.batch_size)
         # every rank must agree on whether evaluation (and its barrier) happens
         any_evaluator = all_reduce_mean(float(evaluator is not None), info) > 0
-        logger = _Logger(cfg, info, start)
+        logger = _Logger(cfg, info, start, history)
         metrics: dict[str, float] = {}
         last_ckpt: Path | None = None
         t0 = time.perf_counter()
@@ -418,7 +426,8 @@ def train(
                                                 config=to_dict(cfg), extra=extra)
                     if r.keep_checkpoints:
                         save_checkpoint(out_dir / f"step_{step:07d}.pt", model=model, optimizer=optimizer,
-                                        scheduler=scheduler, scaler=scaler, step=step, config=to_dict(cfg))
+                                        scheduler=scheduler, scaler=scaler, step=step, config=to_dict(cfg),
+                                        extra=extra)
                 barrier(info)
             run_eval = (r.eval_every and step % r.eval_every == 0) or last
             if run_eval and any_evaluator:
