@@ -12,16 +12,19 @@ Everything is deterministic in ``SyntheticConfig.seed``; :func:`generate_synthet
     <root>/images/<split>/<split>_NNNNNN.png      RGB images
     <root>/panoptic/<split>/<split>_NNNNNN.png    segment ids, R + 256 G + 256^2 B
     <root>/annotations/panoptic_<split>.json      images / annotations / categories
-    <root>/synthetic_config.json                  the config (written last: marks completion)
+    <root>/synthetic_config.json                  the marker: written first, holds the config once complete
 
-and reuses an existing tree generated with the same config. Load a split with
+and reuses an existing tree generated with the same config.  It writes only into an empty (or
+missing) folder or into a tree it made itself (marker present, no other file in it): anything
+else raises :class:`DatasetError` naming the folder and what is in it, and nothing is deleted.
+Regenerating its own tree (another config, an interrupted run) removes only its own files.  Load a split with
 ``COCOPanopticDataset(*paths["train"], description=SYNTHETIC)`` or :func:`synthetic_dataset`.
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -29,10 +32,13 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from .coco_panoptic import DatasetError
 from .description import Category, DatasetDescription, register_description
 from .panoptic_format import id2rgb
 
 GENERATOR_VERSION = 1
+SPLITS = ("train", "val")
+MARKER = "synthetic_config.json"
 
 CIRCLE, RECTANGLE, TRIANGLE, SKY, GROUND, WALL = 1, 2, 3, 4, 5, 6
 SYNTHETIC = DatasetDescription(
@@ -98,7 +104,7 @@ def synthetic_paths(root: str) -> dict[str, SplitPaths]:
             os.path.join(root, "annotations", f"panoptic_{split}.json"),
             os.path.join(root, "panoptic", split),
         )
-        for split in ("train", "val")
+        for split in SPLITS
     }
 
 
@@ -106,38 +112,112 @@ def _config_record(cfg: SyntheticConfig) -> dict:
     return {"generator_version": GENERATOR_VERSION, "config": asdict(cfg)}
 
 
+def _own_and_foreign(root: str) -> tuple[list[str], list[str]]:
+    """Files under ``root`` named as this generator names them, and every other entry (relative paths)."""
+    own, foreign = [], []
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if name in (MARKER, f".{MARKER}.tmp") and os.path.isfile(path):
+            own.append(name)
+        elif name in ("images", "panoptic") and os.path.isdir(path):
+            for split in sorted(os.listdir(path)):
+                split_dir = os.path.join(path, split)
+                if split not in SPLITS or not os.path.isdir(split_dir):
+                    foreign.append(os.path.join(name, split))
+                    continue
+                for f in sorted(os.listdir(split_dir)):
+                    is_own = re.fullmatch(rf"{split}_\d{{6}}\.png", f) and os.path.isfile(os.path.join(split_dir, f))
+                    (own if is_own else foreign).append(os.path.join(name, split, f))
+        elif name == "annotations" and os.path.isdir(path):
+            for f in sorted(os.listdir(path)):
+                is_own = f in {f"panoptic_{split}.json" for split in SPLITS} and os.path.isfile(os.path.join(path, f))
+                (own if is_own else foreign).append(os.path.join(name, f))
+        else:
+            foreign.append(name)
+    return own, foreign
+
+
+def _listing(root: str, entries: list[str], limit: int = 5) -> str:
+    shown = [e + ("/" if os.path.isdir(os.path.join(root, e)) else "") for e in entries[:limit]]
+    return ", ".join(shown) + (f" and {len(entries) - limit} more" if len(entries) > limit else "")
+
+
+def _read_marker(root: str) -> dict | None:
+    try:
+        with open(os.path.join(root, MARKER)) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "generator_version" in data else None
+
+
+def _write_marker(root: str, record: dict) -> None:
+    tmp = os.path.join(root, f".{MARKER}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, os.path.join(root, MARKER))
+
+
+def _clear_own_tree(root: str) -> None:
+    """Make ``root`` empty, deleting only this generator's files; anything else raises, untouched."""
+    if not os.listdir(root):
+        return
+    if _read_marker(root) is None:
+        raise DatasetError(
+            f"{root} is not empty and holds no synthetic dataset made by rtpanoptic (it holds "
+            f"{_listing(root, sorted(os.listdir(root)))}); the synthetic set is written only into an empty folder "
+            f"or its own earlier tree, so nothing was changed: choose another data.root"
+        )
+    own, foreign = _own_and_foreign(root)
+    if foreign:
+        raise DatasetError(
+            f"{root} holds a synthetic dataset but also files rtpanoptic did not write ({_listing(root, foreign)}); "
+            f"nothing was changed: move them away or choose another data.root"
+        )
+    for rel in own:
+        os.remove(os.path.join(root, rel))
+    for rel in [os.path.join(a, b) for a in ("images", "panoptic") for b in SPLITS] + ["images", "panoptic",
+                                                                                     "annotations"]:
+        if os.path.isdir(os.path.join(root, rel)):
+            os.rmdir(os.path.join(root, rel))
+
+
 def generate_synthetic(
     root: str, cfg: SyntheticConfig | None = None, progress: bool = True, overwrite: bool = False
 ) -> dict[str, SplitPaths]:
-    """Write the synthetic dataset under ``root`` (reused when already generated with ``cfg``).
+    """Write the synthetic dataset under ``root`` (reused when already generated with ``cfg``,
+    unless ``overwrite``).
 
-    Returns ``{"train": SplitPaths, "val": SplitPaths}``.
+    ``root`` must be missing, empty, or a tree written here before: otherwise :class:`DatasetError`
+    (naming ``root`` and its content) and nothing is deleted.  Returns
+    ``{"train": SplitPaths, "val": SplitPaths}``.
     """
     cfg = SyntheticConfig() if cfg is None else cfg
     if not isinstance(cfg, SyntheticConfig):
         raise TypeError(f"cfg must be a SyntheticConfig, got {type(cfg).__name__}")
     root = str(root)
     paths = synthetic_paths(root)
-    marker = os.path.join(root, "synthetic_config.json")
     record = _config_record(cfg)
-    if not overwrite and os.path.isfile(marker):
-        try:
-            with open(marker) as f:
-                if json.load(f) == record:
-                    return paths
-        except (OSError, json.JSONDecodeError):
-            pass
-    # Stale or partial tree: remove only what this generator writes.
-    if os.path.exists(marker):
-        os.remove(marker)
-    for sub in ("images", "panoptic", "annotations"):
-        shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise DatasetError(f"synthetic dataset root {root} is not a folder")
+    if not overwrite and os.path.isdir(root) and _read_marker(root) == record:
+        return paths
+    try:
+        os.makedirs(root, exist_ok=True)
+        _clear_own_tree(root)
+        _write_marker(root, {**record, "complete": False})  # claims the folder before the first image
+        _write_tree(paths, cfg, progress)
+        _write_marker(root, record)
+    except OSError as exc:
+        raise DatasetError(f"cannot write the synthetic dataset under {root} ({exc})") from None
+    return paths
 
+
+def _write_tree(paths: dict[str, SplitPaths], cfg: SyntheticConfig, progress: bool) -> None:
     from tqdm import tqdm
 
-    total = cfg.num_train + cfg.num_val
-    bar = tqdm(total=total, desc="synthetic panoptic", unit="img", disable=not progress)
-    for split_index, (split, count) in enumerate((("train", cfg.num_train), ("val", cfg.num_val))):
+    bar = tqdm(total=cfg.num_train + cfg.num_val, desc="synthetic panoptic", unit="img", disable=not progress)
+    for split_index, (split, count) in enumerate(zip(SPLITS, (cfg.num_train, cfg.num_val))):
         p = paths[split]
         os.makedirs(p.image_root, exist_ok=True)
         os.makedirs(p.panoptic_root, exist_ok=True)
@@ -155,9 +235,6 @@ def generate_synthetic(
         with open(p.panoptic_json, "w") as f:
             json.dump({"images": images, "annotations": annotations, "categories": SYNTHETIC.coco_categories()}, f)
     bar.close()
-    with open(marker, "w") as f:
-        json.dump(record, f)
-    return paths
 
 
 def synthetic_dataset(
@@ -170,8 +247,8 @@ def synthetic_dataset(
     """Generate (if needed) and open one split as a :class:`COCOPanopticDataset`."""
     from .coco_panoptic import COCOPanopticDataset
 
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if split not in SPLITS:
+        raise DatasetError(f"the synthetic dataset has the splits 'train' and 'val', not {split!r}")
     paths = generate_synthetic(root, cfg, progress=progress)
     return COCOPanopticDataset(*paths[split], description=SYNTHETIC, transforms=transforms)
 
