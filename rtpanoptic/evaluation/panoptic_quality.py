@@ -74,6 +74,18 @@ class PQStat:
         return {"pq": pq / n, "sq": sq / n, "rq": rq / n, "n": n}, per_class
 
 
+def _check_segments(segments, where: str) -> None:
+    """``segments_info`` must be a list of objects with ``id`` and ``category_id``."""
+    if not isinstance(segments, (list, tuple)):
+        raise PQError(f"{where}: 'segments_info' must be a list, got {type(segments).__name__}")
+    for j, s in enumerate(segments):
+        if not isinstance(s, Mapping):
+            raise PQError(f"{where}: segments_info[{j}] is not an object")
+        for key in ("id", "category_id"):
+            if key not in s:
+                raise PQError(f"{where}: segments_info[{j}] lacks {key!r}")
+
+
 def _dense_index(ids: np.ndarray, seg_ids: np.ndarray, what: str) -> np.ndarray:
     """Map pixel segment ids to ``0`` (void) / ``1 + position in seg_ids``; unknown non-zero ids raise."""
     table = np.concatenate([[0], seg_ids]).astype(np.int64)
@@ -114,6 +126,7 @@ def pq_image(
     stat = PQStat.zeros(n_cat)
 
     def parse(segments, side):
+        _check_segments(segments, f"{where} ({side})")
         ids, cats, crowd = [], [], []
         for s in segments:
             cid = s["category_id"]
@@ -277,6 +290,26 @@ def _load_json(path: str, what: str) -> dict:
         raise PQError(f"{path}: malformed {what} JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise PQError(f"{path}: {what} JSON lacks an 'annotations' list")
+    seen = set()
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{path}: annotations[{i}]"
+        if not isinstance(ann, dict):
+            raise PQError(f"{where} is not an object")
+        if "image_id" not in ann:
+            raise PQError(f"{where} lacks 'image_id'")
+        image_id = ann["image_id"]
+        if not isinstance(image_id, (str, int)) or isinstance(image_id, bool):
+            raise PQError(f"{where}: image_id must be a string or an integer, got {image_id!r}")
+        where += f" (image_id {image_id!r})"
+        if image_id in seen:
+            raise PQError(f"{where} repeats an image_id of an earlier annotation")
+        seen.add(image_id)
+        for key in ("file_name", "segments_info"):
+            if key not in ann:
+                raise PQError(f"{where} lacks {key!r}")
+        if not isinstance(ann["file_name"], str):
+            raise PQError(f"{where}: file_name must be a string, got {ann['file_name']!r}")
+        _check_segments(ann["segments_info"], where)
     return data
 
 
@@ -315,12 +348,16 @@ def pq_compute(
     Same arguments as panopticapi (``gt_folder`` / ``pred_folder`` default to the JSON path
     without ``.json``), plus ``workers`` (processes; default ``os.cpu_count()``, 0 or 1 = in-process; results are summed in image order,
     so they do not depend on ``workers``)
-    and ``progress`` (tqdm bar). Every ground-truth image needs a prediction. Returns
+    and ``progress`` (tqdm bar). Every ground-truth image needs a prediction; a malformed
+    annotation raises :class:`PQError` naming the file and the entry, and so does a ground truth
+    without annotations (PQ is undefined there). Returns
     ``{"All"|"Things"|"Stuff": {"pq", "sq", "rq", "n"}, "per_class": {category id: {"pq", "sq", "rq"}}}``.
     """
     gt_json_file, pred_json_file = str(gt_json_file), str(pred_json_file)
     gt = _load_json(gt_json_file, "ground-truth")
     pred = _load_json(pred_json_file, "prediction")
+    if not gt["annotations"]:
+        raise PQError(f"{gt_json_file}: the ground truth has no annotations, so PQ is undefined")
     gt_folder = str(gt_folder) if gt_folder is not None else gt_json_file.rsplit(".json", 1)[0]
     pred_folder = str(pred_folder) if pred_folder is not None else pred_json_file.rsplit(".json", 1)[0]
     for folder, what in ((gt_folder, "ground-truth"), (pred_folder, "prediction")):
@@ -333,11 +370,7 @@ def pq_compute(
     except (KeyError, TypeError, ValueError) as exc:
         raise PQError(f"{gt_json_file}: malformed 'categories' entry ({exc!r})") from None
     cat_index = {cid: k for k, (cid, _) in enumerate(cats)}
-    pred_by_image = {}
-    for ann in pred["annotations"]:
-        if "image_id" not in ann or "file_name" not in ann or "segments_info" not in ann:
-            raise PQError(f"{pred_json_file}: an annotation lacks image_id / file_name / segments_info")
-        pred_by_image[ann["image_id"]] = ann
+    pred_by_image = {ann["image_id"]: ann for ann in pred["annotations"]}
     jobs = []
     for ann in gt["annotations"]:
         if ann["image_id"] not in pred_by_image:
