@@ -41,8 +41,13 @@ def tensor(
     return t
 
 
-def boxes(op: str, name: str, t) -> Tensor:
-    """xyxy boxes: floating point, shape [N, 4]."""
+def boxes(op: str, name: str, t, *, integer: bool = False) -> Tensor:
+    """xyxy boxes: floating point, shape [N, 4].  ``integer=True`` also takes integer boxes and
+    returns them in torch's default float dtype (torchvision's IoU dtype for integer boxes)."""
+    if integer and isinstance(t, Tensor) and not t.is_floating_point():
+        if t.is_complex() or t.dtype == torch.bool:
+            raise TypeError(f"{op}: {name} must be a floating-point or integer tensor, got {t.dtype}")
+        return tensor(op, name, t, shape=(None, 4)).to(torch.get_default_dtype())
     return tensor(op, name, t, shape=(None, 4), floating=True)
 
 

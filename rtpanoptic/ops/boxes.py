@@ -42,8 +42,12 @@ def batched_nms(
 
     Returns int64 ``[K]`` kept indices in decreasing score order (ties: input order).
     Computed per category exactly (no coordinate-offset trick, so no rounding from it).
+    Empty ``boxes`` (any shape) give an empty result without looking at the other arguments,
+    as torchvision's (``batched_nms(empty, None, None, None)``).
     """
     op = "batched_nms"
+    if isinstance(boxes, Tensor) and boxes.numel() == 0:
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
     _validate.boxes(op, "boxes", boxes)
     _validate.tensor(op, "scores", scores, ndim=1, floating=True)
     _validate.tensor(op, "idxs", idxs, ndim=1, integer=True)
@@ -59,12 +63,14 @@ def batched_nms(
 def box_iou(boxes1: Tensor, boxes2: Tensor, *, backend: str | None = None) -> Tensor:
     """Pairwise IoU ``[N, M]`` of xyxy boxes ``[N, 4]`` and ``[M, 4]``, as
     ``torchvision.ops.box_iou`` (no +1 on areas; two zero-area boxes give NaN).
-    The result has the boxes' dtype (float16/bfloat16 are computed in float32).
+    The result has the boxes' dtype (float16/bfloat16 are computed in float32); integer boxes
+    are computed in torch's default float dtype and give it, as torchvision's (equal to
+    torchvision's result while the areas stay below 2^24 pixels).
     Differentiable only through the reference: with ``backend=None`` and an input that
     requires grad, the reference is used (the cpp/cuda kernels raise on backward)."""
     op = "box_iou"
-    _validate.boxes(op, "boxes1", boxes1)
-    _validate.boxes(op, "boxes2", boxes2)
+    boxes1 = _validate.boxes(op, "boxes1", boxes1, integer=True)
+    boxes2 = _validate.boxes(op, "boxes2", boxes2, integer=True)
     _validate.same_dtype(op, boxes1=boxes1, boxes2=boxes2)
     device = _validate.same_device(op, boxes1=boxes1, boxes2=boxes2)
     if boxes1.shape[0] == 0 or boxes2.shape[0] == 0:

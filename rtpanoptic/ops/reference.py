@@ -10,6 +10,8 @@ Conventions: boxes are ``xyxy`` in absolute pixels; areas have no ``+1``
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,7 +45,34 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return (inter / union).to(boxes1.dtype)
 
 
+def _device_memory(device: torch.device) -> int | None:
+    """Bytes of memory of ``device`` (physical RAM for the CPU), None when unknown."""
+    if device.type == "cpu" and hasattr(os, "sysconf"):
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            return None
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return None
+
+
+def _check_nms_fits(op: str, boxes: Tensor) -> None:
+    """The greedy NMS below holds N x N IoU matrices: refuse, naming the backends that scale,
+    an N whose matrices cannot fit in the device's memory (instead of failing in the allocator)."""
+    n = boxes.shape[0]
+    need = 8 * n * n * _upcast(boxes[:0]).element_size()  # box_iou's four [N, N, 2] corner tensors
+    have = _device_memory(boxes.device)
+    if have is not None and need > have:
+        raise ValueError(
+            f"{op}: {n} boxes are too many for the reference backend: its N x N IoU matrices need about "
+            f"{need / 1e9:.0f} GB, more than the {have / 1e9:.0f} GB of {boxes.device.type} memory here; "
+            f"backend='cpp' (CPU tensors, O(N) memory) or backend='cuda' (GPU, N^2/8 bytes) takes this many"
+        )
+
+
 def _greedy_nms(boxes: Tensor, scores: Tensor, classes: Tensor | None, iou_threshold: float) -> Tensor:
+    _check_nms_fits("nms" if classes is None else "batched_nms", boxes)
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_boxes = boxes[order]
     over = (box_iou(sorted_boxes, sorted_boxes) > iou_threshold).cpu().numpy()
