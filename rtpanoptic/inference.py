@@ -3,7 +3,9 @@
 Pipeline of :class:`Predictor` (every box/mask stage goes through :mod:`rtpanoptic.ops`, so
 ``backend=`` applies end to end):
 
-1. pad the batch to a multiple of 128 (zeros, bottom/right), normalise, run the network;
+1. group the images by their size padded to a multiple of 128, pad each group (zeros,
+   bottom/right), normalise, run the network once per group: the network sees every image
+   exactly as it would alone, so a result never depends on the other images of a batch;
 2. per level: ``p = sigmoid(class logits)``, candidates ``p > pre_nms_thresh`` at locations
    inside the image (not in the padding), score
    ``p * sigmoid(centerness)``, the ``pre_nms_top_n`` best per level, boxes from
@@ -131,10 +133,14 @@ def to_image_tensors(images) -> list[Tensor]:
     raise TypeError(f"images: expected numpy arrays, PIL images or uint8 tensors, got {type(images).__name__}")
 
 
+def padded_size(height: int, width: int, divisor: int = 128) -> tuple[int, int]:
+    """``(H, W)`` rounded up to multiples of ``divisor``: the size the network runs an image at."""
+    return math.ceil(height / divisor) * divisor, math.ceil(width / divisor) * divisor
+
+
 def pad_batch(images: Sequence[Tensor], divisor: int = 128) -> Tensor:
     """Zero-pad ``[3, H_i, W_i]`` images (bottom/right) to a common size, a multiple of ``divisor``."""
-    hp = math.ceil(max(im.shape[1] for im in images) / divisor) * divisor
-    wp = math.ceil(max(im.shape[2] for im in images) / divisor) * divisor
+    hp, wp = padded_size(max(im.shape[1] for im in images), max(im.shape[2] for im in images), divisor)
     out = images[0].new_zeros((len(images), 3, hp, wp))
     for i, im in enumerate(images):
         out[i, :, : im.shape[1], : im.shape[2]] = im
@@ -197,8 +203,19 @@ class Predictor:
 
     @torch.no_grad()
     def __call__(self, images) -> list[PanopticResult]:
-        batch, sizes = self.preprocess(images)
-        return self.postprocess(self.model(batch), sizes)
+        """One result per image, in input order.  Images of different padded sizes run in separate
+        forward passes (the padding of a larger neighbour would change what the network sees
+        near an image's border)."""
+        tensors = to_image_tensors(images)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, t in enumerate(tensors):
+            groups.setdefault(padded_size(t.shape[1], t.shape[2], self.model.size_divisibility), []).append(i)
+        results: list[PanopticResult | None] = [None] * len(tensors)
+        for members in groups.values() or [[]]:
+            batch, sizes = self.preprocess([tensors[i] for i in members])  # also raises for an empty batch
+            for i, result in zip(members, self.postprocess(self.model(batch), sizes)):
+                results[i] = result
+        return results
 
     @torch.no_grad()
     def detect(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[Detections]:
