@@ -3,8 +3,10 @@
 Commands: ``demo`` (the built-in end-to-end job), ``train``, ``evaluate``, ``predict``,
 ``benchmark``, ``export``.  Each takes ``--preset`` (training presets: synthetic, cityscapes,
 coco), ``--config FILE.yaml`` and trailing ``key.sub=value`` overrides of the training config
-(e.g. ``schedule.max_steps=200 data.root=/data/coco``), ``--device`` and, where ops run,
-``--backend``.  Errors a user can fix print one line on stderr and exit with status 2.
+(e.g. ``schedule.max_steps=200 data.root=/data/coco``, anywhere on the line), ``--device`` and,
+where ops run, ``--backend``.  Errors a user can fix (bad arguments, files and folders, checkpoints,
+dataset files) print one line on stderr and exit with status 2; output locations are checked
+before any long work.
 """
 from __future__ import annotations
 
@@ -18,6 +20,31 @@ from . import __version__
 BACKEND_CHOICES = ("reference", "cpp", "cuda", "triton")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _int_at_least(low: int):
+    """argparse type: an integer >= ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+POSITIVE = _int_at_least(1)
+NON_NEGATIVE = _int_at_least(0)
+
+
 def _common(p: argparse.ArgumentParser, preset_default: str | None = "synthetic", backend: bool = True) -> None:
     if preset_default is None:
         p.add_argument("--preset", default=None,
@@ -28,19 +55,22 @@ def _common(p: argparse.ArgumentParser, preset_default: str | None = "synthetic"
     p.add_argument("--config", metavar="YAML", help="YAML file of training-config values (applied after the preset)")
     p.add_argument("--device", default="auto", help="auto (GPU when visible), cpu or cuda (default auto)")
     if backend:
-        p.add_argument("--threads", type=int, default=None,
+        p.add_argument("--threads", type=POSITIVE, default=None,
                        help="CPU threads for torch (default: torch's; 1 is often fastest on a small busy CPU)")
         p.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
                        help="rtpanoptic.ops backend of the post-processing (default: fastest available)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="overrides of the training config, e.g. schedule.max_steps=100 data.root=PATH")
+                   help="overrides of the training config, anywhere on the line, e.g. schedule.max_steps=100 "
+                        "data.root=PATH")
 
 
 # ----------------------------------------------------------------------------------- commands
 def _cmd_demo(args) -> int:
     from .demo import run_demo
+    from .usage import prepare_output_dir
 
     out = args.output_dir or ("runs/demo-quick" if args.quick else "runs/demo")
+    prepare_output_dir(out, "--output-dir")
     threads = [f"runtime.threads={args.threads}"] if args.threads is not None else []
     run_demo(out, quick=args.quick, preset=args.preset, config_path=args.config, overrides=threads + list(args.overrides),
              backend=args.backend, device=args.device, num_overlays=args.overlays, progress=not args.no_progress)
@@ -50,6 +80,7 @@ def _cmd_demo(args) -> int:
 def _cmd_train(args) -> int:
     from .engine import train
     from .pipeline import build_dataset, resolve_device, train_config
+    from .usage import prepare_output_dir
 
     resolve_device(args.device)
     extra = [f"runtime.device={args.device}"]
@@ -57,7 +88,8 @@ def _cmd_train(args) -> int:
         extra.append(f"runtime.output_dir={args.output_dir}")
     cfg = train_config(args.preset, args.config, extra + list(args.overrides))
     resolve_device(cfg.runtime.device)
-    train_set = build_dataset(cfg, cfg.data.train_split, train=True)
+    prepare_output_dir(cfg.runtime.output_dir, "runtime.output_dir (--output-dir)")
+    train_set = build_dataset(cfg, cfg.data.train_split, train=True, progress=cfg.runtime.progress)
     result = train(cfg, train_set=train_set)
     print(f"trained {result.step} steps in {result.seconds:.0f} s; checkpoint: {result.checkpoint}")
     if result.metrics:
@@ -87,9 +119,13 @@ def _config_for_checkpoint(args, checkpoint: str):
 def _cmd_evaluate(args) -> int:
     from .pipeline import build_dataset, check_backend, evaluate_model, load_model, resolve_device, torch_threads
     from .report import format_table
+    from .usage import prepare_output_dir, prepare_output_file
 
     device = resolve_device(args.device)
     check_backend(args.backend, device)
+    prepare_output_dir(args.output_dir, "--output-dir")
+    if args.json:
+        prepare_output_file(args.json, "--json")
     cfg = _config_for_checkpoint(args, args.checkpoint)
     if args.data_root:
         cfg.data.root = args.data_root
@@ -101,7 +137,6 @@ def _cmd_evaluate(args) -> int:
                                  num_overlays=args.overlays, progress=not args.no_progress)
     print(format_table(metrics, title=f"{cfg.data.name} {split}:"))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(metrics, indent=2))
     print(f"wrote {Path(args.output_dir) / 'metrics.json'} and the predictions under {args.output_dir}")
     return 0
@@ -109,9 +144,11 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_predict(args) -> int:
     from .pipeline import check_backend, load_model, predict_images, resolve_device, torch_threads
+    from .usage import prepare_output_dir
 
     device = resolve_device(args.device)
     check_backend(args.backend, device)
+    prepare_output_dir(args.output_dir, "--output-dir")
     cfg = _config_for_checkpoint(args, args.checkpoint)
     model, _ = load_model(args.checkpoint, cfg, None, device)
     with torch_threads(args.threads):
@@ -135,9 +172,12 @@ def _model_for(args, device):
 def _cmd_benchmark(args) -> int:
     from .benchmark import run_benchmark
     from .pipeline import check_backend, resolve_device, torch_threads
+    from .usage import prepare_output_file
 
     device = resolve_device(args.device)
     check_backend(args.backend, device)
+    if args.json:
+        prepare_output_file(args.json, "--json")
     model = _model_for(args, device)
     with torch_threads(args.threads):
         report = run_benchmark(model, tuple(args.image_size), batch=args.batch, iters=args.iters,
@@ -151,10 +191,11 @@ def _cmd_benchmark(args) -> int:
 def _cmd_export(args) -> int:
     from .export import ExportError, export_onnx, export_panoptic_program
     from .pipeline import UsageError, resolve_device
+    from .usage import prepare_output_file
 
     device = resolve_device("cpu")
+    out = prepare_output_file(args.output or ("model.onnx" if args.format == "onnx" else "model.pt2"), "--output")
     model = _model_for(args, device)
-    out = Path(args.output or ("model.onnx" if args.format == "onnx" else "model.pt2"))
     try:
         if args.format == "onnx":
             errors = export_onnx(model, out, image_size=tuple(args.image_size), opset=args.opset, check=not args.no_check)
@@ -163,7 +204,6 @@ def _cmd_export(args) -> int:
             import torch
 
             program = export_panoptic_program(model, image_size=tuple(args.image_size), check=not args.no_check)
-            out.parent.mkdir(parents=True, exist_ok=True)
             torch.export.save(program, str(out))
             msg = "network + post-processing, rtpanoptic.export.PanopticProgram; import rtpanoptic before torch.export.load"
     except (ValueError, ExportError) as exc:
@@ -174,9 +214,7 @@ def _cmd_export(args) -> int:
 
 # ----------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rtpanoptic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="rtpanoptic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"rtpanoptic {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -188,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--quick", action="store_true", help="smoke run: few images and steps (about a minute on a CPU)")
     p.add_argument("--output-dir", help="where everything goes (default runs/demo, runs/demo-quick with --quick)")
-    p.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write (default 8)")
+    p.add_argument("--overlays", type=NON_NEGATIVE, default=8, help="overlay PNGs to write (default 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
@@ -207,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="dataset folder (data.root; default: the checkpoint's)")
     p.add_argument("--split", help="split to evaluate (default data.val_split)")
     p.add_argument("--output-dir", default="runs/eval", help="where predictions and metrics go (default runs/eval)")
-    p.add_argument("--max-images", type=int, help="evaluate only the first N images")
-    p.add_argument("--overlays", type=int, default=8, help="overlay PNGs to write (default 8)")
+    p.add_argument("--max-images", type=POSITIVE, help="evaluate only the first N images")
+    p.add_argument("--overlays", type=NON_NEGATIVE, default=8, help="overlay PNGs to write (default 8)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_evaluate)
@@ -230,11 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "images (a checkpoint's network or a preset's, untrained). The full suite: make bench.")
     _common(p, preset_default=None)
     p.add_argument("--checkpoint", help="time this checkpoint's network (default: the preset's, random weights)")
-    p.add_argument("--image-size", type=int, nargs=2, default=(256, 512), metavar=("H", "W"))
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--image-size", type=POSITIVE, nargs=2, default=(256, 512), metavar=("H", "W"))
+    p.add_argument("--batch", type=POSITIVE, default=1)
+    p.add_argument("--iters", type=POSITIVE, default=5)
     p.add_argument("--no-ops", action="store_true", help="skip the per-op, per-backend timings")
-    p.add_argument("--json", help="write the timings to this JSON file")
+    p.add_argument("--json", help="write the timings to this JSON file (its folder is created)")
     p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser("export", help="ONNX (checked with onnxruntime) or torch.export program",
@@ -245,22 +283,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="export this checkpoint's network (default: the preset's, random weights)")
     p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx")
     p.add_argument("--output", help="output file (default model.onnx / model.pt2)")
-    p.add_argument("--image-size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"),
+    p.add_argument("--image-size", type=POSITIVE, nargs=2, default=(256, 256), metavar=("H", "W"),
                    help="fixed input size, multiples of 128 (default 256 256)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
+    p.add_argument("--opset", type=POSITIVE, default=18, help="ONNX opset, >= 17 (default 18)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime / re-run comparison")
     p.set_defaults(func=_cmd_export)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions whose one-line message tells a user what to fix (exit status 2)."""
     from .config import ConfigError
-    from .pipeline import UsageError
+    from .data import DatasetError
+    from .engine.checkpoint import CheckpointError
+    from .evaluation.panoptic_quality import PQError
+    from .usage import UsageError
 
-    args = build_parser().parse_args(argv)
+    return UsageError, ConfigError, DatasetError, PQError, CheckpointError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = build_parser().parse_known_args(argv)
+    # argparse binds the trailing overrides once; those after an option arrive here
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray:
+        print(f"rtpanoptic {args.command}: error: unrecognized arguments: {' '.join(stray)} "
+              f"(see rtpanoptic {args.command} --help)", file=sys.stderr)
+        return 2
+    args.overrides = list(args.overrides) + extra
     try:
         return int(args.func(args) or 0)
-    except (UsageError, ConfigError) as exc:
+    except _user_errors() as exc:
         print(f"rtpanoptic {args.command}: error: {exc}".splitlines()[0], file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ There is no global config object: build one with :func:`load_config` and pass it
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -35,12 +36,26 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
+def _float_spelling(text: str) -> float | str:
+    """``text`` as a float when Python or YAML reads it as one (``1e-3``, which YAML 1.1 leaves a
+    string, ``1_000.5``, ``.inf``, ``nan``); else ``text`` unchanged."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, float) else text
+
+
 def _coerce(tp, value, where: str):
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
         return value
-    if origin is typing.Union:
+    if origin in (typing.Union, types.UnionType):  # Optional[X] and X | None
         if value is None and type(None) in args:
             return None
         errors = []
@@ -74,6 +89,8 @@ def _coerce(tp, value, where: str):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        if isinstance(value, str):
+            value = _float_spelling(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -22,11 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .usage import UsageError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-class UsageError(Exception):
-    """An error the user can fix; its message is one line."""
 
 
 # ----------------------------------------------------------------------------------- config
@@ -116,16 +114,14 @@ def build_dataset(cfg, split: str, train: bool = False, progress: bool = True):
 
 # ----------------------------------------------------------------------------------- models
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"checkpoint {path} does not exist")
+    """A checkpoint's content, loaded with ``weights_only=True`` (never executed); UsageError otherwise."""
+    from .engine.checkpoint import CheckpointError
+    from .engine.checkpoint import read_checkpoint as read
+
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # pickle / zip errors of many types
-        raise UsageError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise UsageError(f"{path} is not an rtpanoptic checkpoint (no 'model' entry)")
-    return state
+        return read(path)
+    except CheckpointError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def checkpoint_config(state: dict, path: str):
@@ -162,19 +158,17 @@ def load_model(checkpoint: str, cfg=None, description=None, device: torch.device
     ``cfg`` None: the network described by the checkpoint's own config.  Otherwise ``cfg.model``
     must describe the checkpoint's network; a mismatch is a :class:`UsageError`.
     """
+    from .engine.checkpoint import CheckpointError, load_model_state
+
     state = read_checkpoint(checkpoint)
     if cfg is None:
         cfg = checkpoint_config(state, checkpoint)
     model = build_network(cfg, description)
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = first[1].strip() if len(first) > 1 else first[0]
-        raise UsageError(
-            f"checkpoint {checkpoint} is for another architecture than model {cfg.model.preset!r} "
-            f"{list(cfg.model.overrides)} with {model.num_classes} classes ({detail[:160]})"
-        ) from None
+        load_model_state(model, state["model"], checkpoint)
+    except CheckpointError as exc:
+        raise UsageError(f"{exc}; the network: model {cfg.model.preset!r} {list(cfg.model.overrides)} with "
+                         f"{model.num_classes} classes") from None
     return model.to(device).eval(), cfg
 
 
@@ -245,6 +239,8 @@ def evaluate_model(
     sem_eval = SemanticEvaluator(description.num_classes, description.ignore_label, list(description.class_names))
     ap_eval = InstanceAPEvaluator(description.num_things, [description.class_names[t] for t in description.thing_train_ids])
     thing_index = _thing_index(description)
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"evaluate_model: max_images must be >= 1 or None, got {max_images}")
     n = len(dataset) if max_images is None else min(int(max_images), len(dataset))
     if n == 0:
         raise UsageError("the evaluation dataset is empty")
@@ -301,7 +297,8 @@ def evaluate_model(
 
 # ----------------------------------------------------------------------------------- prediction
 def list_images(inputs: Sequence[str]) -> list[Path]:
-    """Image files of ``inputs`` (files, or folders scanned for image suffixes, sorted)."""
+    """Image files of ``inputs`` (files, or folders scanned for image suffixes, sorted); a file
+    reached twice (given twice, or given and inside a given folder) is listed once."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -316,13 +313,39 @@ def list_images(inputs: Sequence[str]) -> list[Path]:
             raise UsageError(f"input {p} does not exist")
     if not files:
         raise UsageError("no input image given")
-    return files
+    seen: set[Path] = set()
+    unique = []
+    for f in files:
+        if f.resolve() not in seen:
+            seen.add(f.resolve())
+            unique.append(f)
+    return unique
+
+
+def output_names(files: Sequence[Path]) -> list[str]:
+    """Distinct names (image ids, output stems) for ``files``: the stem; ``<stem>_<suffix>`` for
+    files sharing a stem (``img.png``, ``img.jpg`` -> ``img_png``, ``img_jpg``); then ``_2``,
+    ``_3``... for names still taken (same file name in two folders)."""
+    from collections import Counter
+
+    stems = Counter(p.stem for p in files)
+    wanted = [p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in files]
+    reserved = set(wanted)
+    names: list[str] = []
+    for name in wanted:
+        candidate, k = name, 1
+        while candidate in names or (candidate != name and candidate in reserved):
+            k += 1
+            candidate = f"{name}_{k}"
+        names.append(candidate)
+    return names
 
 
 def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, backend: str | None = None,
                    overlays: bool = True, progress: bool = True) -> dict:
-    """Panoptic segmentation of image files: ``out_dir/panoptic/<stem>.png`` + ``panoptic.json``
-    (COCO panoptic, the model's dataset category ids) and ``out_dir/overlays/<stem>.png``."""
+    """Panoptic segmentation of image files: ``out_dir/panoptic/<name>.png`` + ``panoptic.json``
+    (COCO panoptic, the model's dataset category ids) and ``out_dir/overlays/<name>.png``, with
+    ``<name>`` from :func:`output_names` (distinct for every input, also the image id)."""
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
@@ -330,11 +353,12 @@ def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, bac
     from .viz import write_coco_panoptic, write_coco_panoptic_json, write_overlay
 
     files = list_images(inputs)
+    names = output_names(files)
     out = Path(out_dir)
     predictor = Predictor(model, backend=backend)
     annotations, images = [], []
     seconds = 0.0
-    for path in tqdm(files, desc="predict", unit="img", disable=not progress):
+    for path, name in tqdm(list(zip(files, names)), desc="predict", unit="img", disable=not progress):
         try:
             with Image.open(path) as im:
                 image = np.array(im.convert("RGB"))
@@ -343,10 +367,9 @@ def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, bac
         t0 = time.perf_counter()
         result = predictor(image)[0]
         seconds += time.perf_counter() - t0
-        ann = write_coco_panoptic(result, out / "panoptic" / f"{path.stem}.png", image_id=path.stem)
-        annotations.append(ann)
-        images.append({"id": path.stem, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
+        annotations.append(write_coco_panoptic(result, out / "panoptic" / f"{name}.png", image_id=name))
+        images.append({"id": name, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
         if overlays:
-            write_overlay(image, result, out / "overlays" / f"{path.stem}.png")
+            write_overlay(image, result, out / "overlays" / f"{name}.png")
     write_coco_panoptic_json(annotations, model.description, out / "panoptic.json", images=images)
     return {"images": len(files), "ms_per_image": 1e3 * seconds / len(files), "output_dir": str(out)}
