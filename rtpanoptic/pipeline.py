@@ -332,12 +332,14 @@ def output_names(files: Sequence[Path]) -> list[str]:
     wanted = [p.stem if stems[p.stem] == 1 else f"{p.stem}_{p.suffix.lstrip('.').lower()}" for p in files]
     reserved = set(wanted)
     names: list[str] = []
+    used: set[str] = set()
     for name in wanted:
         candidate, k = name, 1
-        while candidate in names or (candidate != name and candidate in reserved):
+        while candidate in used or (candidate != name and candidate in reserved):
             k += 1
             candidate = f"{name}_{k}"
         names.append(candidate)
+        used.add(candidate)
     return names
 
 

@@ -17,8 +17,9 @@ Everything is deterministic in ``SyntheticConfig.seed``; :func:`generate_synthet
 and reuses an existing tree generated with the same config.  It writes only into an empty (or
 missing) folder or into a tree it made itself (marker present, no other file in it): anything
 else raises :class:`DatasetError` naming the folder and what is in it, and nothing is deleted.
-Regenerating its own tree (another config, an interrupted run) removes only its own files.  Load a split with
-``COCOPanopticDataset(*paths["train"], description=SYNTHETIC)`` or :func:`synthetic_dataset`.
+Regenerating its own tree (another config, an interrupted run) removes only its own files.
+Load a split with ``COCOPanopticDataset(*paths["train"], description=SYNTHETIC)`` or
+:func:`synthetic_dataset`.
 """
 from __future__ import annotations
 

@@ -337,7 +337,7 @@ def train(
             state = load_checkpoint(resume_path, model=model, optimizer=optimizer, scheduler=scheduler,
                                     scaler=scaler, map_location=info.device)
             start = int(state["step"])
-            history = [h for h in state.get("extra", {}).get("history", []) if h.get("step", 0) <= start]
+            history = [h for h in (state.get("extra") or {}).get("history", []) if h.get("step", 0) <= start]
             _reapply_schedule(optimizer, scheduler, cfg, info.world_size)
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
