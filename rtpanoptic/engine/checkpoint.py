@@ -157,7 +157,7 @@ def _untrusted_message(path: Path) -> str:
     listed = f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
     return (f"{path} was not loaded: it holds pickled Python objects{listed} that only an unsafe load could "
             f"rebuild, and such a load can run code; rtpanoptic reads checkpoints with weights_only=True "
-            f"(checkpoints of rtpanoptic <= 0.1.0 pickled the numpy RNG state: train again to get a current one)")
+            f"(checkpoints of earlier rtpanoptic versions pickled the numpy RNG state: train again to get one that loads)")
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
