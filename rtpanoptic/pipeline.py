@@ -222,6 +222,7 @@ def evaluate_model(
     num_overlays: int = 8,
     batch_size: int = 8,
     progress: bool = True,
+    predictor_options: dict | None = None,
 ) -> dict:
     """Predict every image of ``dataset`` (CONTRACT.md samples, un-augmented) and score it.
 
@@ -230,7 +231,8 @@ def evaluate_model(
     ``num_overlays``) and ``metrics.json``.  PQ / SQ / RQ are computed by
     :func:`rtpanoptic.evaluation.pq_compute` from those files; mIoU from the semantic maps;
     mask AP (pycocotools) from the thing segments of the panoptic output, scored by their
-    query score.  Returns the metrics (percent).
+    query score.  ``predictor_options``: Predictor keyword arguments (``precision``,
+    ``channels_last``, ``compile``).  Returns the metrics (percent).
     """
     from tqdm import tqdm
 
@@ -241,7 +243,7 @@ def evaluate_model(
     out = Path(out_dir)
     pred_dir = out / "predictions"
     description = dataset.description
-    predictor = Predictor(model, backend=backend)
+    predictor = Predictor(model, backend=backend, **(predictor_options or {}))
     sem_eval = SemanticEvaluator(description.num_classes, description.ignore_label, list(description.class_names))
     ap_eval = InstanceAPEvaluator(description.num_things, [description.class_names[t] for t in description.thing_train_ids])
     thing_index = _thing_index(description)
@@ -320,9 +322,10 @@ def list_images(inputs: Sequence[str]) -> list[Path]:
 
 
 def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, backend: str | None = None,
-                   overlays: bool = True, progress: bool = True) -> dict:
+                   overlays: bool = True, progress: bool = True, predictor_options: dict | None = None) -> dict:
     """Panoptic segmentation of image files: ``out_dir/panoptic/<stem>.png`` + ``panoptic.json``
-    (COCO panoptic, the model's dataset category ids) and ``out_dir/overlays/<stem>.png``."""
+    (COCO panoptic, the model's dataset category ids) and ``out_dir/overlays/<stem>.png``.
+    ``predictor_options``: Predictor keyword arguments (``precision``, ``channels_last``, ``compile``)."""
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
@@ -331,7 +334,7 @@ def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, bac
 
     files = list_images(inputs)
     out = Path(out_dir)
-    predictor = Predictor(model, backend=backend)
+    predictor = Predictor(model, backend=backend, **(predictor_options or {}))
     annotations, images = [], []
     seconds = 0.0
     for path in tqdm(files, desc="predict", unit="img", disable=not progress):
