@@ -176,8 +176,10 @@ def _font(size: int):
 
 
 def draw_labels(image: np.ndarray, labels: Sequence[SegmentLabel], font_size: int | None = None) -> np.ndarray:
-    """``image`` (uint8 ``[H, W, 3]``) with each label's text centred on its anchor (kept inside the
-    image), in a lightened segment colour on a translucent black box.  Returns a new array."""
+    """``image`` (uint8 ``[H, W, 3]``) with each label's text in a lightened segment colour on a
+    translucent black box, centred on its anchor, or moved up / down by one or two box heights when
+    that place is taken by an earlier label (crowded scenes); always inside the image.  Returns a
+    new array."""
     from PIL import Image, ImageDraw
 
     if not labels:
@@ -187,11 +189,15 @@ def draw_labels(image: np.ndarray, labels: Sequence[SegmentLabel], font_size: in
     layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     pad = max(1, font.size // 6)
+    placed: list[tuple[int, int, int, int]] = []
     for lab in labels:
         left, top, right, bottom = draw.textbbox((0, 0), lab.text, font=font)
         tw, th = right - left + 2 * pad, bottom - top + 2 * pad
         x0 = min(max(lab.anchor[0] - tw // 2, 0), max(w - tw, 0))
-        y0 = min(max(lab.anchor[1] - th // 2, 0), max(h - th, 0))
+        spots = [min(max(lab.anchor[1] - th // 2 + dy, 0), max(h - th, 0)) for dy in (0, -th, th, -2 * th, 2 * th)]
+        free = [y for y in spots if not any(x0 < b[2] and b[0] < x0 + tw and y < b[3] and b[1] < y + th for b in placed)]
+        y0 = free[0] if free else spots[0]
+        placed.append((x0, y0, x0 + tw, y0 + th))
         draw.rectangle((x0, y0, x0 + tw - 1, y0 + th - 1), fill=(0, 0, 0, 170))
         light = tuple(int(255 - 0.35 * (255 - c)) for c in lab.color)
         draw.text((x0 + pad - left, y0 + pad - top), lab.text, font=font, fill=(*light, 255))
