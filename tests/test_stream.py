@@ -41,7 +41,7 @@ def _same(a, b):
 def test_stream_equals_predictor_on_the_same_batches(batch_size):
     pred = Predictor(_model(), pre_nms_thresh=0.3, post_nms_top_n=20)
     # mixed sizes and input types (numpy, CHW tensor, PIL)
-    frames = _frames(7, sizes=((96, 160), (128, 100), (70, 130)))
+    frames = _frames(5, sizes=((96, 160), (128, 100), (70, 130)))
     frames[1] = torch.from_numpy(frames[1]).permute(2, 0, 1)
     frames[2] = Image.fromarray(frames[2])
     got = list(pred.stream(iter(frames), batch_size=batch_size))

@@ -28,7 +28,7 @@ from rtpanoptic.video import (  # noqa: E402  (after the PyAV check)
     stats_path_for,
 )
 
-N_FRAMES, H, W = 7, 96, 160
+N_FRAMES, H, W = 5, 96, 160
 
 
 def synthetic_frames(n=N_FRAMES, h=H, w=W):
