@@ -38,8 +38,8 @@ def _common(p: argparse.ArgumentParser, preset_default: str | None = "synthetic"
 
 def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="network precision (autocast; post-processing stays fp32). bf16: ~2-3x on CPUs with "
-                        "AMX-BF16 and on recent GPUs (default fp32)")
+                   help="network precision (autocast; post-processing stays fp32). bf16: ~2x on CPUs with "
+                        "AVX512-BF16, ~3x with AMX, and on recent GPUs (default fp32)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC network (default: where faster: CPU, and CUDA with bf16/fp16)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (the first batch compiles)")

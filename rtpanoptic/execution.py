@@ -7,12 +7,16 @@ fp32.  With ``precision="fp32"`` and ``channels_last=False`` the outputs are exa
 ``model(x)`` ones (the casts are no-ops).
 
 ``channels_last=None`` (the default) picks the memory format measured faster (benchmarks/RESULTS.md):
-channels_last on the CPU (oneDNN runs NHWC convolutions without reordering; 1.2-1.6x in fp32 on the
-machines measured, with or without AMX), and on CUDA for bf16 / fp16 (tensor-core convolutions are
-NHWC); CUDA fp32 stays NCHW (not measured here: no GPU).  channels_last results differ from NCHW ones
-in float rounding (~1e-6 relative), not bit for bit.
+channels_last on the CPU (oneDNN runs NHWC convolutions without reordering: faster in fp32 and bf16
+on the CPUs measured, with AMX and without), and on CUDA for bf16 / fp16 (tensor-core convolutions
+are NHWC); CUDA fp32 stays NCHW (not measured here: no GPU).  channels_last results differ from NCHW
+ones in float rounding (~1e-6 relative), not bit for bit.  The precision stays fp32 unless asked:
+bf16 is fast only where the CPU has AVX512-BF16 or AMX (:func:`cpu_has_native`; a warning
+otherwise) or on a GPU.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -31,13 +35,29 @@ def default_channels_last(device: torch.device | str, precision: str) -> bool:
     return device.type == "cuda" and precision != "fp32"
 
 
+def cpu_has_native(precision: str) -> bool | None:
+    """Whether this CPU computes ``precision`` convolutions natively (bf16: AVX512-BF16 or AMX;
+    fp16: AMX-FP16); None when this torch cannot tell."""
+    cpu = torch.cpu
+    checks = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"), "fp16": ("_is_amx_fp16_supported",)}
+    names = checks.get(precision, ())
+    if not names or not all(hasattr(cpu, n) for n in names):
+        return None
+    return any(getattr(cpu, n)() for n in names)
+
+
 def check_precision(precision: str, device: torch.device | str) -> None:
-    """ValueError unless ``precision`` is a :data:`PRECISIONS` name that ``device`` can run."""
+    """ValueError unless ``precision`` is a :data:`PRECISIONS` name that ``device`` can run; a
+    warning when a CPU would emulate it (slower than fp32)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
     device = torch.device(device)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ValueError("precision 'bf16' needs a GPU with bfloat16 support (Ampere or newer); use 'fp16'")
+    if precision != "fp32" and device.type == "cpu" and cpu_has_native(precision) is False:
+        need = "AVX512-BF16 or AMX" if precision == "bf16" else "AMX-FP16"
+        warnings.warn(f"precision {precision!r} on a CPU without {need}: emulated, likely slower than 'fp32'",
+                      stacklevel=3)
 
 
 def outputs_as_fp32(outputs: HeadOutputs) -> HeadOutputs:

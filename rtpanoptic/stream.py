@@ -1,7 +1,7 @@
 """Streams of frames through a :class:`~rtpanoptic.inference.Predictor` (``Predictor.stream``),
 and the per-stage latency statistics of such a stream (:class:`StageTimer`).
 
-The loop, per batch of ``batch_size`` frames::
+The loop, per batch of up to ``batch_size`` consecutive frames of one padded size::
 
     network(batch i)                  # launched; asynchronous on a GPU
     read + pad + upload batch i + 1   # CPU work and the host->device copy overlap the network
@@ -10,7 +10,8 @@ The loop, per batch of ``batch_size`` frames::
 On CUDA the upload is a ``non_blocking`` copy from pinned memory on a separate copy stream, and
 the network can be replayed from a CUDA graph (:class:`~rtpanoptic.execution.CUDAGraphRunner`).
 On the CPU the same loop runs the stages one after the other.  The results equal
-``predictor(batch)`` for the same batches of frames.
+``predictor(batch)`` for the same batches of frames (a video's frames all have one size: batches
+of ``batch_size``).
 """
 from __future__ import annotations
 
@@ -78,42 +79,63 @@ class _Span:
 
 
 class _Loader:
-    """Reads ``batch_size`` frames, pads them (CPU) and puts the uint8 batch on the device."""
+    """Reads up to ``batch_size`` frames of one padded size (a frame of another padded size starts
+    the next batch, so no frame is padded to a larger neighbour's size: results do not depend on
+    the neighbours), pads them (CPU) and puts the uint8 batch on the device."""
 
     def __init__(self, frames: Iterable, batch_size: int, predictor, timer: StageTimer | None):
         self.frames = iter(frames)
         self.batch_size = batch_size
         self.predictor = predictor
+        self.divisor = predictor.model.size_divisibility
         self.timer = timer
         self.device = predictor.device
         self.copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self.index = 0
+        self.carried: Tensor | None = None  # the first frame of the next batch
+
+    def _read(self) -> Tensor | None:
+        from .inference import to_image_tensors
+
+        t0 = time.perf_counter()
+        try:
+            frame = next(self.frames)
+        except StopIteration:
+            return None
+        if self.timer is not None:
+            self.timer.add("decode", time.perf_counter() - t0)
+        converted = to_image_tensors(frame)
+        if len(converted) != 1:
+            raise ValueError(f"frames[{self.index}]: expected one image, got a batch of {len(converted)}")
+        image = converted[0]
+        if min(image.shape[1:]) == 0:
+            raise ValueError(f"frames[{self.index}]: every frame needs a positive size, got {tuple(image.shape[1:])}")
+        self.index += 1
+        return image
+
+    def _padded(self, image: Tensor) -> tuple[int, int]:
+        d = self.divisor
+        return math.ceil(image.shape[1] / d) * d, math.ceil(image.shape[2] / d) * d
 
     def next(self) -> tuple[Tensor, list[tuple[int, int]], torch.cuda.Event | None] | None:
-        from .inference import pad_batch, to_image_tensors
+        from .inference import pad_batch
 
-        images = []
-        for _ in range(self.batch_size):
-            t0 = time.perf_counter()
-            try:
-                frame = next(self.frames)
-            except StopIteration:
-                break
-            if self.timer is not None:
-                self.timer.add("decode", time.perf_counter() - t0)
-            converted = to_image_tensors(frame)
-            if len(converted) != 1:
-                raise ValueError(f"frames[{self.index}]: expected one image, got a batch of {len(converted)}")
-            image = converted[0]
-            if min(image.shape[1:]) == 0:
-                raise ValueError(f"frames[{self.index}]: every frame needs a positive size, got {tuple(image.shape[1:])}")
-            images.append(image)
-            self.index += 1
-        if not images:
+        first = self.carried if self.carried is not None else self._read()
+        self.carried = None
+        if first is None:
             return None
+        images = [first]
+        while len(images) < self.batch_size:
+            image = self._read()
+            if image is None:
+                break
+            if self._padded(image) != self._padded(first):
+                self.carried = image
+                break
+            images.append(image)
         t0 = time.perf_counter()
         sizes = [(int(im.shape[1]), int(im.shape[2])) for im in images]
-        batch = pad_batch(images, self.predictor.model.size_divisibility)
+        batch = pad_batch(images, self.divisor)
         ready = None
         if self.copy_stream is not None and batch.device.type == "cpu":
             batch = batch.pin_memory()

@@ -238,6 +238,8 @@ def predict_video(
     panoptic_dir = Path(panoptic_dir) if panoptic_dir is not None else None
     if max_frames is not None and max_frames < 1:
         raise UsageError(f"--max-frames must be >= 1, got {max_frames}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     _check_outputs(input_path, output, stats_json, panoptic_dir, overwrite)
     try:
         reader = VideoReader(input_path)
@@ -261,7 +263,7 @@ def predict_video(
             pending.append(frame)
             yield frame
 
-    done = False
+    done, writer = False, None
     try:
         writer = VideoWriter(tmp, reader.fps, reader.size, codec=codec)
         t_start = time.perf_counter()
@@ -302,6 +304,9 @@ def predict_video(
     finally:
         reader.close()
         if not done:
+            if writer is not None:
+                with contextlib.suppress(Exception):  # already failing: only release the file
+                    writer.container.close()
             with contextlib.suppress(OSError):
                 tmp.unlink()
     if panoptic_dir is not None:

@@ -11,6 +11,7 @@ case than a trained one (benchmarks/RESULTS.md: a trained synthetic model, bf16 
 """
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -155,7 +156,9 @@ def test_bf16_detections_and_pq_against_fp32(synthetic_val):
 
 def test_fp16_on_cpu_runs_and_stays_close():
     ref, model = _model(), _model()
-    pred = Predictor(model, precision="fp16", channels_last=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "emulated, likely slower" on CPUs without AMX-FP16
+        pred = Predictor(model, precision="fp16", channels_last=False)
     x, _ = pred.preprocess(_image(2))
     got = pred.network(x)
     with torch.no_grad():
@@ -175,6 +178,17 @@ def test_compile_eager_backend_equals_uncompiled():
     image = _image(3)
     a, b = compiled(image)[0], plain(image)[0]
     assert torch.equal(a.panoptic, b.panoptic) and a.segments_info == b.segments_info
+
+
+def test_emulated_precision_warns(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.warns(UserWarning, match=r"^precision 'bf16' on a CPU without AVX512-BF16 or AMX: emulated"):
+        Predictor(_model(), precision="bf16")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Predictor(_model(), precision="bf16")
 
 
 def test_option_errors():

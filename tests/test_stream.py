@@ -39,15 +39,15 @@ def _same(a, b):
 
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_stream_equals_predictor_on_the_same_batches(batch_size):
+    """Batches: up to batch_size consecutive frames of one padded size (128-multiples)."""
     pred = Predictor(_model(), pre_nms_thresh=0.3, post_nms_top_n=20)
-    # mixed sizes and input types (numpy, CHW tensor, PIL)
-    frames = _frames(5, sizes=((96, 160), (128, 100), (70, 130)))
+    # mixed sizes (padded: 128x256, 128x256, 128x128, 128x256, 128x256, 128x128) and input types
+    frames = _frames(6, sizes=((96, 160), (70, 130), (128, 100)))
     frames[1] = torch.from_numpy(frames[1]).permute(2, 0, 1)
     frames[2] = Image.fromarray(frames[2])
     got = list(pred.stream(iter(frames), batch_size=batch_size))
-    want = []
-    for start in range(0, len(frames), batch_size):
-        want += pred(frames[start : start + batch_size])
+    batches = [[0], [1], [2], [3], [4], [5]] if batch_size == 1 else [[0, 1], [2], [3, 4], [5]]
+    want = [r for b in batches for r in pred([frames[i] for i in b])]
     assert len(got) == len(frames)
     assert sum(len(r.segments_info) for r in want) > len(frames)  # the post-processing had work to do
     for a, b in zip(got, want):
@@ -76,7 +76,7 @@ def test_stream_is_lazy_and_reads_one_batch_ahead():
 def test_stream_timer():
     pred = Predictor(_model())
     timer = StageTimer()
-    assert len(list(pred.stream(_frames(5), batch_size=2, timer=timer))) == 5
+    assert len(list(pred.stream(_frames(5), batch_size=2, timer=timer))) == 5  # batches of 2, 2, 1
     summary = timer.summary()
     assert list(summary) == ["decode", "preprocess", "network", "postprocess"]
     for s in summary.values():

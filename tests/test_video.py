@@ -187,6 +187,8 @@ def test_bad_inputs(model, tmp_path):
     assert not (tmp_path / "o.mp4").exists()
     with pytest.raises(UsageError, match=r"--max-frames must be >= 1, got 0"):
         predict_video(pred, junk, tmp_path / "o.mp4", max_frames=0, progress=False)
+    with pytest.raises(UsageError, match=r"--batch-size must be >= 1, got 0"):
+        predict_video(pred, junk, tmp_path / "o.mp4", batch_size=0, progress=False)
 
 
 def test_max_frames(model, video, tmp_path):
