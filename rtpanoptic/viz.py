@@ -55,10 +55,14 @@ def write_coco_panoptic_json(
     json_path.write_text(json.dumps(data))
 
 
+@functools.lru_cache(maxsize=1024)
+def _instance_shift(k: int) -> tuple[int, int, int]:
+    return tuple(int(v) for v in np.random.default_rng(k + 1).integers(-60, 61, size=3))
+
+
 def _instance_color(color, k: int) -> np.ndarray:
     """The category colour shifted a little per instance, so neighbours of a class differ."""
-    rng = np.random.default_rng(k + 1)
-    return np.clip(np.asarray(color, dtype=np.int64) + rng.integers(-60, 61, size=3), 0, 255)
+    return np.clip(np.asarray(color, dtype=np.int64) + np.asarray(_instance_shift(k)), 0, 255)
 
 
 def colorize_table(result) -> np.ndarray:
@@ -96,12 +100,13 @@ def overlay(image, result, alpha: float = 0.5, labels: bool = True, font_size: i
     if image.shape[:2] != tuple(result.panoptic.shape):
         raise ValueError(f"overlay: image is {image.shape[:2]} but the result is {tuple(result.panoptic.shape)}")
     ids = result.panoptic.numpy()
-    blended = (1 - alpha) * image.astype(np.float32) + alpha * colorize(result).astype(np.float32)
+    table = colorize_table(result)
+    blended = (1 - alpha) * image.astype(np.float32) + alpha * table[ids].astype(np.float32)
     blended[ids == 0] = image[ids == 0]
     blended[boundaries(ids)] = 255
     out = blended.round().astype(np.uint8)
     if labels:
-        out = draw_labels(out, segment_labels(result), font_size)
+        out = draw_labels(out, segment_labels(result, table), font_size)
     return out
 
 
@@ -126,10 +131,10 @@ class SegmentLabel:
     color: tuple[int, int, int]
 
 
-def segment_labels(result) -> list[SegmentLabel]:
+def segment_labels(result, colors: np.ndarray | None = None) -> list[SegmentLabel]:
     """One :class:`SegmentLabel` per segment of ``result`` with pixels, in ``segments_info`` order:
     ``"<class name>"`` for stuff, ``"<class name> <k>"`` for the k-th thing segment (1-based, the
-    numbering of ``result.instance_map``)."""
+    numbering of ``result.instance_map``).  ``colors``: :func:`colorize_table` when already computed."""
     ids = result.panoptic.numpy()
     h, w = ids.shape
     n = len(result.segments_info)
@@ -139,7 +144,7 @@ def segment_labels(result) -> list[SegmentLabel]:
     cx = np.bincount(flat, weights=xs, minlength=n + 1) / np.maximum(area, 1)
     cy = np.bincount(flat, weights=ys, minlength=n + 1) / np.maximum(area, 1)
     names = result.description.class_names
-    colors = colorize_table(result)
+    colors = colorize_table(result) if colors is None else colors
     out, things = [], 0
     for s in result.segments_info:
         k = s["id"]
@@ -186,8 +191,8 @@ def draw_labels(image: np.ndarray, labels: Sequence[SegmentLabel], font_size: in
         return image
     h, w = image.shape[:2]
     font = _font(int(font_size or label_font_size(h, w)))
-    layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
+    canvas = Image.fromarray(np.ascontiguousarray(image))  # a copy: the caller's array is not written
+    draw = ImageDraw.Draw(canvas, "RGBA")  # RGBA fills are blended onto the RGB image
     pad = max(1, font.size // 6)
     placed: list[tuple[int, int, int, int]] = []
     for lab in labels:
@@ -201,5 +206,4 @@ def draw_labels(image: np.ndarray, labels: Sequence[SegmentLabel], font_size: in
         draw.rectangle((x0, y0, x0 + tw - 1, y0 + th - 1), fill=(0, 0, 0, 170))
         light = tuple(int(255 - 0.35 * (255 - c)) for c in lab.color)
         draw.text((x0 + pad - left, y0 + pad - top), lab.text, font=font, fill=(*light, 255))
-    base = Image.fromarray(np.ascontiguousarray(image)).convert("RGBA")
-    return np.asarray(Image.alpha_composite(base, layer).convert("RGB"))
+    return np.asarray(canvas)
