@@ -212,12 +212,14 @@ class Predictor:
     def stream(self, frames: Iterable, batch_size: int = 1, cuda_graph: bool = False,
                timer: StageTimer | None = None) -> Iterator[PanopticResult]:
         """Results of ``frames`` (any iterable of images, one per item: HWC uint8 arrays, PIL images,
-        ``[3, H, W]`` uint8 tensors), lazily and in order, ``batch_size`` frames per forward pass.
+        ``[3, H, W]`` uint8 tensors), lazily and in order, up to ``batch_size`` frames of one
+        padded size per forward pass.
 
         On CUDA the next batch is read and copied (pinned memory, ``non_blocking``, a copy stream)
         while the network runs; ``cuda_graph`` replays the network from a CUDA graph captured per
-        input size (frames of one size: one graph).  ``timer`` collects per-frame stage times
-        (read, preprocess, network, postprocess).  See :mod:`rtpanoptic.stream`.
+        input size (frames of one size: one graph).  ``timer`` (:class:`~rtpanoptic.stream.StageTimer`)
+        collects per-frame stage times: decode (taking a frame from ``frames``), preprocess,
+        network, postprocess.  See :mod:`rtpanoptic.stream`.
         """
         return stream_results(self, frames, batch_size=batch_size, cuda_graph=cuda_graph, timer=timer)
 

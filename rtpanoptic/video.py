@@ -240,6 +240,8 @@ def predict_video(
         raise UsageError(f"--max-frames must be >= 1, got {max_frames}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    if cuda_graph and predictor.device.type != "cuda":
+        raise UsageError(f"--cuda-graph needs the model on a CUDA device, not {predictor.device.type}")
     _check_outputs(input_path, output, stats_json, panoptic_dir, overwrite)
     try:
         reader = VideoReader(input_path)

@@ -225,6 +225,15 @@ def test_cli_benchmark_precision_flags(tmp_path, capsys):
     assert (report["precision"], report["channels_last"]) == ("fp32", False)
 
 
+def test_cli_precision_choices_are_the_predictors():
+    from rtpanoptic.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for command in ("predict", "evaluate", "benchmark"):
+        action = next(a for a in sub.choices[command]._actions if a.dest == "precision")
+        assert tuple(action.choices) == tuple(PRECISIONS) and action.default == "fp32"
+
+
 def test_cli_rejects_unknown_precision(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["benchmark", "--precision", "int4"])

@@ -189,6 +189,9 @@ def test_bad_inputs(model, tmp_path):
         predict_video(pred, junk, tmp_path / "o.mp4", max_frames=0, progress=False)
     with pytest.raises(UsageError, match=r"--batch-size must be >= 1, got 0"):
         predict_video(pred, junk, tmp_path / "o.mp4", batch_size=0, progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match=r"--cuda-graph needs the model on a CUDA device, not cpu"):
+            predict_video(pred, junk, tmp_path / "o.mp4", cuda_graph=True, progress=False)
 
 
 def test_max_frames(model, video, tmp_path):
