@@ -3,9 +3,9 @@
 Random weights with a synthetic but heavy post-processing load: the thing-class bias is
 raised so that every location passes ``pre_nms_thresh`` (1000 candidates per level reach
 NMS) and boxes are ~64 px, so ``post_nms_top_n = 100`` queries reach mask construction.
-Sizes: 512x1024 everywhere, 1024x2048 on GPU only.  fp32, batch 1.  ``torch.compile`` of
-the network is benchmarked on GPU, and on CPU only with ``RTP_BENCH_COMPILE_CPU=1`` (slow
-to compile on a small CPU).  Run with ``make bench`` or
+Sizes: 512x1024 everywhere, 1024x2048 on GPU only.  fp32 NCHW (precisions and channels_last:
+test_bench_precision.py), batch 1.  ``torch.compile`` of the network is benchmarked on GPU, and
+on CPU only with ``RTP_BENCH_COMPILE_CPU=1`` (slow to compile on a small CPU).  Run with ``make bench`` or
 ``python -m pytest benchmarks/test_bench_end_to_end.py --benchmark-enable``.
 """
 import math
@@ -40,9 +40,7 @@ def _setup(arch, size, device, compiled=False):
         with torch.no_grad():
             model.panoptic_head.box_cls_logits.bias.fill_(-2.0)  # p ~ 0.12 > pre_nms_thresh
             model.panoptic_head.bbox_pred.bias.fill_(math.log(32.0))
-        predictor = Predictor(model)
-        if compiled:
-            predictor.model = torch.compile(model)
+        predictor = Predictor(model, channels_last=False, compile=compiled)
         image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
         _CACHE.clear()
         _CACHE[key] = (model, predictor, image)

@@ -23,8 +23,10 @@ def _median_ms(fn: Callable[[], object], iters: int, sync: Callable[[], None]) -
 
 
 def run_benchmark(model, image_size: Sequence[int] = (256, 512), batch: int = 1, iters: int = 5,
-                  backend: str | None = None, ops_too: bool = True, echo=print) -> dict:
-    """Time ``model`` (a PanopticNet) end to end on random uint8 images; returns the timings (ms)."""
+                  backend: str | None = None, ops_too: bool = True, echo=print,
+                  predictor_options: dict | None = None) -> dict:
+    """Time ``model`` (a PanopticNet) end to end on random uint8 images; returns the timings (ms).
+    ``predictor_options``: Predictor keyword arguments (``precision``, ``channels_last``, ``compile``)."""
     from .inference import Predictor
 
     if iters < 1 or batch < 1:
@@ -34,16 +36,19 @@ def run_benchmark(model, image_size: Sequence[int] = (256, 512), batch: int = 1,
     h, w = int(image_size[0]), int(image_size[1])
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, h, w), generator=g, dtype=torch.uint8)
-    predictor = Predictor(model, backend=backend)
+    predictor = Predictor(model, backend=backend, **(predictor_options or {}))
     with torch.no_grad():
         x, sizes = predictor.preprocess(images)
-        outputs = model(x)
-        report: dict = {"device": device.type, "image_size": [h, w], "batch": batch, "backend": backend or "auto"}
-        report["network_ms"] = _median_ms(lambda: model(x), iters, sync)
+        outputs = predictor.network(x)
+        report: dict = {"device": device.type, "image_size": [h, w], "batch": batch, "backend": backend or "auto",
+                        **predictor.network.describe()}
+        report["network_ms"] = _median_ms(lambda: predictor.network(x), iters, sync)
         report["postprocess_ms"] = _median_ms(lambda: predictor.postprocess(outputs, sizes), iters, sync)
         report["end_to_end_ms"] = _median_ms(lambda: predictor(images), iters, sync)
     report["fps"] = 1e3 * batch / report["end_to_end_ms"]
-    echo(f"device {device.type}, batch {batch} x {h}x{w}, ops backend {report['backend']}, median of {iters}:")
+    layout = " channels_last" if report["channels_last"] else ""
+    echo(f"device {device.type}, batch {batch} x {h}x{w}, {report['precision']}{layout}"
+         f"{' compiled' if report['compile'] else ''}, ops backend {report['backend']}, median of {iters}:")
     echo(f"  network        {report['network_ms']:9.1f} ms")
     echo(f"  post-process   {report['postprocess_ms']:9.1f} ms")
     echo(f"  end to end     {report['end_to_end_ms']:9.1f} ms  ({report['fps']:.1f} images/s)")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,8 +40,10 @@ from torch import Tensor
 
 from . import ops
 from .data.description import DatasetDescription
+from .execution import NetworkRunner
 from .model.config import InferenceConfig, validate_config
 from .model.outputs import HeadOutputs
+from .stream import StageTimer, stream_results
 
 # The rtpanoptic.ops used by the pipeline (``backend=`` applies to all of them).
 PIPELINE_OPS = ("decode_boxes", "batched_nms", "nms", "gather_levelness", "panoptic_from_dense")
@@ -153,13 +155,19 @@ class Predictor:
     Args:
         model: the network (put in eval mode here).
         backend: ``rtpanoptic.ops`` backend for every post-processing op (None: fastest).
+        precision: ``"fp32"`` | ``"bf16"`` | ``"fp16"``: autocast dtype of the network; the
+            post-processing always runs in fp32 (:mod:`rtpanoptic.execution`).
+        channels_last: NHWC network (weights converted in place); None: where measured faster
+            (CPU; CUDA with bf16 / fp16).  Not bit-equal to NCHW (float rounding).
+        compile: ``torch.compile`` the network (True, or a dict of its keyword arguments).
         **options: fields of :class:`~rtpanoptic.model.config.InferenceConfig` overriding the
             model's defaults (``model.cfg.inference``): ``sigma``, ``score``,
             ``pre_nms_thresh``, ``pre_nms_top_n``, ``nms_thresh``, ``global_nms_thresh``,
             ``post_nms_top_n``, ``score_threshold``, ``overlap_threshold``, ``stuff_area_limit``.
     """
 
-    def __init__(self, model, backend: str | None = None, **options):
+    def __init__(self, model, backend: str | None = None, precision: str = "fp32",
+                 channels_last: bool | None = None, compile: bool | dict = False, **options):
         if backend is not None and backend not in ops.BACKENDS:
             raise ValueError(f"Predictor: backend must be one of {ops.BACKENDS} or None, got {backend!r}")
         base = getattr(getattr(model, "cfg", None), "inference", None)
@@ -184,6 +192,7 @@ class Predictor:
         self.description: DatasetDescription = model.description
         self._thing_train_ids = torch.tensor(self.description.thing_train_ids, dtype=torch.int64)
         self._is_thing = torch.tensor(self.description.is_thing, dtype=torch.bool)
+        self.network = NetworkRunner(self.model, precision, channels_last, compile)
 
     @property
     def device(self) -> torch.device:
@@ -213,9 +222,23 @@ class Predictor:
         results: list[PanopticResult | None] = [None] * len(tensors)
         for members in groups.values() or [[]]:
             batch, sizes = self.preprocess([tensors[i] for i in members])  # also raises for an empty batch
-            for i, result in zip(members, self.postprocess(self.model(batch), sizes)):
+            for i, result in zip(members, self.postprocess(self.network(batch), sizes)):
                 results[i] = result
         return results
+
+    def stream(self, frames: Iterable, batch_size: int = 1, cuda_graph: bool = False,
+               timer: StageTimer | None = None) -> Iterator[PanopticResult]:
+        """Results of ``frames`` (any iterable of images, one per item: HWC uint8 arrays, PIL images,
+        ``[3, H, W]`` uint8 tensors), lazily and in order, up to ``batch_size`` frames of one
+        padded size per forward pass.
+
+        On CUDA the next batch is read and copied (pinned memory, ``non_blocking``, a copy stream)
+        while the network runs; ``cuda_graph`` replays the network from a CUDA graph captured per
+        input size (frames of one size: one graph).  ``timer`` (:class:`~rtpanoptic.stream.StageTimer`)
+        collects per-frame stage times: decode (taking a frame from ``frames``), preprocess,
+        network, postprocess.  See :mod:`rtpanoptic.stream`.
+        """
+        return stream_results(self, frames, batch_size=batch_size, cuda_graph=cuda_graph, timer=timer)
 
     @torch.no_grad()
     def detect(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[Detections]:

@@ -216,6 +216,7 @@ def evaluate_model(
     num_overlays: int = 8,
     batch_size: int = 8,
     progress: bool = True,
+    predictor_options: dict | None = None,
 ) -> dict:
     """Predict every image of ``dataset`` (CONTRACT.md samples, un-augmented) and score it.
 
@@ -224,7 +225,8 @@ def evaluate_model(
     ``num_overlays``) and ``metrics.json``.  PQ / SQ / RQ are computed by
     :func:`rtpanoptic.evaluation.pq_compute` from those files; mIoU from the semantic maps;
     mask AP (pycocotools) from the thing segments of the panoptic output, scored by their
-    query score.  Returns the metrics (percent).
+    query score.  ``predictor_options``: Predictor keyword arguments (``precision``,
+    ``channels_last``, ``compile``).  Returns the metrics (percent).
     """
     from tqdm import tqdm
 
@@ -235,7 +237,7 @@ def evaluate_model(
     out = Path(out_dir)
     pred_dir = out / "predictions"
     description = dataset.description
-    predictor = Predictor(model, backend=backend)
+    predictor = Predictor(model, backend=backend, **(predictor_options or {}))
     sem_eval = SemanticEvaluator(description.num_classes, description.ignore_label, list(description.class_names))
     ap_eval = InstanceAPEvaluator(description.num_things, [description.class_names[t] for t in description.thing_train_ids])
     thing_index = _thing_index(description)
@@ -344,10 +346,11 @@ def output_names(files: Sequence[Path]) -> list[str]:
 
 
 def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, backend: str | None = None,
-                   overlays: bool = True, progress: bool = True) -> dict:
+                   overlays: bool = True, progress: bool = True, predictor_options: dict | None = None) -> dict:
     """Panoptic segmentation of image files: ``out_dir/panoptic/<name>.png`` + ``panoptic.json``
     (COCO panoptic, the model's dataset category ids) and ``out_dir/overlays/<name>.png``, with
-    ``<name>`` from :func:`output_names` (distinct for every input, also the image id)."""
+    ``<name>`` from :func:`output_names` (distinct for every input, also the image id).
+    ``predictor_options``: Predictor keyword arguments (``precision``, ``channels_last``, ``compile``)."""
     from PIL import Image, UnidentifiedImageError
     from tqdm import tqdm
 
@@ -357,7 +360,7 @@ def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, bac
     files = list_images(inputs)
     names = output_names(files)
     out = Path(out_dir)
-    predictor = Predictor(model, backend=backend)
+    predictor = Predictor(model, backend=backend, **(predictor_options or {}))
     annotations, images = [], []
     seconds = 0.0
     for path, name in tqdm(list(zip(files, names)), desc="predict", unit="img", disable=not progress):

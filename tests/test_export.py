@@ -143,7 +143,7 @@ def test_torch_export_full_predictor_matches_predictor(tmp_path):
     loaded = torch.export.load(str(tmp_path / "full.pt2")).module()
     for image in (images, torch.randint(0, 256, (1, 3, 128, 256), dtype=torch.uint8, generator=g)):
         panoptic, classes, queries, scores = loaded(image)
-        ref = Predictor(model)(image)[0]
+        ref = Predictor(model, channels_last=False)(image)[0]  # the program is NCHW fp32
         assert len(ref.detections.scores) > 10  # the fixture has real work for the post-processing
         assert torch.equal(panoptic, ref.panoptic)
         assert classes.tolist() == [s["train_id"] for s in ref.segments_info]

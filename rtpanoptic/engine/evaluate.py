@@ -33,7 +33,8 @@ class PanopticEvaluator:
 
         was_training = model.training
         description = self.dataset.description
-        predictor = Predictor(model, backend=self.backend, **self.options)
+        # the model is being trained: keep its memory format (Predictor's default may switch it)
+        predictor = Predictor(model, backend=self.backend, **{"channels_last": False, **self.options})
         pq = PanopticQualityEvaluator(description, use_train_ids=True)
         n = len(self.dataset) if self.max_images is None else min(self.max_images, len(self.dataset))
         for start in range(0, n, self.batch_size):

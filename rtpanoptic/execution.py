@@ -1,0 +1,159 @@
+"""How :class:`~rtpanoptic.inference.Predictor` runs the network: numeric precision (autocast),
+memory format, ``torch.compile`` and CUDA-graph replay.
+
+Whatever runs inside, :class:`NetworkRunner` hands the post-processing float32, contiguous
+:class:`~rtpanoptic.model.HeadOutputs`: thresholds, top-k, NMS and the mask fusion always work in
+fp32.  With ``precision="fp32"`` and ``channels_last=False`` the outputs are exactly the plain
+``model(x)`` ones (the casts are no-ops).
+
+``channels_last=None`` (the default) picks the memory format measured faster (benchmarks/RESULTS.md):
+channels_last on the CPU (oneDNN runs NHWC convolutions without reordering: faster in fp32 and bf16
+on the CPUs measured, with AMX and without), and on CUDA for bf16 / fp16 (tensor-core convolutions
+are NHWC); CUDA fp32 stays NCHW (not measured here: no GPU).  channels_last results differ from NCHW
+ones in float rounding (~1e-6 relative), not bit for bit.  The precision stays fp32 unless asked:
+bf16 is fast only where the CPU has AVX512-BF16 or AMX (:func:`cpu_has_native`; a warning
+otherwise) or on a GPU.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from .model.outputs import HeadOutputs
+
+# precision name -> autocast dtype (None: no autocast, plain fp32)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_channels_last(device: torch.device | str, precision: str) -> bool:
+    """The memory format used when ``channels_last=None``: see the module docstring."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and precision != "fp32"
+
+
+def cpu_has_native(precision: str) -> bool | None:
+    """Whether this CPU computes ``precision`` convolutions natively (bf16: AVX512-BF16 or AMX;
+    fp16: AMX-FP16); None when this torch cannot tell."""
+    cpu = torch.cpu
+    checks = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"), "fp16": ("_is_amx_fp16_supported",)}
+    names = checks.get(precision, ())
+    if not names or not all(hasattr(cpu, n) for n in names):
+        return None
+    return any(getattr(cpu, n)() for n in names)
+
+
+def check_precision(precision: str, device: torch.device | str) -> None:
+    """ValueError unless ``precision`` is a :data:`PRECISIONS` name that ``device`` can run; a
+    warning when a CPU would emulate it (slower than fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision 'bf16' needs a GPU with bfloat16 support (Ampere or newer); use 'fp16'")
+    if precision != "fp32" and device.type == "cpu" and cpu_has_native(precision) is False:
+        need = "AVX512-BF16 or AMX" if precision == "bf16" else "AMX-FP16"
+        warnings.warn(f"precision {precision!r} on a CPU without {need}: emulated, likely slower than 'fp32'",
+                      stacklevel=3)
+
+
+def outputs_as_fp32(outputs: HeadOutputs) -> HeadOutputs:
+    """Every tensor of ``outputs`` as float32, contiguous (a no-op for fp32 NCHW outputs)."""
+    def cast(t: Tensor) -> Tensor:
+        return t.float().contiguous()
+
+    return HeadOutputs(*[[cast(t) for t in f] if isinstance(f, (list, tuple)) else cast(f) for f in outputs])
+
+
+class NetworkRunner:
+    """``runner(x)``: the network on a normalised batch ``[B, 3, H, W]`` (float32, on the model's
+    device) -> float32 contiguous :class:`HeadOutputs`.
+
+    Args:
+        model: the :class:`~rtpanoptic.model.PanopticNet`.  With ``channels_last`` its weights are
+            converted in place (``model.to(memory_format=torch.channels_last)``; values unchanged).
+        precision: ``"fp32"`` | ``"bf16"`` | ``"fp16"``: the dtype of the network's autocast region
+            (weights stay fp32).  fp16 on a CPU is slow (no native fp16 convolutions there).
+        channels_last: NHWC activations and weights; None: :func:`default_channels_last`.
+        compile: ``torch.compile`` the network: False, True (default options) or a dict of
+            ``torch.compile`` keyword arguments (``{"mode": "max-autotune"}``).  The first calls
+            at a new input size compile.
+    """
+
+    def __init__(self, model: nn.Module, precision: str = "fp32", channels_last: bool | None = None,
+                 compile: bool | dict = False):
+        device = next(model.parameters()).device
+        check_precision(precision, device)
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(f"compile must be a bool or a dict of torch.compile options, got {type(compile).__name__}")
+        if channels_last is None:
+            channels_last = default_channels_last(device, precision)
+        self.model = model
+        self.precision = precision
+        self.channels_last = bool(channels_last)
+        self.compile = compile
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if compile:
+            self._forward = torch.compile(model, **(compile if isinstance(compile, dict) else {}))
+        else:
+            self._forward = model
+
+    def __call__(self, x: Tensor) -> HeadOutputs:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        dtype = PRECISIONS[self.precision]
+        # cache_enabled=False: the weight-cast cache saves nothing in a forward pass (each weight is
+        # used once) and must be off while a CUDA graph is captured.
+        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None,
+                            cache_enabled=False):
+            outputs = self._forward(x)
+        return outputs_as_fp32(outputs)
+
+    def describe(self) -> dict:
+        """The settings, for reports: ``{"precision", "channels_last", "compile"}``."""
+        return {"precision": self.precision, "channels_last": self.channels_last, "compile": bool(self.compile)}
+
+
+class CUDAGraphRunner:
+    """A :class:`NetworkRunner` replayed from CUDA graphs: one graph per input shape, captured on
+    its first call (after two warm-up runs on a side stream).  For a stream of frames of one size
+    the network's kernel launches then cost one ``graph.replay()``.  The returned outputs are
+    copies, so they stay valid after the next call.  CUDA only (never run on the machines this was
+    written on: no GPU there).
+    """
+
+    def __init__(self, runner: NetworkRunner, max_graphs: int = 4):
+        if next(runner.model.parameters()).device.type != "cuda":
+            raise ValueError("cuda_graph=True needs the model on a CUDA device")
+        self.runner = runner
+        self.max_graphs = int(max_graphs)
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, HeadOutputs]] = {}
+
+    def __call__(self, x: Tensor) -> HeadOutputs:
+        key = (tuple(x.shape), x.dtype, x.device)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if len(self._graphs) >= self.max_graphs:
+                return self.runner(x)  # many sizes: not a fixed-size stream, run eagerly
+            entry = self._graphs[key] = self._capture(x)
+        graph, static_in, static_out = entry
+        static_in.copy_(x)
+        graph.replay()
+        return HeadOutputs(*[[t.clone() for t in f] if isinstance(f, list) else f.clone() for f in static_out])
+
+    def _capture(self, x: Tensor):
+        static_in = x.clone()
+        side = torch.cuda.Stream(device=x.device)
+        side.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # lazy initialisation and cuDNN autotuning happen outside the capture
+                self.runner(static_in)
+        torch.cuda.current_stream(x.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.runner(static_in)
+        return graph, static_in, static_out

@@ -1,0 +1,243 @@
+"""Predictor precision and speed options: fp32 / bf16 / fp16 autocast, channels_last, torch.compile.
+
+bf16 against fp32 on the CPU (autocast), stated tolerances:
+- network outputs: |bf16 - fp32| <= 0.05 * max|fp32| + 0.05 per output map;
+- detections: each of the 20 best fp32 queries of an image has a bf16 query of the same class with
+  |score difference| <= 0.03 and box IoU >= 0.5 (the usual detection match), >= 0.9 for 90 % of them;
+- panoptic quality: PQ of the bf16 segmentation measured against the fp32 one >= 75, and PQ
+  against the synthetic ground truth within 2 points of fp32's.
+The network is random (fixed seed): queries close in score and overlapping masks make it a harder
+case than a trained one (benchmarks/RESULTS.md: a trained synthetic model, bf16 vs fp32 PQ).
+"""
+import json
+import math
+import warnings
+
+import pytest
+import torch
+from torchvision.ops import box_iou
+
+from rtpanoptic.cli import main
+from rtpanoptic.data.synthetic import SyntheticConfig
+from rtpanoptic.evaluation import PanopticQualityEvaluator, sample_to_panoptic
+from rtpanoptic.execution import PRECISIONS, NetworkRunner, default_channels_last, outputs_as_fp32
+from rtpanoptic.inference import Predictor
+from rtpanoptic.model import build_model
+
+TOP = 20  # queries per image compared in the bf16 test
+
+
+def _model(seed=0, **kw):
+    torch.manual_seed(seed)
+    m = build_model("r18-fpn", description="synthetic", channels=16, **kw).eval()
+    with torch.no_grad():  # a random network that still finds things: every box ~32 px, p ~ 0.5
+        m.panoptic_head.box_cls_logits.bias.fill_(0.0)
+        m.panoptic_head.bbox_pred.bias.fill_(math.log(16.0))
+        m.panoptic_head.bbox_pred.weight.mul_(20.0)  # boxes that vary from place to place
+    return m
+
+
+def _flat(outputs):
+    return [t for f in outputs for t in (f if isinstance(f, list) else [f])]
+
+
+def _image(seed=0, size=(128, 128)):
+    return torch.randint(0, 256, (1, 3, *size), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def _is_channels_last(model):
+    return model.backbone.body.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fp32_nchw_is_the_plain_network_bit_for_bit():
+    model = _model()
+    pred = Predictor(model, channels_last=False)
+    x, _ = pred.preprocess(_image())
+    with torch.no_grad():
+        want = model(x)
+    got = pred.network(x)
+    assert not _is_channels_last(model)
+    for a, b in zip(_flat(got), _flat(want)):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
+
+
+def test_channels_last_default_on_cpu():
+    assert default_channels_last("cpu", "fp32") and default_channels_last("cpu", "bf16")
+    assert not default_channels_last("cuda", "fp32") and default_channels_last("cuda", "bf16")
+    ref = _model()
+    model = _model()
+    pred = Predictor(model)
+    assert pred.network.channels_last and _is_channels_last(model)  # converted in place
+    x, _ = pred.preprocess(_image())
+    got = pred.network(x)
+    with torch.no_grad():
+        want = ref(x)
+    for a, b in zip(_flat(got), _flat(want)):
+        assert a.is_contiguous() and a.dtype == torch.float32  # what the post-processing gets
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # float rounding, not bit for bit
+
+
+def test_outputs_as_fp32_casts_and_makes_contiguous():
+    model = _model()
+    x = torch.randn(1, 3, 128, 128).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        raw = model.to(memory_format=torch.channels_last)(x)
+    assert any(t.dtype == torch.bfloat16 for t in _flat(raw))
+    out = outputs_as_fp32(raw)
+    assert type(out) is type(raw) and [len(f) for f in out[:3]] == [5, 5, 5]
+    for a, b in zip(_flat(out), _flat(raw)):
+        assert a.dtype == torch.float32 and a.is_contiguous() and torch.equal(a, b.float())
+
+
+def test_bf16_network_outputs_within_tolerance():
+    ref, model = _model(), _model()
+    pred = Predictor(model, precision="bf16")
+    x, _ = pred.preprocess(_image(1))
+    got = pred.network(x)
+    with torch.no_grad():
+        want = ref(x)
+    for a, b in zip(_flat(got), _flat(want)):
+        assert a.dtype == torch.float32  # the post-processing runs in fp32
+        assert not torch.equal(a, b)  # bf16 did run
+        assert (a - b).abs().max() <= 0.05 * b.abs().max() + 0.05
+
+
+@pytest.fixture(scope="module")
+def synthetic_val(tmp_path_factory):
+    from rtpanoptic.data import synthetic_dataset
+
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    cfg = SyntheticConfig(num_train=0, num_val=4, seed=3)
+    return synthetic_dataset(root, "val", cfg, progress=False)
+
+
+def _pq(pairs, description):
+    ev = PanopticQualityEvaluator(description, use_train_ids=True)
+    for i, (gt_ids, gt_segments, res) in enumerate(pairs):
+        ev.update(gt_ids, gt_segments, res.panoptic, [{"id": s["id"], "category_id": s["train_id"]}
+                                                      for s in res.segments_info], str(i))
+    return 100.0 * ev.compute()["All"]["pq"]
+
+
+def _as_gt(res):
+    return res.panoptic.numpy(), [{"id": s["id"], "category_id": s["train_id"], "iscrowd": 0} for s in res.segments_info]
+
+
+def test_bf16_detections_and_pq_against_fp32(synthetic_val):
+    model = _model(seed=2)
+    with torch.no_grad():  # spread the scores out (a random head's are nearly all equal)
+        model.panoptic_head.box_cls_logits.weight.mul_(20.0)
+        model.panoptic_head.box_cls_logits.bias.fill_(-1.0)
+        model.panoptic_head.centerness.weight.mul_(20.0)
+    opts = dict(pre_nms_thresh=0.2, post_nms_top_n=30, sigma=0.05)
+    fp32 = Predictor(model, channels_last=False, **opts)
+    images = [synthetic_val[i]["image"] for i in range(len(synthetic_val))]
+    want = [fp32(im)[0] for im in images]
+    bf16 = Predictor(model, precision="bf16", **opts)
+    got = [bf16(im)[0] for im in images]
+    close = []
+    for a, b in zip(got, want):
+        top = b.detections.scores.argsort(descending=True)[:TOP]
+        assert len(top) == TOP
+        iou = box_iou(b.detections.boxes[top], a.detections.boxes)
+        same = b.detections.labels[top, None] == a.detections.labels[None]
+        dscore = (b.detections.scores[top, None] - a.detections.scores[None]).abs() <= 0.03
+        assert ((iou >= 0.5) & same & dscore).any(1).all()
+        close.append(((iou >= 0.9) & same & dscore).any(1))
+    assert torch.cat(close).float().mean() >= 0.9
+    d = synthetic_val.description
+    agreement = _pq([(*_as_gt(b), a) for a, b in zip(got, want)], d)
+    assert agreement >= 75.0
+    truth = [sample_to_panoptic(synthetic_val[i], d) for i in range(len(synthetic_val))]
+    pq32 = _pq([(*t, r) for t, r in zip(truth, want)], d)
+    pq16 = _pq([(*t, r) for t, r in zip(truth, got)], d)
+    assert abs(pq16 - pq32) <= 2.0
+
+
+def test_fp16_on_cpu_runs_and_stays_close():
+    ref, model = _model(), _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "emulated, likely slower" on CPUs without AMX-FP16
+        pred = Predictor(model, precision="fp16", channels_last=False)
+    x, _ = pred.preprocess(_image(2))
+    got = pred.network(x)
+    with torch.no_grad():
+        want = ref(x)
+    for a, b in zip(_flat(got), _flat(want)):
+        assert a.dtype == torch.float32
+        assert (a - b).abs().max() <= 0.01 * b.abs().max() + 0.01  # fp16 keeps 3 more mantissa bits than bf16
+
+
+def test_compile_eager_backend_equals_uncompiled():
+    """The compile path (TorchDynamo capture) on the 'eager' backend runs the same kernels: equal
+    outputs.  (Inductor's code generation is exercised by the benchmarks, not here: minutes on a CPU.)"""
+    model = _model()
+    plain = Predictor(model, channels_last=False)
+    compiled = Predictor(model, channels_last=False, compile={"backend": "eager", "fullgraph": True})
+    assert compiled.network.describe() == {"precision": "fp32", "channels_last": False, "compile": True}
+    image = _image(3)
+    a, b = compiled(image)[0], plain(image)[0]
+    assert torch.equal(a.panoptic, b.panoptic) and a.segments_info == b.segments_info
+
+
+def test_emulated_precision_warns(monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    with pytest.warns(UserWarning, match=r"^precision 'bf16' on a CPU without AVX512-BF16 or AMX: emulated"):
+        Predictor(_model(), precision="bf16")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Predictor(_model(), precision="bf16")
+
+
+def test_option_errors():
+    model = _model()
+    with pytest.raises(ValueError, match=r"^precision must be one of \('fp32', 'bf16', 'fp16'\), got 'int8'$"):
+        Predictor(model, precision="int8")
+    with pytest.raises(TypeError, match=r"^compile must be a bool or a dict of torch.compile options, got str$"):
+        Predictor(model, compile="max-autotune")
+    assert set(PRECISIONS) == {"fp32", "bf16", "fp16"}
+    with pytest.raises(ValueError, match=r"^precision must be one of"):
+        NetworkRunner(model, precision="half")
+
+
+def test_evaluator_keeps_the_training_models_layout(synthetic_val):
+    """The training-time evaluation hook must not switch the model being trained to channels_last."""
+    from rtpanoptic.engine.evaluate import PanopticEvaluator
+
+    model = _model()
+    metrics = PanopticEvaluator(synthetic_val, max_images=1)(model)
+    assert 0.0 <= metrics["pq"] <= 100.0
+    assert not _is_channels_last(model)
+
+
+def test_cli_benchmark_precision_flags(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    argv = ["benchmark", "--preset", "synthetic", "--device", "cpu", "--image-size", "128", "128", "--iters", "1",
+            "--no-ops", "--json", str(out)]
+    assert main([*argv, "--precision", "bf16"]) == 0
+    report = json.loads(out.read_text())
+    assert (report["precision"], report["channels_last"], report["compile"]) == ("bf16", True, False)
+    assert "bf16 channels_last" in capsys.readouterr().out
+    from rtpanoptic.cli import _predictor_options, build_parser
+
+    args = build_parser().parse_args([*argv, "--no-channels-last", "--compile"])
+    assert _predictor_options(args, torch.device("cpu")) == {"precision": "fp32", "channels_last": False,
+                                                             "compile": True}
+
+
+def test_cli_precision_choices_are_the_predictors():
+    from rtpanoptic.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for command in ("predict", "evaluate", "benchmark"):
+        action = next(a for a in sub.choices[command]._actions if a.dest == "precision")
+        assert tuple(action.choices) == tuple(PRECISIONS) and action.default == "fp32"
+
+
+def test_cli_rejects_unknown_precision(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["benchmark", "--precision", "int4"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
