@@ -62,8 +62,16 @@ def _outcome(reports) -> tuple[str, str]:
     return "passed", ""
 
 
+_worker = False
+
+
+def pytest_configure(config):
+    global _worker
+    _worker = _is_worker(config)
+
+
 def pytest_runtest_logreport(report):
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if _worker:
         return
     reports = _phases.setdefault(report.nodeid, [])
     reports.append(report)
