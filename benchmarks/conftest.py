@@ -2,6 +2,7 @@
 
 Time: pytest-benchmark's rounds (wall clock, synchronised on CUDA); on CUDA also the median of
 CUDA-event timings (``benchmark.extra_info["cuda_ms"]``, :func:`rtpanoptic.benchmark.time_ms`).
+``RTP_BENCH_BUDGET_S`` sets the seconds each benchmark's rounds aim at (default 1).
 With ``RTP_BENCH_JSONL=<file>`` every benchmark of :func:`run` appends one JSON line to that file
 as soon as it is measured (benchmarks/gpu_check.py reads it; nothing is lost if a run is cut short).
 
@@ -83,11 +84,14 @@ def skip_unless(device: str, impl: str, backends):
         pytest.skip(f"backend {impl!r} not available on {device}")
 
 
-def run(benchmark, fn, device: str, budget_s: float = 1.0, max_rounds: int = 20):
+def run(benchmark, fn, device: str, budget_s: float | None = None, max_rounds: int = 20):
     """Benchmark ``fn()`` (synchronised on CUDA) and record its peak memory in extra_info.
 
-    The number of rounds is fitted to ``budget_s`` from one timed warm-up call (at least 3),
-    which keeps the whole suite to a few minutes on a small CPU."""
+    The number of rounds is fitted to ``budget_s`` (default: ``$RTP_BENCH_BUDGET_S``, else 1 s)
+    from one timed warm-up call (at least 3), which keeps the whole suite to a few minutes on a
+    small CPU."""
+    if budget_s is None:
+        budget_s = float(os.environ.get("RTP_BENCH_BUDGET_S", "1.0"))
     if device == "cuda":
         def call():
             out = fn()

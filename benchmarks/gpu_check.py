@@ -57,9 +57,10 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = ("env", "build", "import", "suite", "sanitizer", "bench-ops", "bench-e2e")
 DEFAULT_BUDGET_S = 470
 # Step time limits (seconds) on a GPU machine / in a dry run; every step also stops at the budget.
-LIMITS_GPU = {"env": 30, "build": 240, "import": 60, "suite": 180, "sanitizer": 150, "bench-ops": 100, "bench-e2e": 240}
+LIMITS_GPU = {"env": 30, "build": 240, "import": 60, "suite": 150, "sanitizer": 140, "bench-ops": 90, "bench-e2e": 240}
 LIMITS_DRY = {"env": 30, "build": 900, "import": 120, "suite": 240, "sanitizer": 10, "bench-ops": 150, "bench-e2e": 150}
 PER_TEST_TIMEOUT_S = 120
+BENCH_BUDGET_S = 0.25  # seconds of rounds per op benchmark on the GPU (conftest.run): ~70 benchmarks
 SUITE_WORKERS = 8
 # A short subset of the CUDA op tests for compute-sanitizer (each tool gets its own time limit).
 SANITIZER_TESTS = ["tests/ops/test_cuda_kernels.py", "-k", "float32 and not 3000"]
@@ -101,8 +102,12 @@ def run_command(cmd: list[str], log: Log, name: str, timeout: float, env: dict |
     log(f"$ {' '.join(cmd)}  (limit {timeout:.0f} s)", f"[{name}] ")
     if timeout <= 0:
         return None, ""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            errors="replace", bufsize=1, start_new_session=True)
+    try:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", bufsize=1, start_new_session=True)
+    except OSError as exc:  # the program is missing
+        log(f"cannot start: {exc}", f"[{name}] ")
+        return 127, str(exc)
     lines: list[str] = []
 
     def pump():
@@ -331,7 +336,7 @@ class Check:
 
     def step_bench_ops(self):
         jsonl = self.out / "bench_ops.jsonl"
-        env = dict(self.env, RTP_BENCH_JSONL=str(jsonl))
+        env = dict(self.env, RTP_BENCH_JSONL=str(jsonl), RTP_BENCH_BUDGET_S=str(BENCH_BUDGET_S))
         cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--benchmark-enable",
                "--benchmark-columns=median,rounds", "--tb=short"]
         if self.gpu:
