@@ -63,7 +63,7 @@ PER_TEST_TIMEOUT_S = 120
 BENCH_BUDGET_S = 0.25  # seconds of rounds per op benchmark on the GPU (conftest.run): ~70 benchmarks
 SUITE_WORKERS = 8
 # A short subset of the CUDA op tests for compute-sanitizer (each tool gets its own time limit).
-SANITIZER_TESTS = ["tests/ops/test_cuda_kernels.py", "-k", "float32 and not 3000"]
+SANITIZER_TESTS = ["tests/ops/test_cuda_kernels.py", "-k", "(dtype0 or float32) and not 3000"]  # float32 cases
 SANITIZER_TOOLS = {"memcheck": 90, "racecheck": 60}
 E2E_SIZES_GPU = [(1024, 2048), (512, 1024)]
 E2E_SIZE_DRY = (128, 256)
@@ -321,15 +321,9 @@ class Check:
             cmd = [tool_path, "--tool", tool, "--error-exitcode", "97", "--print-limit", "20",
                    sys.executable, "-m", "pytest", *SANITIZER_TESTS, "-q", "-p", "no:cacheprovider", "-x"]
             rc, out = run_command(cmd, self.log, tool, min(cap, self.limit("sanitizer")), env)
-            errors = [int(n) for n in re.findall(r"ERROR SUMMARY: (\d+) error", out)]
-            hazards = [int(n) for n in re.findall(r"RACECHECK SUMMARY: (\d+) hazard", out)]
-            passed = re.findall(r"(\d+) passed", out)
             status = "timeout" if rc is None else ("ok" if rc == 0 else "failed")
-            self.result["sanitizer"].append({"tool": tool, "status": status, "exit": rc,
-                                             "errors": errors[-1] if errors else None,
-                                             "hazards": hazards[-1] if hazards else None,
-                                             "tests_passed": int(passed[-1]) if passed else None})
-            statuses.append(f"{tool} {status}")
+            self.result["sanitizer"].append({"tool": tool, "status": status, "exit": rc, **sanitizer_counts(out)})
+            statuses.append(f"{tool} {status}" + (" (no test selected)" if rc == 5 else ""))
         worst = "failed" if any("failed" in s for s in statuses) else (
             "timeout" if any("timeout" in s for s in statuses) else "ok")
         return worst, ", ".join(statuses)
@@ -506,6 +500,18 @@ def summarize_tests(lines: list[dict]) -> dict:
         if line["outcome"] in ("failed", "error"):
             failures.append({"nodeid": line["nodeid"], "outcome": line["outcome"], "message": line["message"]})
     return {**counts, "failures": failures}
+
+
+def sanitizer_counts(out: str) -> dict:
+    """``{"errors", "hazards", "tests_passed"}`` from compute-sanitizer's output around a pytest run
+    (a run stopped at its time limit prints no summary: its printed reports are counted)."""
+    errors = re.findall(r"ERROR SUMMARY: (\d+) error", out)
+    hazards = re.findall(r"RACECHECK SUMMARY: (\d+) hazard", out)
+    reported = re.findall(r"^=========\s+(?:Invalid |Error: |Race reported|Misaligned |Out-of-range )", out, re.M)
+    passed = re.findall(r"(\d+) passed", out)
+    return {"errors": int(errors[-1]) if errors else len(reported),
+            "hazards": int(hazards[-1]) if hazards else None,
+            "tests_passed": int(passed[-1]) if passed else None}
 
 
 def _counts(tests: dict) -> str:

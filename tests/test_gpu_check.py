@@ -155,3 +155,14 @@ def test_goals_missed_or_unmeasured():
     assert goals[gpu_check.GOALS["fps"]]["met"] is False
     assert goals[gpu_check.GOALS["nms"]]["met"] is None  # N = 20k was not measured
     assert goals[gpu_check.GOALS["pfd"]]["met"] is None
+
+
+def test_sanitizer_counts():
+    clean = "..........\n32 passed in 41.00s\n========= ERROR SUMMARY: 0 errors\n"
+    assert gpu_check.sanitizer_counts(clean) == {"errors": 0, "hazards": None, "tests_passed": 32}
+    race = ("========= Error: Race reported between Write access at fusion_kernel+0x1f0\n"
+            "F\n1 failed, 3 passed\n========= RACECHECK SUMMARY: 1 hazard displayed (1 error, 0 warnings)\n")
+    assert gpu_check.sanitizer_counts(race) == {"errors": 1, "hazards": 1, "tests_passed": 3}
+    cut = ("========= Invalid __global__ write of size 4 bytes\n=========     at mask_kernel+0x90\n"
+           "========= Invalid __global__ read of size 4 bytes\n")  # stopped at its time limit: no summary
+    assert gpu_check.sanitizer_counts(cut) == {"errors": 2, "hazards": None, "tests_passed": None}
