@@ -157,6 +157,7 @@ class Check:
         self.gpu = torch.cuda.is_available() and not args.dry_run
         self.no_gpu_reason = None if self.gpu else ("--dry-run" if args.dry_run else "no CUDA GPU is visible")
         self.limits = LIMITS_GPU if self.gpu else LIMITS_DRY
+        self.plugins = {p: _version(p) for p in ("pytest-xdist", "pytest-timeout", "pytest-benchmark")}
         self.result: dict = {"gpu": self.gpu, "no_gpu_reason": self.no_gpu_reason, "budget_s": args.budget,
                              "steps": [], "env": {}, "tests": {}, "sanitizer": [], "import": {}}
         self.tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
@@ -219,7 +220,7 @@ class Check:
             "host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
             "torch": str(torch.__version__), "torch_cuda": torch.version.cuda,
             "triton": _version("triton"), "torchvision": _version("torchvision"), "setuptools": _version("setuptools"),
-            "pytest_plugins": {p: _version(p) for p in ("pytest-xdist", "pytest-timeout", "pytest-benchmark")},
+            "pytest_plugins": self.plugins,
             "commit": _git("rev-parse", "--short", "HEAD"), "dirty": bool(_git("status", "--porcelain")),
             "nvcc": _first_line([_nvcc(), "--version"], last=True), "compute_sanitizer": _sanitizer(),
         })
@@ -286,10 +287,9 @@ class Check:
         if not self.gpu:
             cmd += ["--collect-only", "-q"]  # -qq: one line per test file
         else:
-            plugins = self.result["env"].get("pytest_plugins", {})
-            if plugins.get("pytest-timeout"):
+            if self.plugins["pytest-timeout"]:
                 cmd += [f"--timeout={PER_TEST_TIMEOUT_S}"]
-            if plugins.get("pytest-xdist"):
+            if self.plugins["pytest-xdist"]:
                 workers = max(1, min(SUITE_WORKERS, (os.cpu_count() or 2) // 2))
                 cmd += ["-n", str(workers), "--dist", "loadgroup"]
                 env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // workers))
@@ -310,7 +310,7 @@ class Check:
         return ("ok" if rc == 0 else "failed"), f"{_counts(tests)} (pytest exit {rc})"
 
     def step_sanitizer(self):
-        tool_path = self.result["env"].get("compute_sanitizer")
+        tool_path = _sanitizer()
         if not self.gpu:
             return "skipped", f"no GPU ({self.no_gpu_reason})"
         if not tool_path:
@@ -335,7 +335,7 @@ class Check:
                "--benchmark-columns=median,rounds", "--tb=short"]
         if self.gpu:
             cmd.append("benchmarks/test_bench_gpu.py")
-            if self.result["env"].get("pytest_plugins", {}).get("pytest-timeout"):
+            if self.plugins["pytest-timeout"]:
                 cmd.append(f"--timeout={PER_TEST_TIMEOUT_S}")
         else:  # a few CPU rounds at a small size: the same harness, end to end
             cmd += ["benchmarks/test_bench_nms.py", "-k", "test_nms and cpu and 1000"]
