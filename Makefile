@@ -2,6 +2,10 @@
 #   make demo   create .venv if missing, install, run the main job on the built-in default
 #   make test   create .venv if missing, install, run the test suite (CPU; Triton via its interpreter)
 # FORCE_CUDA=1 compiles the CUDA kernels even without a GPU (CI does); FORCE_CUDA=0 never does.
+#   make gpu-check   on a GPU machine, with the Python and torch installed there (no venv, nothing
+#                    downloaded): build, test suite, compute-sanitizer, benchmarks; results in
+#                    $(GPU_CHECK_OUT) (see benchmarks/gpu_check.py; without a GPU: a dry run)
+#   make gpu-wheels  download into .whl/ (git-ignored) what that machine may lack (cp312 manylinux)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,8 +14,12 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+GPU_CHECK_OUT ?= gpu_check_out
+GPU_CHECK_ARGS ?=
+# setuptools>=77 reads pyproject's `license = "MIT"`; the GPU image's may be older
+GPU_WHEELS ?= setuptools==80.9.0
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean gpu-check gpu-wheels
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,5 +43,13 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m pytest benchmarks --benchmark-enable --benchmark-columns=min,median,mean,rounds $(PYTEST_ARGS)
 
+gpu-check:
+	PYTHONUNBUFFERED=1 $(PYTHON) benchmarks/gpu_check.py --out "$(GPU_CHECK_OUT)" $(GPU_CHECK_ARGS)
+
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+	  -d .whl $(GPU_WHEELS)
+
 clean:
-	rm -rf build *.egg-info rtpanoptic/_C*.so
+	rm -rf build *.egg-info rtpanoptic/_C*.so rtpanoptic/_build_info.json

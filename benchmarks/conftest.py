@@ -1,5 +1,11 @@
 """Benchmark inputs and measurement helpers: deterministic, built in-process.  Run with ``make bench``.
 
+Time: pytest-benchmark's rounds (wall clock, synchronised on CUDA); on CUDA also the median of
+CUDA-event timings (``benchmark.extra_info["cuda_ms"]``, :func:`rtpanoptic.benchmark.time_ms`).
+``RTP_BENCH_BUDGET_S`` sets the seconds each benchmark's rounds aim at (default 1).
+With ``RTP_BENCH_JSONL=<file>`` every benchmark of :func:`run` appends one JSON line to that file
+as soon as it is measured (benchmarks/gpu_check.py reads it; nothing is lost if a run is cut short).
+
 Peak memory (``benchmark.extra_info["peak_mem_mb"]``): on CUDA, ``torch.cuda.max_memory_allocated``
 above what was allocated before the call; on the CPU, the growth of the process's resident-set
 high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) during one call, with glibc
@@ -8,11 +14,15 @@ re-counted.  (``tracemalloc`` only sees Python's allocator, not torch's or the C
 """
 import ctypes
 import gc
+import json
+import os
 import re
 import time
 
 import pytest
 import torch
+
+from rtpanoptic.benchmark import cuda_peak_bytes, time_ms
 
 
 def clustered_boxes(n: int, seed: int = 0, image: float = 1024.0, device="cpu"):
@@ -67,15 +77,6 @@ def cpu_peak_bytes(fn) -> int | None:
         return None
 
 
-def cuda_peak_bytes(fn) -> int:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
-
-
 def skip_unless(device: str, impl: str, backends):
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no GPU")
@@ -83,11 +84,14 @@ def skip_unless(device: str, impl: str, backends):
         pytest.skip(f"backend {impl!r} not available on {device}")
 
 
-def run(benchmark, fn, device: str, budget_s: float = 1.0, max_rounds: int = 20):
+def run(benchmark, fn, device: str, budget_s: float | None = None, max_rounds: int = 20):
     """Benchmark ``fn()`` (synchronised on CUDA) and record its peak memory in extra_info.
 
-    The number of rounds is fitted to ``budget_s`` from one timed warm-up call (at least 3),
-    which keeps the whole suite to a few minutes on a small CPU."""
+    The number of rounds is fitted to ``budget_s`` (default: ``$RTP_BENCH_BUDGET_S``, else 1 s)
+    from one timed warm-up call (at least 3), which keeps the whole suite to a few minutes on a
+    small CPU."""
+    if budget_s is None:
+        budget_s = float(os.environ.get("RTP_BENCH_BUDGET_S", "1.0"))
     if device == "cuda":
         def call():
             out = fn()
@@ -101,8 +105,25 @@ def run(benchmark, fn, device: str, budget_s: float = 1.0, max_rounds: int = 20)
     peak = cuda_peak_bytes(fn) if device == "cuda" else cpu_peak_bytes(fn)
     benchmark.extra_info["device"] = device
     benchmark.extra_info["peak_mem_mb"] = None if peak is None else round(peak / 2**20, 2)
-    rounds = int(min(max_rounds, max(3, budget_s / max(once, 1e-6))))
-    return benchmark.pedantic(call, rounds=rounds, iterations=1)
+    fitted = max(3, budget_s / max(once, 1e-6))
+    rounds = int(min(max_rounds, fitted))
+    if device == "cuda":  # CUDA events resolve microseconds: up to 200 calls in the same budget
+        benchmark.extra_info["cuda_ms"] = time_ms(fn, int(min(200, fitted)), device)
+    result = benchmark.pedantic(call, rounds=rounds, iterations=1)
+    _record(benchmark, rounds)
+    return result
+
+
+def _record(benchmark, rounds: int) -> None:
+    path = os.environ.get("RTP_BENCH_JSONL")
+    stats = getattr(benchmark, "stats", None)
+    if not path or stats is None:  # not asked for, or pytest-benchmark disabled (nothing was timed)
+        return
+    line = {"group": benchmark.group, "name": benchmark.name, "params": {k: str(v) for k, v in
+            (benchmark.params or {}).items()}, "wall_median_ms": 1e3 * stats.stats.median, "rounds": rounds,
+            **benchmark.extra_info}
+    with open(path, "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ test_bench_precision.py), batch 1.  ``torch.compile`` of the network is benchmar
 on CPU only with ``RTP_BENCH_COMPILE_CPU=1`` (slow to compile on a small CPU).  Run with ``make bench`` or
 ``python -m pytest benchmarks/test_bench_end_to_end.py --benchmark-enable``.
 """
-import math
 import os
 
 import numpy as np
 import pytest
 import torch
 
+from rtpanoptic.benchmark import heavy_postprocess_load
 from rtpanoptic.inference import Predictor
 from rtpanoptic.model import build_model
 
@@ -37,9 +37,7 @@ def _setup(arch, size, device, compiled=False):
     if key not in _CACHE:
         torch.manual_seed(0)
         model = build_model(arch).eval().to(device)
-        with torch.no_grad():
-            model.panoptic_head.box_cls_logits.bias.fill_(-2.0)  # p ~ 0.12 > pre_nms_thresh
-            model.panoptic_head.bbox_pred.bias.fill_(math.log(32.0))
+        heavy_postprocess_load(model)
         predictor = Predictor(model, channels_last=False, compile=compiled)
         image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
         _CACHE.clear()

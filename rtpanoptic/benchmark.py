@@ -1,25 +1,229 @@
-"""In-process timings for ``rtpanoptic benchmark``: the network, the post-processing, and the
-pipeline's ops per backend on the same inputs.  Wall-clock medians; see ``make bench`` and
-benchmarks/RESULTS.md for the full pytest-benchmark suite."""
+"""In-process timings: one timer (CUDA events on a GPU, wall clock on the CPU) used by
+``rtpanoptic benchmark``, the pytest-benchmark suite (benchmarks/conftest.py) and the GPU check
+(benchmarks/gpu_check.py): the network per stage, the post-processing, and the pipeline's ops per
+backend on the same inputs.  See ``make bench`` and benchmarks/RESULTS.md."""
 from __future__ import annotations
 
+import contextlib
+import copy
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 
-def _median_ms(fn: Callable[[], object], iters: int, sync: Callable[[], None]) -> float:
-    fn()  # warm-up
-    sync()
+def _device(device) -> torch.device:
+    return device if isinstance(device, torch.device) else torch.device(device)
+
+
+def time_ms(fn: Callable[[], object], iters: int, device: torch.device | str) -> float:
+    """Median milliseconds of one call of ``fn`` over ``iters`` calls, after one warm-up call.
+
+    On CUDA each call sits between two CUDA events and is waited for before the next one starts,
+    so a call's time is its latency: kernels, launch gaps and the host work in between (what one
+    image costs at batch 1), not the throughput of calls queued back to back.  On the CPU: wall clock.
+    """
+    device = _device(device)
+    fn()  # warm-up: lazy initialisation, kernel compilation, allocator growth
     times = []
-    for _ in range(max(1, iters)):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(1e3 * (time.perf_counter() - t0))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(max(1, iters)):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+    else:
+        for _ in range(max(1, iters)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t0))
     return statistics.median(times)
+
+
+def cuda_peak_bytes(fn: Callable[[], object]) -> int:
+    """Bytes ``torch.cuda.max_memory_allocated`` grew by during one call of ``fn``."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+def heavy_postprocess_load(model) -> None:
+    """Bias a randomly initialised head so that every location passes ``pre_nms_thresh`` (class
+    probability ~0.12) with ~64 px boxes: the post-processing then handles as many candidates as
+    the options allow (``pre_nms_top_n`` per level into NMS, ``post_nms_top_n`` queries)."""
+    with torch.no_grad():
+        model.panoptic_head.box_cls_logits.bias.fill_(-2.0)
+        model.panoptic_head.bbox_pred.bias.fill_(math.log(32.0))
+
+
+@dataclass(frozen=True)
+class RunMode:
+    """How the network runs: ``autocast`` dtype (None: float32), NHWC weights and input
+    (``channels_last``), ``torch.compile`` of the backbone+FPN and of the head (``compile``)."""
+
+    autocast: torch.dtype | None = None
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def name(self) -> str:
+        parts = [{None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast]]
+        parts += ["channels_last"] * self.channels_last + ["compile"] * self.compile
+        return " + ".join(parts)
+
+
+def _float32(outputs):
+    """HeadOutputs with every tensor in float32 (the post-processing input after autocast)."""
+    return type(outputs)(*[[t.float() for t in f] if isinstance(f, list) else f.float() for f in outputs])
+
+
+def stage_timings(model, image_size: Sequence[int], mode: RunMode = RunMode(), iters: int = 10,
+                  backend: str | None = None) -> dict:
+    """Median ms of each stage for one random uint8 ``[1, 3, H, W]`` image held on the host.
+
+    Stages: ``backbone_fpn_ms``, ``head_ms`` (network under ``mode``), ``postprocess_ms``
+    (:meth:`Predictor.postprocess` on float32 outputs, results copied to the host),
+    ``end_to_end_ms`` (upload + normalise + network + post-processing); also ``fps``,
+    ``first_call_s`` (compilation included), ``peak_mem_mb`` (CUDA only) and ``queries``.
+    ``model`` is copied, not changed.
+    """
+    from .inference import Predictor
+
+    device = next(model.parameters()).device
+    model = copy.deepcopy(model).eval()
+    fmt = torch.channels_last if mode.channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    if mode.compile:
+        model.backbone.compile()
+        model.panoptic_head.compile()
+    predictor = Predictor(model, backend=backend)
+    h, w = int(image_size[0]), int(image_size[1])
+    image = torch.randint(0, 256, (1, 3, h, w), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+
+    def amp():
+        return torch.autocast(device.type, dtype=mode.autocast) if mode.autocast else contextlib.nullcontext()
+
+    def prep():
+        x, sizes = predictor.preprocess(image)
+        return x.contiguous(memory_format=fmt), sizes
+
+    def backbone(x):
+        with amp():
+            return model.backbone(x)
+
+    def head(feats, hw):
+        with amp():
+            return _float32(model.panoptic_head(feats, hw))
+
+    def end_to_end():
+        x, sizes = prep()
+        return predictor.postprocess(head(backbone(x), tuple(x.shape[-2:])), sizes)
+
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        result = end_to_end()
+        sync()
+        first_call_s = time.perf_counter() - t0
+        x, sizes = prep()
+        hw = tuple(x.shape[-2:])
+        feats = backbone(x)
+        outputs = head(feats, hw)
+        report = {
+            "backbone_fpn_ms": time_ms(lambda: backbone(x), iters, device),
+            "head_ms": time_ms(lambda: head(feats, hw), iters, device),
+            "postprocess_ms": time_ms(lambda: predictor.postprocess(outputs, sizes), iters, device),
+            "end_to_end_ms": time_ms(end_to_end, iters, device),
+        }
+        report["peak_mem_mb"] = cuda_peak_bytes(end_to_end) / 2**20 if device.type == "cuda" else None
+    report["fps"] = 1e3 / report["end_to_end_ms"]
+    report["first_call_s"] = first_call_s
+    report["queries"] = int(result[0].detections.scores.numel())
+    return report
+
+
+class _AutocastNet(torch.nn.Module):
+    """``model`` run under autocast, its outputs returned in float32; other attributes pass through."""
+
+    def __init__(self, model, dtype: torch.dtype):
+        super().__init__()
+        self.net, self.dtype = model, dtype
+
+    def forward(self, images):
+        with torch.autocast(images.device.type, dtype=self.dtype):
+            outputs = self.net(images)
+        return _float32(outputs)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.net, name)
+
+
+def graph_timings(model, image_size: Sequence[int], mode: RunMode = RunMode(), iters: int = 20) -> dict:
+    """The network + post-processing of one fixed-size image (:class:`rtpanoptic.export.PanopticProgram`)
+    captured in one CUDA graph and replayed: ``{"end_to_end_ms", "fps"}``, or ``end_to_end_error``
+    with the reason the capture failed; then the network alone: ``network_ms`` or ``network_error``.
+    CUDA only; ``mode.compile`` is ignored."""
+    from .export import PanopticProgram
+
+    device = next(model.parameters()).device
+    fmt = torch.channels_last if mode.channels_last else torch.contiguous_format
+    net = copy.deepcopy(model).eval().to(memory_format=fmt)
+    if mode.autocast is not None:
+        net = _AutocastNet(net, mode.autocast)
+    h, w = int(image_size[0]), int(image_size[1])
+    image = torch.randint(0, 256, (1, 3, h, w), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    image = image.to(device)
+    program = PanopticProgram(net).eval()
+    x = net.normalize(image).contiguous(memory_format=fmt)
+    report: dict = {}
+    with torch.no_grad():
+        for key, fn in (("end_to_end", lambda: program(image)), ("network", lambda: net(x))):
+            try:
+                graph = _capture(fn)
+                report[f"{key}_ms"] = time_ms(graph.replay, iters, device)
+            except Exception as exc:  # the reason is the result
+                report[f"{key}_error"] = exception_summary(exc)
+                torch.cuda.synchronize(device)
+    if "end_to_end_ms" in report:
+        report["fps"] = 1e3 / report["end_to_end_ms"]
+    return report
+
+
+def _capture(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
+    """``fn`` warmed up on a side stream (as CUDA graphs require), then captured."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def exception_summary(exc: BaseException) -> str:
+    """``Type: first line`` of an exception and of the one it was raised from or during."""
+    parts = []
+    while exc is not None and len(parts) < 2:
+        lines = str(exc).strip().splitlines() or [""]
+        parts.append(f"{type(exc).__name__}: {lines[0][:300]}")
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(parts)
 
 
 def run_benchmark(model, image_size: Sequence[int] = (256, 512), batch: int = 1, iters: int = 5,
@@ -32,7 +236,6 @@ def run_benchmark(model, image_size: Sequence[int] = (256, 512), batch: int = 1,
     if iters < 1 or batch < 1:
         raise ValueError(f"run_benchmark: iters and batch must be >= 1, got {iters}, {batch}")
     device = next(model.parameters()).device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     h, w = int(image_size[0]), int(image_size[1])
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, h, w), generator=g, dtype=torch.uint8)
@@ -42,9 +245,9 @@ def run_benchmark(model, image_size: Sequence[int] = (256, 512), batch: int = 1,
         outputs = predictor.network(x)
         report: dict = {"device": device.type, "image_size": [h, w], "batch": batch, "backend": backend or "auto",
                         **predictor.network.describe()}
-        report["network_ms"] = _median_ms(lambda: predictor.network(x), iters, sync)
-        report["postprocess_ms"] = _median_ms(lambda: predictor.postprocess(outputs, sizes), iters, sync)
-        report["end_to_end_ms"] = _median_ms(lambda: predictor(images), iters, sync)
+        report["network_ms"] = time_ms(lambda: predictor.network(x), iters, device)
+        report["postprocess_ms"] = time_ms(lambda: predictor.postprocess(outputs, sizes), iters, device)
+        report["end_to_end_ms"] = time_ms(lambda: predictor(images), iters, device)
     report["fps"] = 1e3 * batch / report["end_to_end_ms"]
     layout = " channels_last" if report["channels_last"] else ""
     echo(f"device {device.type}, batch {batch} x {h}x{w}, {report['precision']}{layout}"
@@ -53,11 +256,11 @@ def run_benchmark(model, image_size: Sequence[int] = (256, 512), batch: int = 1,
     echo(f"  post-process   {report['postprocess_ms']:9.1f} ms")
     echo(f"  end to end     {report['end_to_end_ms']:9.1f} ms  ({report['fps']:.1f} images/s)")
     if ops_too:
-        report["ops"] = _op_timings(model, outputs, predictor, device, iters, sync, echo)
+        report["ops"] = _op_timings(model, outputs, predictor, device, iters, echo)
     return report
 
 
-def _op_timings(model, outputs, predictor, device, iters, sync, echo) -> dict[str, dict[str, float]]:
+def _op_timings(model, outputs, predictor, device, iters, echo) -> dict[str, dict[str, float]]:
     """Each pipeline op on this network's outputs, per backend that runs here."""
     from . import ops
 
@@ -92,7 +295,7 @@ def _op_timings(model, outputs, predictor, device, iters, sync, echo) -> dict[st
         for name, fn in cases.items():
             row = {}
             for be in avail[op_of[name]]:
-                row[be] = _median_ms(lambda fn=fn, be=be: fn(be), iters, sync)
+                row[be] = time_ms(lambda fn=fn, be=be: fn(be), iters, device)
             table[name] = row
             echo(f"  {name:28s} " + "  ".join(f"{be} {ms:8.2f} ms" for be, ms in row.items()))
     return table

@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -225,12 +226,12 @@ def evaluate_model(
     ``num_overlays``) and ``metrics.json``.  PQ / SQ / RQ are computed by
     :func:`rtpanoptic.evaluation.pq_compute` from those files; mIoU from the semantic maps;
     mask AP (pycocotools) from the thing segments of the panoptic output, scored by their
-    query score.  ``predictor_options``: Predictor keyword arguments (``precision``,
-    ``channels_last``, ``compile``).  Returns the metrics (percent).
+    query score (NaN, with a warning, when pycocotools is not installed).  ``predictor_options``:
+    Predictor keyword arguments (``precision``, ``channels_last``, ``compile``).  Returns the metrics (percent).
     """
     from tqdm import tqdm
 
-    from .evaluation import InstanceAPEvaluator, SemanticEvaluator, pq_compute
+    from .evaluation import InstanceAPEvaluator, SemanticEvaluator, has_pycocotools, pq_compute
     from .inference import Predictor
     from .viz import write_coco_panoptic, write_coco_panoptic_json, write_overlay
 
@@ -239,7 +240,13 @@ def evaluate_model(
     description = dataset.description
     predictor = Predictor(model, backend=backend, **(predictor_options or {}))
     sem_eval = SemanticEvaluator(description.num_classes, description.ignore_label, list(description.class_names))
-    ap_eval = InstanceAPEvaluator(description.num_things, [description.class_names[t] for t in description.thing_train_ids])
+    ap_eval = None
+    if has_pycocotools():
+        ap_eval = InstanceAPEvaluator(description.num_things,
+                                      [description.class_names[t] for t in description.thing_train_ids])
+    else:
+        warnings.warn("mask AP not computed: pycocotools is not installed (pip install pycocotools)",
+                      RuntimeWarning, stacklevel=2)
     thing_index = _thing_index(description)
     if max_images is not None and max_images < 1:
         raise ValueError(f"evaluate_model: max_images must be >= 1 or None, got {max_images}")
@@ -263,13 +270,14 @@ def evaluate_model(
             if len(image_ids) <= num_overlays:
                 write_overlay(sample["image"].permute(1, 2, 0).numpy(), result, out / "overlays" / f"{stem}.png")
             sem_eval.update(result.semantic, sample["semantic"])
-            things = result.thing_segments
-            crowd_masks, crowd_labels = _crowd_instances(sample, description)
-            ap_eval.update(
-                sample["instance_masks"], sample["labels"], result.instance_masks,
-                [thing_index[s["train_id"]] for s in things], [s["score"] for s in things],
-                crowd_masks, crowd_labels,
-            )
+            if ap_eval is not None:
+                things = result.thing_segments
+                crowd_masks, crowd_labels = _crowd_instances(sample, description)
+                ap_eval.update(
+                    sample["instance_masks"], sample["labels"], result.instance_masks,
+                    [thing_index[s["train_id"]] for s in things], [s["score"] for s in things],
+                    crowd_masks, crowd_labels,
+                )
         bar.update(len(samples))
     bar.close()
     pred_json = out / "predictions.json"
@@ -278,7 +286,7 @@ def evaluate_model(
     pq = pq_compute(gt_json, pred_json, gt_folder=dataset.panoptic_root, pred_folder=pred_dir,
                     workers=0, progress=False)
     sem = sem_eval.compute()
-    ap = ap_eval.compute() if ap_eval.gt else {"AP": float("nan"), "AP50": float("nan"), "per_class": {}}
+    ap = ap_eval.compute() if ap_eval is not None and ap_eval.gt else {"AP": float("nan"), "AP50": float("nan"), "per_class": {}}
     metrics = {"images": n}
     for group, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
         for key in ("pq", "sq", "rq"):

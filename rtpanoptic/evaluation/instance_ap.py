@@ -14,6 +14,15 @@ import numpy as np
 _STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
+def has_pycocotools() -> bool:
+    """Whether pycocotools (needed by :class:`InstanceAPEvaluator`) can be imported."""
+    try:
+        import pycocotools  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _rle(mask: np.ndarray) -> dict:
     from pycocotools import mask as mask_util
 
@@ -38,10 +47,8 @@ class InstanceAPEvaluator:
     """
 
     def __init__(self, num_things: int, class_names: Sequence[str] | None = None, max_dets: int = 100):
-        try:
-            import pycocotools  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ImportError("InstanceAPEvaluator needs pycocotools (pip install pycocotools)") from exc
+        if not has_pycocotools():
+            raise ImportError("InstanceAPEvaluator needs pycocotools (pip install pycocotools)")
         self.num_things, self.class_names, self.max_dets = int(num_things), class_names, int(max_dets)
         self.reset()
 
