@@ -86,7 +86,7 @@ def _extensions():
         sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
         include_dirs += _cuda_wheel_include_dirs()
         library_dirs.append(os.path.join(cuda_home, "lib64"))
-        extra["nvcc"] = opt + ["--expt-relaxed-constexpr"]
+        extra["nvcc"] = opt + ["--expt-relaxed-constexpr", "-fmad=false"]
         define_macros.append(("WITH_CUDA", None))
         ext_cls = CUDAExtension
     print(f"rtpanoptic: building {'CPU + CUDA' if build_cuda else 'CPU-only'} extension", file=sys.stderr)
