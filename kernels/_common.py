@@ -3,6 +3,7 @@ the launch helper and its options."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import torch
@@ -64,10 +65,24 @@ TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float
              torch.float64: tl.float64}
 
 
-def scalars(dtype: torch.dtype, device: torch.device, *values: float) -> torch.Tensor:
-    """Float constants as a ``dtype`` tensor (Triton's float arguments are float32; the reference
-    compares with Python floats cast to the dtype it computes in)."""
+@functools.lru_cache(maxsize=64)
+def _cached_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=dtype, device=device)
+
+
+def constant(values: tuple, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    """``torch.tensor(values)`` on ``like``'s device, made once per (values, dtype, device) in
+    eager mode: a later launch copies nothing from the host, so the ops can be captured in a CUDA
+    graph after a first (warm-up) call.  Under tracing (fake tensors) a fresh one."""
+    if type(like) is not torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=like.device)
+    return _cached_constant(values, dtype, like.device)
+
+
+def scalars(dtype: torch.dtype, like: torch.Tensor, *values: float) -> torch.Tensor:
+    """Float constants as a ``dtype`` tensor on ``like``'s device (Triton's float arguments are
+    float32; the reference compares with Python floats cast to the dtype it computes in)."""
+    return constant(tuple(values), dtype, like)
 
 
 @triton.jit

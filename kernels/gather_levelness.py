@@ -15,7 +15,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from ._box_score import div_rn
-from ._common import NAMESPACE, TL_DTYPES, argmax_better, block_size, launch, opmath
+from ._common import NAMESPACE, TL_DTYPES, argmax_better, block_size, constant, launch, opmath
 from .decode_boxes import decode_block
 
 
@@ -110,8 +110,7 @@ def gather_levelness(offsets: list[torch.Tensor], levelness: torch.Tensor,
     flat = torch.cat([o.contiguous().reshape(-1) for o in offsets])
     sizes = [o.numel() for o in offsets]
     starts = [sum(sizes[:i]) for i in range(n_levels)]
-    meta = torch.tensor([[s, o.shape[2], o.shape[3]] for s, o in zip(starts, offsets)],
-                        dtype=torch.int64, device=levelness.device)
+    meta = constant(tuple((s, o.shape[2], o.shape[3]) for s, o in zip(starts, offsets)), torch.int64, levelness)
     block = block_size(h * w, cap=4096)
     launch(_gather_levelness_kernel, (triton.cdiv(h * w, block), b), flat, meta, levelness.contiguous(), boxes,
            fg.view(torch.uint8), h, w, out_stride, L=n_levels, OPMATH=TL_DTYPES[opmath(levelness.dtype)], BLOCK=block)

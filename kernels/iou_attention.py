@@ -87,7 +87,7 @@ def iou_attention(dense_boxes: torch.Tensor, query_boxes: torch.Tensor, score: s
     qblock, block = tile(q, p)
     grid = (triton.cdiv(p, block), triton.cdiv(q, qblock))
     launch(_iou_attention_fwd, grid, dense_boxes.contiguous(), query_boxes.contiguous(),
-           scalars(math, dense_boxes.device, TRI_EPS), out, q, p,
+           scalars(math, dense_boxes, TRI_EPS), out, q, p,
            TRI=SCORE_IDS[score] == 1, OPMATH=TL_DTYPES[math], QBLOCK=qblock, BLOCK=block)
     return out
 
@@ -109,7 +109,7 @@ def iou_attention_backward(grad: torch.Tensor, dense_boxes: torch.Tensor, query_
     n_prog = triton.cdiv(p, block)
     parts = torch.empty((n_prog, q, 4), dtype=math, device=dense_boxes.device)
     launch(_iou_attention_bwd, (n_prog,), grad.contiguous(), dense_boxes.contiguous(), query_boxes.contiguous(),
-           scalars(math, dense_boxes.device, TRI_EPS), gdense, parts, q, p,
+           scalars(math, dense_boxes, TRI_EPS), gdense, parts, q, p,
            TRI=SCORE_IDS[score] == 1, OPMATH=TL_DTYPES[math], BLOCK=block)
     return gdense.to(dense_boxes.dtype), parts.sum(0).to(query_boxes.dtype)
 

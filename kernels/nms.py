@@ -84,7 +84,7 @@ def _nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None, i
     mask = torch.empty((n, n_words), dtype=torch.int32, device=boxes.device)
     cls = idxs[order].to(torch.int64).contiguous() if idxs is not None else sorted_boxes
     launch(_nms_mask_kernel, (triton.cdiv(n, br), triton.cdiv(n_words, wb)), sorted_boxes, cls,
-           scalars(boxes.dtype, boxes.device, iou_threshold), mask, n, n_words, OUT=TL_DTYPES[boxes.dtype],
+           scalars(boxes.dtype, boxes, iou_threshold), mask, n, n_words, OUT=TL_DTYPES[boxes.dtype],
            UPCAST=boxes.dtype in (torch.float16, torch.bfloat16), BATCHED=idxs is not None, BR=br, WB=wb)
     keep = torch.zeros(n, dtype=torch.int32, device=boxes.device)
     nwb = max(16, triton.next_power_of_2(n_words))

@@ -199,7 +199,7 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
         area_parts = torch.empty((q, n_prog), **i32)
         math = opmath(dense.dtype)
         launch(_masks_kernel, (n_prog, triton.cdiv(q, qb)), dense, sem, query_boxes.contiguous(),
-               query_classes.to(torch.int32), order.to(torch.int32), scalars(math, device, sigma, TRI_EPS), masks,
+               query_classes.to(torch.int32), order.to(torch.int32), scalars(math, dense, sigma, TRI_EPS), masks,
                area_parts, q, p, n_words, TRI=SCORE_IDS[score] == 1, OPMATH=TL_DTYPES[math], QB=qb, WB=wb)
         areas = area_parts.sum(1, dtype=torch.int64)
         # the reference skips query j when float(score_j) < score_threshold (float64 compare)
