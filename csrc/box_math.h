@@ -200,39 +200,49 @@ RTP_HD int64_t first_output_reaching(int64_t i, int64_t in_size, int64_t out_siz
   return lo;
 }
 
+// The taps of one axis of bilinear sampling from in_size to out_size, computed on the fly: the
+// first output reaching input index i, and the taps of output index o (the CPU kernel uses a
+// table with the same two methods).
+template <typename T>
+struct BilinearAxis {
+  int64_t in_size, out_size;
+  T scale;  // in_size / out_size
+  RTP_HD int64_t first(int64_t i) const { return first_output_reaching<T>(i, in_size, out_size, scale); }
+  RTP_HD void at(int64_t o, int64_t* i0, int64_t* i1, T* w0, T* w1) const {
+    bilinear_coeffs<T>(o, in_size, scale, i0, i1, w0, w1);
+  }
+};
+
+// Weight with which output index o (taps i0, i1 with weights w0, w1) samples input index i.
+template <typename T>
+RTP_HD T tap_weight(int64_t i, int64_t i0, int64_t i1, T w0, T w1) {
+  return (i0 == i ? w0 : T(0)) + (i1 == i ? w1 : T(0));
+}
+
 // Adjoint of bilinear sampling, gathered at one input pixel: the gradient that the outputs
-// which chose `level` send to pixel (yi, xi) of that level's [h_in, w_in] grid, for the 4
-// planes of `grad` ([4, h_out * w_out], entries of type G) -- sum over the outputs whose taps
-// reach it of grad * row weight * column weight, in a fixed order (no atomics: deterministic).
-// `chosen`: the level of every output pixel; sy, sx: h_in / h_out and w_in / w_out.
-template <typename T, typename G>
-RTP_HD void bilinear_adjoint_at(const G* grad, const int32_t* chosen, int32_t level, int64_t yi, int64_t xi,
-                                int64_t h_in, int64_t w_in, int64_t h_out, int64_t w_out, T sy, T sx, T* out) {
-  const int64_t plane = h_out * w_out;
-  const int64_t ox_first = first_output_reaching<T>(xi, w_in, w_out, sx);
-  for (int64_t oy = first_output_reaching<T>(yi, h_in, h_out, sy); oy < h_out; ++oy) {
+// which chose `level` send to pixel (yi, xi) of that level's grid, for the 4 planes of `grad`
+// ([4, plane], entries of type G, rows of w_out) -- the sum over the outputs whose taps reach
+// it of grad * row weight * column weight, in a fixed order (no atomics: deterministic).
+// `chosen`: the level of every output pixel; ys, xs: the axes' taps (BilinearAxis or a table).
+template <typename T, typename G, typename AxisY, typename AxisX>
+RTP_HD void bilinear_adjoint_at(const G* grad, int64_t plane, int64_t w_out, const int32_t* chosen, int32_t level,
+                                int64_t yi, int64_t xi, const AxisY& ys, const AxisX& xs, T* out) {
+  const int64_t ox_first = xs.first(xi);
+  for (int64_t oy = ys.first(yi); oy < ys.out_size; ++oy) {
     int64_t y0, y1;
     T wy0, wy1;
-    bilinear_coeffs<T>(oy, h_in, sy, &y0, &y1, &wy0, &wy1);
+    ys.at(oy, &y0, &y1, &wy0, &wy1);
     if (y0 > yi) break;
-    for (int64_t ox = ox_first; ox < w_out; ++ox) {
+    const T wy = tap_weight(yi, y0, y1, wy0, wy1);
+    for (int64_t ox = ox_first; ox < xs.out_size; ++ox) {
       int64_t x0, x1;
       T wx0, wx1;
-      bilinear_coeffs<T>(ox, w_in, sx, &x0, &x1, &wx0, &wx1);
+      xs.at(ox, &x0, &x1, &wx0, &wx1);
       if (x0 > xi) break;
       const int64_t p = oy * w_out + ox;
       if (chosen[p] != level) continue;
-      for (int c = 0; c < 4; ++c) {
-        const T g = static_cast<T>(grad[c * plane + p]);
-        if (y0 == yi) {
-          if (x0 == xi) out[c] += g * wy0 * wx0;
-          if (x1 == xi) out[c] += g * wy0 * wx1;
-        }
-        if (y1 == yi) {
-          if (x0 == xi) out[c] += g * wy1 * wx0;
-          if (x1 == xi) out[c] += g * wy1 * wx1;
-        }
-      }
+      const T w = wy * tap_weight(xi, x0, x1, wx0, wx1);
+      for (int c = 0; c < 4; ++c) out[c] += static_cast<T>(grad[c * plane + p]) * w;
     }
   }
 }

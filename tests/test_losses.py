@@ -126,21 +126,22 @@ def test_select_queries_hand_values():
 
 def test_explicit_mask_loss_hand_computed():
     """An 8 x 8 image, one level at stride 8 (a single cell, centre (4, 4)) predicting offsets
-    (2, 2, 2, 2): the query box is (2, 2, 6, 6), equal to the ground-truth box (beta = 1).  The
-    levelness grid (stride 4) is 2 x 2 with centres 2 and 6; the constant offsets give the dense
-    boxes (0, 0, 4, 4), (4, 0, 8, 4), (0, 4, 4, 8), (4, 4, 8, 8), each with IoU 4 / 28 = 1/7 with
-    the query.  The mask [2:6, 2:6] sampled at the centres keeps pixel (0, 0) only (N = 1):
-    E_FN = 1 - 1/7, E_FP = 3/7, so L = 1 / Q * beta / N * (E_FP + E_FN) = 9/7."""
+    (2, 2, 2, 2): the query box is (2, 2, 6, 6); the ground-truth box (2, 2, 6, 8) overlaps it by
+    beta = 16 / 24 = 2/3.  The levelness grid (stride 4) is 2 x 2 with centres 2 and 6; the
+    constant offsets give the dense boxes (0, 0, 4, 4), (4, 0, 8, 4), (0, 4, 4, 8), (4, 4, 8, 8),
+    each with IoU 4 / 28 = 1/7 with the query.  The mask [2:6, 2:6] sampled at the centres keeps
+    pixel (0, 0) only (N = 1): E_FN = 1 - 1/7, E_FP = 3/7, so
+    L = 1 / Q * beta / N * (E_FP + E_FN) = 2/3 * 9/7 = 6/7."""
     offsets = [torch.full((1, 4, 1, 1), 2.0, requires_grad=True)]
     outputs = HeadOutputs(offsets, [torch.zeros(1, 1, 1, 1)], [torch.tensor([[[[5.0]], [[-5.0]]]])],
                           torch.tensor([-5.0, 5.0]).view(1, 2, 1, 1).expand(1, 2, 2, 2).contiguous(),
                           torch.zeros(1, 3, 2, 2))
     mask = torch.zeros(1, 8, 8, dtype=torch.bool)
     mask[0, 2:6, 2:6] = True
-    batch = {"boxes": [torch.tensor([[2.0, 2.0, 6.0, 6.0]])], "instance_masks": [mask]}
+    batch = {"boxes": [torch.tensor([[2.0, 2.0, 6.0, 8.0]])], "instance_masks": [mask]}
     loss, nq = explicit_mask_loss(outputs, batch, (8,), 4, LossConfig())
     assert nq == 1
-    assert loss.item() == pytest.approx(9 / 7, rel=1e-6)
+    assert loss.item() == pytest.approx(6 / 7, rel=1e-6)
     # d L / d offsets: every dense box (x - l, y - t, x + r, y + b) and the query move with them
     loss.backward()
     assert offsets[0].grad is not None and offsets[0].grad.abs().sum() > 0

@@ -24,21 +24,35 @@ namespace rtpanoptic {
 namespace {
 
 
+// The taps of one axis (bilinear_coeffs of every output index, and the first output reaching
+// every input index), computed once: the forward reads the taps, the backward both (the same
+// methods as box_math.h's BilinearAxis).
 template <typename T>
 struct AxisW {
-  std::vector<int64_t> i0, i1;
+  int64_t out_size;
+  std::vector<int64_t> i0, i1, first_out;
   std::vector<T> w0, w1;
+  int64_t first(int64_t i) const { return first_out[i]; }
+  void at(int64_t o, int64_t* a, int64_t* b, T* wa, T* wb) const {
+    *a = i0[o];
+    *b = i1[o];
+    *wa = w0[o];
+    *wb = w1[o];
+  }
 };
 
 template <typename T>
 AxisW<T> axis_coeffs(int64_t out_size, int64_t in_size) {
   AxisW<T> a;
+  a.out_size = out_size;
   a.i0.resize(out_size);
   a.i1.resize(out_size);
   a.w0.resize(out_size);
   a.w1.resize(out_size);
+  a.first_out.resize(in_size);
   const T scale = static_cast<T>(in_size) / static_cast<T>(out_size);
   for (int64_t o = 0; o < out_size; ++o) bilinear_coeffs<T>(o, in_size, scale, &a.i0[o], &a.i1[o], &a.w0[o], &a.w1[o]);
+  for (int64_t i = 0; i < in_size; ++i) a.first_out[i] = first_output_reaching<T>(i, in_size, out_size, scale);
   return a;
 }
 
@@ -125,15 +139,15 @@ void backward_impl(const at::Tensor& grad, const std::vector<at::Tensor>& offs, 
   const T* gp = grad.data_ptr<T>();
   for (size_t l = 0; l < offs.size(); ++l) {
     const int64_t hi = offs[l].size(2), wi = offs[l].size(3);
-    const T sy = static_cast<T>(hi) / static_cast<T>(h), sx = static_cast<T>(wi) / static_cast<T>(w);
+    const AxisW<T> ys = axis_coeffs<T>(h, hi), xs = axis_coeffs<T>(w, wi);
     T* dst = grads[l].data_ptr<T>();
     at::parallel_for(0, batch * hi, 1, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / hi, yi = row % hi;
         for (int64_t xi = 0; xi < wi; ++xi) {
           T acc[4] = {0, 0, 0, 0};
-          bilinear_adjoint_at<T, T>(gp + b * 4 * plane, levels.data() + b * plane, static_cast<int32_t>(l), yi, xi, hi,
-                                    wi, h, w, sy, sx, acc);
+          bilinear_adjoint_at<T, T>(gp + b * 4 * plane, plane, w, levels.data() + b * plane, static_cast<int32_t>(l),
+                                    yi, xi, ys, xs, acc);
           for (int c = 0; c < 4; ++c) dst[((b * 4 + c) * hi + yi) * wi + xi] = c < 2 ? -acc[c] : acc[c];
         }
       }

@@ -121,10 +121,10 @@ __global__ void gather_backward_kernel(Levels<scalar_t, acc_t*> grads, int n_lev
   const int64_t hi = grads.h[l], wi = grads.w[l], local = t - grads.start[l];
   const int64_t b = local / (hi * wi), yi = (local / wi) % hi, xi = local % wi;
   const int64_t plane = h * w;
+  const BilinearAxis<acc_t> ys{hi, h, static_cast<acc_t>(hi) / static_cast<acc_t>(h)};
+  const BilinearAxis<acc_t> xs{wi, w, static_cast<acc_t>(wi) / static_cast<acc_t>(w)};
   acc_t acc[4] = {0, 0, 0, 0};
-  bilinear_adjoint_at<acc_t, scalar_t>(grad + b * 4 * plane, chosen + b * plane, l, yi, xi, hi, wi, h, w,
-                                       static_cast<acc_t>(hi) / static_cast<acc_t>(h),
-                                       static_cast<acc_t>(wi) / static_cast<acc_t>(w), acc);
+  bilinear_adjoint_at<acc_t, scalar_t>(grad + b * 4 * plane, plane, w, chosen + b * plane, l, yi, xi, ys, xs, acc);
   acc_t* dst = grads.ptr[l] + b * 4 * hi * wi + yi * wi + xi;
 #pragma unroll
   for (int c = 0; c < 4; ++c) dst[c * hi * wi] = c < 2 ? -acc[c] : acc[c];

@@ -42,8 +42,9 @@ __global__ void probe(const T* __restrict__ in, const int64_t* __restrict__ idx,
   o[8] = w0 + static_cast<T>(i0 + i1);
   o[9] = static_cast<T>(first_output_reaching<T>(idx[i + 2], idx[i + 3], idx[i + 4], b[25]));
   T adj[4] = {0, 0, 0, 0};
-  bilinear_adjoint_at<T, T>(in, chosen, 1, idx[i], idx[i + 1], idx[i + 2], idx[i + 3], idx[i + 4], idx[i + 5], b[26],
-                            b[27], adj);
+  const BilinearAxis<T> ys{idx[i + 2], idx[i + 3], b[26]}, xs{idx[i + 4], idx[i + 5], b[27]};
+  bilinear_adjoint_at<T, T>(in, idx[i + 6], idx[i + 5], chosen, 1, idx[i], idx[i + 1], ys, xs, adj);
+  o[13] = tap_weight<T>(idx[i], idx[i + 1], idx[i + 2], b[28], b[29]);
   o[10] = adj[0] + adj[3] + static_cast<T>(argmax_better(b[26], b[27]));
   o[11] = nan_min(b[28], b[29]) + nan_max(b[30], b[31]) + rtp_max(b[29], b[31]);
   o[12] = dmin_da(b[28], b[29]) + dmax_da(b[30], b[31]);
