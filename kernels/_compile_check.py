@@ -96,8 +96,8 @@ def _workload() -> None:
         ops.mask_loss(batch, queries, masks, beta, bi, backend="triton").backward()
         sem = torch.softmax(torch.randn(4, 8, 12, generator=g), 0).to(dtype)
         is_thing = torch.tensor([False, True, True, False])
-        args = (dense.detach(), sem, queries.detach(), torch.tensor([1, 2, 1, 2, 1]), torch.rand(5, generator=g).to(dtype),
-                is_thing)
+        scores = torch.rand(5, generator=g).to(dtype)
+        args = (dense.detach(), sem, queries.detach(), torch.tensor([1, 2, 1, 2, 1]), scores, is_thing)
         for score in SCORES:
             ops.panoptic_from_dense(*args, sigma=0.1, score=score, stuff_area_limit=1, backend="triton")
         resident = pfd.RESIDENT_WORDS

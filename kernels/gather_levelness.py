@@ -1,6 +1,6 @@
 """``gather_levelness`` (eq. 14) in one kernel: torch.argmax of the levelness (first maximum,
-NaN counts as the maximum), bilinear resampling (``align_corners=False``, as ``F.interpolate``) of the chosen level's offsets only,
-and decoding around the output grid's cell centres.
+NaN counts as the maximum), bilinear resampling (``align_corners=False``, as ``F.interpolate``)
+of the chosen level's offsets only, and decoding around the output grid's cell centres.
 
 The L levels are passed as one flat buffer plus a table ``(base, h, w)`` per level, so any
 number of levels works with one compiled kernel per L.  Backward (w.r.t. the offsets) is

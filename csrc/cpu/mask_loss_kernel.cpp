@@ -1,8 +1,9 @@
 // Explicit mask loss (eqs. 16-18) on the CPU, fused: the [Q, H, W] IoU map is never built.
 //   L = 1/Q * sum_j beta_j / N_j * (sum_{p not in M_j} S_jp + sum_{p in M_j} (1 - S_jp)),
 // S_jp = IoU(dense[batch_index[j], :, p], query[j]) (0 where U == 0), N_j = |M_j|; a query
-// with N_j = 0 contributes 0 and takes no part in the gradient (whatever its boxes or beta_j).  Per-(query, chunk) partial sums are kept in
-// float64 and reduced in a fixed order, so the result is deterministic.
+// with N_j = 0 contributes 0 and takes no part in the gradient (whatever its boxes or beta_j).
+// Per-(query, chunk) partial sums are kept in float64 and reduced in a fixed order, so the
+// result is deterministic.
 // Backward: dL/dS_jp = g * beta_j / (N_j * Q) * (p in M_j ? -1 : +1), chained through
 // box_score_backward, in one pass over (image, pixel chunk) tasks with per-task query buffers.
 #include <ATen/ATen.h>

@@ -18,7 +18,8 @@ def test_decode_hand_computed(backend, device):
     assert boxes[0, :, 1, 2].tolist() == [19.0, 10.0, 23.0, 16.0]
     assert boxes[0, :, 0, 0].tolist() == [4.0, 4.0, 4.0, 4.0]
     # odd stride: floor(stride / 2)
-    assert ops.decode_boxes(torch.zeros(1, 4, 1, 1, device=device), 5, backend=backend)[0, :, 0, 0].tolist() == [2.0] * 4
+    one = ops.decode_boxes(torch.zeros(1, 4, 1, 1, device=device), 5, backend=backend)
+    assert one[0, :, 0, 0].tolist() == [2.0] * 4
 
 
 @pytest.mark.backends("decode_boxes")

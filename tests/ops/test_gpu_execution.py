@@ -196,8 +196,6 @@ def test_torch_compile_over_the_cuda_ops(op):
     args, _ = _case(op, seed=3)
     args = _to(args, "cuda")
     fn = getattr(torch.ops.rtpanoptic, op)
-    if op == "mask_loss":
-        args = (*args[:4], args[4].to(torch.int64))
     torch._dynamo.reset()
     dynamic = op in ("nms", "batched_nms", "panoptic_from_dense")
     torch._dynamo.config.capture_dynamic_output_shape_ops = dynamic
