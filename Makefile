@@ -34,7 +34,10 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/rtpanoptic demo $(DEMO_ARGS)
 
+# check_build.py first: rtpanoptic._C must load (with FORCE_CUDA=1, with every op's CUDA kernel),
+# or the C++/CUDA tests would merely skip.
 test: $(VENV)/.installed
+	$(PY) tests/check_build.py
 	TRITON_INTERPRET=1 $(PY) -m pytest tests -q $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

@@ -138,7 +138,7 @@ def _extensions():
         sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))]
         include_dirs += _cuda_wheel_include_dirs()
         library_dirs.append(os.path.join(cuda_home, "lib64"))
-        extra["nvcc"] = opt + ["--expt-relaxed-constexpr"]
+        extra["nvcc"] = opt + ["--expt-relaxed-constexpr", "-fmad=false"]
         define_macros.append(("WITH_CUDA", None))
         ext_cls = CUDAExtension
         info.update(cuda=torch.version.cuda, cuda_targets=_cuda_targets())

@@ -1,11 +1,16 @@
-// Box scores shared by the CPU and CUDA kernels, with their hand-written derivatives.
+// The float formulas of the CPU and CUDA kernels (box scores with their hand-written
+// derivatives, IoU, bilinear sampling and its adjoint), in one place.
 //
 // Every formula follows rtpanoptic/ops/reference.py operation by operation (same
-// association order, so float32 results match the reference), and every derivative
-// follows what PyTorch's autograd does on the reference:
+// association order, so float32 results match the reference bit for bit: the CUDA build
+// passes -fmad=false, so that nvcc does not fuse a * b + c into one rounding, and
+// tests/ops/test_cuda_compile.py checks the PTX of every function here), and every
+// derivative follows what PyTorch's autograd does on the reference:
 //   * clamp(min=0) passes the gradient only where its input is > 0 (0 at exactly 0);
 //   * torch.min / torch.max split the gradient in halves between equal arguments;
-//   * "iou": torch.where(union != 0, inter / union, 0) -> score and gradient 0 where union == 0.
+//   * "iou": torch.where(union != 0, inter / union, 0) -> score and gradient 0 where union == 0;
+//   * everything else multiplies, so a NaN coordinate makes the gradients that depend on it
+//     NaN even where the upstream gradient is 0 (callers must not skip zero gradients).
 // NaN/inf coordinates: the arithmetic propagates them (a NaN box gets a NaN score, which
 // then never passes a ">" threshold); no kernel branches on them, so nothing hangs.
 #pragma once
@@ -27,10 +32,6 @@ constexpr double kTriEps = 1e-7;
 enum class Score : int { kIoU = 0, kTri = 1 };
 
 template <typename T>
-RTP_HD T rtp_min(T a, T b) {
-  return b < a ? b : a;
-}
-template <typename T>
 RTP_HD T rtp_max(T a, T b) {
   return b > a ? b : a;
 }
@@ -51,6 +52,24 @@ RTP_HD T dmin_da(T a, T b) {
 template <typename T>
 RTP_HD T dmax_da(T a, T b) {
   return a > b ? T(1) : (a == b ? T(0.5) : T(0));
+}
+
+// Area of an xyxy box, no +1 (inverted boxes give negative areas), as reference.box_area.
+template <typename T>
+RTP_HD T box_area(T x0, T y0, T x1, T y1) {
+  return (x1 - x0) * (y1 - y0);
+}
+
+// IoU of boxes a and b given their areas, as torchvision.ops.box_iou / reference.box_iou:
+// I / ((area_a + area_b) - I); 0/0 (two zero-area boxes) gives NaN, NaN coordinates give NaN.
+template <typename T>
+RTP_HD T pair_iou(T a0, T a1, T a2, T a3, T area_a, T b0, T b1, T b2, T b3, T area_b) {
+  T w = nan_min(a2, b2) - nan_max(a0, b0);
+  T h = nan_min(a3, b3) - nan_max(a1, b1);
+  w = w < T(0) ? T(0) : w;
+  h = h < T(0) ? T(0) : h;
+  const T inter = w * h;
+  return inter / ((area_a + area_b) - inter);
 }
 
 // Score of box d against box q (both xyxy), as reference.pairwise_box_score.
@@ -154,6 +173,78 @@ RTP_HD void bilinear_coeffs(int64_t out_index, int64_t in_size, T scale, int64_t
   *i1 = lo + step;
   *w1 = l1;
   *w0 = T(1) - l1;
+}
+
+// One bilinear sample from its four taps v<row><column> and the row / column weights.
+template <typename T>
+RTP_HD T bilinear(T v00, T v01, T v10, T v11, T wy0, T wy1, T wx0, T wx1) {
+  return wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11);
+}
+
+// The first output index o in [0, out_size) whose taps reach input index i (i1(o) >= i).  Both
+// taps are nondecreasing in o, so the outputs reaching i run from there until i0(o) > i.
+template <typename T>
+RTP_HD int64_t first_output_reaching(int64_t i, int64_t in_size, int64_t out_size, T scale) {
+  int64_t lo = 0, hi = out_size;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    int64_t i0, i1;
+    T w0, w1;
+    bilinear_coeffs<T>(mid, in_size, scale, &i0, &i1, &w0, &w1);
+    if (i1 >= i) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  return lo;
+}
+
+// The taps of one axis of bilinear sampling from in_size to out_size, computed on the fly: the
+// first output reaching input index i, and the taps of output index o (the CPU kernel uses a
+// table with the same two methods).
+template <typename T>
+struct BilinearAxis {
+  int64_t in_size, out_size;
+  T scale;  // in_size / out_size
+  RTP_HD int64_t first(int64_t i) const { return first_output_reaching<T>(i, in_size, out_size, scale); }
+  RTP_HD void at(int64_t o, int64_t* i0, int64_t* i1, T* w0, T* w1) const {
+    bilinear_coeffs<T>(o, in_size, scale, i0, i1, w0, w1);
+  }
+};
+
+// Weight with which output index o (taps i0, i1 with weights w0, w1) samples input index i.
+template <typename T>
+RTP_HD T tap_weight(int64_t i, int64_t i0, int64_t i1, T w0, T w1) {
+  return (i0 == i ? w0 : T(0)) + (i1 == i ? w1 : T(0));
+}
+
+// Adjoint of bilinear sampling, gathered at one input pixel: the gradient that the outputs
+// which chose `level` send to pixel (yi, xi) of that level's grid, for the 4 planes of `grad`
+// ([4, plane], entries of type G, rows of w_out) -- the sum over the outputs whose taps reach
+// it of grad * row weight * column weight, in a fixed order (no atomics: deterministic).
+// `chosen`: the level of every output pixel; ys, xs: the axes' taps (BilinearAxis or a table).
+template <typename T, typename G, typename AxisY, typename AxisX>
+RTP_HD void bilinear_adjoint_at(const G* grad, int64_t plane, int64_t w_out, const int32_t* chosen, int32_t level,
+                                int64_t yi, int64_t xi, const AxisY& ys, const AxisX& xs, T* out) {
+  const int64_t ox_first = xs.first(xi);
+  for (int64_t oy = ys.first(yi); oy < ys.out_size; ++oy) {
+    int64_t y0, y1;
+    T wy0, wy1;
+    ys.at(oy, &y0, &y1, &wy0, &wy1);
+    if (y0 > yi) break;
+    const T wy = tap_weight(yi, y0, y1, wy0, wy1);
+    for (int64_t ox = ox_first; ox < xs.out_size; ++ox) {
+      int64_t x0, x1;
+      T wx0, wx1;
+      xs.at(ox, &x0, &x1, &wx0, &wx1);
+      if (x0 > xi) break;
+      const int64_t p = oy * w_out + ox;
+      if (chosen[p] != level) continue;
+      const T w = wy * tap_weight(xi, x0, x1, wx0, wx1);
+      for (int c = 0; c < 4; ++c) out[c] += static_cast<T>(grad[c * plane + p]) * w;
+    }
+  }
 }
 
 // torch.argmax semantics: first maximum, NaN counts as the maximum (first NaN wins).

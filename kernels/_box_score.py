@@ -1,7 +1,8 @@
 """Box score of dense boxes against query boxes, and its gradient, as ``@triton.jit`` helpers.
 
 Mirrors :func:`rtpanoptic.ops.reference.pairwise_box_score` operation by operation, in the
-inputs' dtype (so float32 results round exactly like the reference), and its autograd:
+dtype of the coordinates (float32 for float16/bfloat16 boxes, which the loaders upcast; so
+results round exactly like the reference's, launched without FMA contraction), and its autograd:
 ``clamp(min=0)`` passes the gradient where its input is ``> 0`` (checked empirically) and ``minimum``/``maximum``
 split it in half on ties, as PyTorch's derivatives do.
 """
@@ -10,23 +11,25 @@ import triton.language as tl
 
 
 @triton.jit
-def load_dense(base, P, p, m):
+def load_dense(base, P, p, m, OPMATH: tl.constexpr):
     """Coordinates (x1, y1, x2, y2) at pixels ``p`` of a contiguous [4, P] dense box map starting
-    at ``base`` (0 where ``m`` is False)."""
-    dx1 = tl.load(base + p, mask=m, other=0)
-    dy1 = tl.load(base + P + p, mask=m, other=0)
-    dx2 = tl.load(base + 2 * P + p, mask=m, other=0)
-    dy2 = tl.load(base + 3 * P + p, mask=m, other=0)
+    at ``base`` (0 where ``m`` is False), as ``OPMATH``."""
+    plane = tl.cast(P, tl.int64)
+    dx1 = tl.load(base + p, mask=m, other=0).to(OPMATH)
+    dy1 = tl.load(base + plane + p, mask=m, other=0).to(OPMATH)
+    dx2 = tl.load(base + 2 * plane + p, mask=m, other=0).to(OPMATH)
+    dy2 = tl.load(base + 3 * plane + p, mask=m, other=0).to(OPMATH)
     return dx1, dy1, dx2, dy2
 
 
 @triton.jit
-def load_box(ptr, j):
-    """Box ``j`` (x1, y1, x2, y2) of a contiguous [N, 4] tensor, as four scalars."""
-    x1 = tl.load(ptr + j * 4)
-    y1 = tl.load(ptr + j * 4 + 1)
-    x2 = tl.load(ptr + j * 4 + 2)
-    y2 = tl.load(ptr + j * 4 + 3)
+def load_box(ptr, j, OPMATH: tl.constexpr):
+    """Box ``j`` (x1, y1, x2, y2) of a contiguous [N, 4] tensor, as four ``OPMATH`` scalars."""
+    j4 = tl.cast(j, tl.int64) * 4
+    x1 = tl.load(ptr + j4).to(OPMATH)
+    y1 = tl.load(ptr + j4 + 1).to(OPMATH)
+    x2 = tl.load(ptr + j4 + 2).to(OPMATH)
+    y2 = tl.load(ptr + j4 + 3).to(OPMATH)
     return x1, y1, x2, y2
 
 

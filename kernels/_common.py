@@ -1,10 +1,15 @@
-"""Shared helpers of the Triton kernels: registration namespace, block sizes, launch options."""
+"""Shared helpers of the Triton kernels: registration namespace, block sizes, compute dtypes,
+the launch helper and its options."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import torch
 import triton
+import triton.language as tl
+from torch.library import wrap_triton
 
 NAMESPACE = "rtpanoptic_triton"
 
@@ -49,17 +54,58 @@ def tile(n_rows: int, n_cols: int, *, gpu=(16, 256), cap: int = 16384):
     return rows, cols
 
 
-def scalars(like: torch.Tensor, *values: float) -> torch.Tensor:
-    """Float constants in ``like``'s dtype, as a tensor (Triton's float arguments are fp32;
-    the reference compares with Python floats cast to the tensor dtype)."""
-    return torch.tensor(values, dtype=like.dtype, device=like.device)
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of reductions: float64 stays float64, everything else float32."""
+def opmath(dtype: torch.dtype) -> torch.dtype:
+    """Dtype the kernels compute (and accumulate) in for inputs of ``dtype``: float16/bfloat16 in
+    float32, rounded once when stored (as torchvision's box_iou and the reference); float32 and
+    float64 in themselves."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-# Launch options: no fused multiply-add contraction, so results round like the
-# reference's separate PyTorch ops (needed for bit-identical masks).
-EXACT = {"enable_fp_fusion": False}
+TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
+             torch.float64: tl.float64}
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def constant(values: tuple, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
+    """``torch.tensor(values)`` on ``like``'s device, made once per (values, dtype, device) in
+    eager mode: a later launch copies nothing from the host, so the ops can be captured in a CUDA
+    graph after a first (warm-up) call.  Under tracing (fake tensors) a fresh one."""
+    if type(like) is not torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=like.device)
+    return _cached_constant(values, dtype, like.device)
+
+
+def scalars(dtype: torch.dtype, like: torch.Tensor, *values: float) -> torch.Tensor:
+    """Float constants as a ``dtype`` tensor on ``like``'s device (Triton's float arguments are
+    float32; the reference compares with Python floats cast to the dtype it computes in)."""
+    return constant(tuple(values), dtype, like)
+
+
+@triton.jit
+def argmax_better(v, best):
+    """torch.argmax's order: ``v`` beats ``best`` when it is greater, or when it is NaN and
+    ``best`` is not (NaN is the maximum; the first NaN wins, as the first maximum does)."""
+    return (v > best) | ((v != v) & (best == best))
+
+
+# Options of every launch: no fused multiply-add contraction.  Every op promises float32 results
+# rounded like the reference, which rounds after each operation (compiled kernels would otherwise
+# fuse a * b + c into one rounding).  kernels/_compile_check.py checks the PTX of every launch.
+LAUNCH_OPTIONS = {"enable_fp_fusion": False}
+
+
+def launch(kernel, grid, *args, **meta) -> None:
+    """Launch ``kernel[grid](*args, **meta)`` with :data:`LAUNCH_OPTIONS`, on the device of its
+    tensor arguments (Triton launches on the current device: inputs on ``cuda:1`` while
+    ``cuda:0`` is current would fail).  ``wrap_triton`` lets ``torch.compile`` trace the launch
+    inside a ``triton_op``."""
+    device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+    guard = contextlib.nullcontext()
+    if device is not None and device.type == "cuda" and not torch.compiler.is_compiling():
+        guard = torch.cuda.device(device)
+    with guard:
+        wrap_triton(kernel)[grid](*args, **meta, **LAUNCH_OPTIONS)

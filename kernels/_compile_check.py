@@ -1,110 +1,223 @@
-"""Compile every Triton kernel for a GPU architecture without a GPU: frontend, LLVM and ptxas.
+"""Compile every Triton kernel for a GPU without one, exactly as the ops launch it.
 
     python -m rtpanoptic.kernels._compile_check [--arch 90] [kernel names...]
 
-Run *without* ``TRITON_INTERPRET=1`` (the interpreter replaces ``@triton.jit``).  It catches what
-the interpreter cannot (unsupported Python in a kernel, type errors of the compiled dialect) and
-checks the PTX for approximate float32 division (``div.full``), which would break the
-bit-identical results of ``panoptic_from_dense`` / ``nms``.  Used by tests/ops/test_triton_compile.py.
+1. A subprocess runs every op (forward and backward; float32, float16, bfloat16 and float64; the
+   GPU block sizes) through Triton's interpreter and records each launch: the kernel, the types
+   of its arguments, its constexpr values and its launch options.
+2. This process compiles every distinct launch for ``sm_<arch>`` with those same options
+   (frontend, LLVM, ptxas) and checks the PTX: no fused multiply-add (``fma.rn``: the ops promise
+   results rounded like the reference's separate operations) and no approximate float32 division.
+
+It catches what the interpreter cannot (unsupported Python in a kernel, type errors of the
+compiled dialect, options that differ from the intended ones).  Run it without
+``TRITON_INTERPRET=1`` (the interpreter replaces ``@triton.jit``).  Used by
+tests/ops/test_triton_compile.py.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
 import sys
 import time
 
-import triton
-import triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-
-from . import box_iou as bi
-from . import decode_boxes as db
-from . import gather_levelness as gl
-from . import iou_attention as ia
-from . import mask_loss as ml
-from . import nms as nm
-from . import panoptic_from_dense as pd
+# PTX instructions that would break the promised rounding.
+FORBIDDEN = {
+    "fused multiply-add": re.compile(r"\bfma\.r[nzmp]"),
+    "approximate float32 division": re.compile(r"\bdiv\.(full|approx)\.f32"),
+}
+_TORCH_TYPES = None
 
 
-def _sig(spec: str, f: str = "fp32") -> dict:
-    """``"a=*F n=i32"`` -> ``{"a": "*fp32", "n": "i32"}`` (``F``: the float type ``f``)."""
-    return dict(item.replace("F", f).split("=") for item in spec.split())
+def _type_name(t) -> str:
+    global _TORCH_TYPES
+    import torch
+
+    if _TORCH_TYPES is None:
+        _TORCH_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
+                        torch.int64: "i64", torch.int32: "i32", torch.int16: "i16", torch.int8: "i8",
+                        torch.uint8: "u8", torch.bool: "i1"}
+    return _TORCH_TYPES[t.dtype]
 
 
-_ATT = "dense_ptr=*F query_ptr=*F eps_ptr=*F out_ptr=*F Q=i32 P=i32"
-_ATT_BWD = "grad_ptr=*F dense_ptr=*F query_ptr=*F eps_ptr=*F gdense_ptr=*F gquery_part_ptr=*fp32 Q=i32 P=i32"
-_DECODE = "off_ptr=*F out_ptr=*F H=i32 W=i32 stride=i32"
-_GATHER = "off_ptr=*F meta_ptr=*i64 lev_ptr=*F box_ptr=*F fg_ptr=*u8 H=i32 W=i32 out_stride=i32"
-_LOSS = "dense_ptr=*F query_ptr=*F mask_ptr=*u8 order_ptr=*i32 start_ptr=*i32 err_ptr=*fp32 count_ptr=*i32 Q=i32 P=i32"
-_LOSS_BWD = ("dense_ptr=*F query_ptr=*F mask_ptr=*u8 order_ptr=*i32 start_ptr=*i32 weight_ptr=*fp32 "
-             "gdense_ptr=*fp32 gquery_ptr=*fp32 Q=i32 P=i32")
-_MASKS = ("dense_ptr=*F sem_ptr=*F query_ptr=*F class_ptr=*i32 order_ptr=*i32 params_ptr=*F masks_ptr=*i32 "
-          "area_ptr=*i32 Q=i32 P=i32 NW=i32")
-_SCAN = "masks_ptr=*i32 area_ptr=*i64 eligible_ptr=*i32 thr_ptr=*fp64 accepted_ptr=*i32 free_ptr=*i64 Q=i32 NW=i32"
-_PAINT = ("masks_ptr=*i32 accepted_ptr=*i32 sem_ptr=*F is_thing_ptr=*i8 seg_ptr=*i32 hist_ptr=*i32 "
-          "K=i32 C=i32 P=i32 NW=i32")
-_NMS = "box_ptr=*F cls_ptr=*i32 thr_ptr=*F mask_ptr=*i32 N=i32 NW=i32"
-F32, F64 = tl.float32, tl.float64
+# ----------------------------------------------------------------------- 1. record
+def _describe(value):
+    """A launch argument as JSON: a tensor's element type, a Triton dtype's name, or the value."""
+    import torch
+    import triton.language as tl
 
-# (kernel, argument types, constexpr values): every kernel, in the dtypes the ops launch it with.
-CASES = [
-    (ia._iou_attention_fwd, _sig(_ATT), dict(TRI=True, QBLOCK=16, BLOCK=256)),
-    (ia._iou_attention_fwd, _sig(_ATT, "bf16"), dict(TRI=False, QBLOCK=16, BLOCK=256)),
-    (ia._iou_attention_bwd, _sig(_ATT_BWD), dict(TRI=True, ACC=F32, BLOCK=256)),
-    (ia._iou_attention_bwd, _sig(_ATT_BWD, "fp16"), dict(TRI=False, ACC=F32, BLOCK=256)),
-    (ia._iou_attention_bwd, _sig(_ATT_BWD.replace("*fp32", "*fp64"), "fp64"), dict(TRI=True, ACC=F64, BLOCK=256)),
-    (db._decode_boxes_kernel, _sig(_DECODE), dict(BLOCK=256)),
-    (db._decode_boxes_kernel, _sig(_DECODE, "bf16"), dict(BLOCK=256)),
-    (bi._box_iou_kernel, _sig("a_ptr=*F b_ptr=*F out_ptr=*F N=i32 M=i32", "fp16"), dict(UPCAST=True, BN=32, BM=64)),
-    (gl._gather_levelness_kernel, _sig(_GATHER), dict(L=5, OPMATH=F32, BLOCK=512)),
-    (gl._gather_levelness_kernel, _sig(_GATHER, "bf16"), dict(L=5, OPMATH=F32, BLOCK=512)),
-    (ml._mask_loss_fwd, _sig(_LOSS), dict(ACC=F32, BLOCK=512)),
-    (ml._mask_loss_fwd, _sig(_LOSS.replace("*fp32", "*fp64"), "fp64"), dict(ACC=F64, BLOCK=512)),
-    (ml._mask_loss_bwd, _sig(_LOSS_BWD), dict(ACC=F32, BLOCK=512)),
-    (ml._mask_loss_bwd, _sig(_LOSS_BWD, "bf16"), dict(ACC=F32, BLOCK=512)),
-    (pd._masks_kernel, _sig(_MASKS), dict(TRI=True, QB=8, WB=32)),
-    (pd._masks_kernel, _sig(_MASKS, "fp16"), dict(TRI=False, QB=8, WB=32)),
-    (pd._masks_kernel, _sig(_MASKS, "bf16"), dict(TRI=True, QB=8, WB=32)),
-    (pd._masks_kernel, _sig(_MASKS, "fp64"), dict(TRI=True, QB=8, WB=32)),
-    (pd._fusion_kernel, _sig(_SCAN.replace("thr_ptr=*fp64", "thr_ptr=*fp64 taken_ptr=*i32")), dict(WB=1024)),
-    (pd._fusion_resident_kernel, _sig(_SCAN), dict(NWB=8192)),
-    (pd._paint_kernel, _sig(_PAINT), dict(WB=32, CB=32)),
-    (pd._stuff_kernel, _sig("seg_ptr=*i32 lut_ptr=*i32 P=i32"), dict(BLOCK=1024)),
-    (nm._nms_mask_kernel, _sig(_NMS), dict(OUT=F32, UPCAST=False, BATCHED=True, BR=32, WB=2)),
-    (nm._nms_mask_kernel, _sig(_NMS, "bf16"), dict(OUT=tl.bfloat16, UPCAST=True, BATCHED=False, BR=32, WB=2)),
-    (nm._nms_sweep_kernel, _sig("mask_ptr=*i32 keep_ptr=*i32 N=i32 NW=i32"), dict(NWB=4096)),
-]
+    if isinstance(value, torch.Tensor):
+        return {"tensor": _type_name(value)}
+    if isinstance(value, tl.dtype):
+        return {"dtype": value.name}
+    return {"value": value}
+
+
+def _workload() -> None:
+    """Every op, forward and backward, in every dtype the ops take, with the GPU block sizes."""
+    import torch
+
+    from rtpanoptic import ops
+    from rtpanoptic.ops.reference import SCORES
+
+    from . import _common
+    from . import panoptic_from_dense as pfd
+
+    _common.GPU_BLOCKS_IN_INTERPRETER = True
+    g = torch.Generator().manual_seed(0)
+
+    def boxes(n, size=40.0):
+        xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * size
+        return torch.cat([xy, xy + 4 + torch.rand(n, 2, generator=g, dtype=torch.float64) * size], 1)
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        b = boxes(40).to(dtype)
+        s = torch.rand(40, generator=g).to(dtype)
+        ops.box_iou(b, b[:7], backend="triton")
+        ops.nms(b, s, 0.5, backend="triton")
+        ops.batched_nms(b, s, torch.randint(0, 3, (40,), generator=g), 0.5, backend="triton")
+        off = (torch.rand(2, 4, 6, 9, generator=g) * 20).to(dtype).requires_grad_()
+        ops.decode_boxes(off, 8, backend="triton").sum().backward()
+        levels = [(torch.rand(2, 4, h, w, generator=g) * 20).to(dtype).requires_grad_() for h, w in ((8, 12), (4, 6))]
+        levelness = torch.randn(2, 3, 8, 12, generator=g).to(dtype)
+        ops.gather_levelness(levels, levelness, 4, backend="triton")[0].sum().backward()
+        dense = boxes(8 * 12).t().reshape(4, 8, 12).contiguous().to(dtype).requires_grad_()
+        queries = boxes(5).to(dtype).requires_grad_()
+        for score in SCORES:
+            ops.iou_attention(dense, queries, score, backend="triton").sum().backward()
+        masks = torch.rand(5, 8, 12, generator=g) > 0.5
+        beta = torch.rand(5, generator=g).to(dtype)
+        bi = torch.tensor([0, 1, 0, 1, 1])
+        batch = torch.stack([dense.detach(), dense.detach().flip(1)]).requires_grad_()
+        ops.mask_loss(batch, queries, masks, beta, bi, backend="triton").backward()
+        sem = torch.softmax(torch.randn(4, 8, 12, generator=g), 0).to(dtype)
+        is_thing = torch.tensor([False, True, True, False])
+        scores = torch.rand(5, generator=g).to(dtype)
+        args = (dense.detach(), sem, queries.detach(), torch.tensor([1, 2, 1, 2, 1]), scores, is_thing)
+        for score in SCORES:
+            ops.panoptic_from_dense(*args, sigma=0.1, score=score, stuff_area_limit=1, backend="triton")
+        resident = pfd.RESIDENT_WORDS
+        pfd.RESIDENT_WORDS = 0  # the streamed scan of grids beyond the register-resident size
+        try:
+            ops.panoptic_from_dense(*args, sigma=0.1, stuff_area_limit=1, backend="triton")
+        finally:
+            pfd.RESIDENT_WORDS = resident
+
+
+def record() -> list[dict]:
+    """Run :func:`_workload` (under ``TRITON_INTERPRET=1``) and return its launches."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    launches = []
+    run = InterpretedFunction.run
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        bound = dict(zip(self.arg_names, args))
+        bound.update({k: v for k, v in kwargs.items() if k in self.arg_names})
+        launches.append({
+            "module": self.fn.__module__, "kernel": self.fn.__name__,
+            "args": {k: _describe(v) for k, v in bound.items()},
+            "options": {k: v for k, v in kwargs.items() if k not in self.arg_names},
+        })
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    InterpretedFunction.run = recording_run
+    try:
+        _workload()
+    finally:
+        InterpretedFunction.run = run
+    unique = {json.dumps(launch, sort_keys=True): launch for launch in launches}
+    return list(unique.values())
+
+
+def recorded_launches() -> list[dict]:
+    """:func:`record` in a subprocess with ``TRITON_INTERPRET=1``."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-m", __spec__.name, "--record"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"recording the launches failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------- 2. compile
+def kernels() -> dict[str, object]:
+    """Every ``@triton.jit`` kernel of the package (a JIT function whose first argument is a
+    pointer ``*_ptr``; the others are device helpers), by name."""
+    import triton
+
+    from . import MODULES
+
+    found = {}
+    for module in MODULES:
+        for obj in vars(module).values():
+            if isinstance(obj, triton.runtime.JITFunction) and obj.arg_names and obj.arg_names[0].endswith("_ptr"):
+                found[obj.fn.__name__] = obj
+    return found
+
+
+def compile_launch(launch: dict, arch: int) -> str:
+    """Compile one recorded launch for ``sm_<arch>``; return its PTX."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = getattr(importlib.import_module(launch["module"]), launch["kernel"])
+    signature, constexprs = {}, {}
+    for param in fn.params:
+        arg = launch["args"][param.name]
+        if param.is_constexpr:
+            signature[param.name] = "constexpr"
+            constexprs[param.name] = tl.dtype(arg["dtype"]) if "dtype" in arg else arg["value"]
+        elif "tensor" in arg:
+            signature[param.name] = "*" + arg["tensor"]
+        elif isinstance(arg["value"], float):
+            signature[param.name] = "fp32"
+        else:
+            signature[param.name] = "i32" if -(2**31) <= arg["value"] < 2**31 else "i64"
+    source = ASTSource(fn, signature, constexprs)
+    return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=launch["options"]).asm["ptx"]
 
 
 def compile_all(arch: int = 90, only=()) -> int:
-    """Compile the kernels; print one line each; return the number of failures."""
-    target = GPUTarget("cuda", arch, 32)
+    """Compile every recorded launch; print one line each; return the number of failures."""
+    launches = recorded_launches()
     fails = 0
-    for fn, sig, const in CASES:
-        name = fn.fn.__name__ if hasattr(fn, "fn") else fn.__name__
+    for launch in launches:
+        name = launch["kernel"]
         if only and name not in only:
             continue
-        full = dict(sig)
-        full.update({k: "constexpr" for k in const})
         start = time.time()
         try:
-            kernel = triton.compile(ASTSource(fn, full, const), target=target, options=dict(enable_fp_fusion=False))
-            ptx = kernel.asm["ptx"]
-            if "div.full.f32" in ptx or "div.approx.f32" in ptx:
-                raise AssertionError("approximate float32 division in the PTX")
-            print(f"OK   {name} ({time.time() - start:.1f}s)")
+            ptx = compile_launch(launch, arch)
+            bad = [what for what, pattern in FORBIDDEN.items() if pattern.search(ptx)]
+            if bad:
+                raise AssertionError(f"{', '.join(bad)} in the PTX (launch options {launch['options']})")
+            print(f"OK   {name} {launch['options']} ({time.time() - start:.1f}s)")
         except Exception as e:
             fails += 1
             print(f"FAIL {name}: {type(e).__name__}: {str(e)[:2000]}")
+    missing = sorted(set(kernels()) - {launch["kernel"] for launch in launches})
+    if missing and not only:
+        fails += len(missing)
+        print(f"FAIL never launched by the workload (add them to _workload): {', '.join(missing)}")
     return fails
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--record", action="store_true", help="(internal) print the recorded launches as JSON")
     parser.add_argument("kernels", nargs="*")
     args = parser.parse_args(argv)
+    if args.record:
+        print(json.dumps(record()))
+        return 0
     return 1 if compile_all(args.arch, tuple(args.kernels)) else 0
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ._box_score import div_rn
-from ._common import NAMESPACE, tile
+from ._common import NAMESPACE, launch, tile
 
 
 @triton.jit
@@ -23,9 +23,12 @@ def pair_iou(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
 
 @triton.jit
 def load_boxes(ptr, idx, mask, UPCAST: tl.constexpr):
+    """Boxes ``idx`` of a contiguous [N, 4] tensor as four vectors (float16/bfloat16 in float32
+    when ``UPCAST``); masked lanes get the unit box (no 0/0)."""
+    idx = idx.to(tl.int64)
     x1 = tl.load(ptr + idx * 4, mask=mask, other=0)
     y1 = tl.load(ptr + idx * 4 + 1, mask=mask, other=0)
-    x2 = tl.load(ptr + idx * 4 + 2, mask=mask, other=1)  # padding lanes: unit boxes, no 0/0
+    x2 = tl.load(ptr + idx * 4 + 2, mask=mask, other=1)
     y2 = tl.load(ptr + idx * 4 + 3, mask=mask, other=1)
     if UPCAST:
         x1 = x1.to(tl.float32)
@@ -56,7 +59,6 @@ def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     if n == 0 or m == 0:
         return out
     bn, bm = tile(n, m, gpu=(32, 64), cap=16384)
-    wrap_triton(_box_iou_kernel)[(triton.cdiv(n, bn), triton.cdiv(m, bm))](
-        boxes1.contiguous(), boxes2.contiguous(), out, n, m,
-        UPCAST=boxes1.dtype in (torch.float16, torch.bfloat16), BN=bn, BM=bm)
+    launch(_box_iou_kernel, (triton.cdiv(n, bn), triton.cdiv(m, bm)), boxes1.contiguous(), boxes2.contiguous(), out,
+           n, m, UPCAST=boxes1.dtype in (torch.float16, torch.bfloat16), BN=bn, BM=bm)
     return out

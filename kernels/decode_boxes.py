@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from ._common import NAMESPACE, block_size
+from ._common import NAMESPACE, block_size, launch
 
 
 @triton.jit
@@ -44,8 +44,7 @@ def decode_boxes(offsets: torch.Tensor, stride: int) -> torch.Tensor:
     if out.numel() == 0:
         return out
     block = block_size(h * w)
-    wrap_triton(_decode_boxes_kernel)[(triton.cdiv(h * w, block), b)](
-        offsets.contiguous(), out, h, w, stride, BLOCK=block)
+    launch(_decode_boxes_kernel, (triton.cdiv(h * w, block), b), offsets.contiguous(), out, h, w, stride, BLOCK=block)
     return out
 
 

@@ -1,6 +1,6 @@
-"""``gather_levelness`` (eq. 14) in one kernel: first-max argmax of the levelness, bilinear
-resampling (``align_corners=False``, as ``F.interpolate``) of the chosen level's offsets only,
-and decoding around the output grid's cell centres.
+"""``gather_levelness`` (eq. 14) in one kernel: torch.argmax of the levelness (first maximum,
+NaN counts as the maximum), bilinear resampling (``align_corners=False``, as ``F.interpolate``)
+of the chosen level's offsets only, and decoding around the output grid's cell centres.
 
 The L levels are passed as one flat buffer plus a table ``(base, h, w)`` per level, so any
 number of levels works with one compiled kernel per L.  Backward (w.r.t. the offsets) is
@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ._box_score import div_rn
-from ._common import NAMESPACE, block_size
+from ._common import NAMESPACE, TL_DTYPES, argmax_better, block_size, constant, launch, opmath
 from .decode_boxes import decode_block
 
 
@@ -53,16 +53,17 @@ def _gather_levelness_kernel(off_ptr, meta_ptr, lev_ptr, box_ptr, fg_ptr, H, W, 
     P = H * W
     p = pid * BLOCK + tl.arange(0, BLOCK)
     m = p < P
-    lev = lev_ptr + img.to(tl.int64) * (L + 1) * P
+    plane = tl.cast(P, tl.int64)
+    lev = lev_ptr + img.to(tl.int64) * (L + 1) * plane
     background = tl.load(lev + p, mask=m, other=0)
-    best = tl.load(lev + P + p, mask=m, other=0)
+    best = tl.load(lev + plane + p, mask=m, other=0)
     level = tl.zeros([BLOCK], dtype=tl.int32)
     for k in tl.static_range(1, L):
-        v = tl.load(lev + (k + 1) * P + p, mask=m, other=0)
-        better = v > best
+        v = tl.load(lev + (k + 1) * plane + p, mask=m, other=0)
+        better = argmax_better(v, best)
         best = tl.where(better, v, best)
         level = tl.where(better, k, level)
-    fg = best > background  # argmax over all channels is 0 on ties (first maximum)
+    fg = argmax_better(best, background)  # argmax over all channels is 0 unless a level beats it
 
     base = tl.load(meta_ptr + level * 3, mask=m, other=0)
     h_in = tl.load(meta_ptr + level * 3 + 1, mask=m, other=1).to(tl.int32)
@@ -88,12 +89,12 @@ def _gather_levelness_kernel(off_ptr, meta_ptr, lev_ptr, box_ptr, fg_ptr, H, W, 
     r = _bilinear(off_ptr + level_img + 2 * p_in, i00, i01, i10, i11, ly0, ly, lx0, lx, m, OPMATH).to(out_dtype)
     b = _bilinear(off_ptr + level_img + 3 * p_in, i00, i01, i10, i11, ly0, ly, lx0, lx, m, OPMATH).to(out_dtype)
     x1b, y1b, x2b, y2b = decode_block(cx, cy, l, t, r, b)
-    out = box_ptr + img.to(tl.int64) * 4 * P
+    out = box_ptr + img.to(tl.int64) * 4 * plane
     tl.store(out + p, x1b, mask=m)
-    tl.store(out + P + p, y1b, mask=m)
-    tl.store(out + 2 * P + p, x2b, mask=m)
-    tl.store(out + 3 * P + p, y2b, mask=m)
-    tl.store(fg_ptr + img.to(tl.int64) * P + p, fg.to(tl.int8), mask=m)
+    tl.store(out + plane + p, y1b, mask=m)
+    tl.store(out + 2 * plane + p, x2b, mask=m)
+    tl.store(out + 3 * plane + p, y2b, mask=m)
+    tl.store(fg_ptr + img.to(tl.int64) * plane + p, fg.to(tl.int8), mask=m)
 
 
 @triton_op(f"{NAMESPACE}::gather_levelness", mutates_args=(),
@@ -109,13 +110,10 @@ def gather_levelness(offsets: list[torch.Tensor], levelness: torch.Tensor,
     flat = torch.cat([o.contiguous().reshape(-1) for o in offsets])
     sizes = [o.numel() for o in offsets]
     starts = [sum(sizes[:i]) for i in range(n_levels)]
-    meta = torch.tensor([[s, o.shape[2], o.shape[3]] for s, o in zip(starts, offsets)],
-                        dtype=torch.int64, device=levelness.device)
+    meta = constant(tuple((s, o.shape[2], o.shape[3]) for s, o in zip(starts, offsets)), torch.int64, levelness)
     block = block_size(h * w, cap=4096)
-    opmath = tl.float64 if levelness.dtype == torch.float64 else tl.float32
-    wrap_triton(_gather_levelness_kernel)[(triton.cdiv(h * w, block), b)](
-        flat, meta, levelness.contiguous(), boxes, fg.view(torch.uint8), h, w, out_stride,
-        L=n_levels, OPMATH=opmath, BLOCK=block)
+    launch(_gather_levelness_kernel, (triton.cdiv(h * w, block), b), flat, meta, levelness.contiguous(), boxes,
+           fg.view(torch.uint8), h, w, out_stride, L=n_levels, OPMATH=TL_DTYPES[opmath(levelness.dtype)], BLOCK=block)
     return boxes, fg
 
 
@@ -130,7 +128,7 @@ def _backward(ctx, grad_boxes, grad_fg):
     _, _, h, w = levelness.shape
     sign = torch.tensor((-1.0, -1.0, 1.0, 1.0), dtype=grad_boxes.dtype, device=grad_boxes.device)
     grad_chosen = grad_boxes * sign.view(1, 4, 1, 1)
-    level = levelness[:, 1:].argmax(dim=1, keepdim=True)  # [B, 1, H, W], first maximum
+    level = levelness[:, 1:].argmax(dim=1, keepdim=True)  # [B, 1, H, W], the forward's argmax
     grads = []
     for i, shape in enumerate(ctx.shapes):
         g = grad_chosen * (level == i)

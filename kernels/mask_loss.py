@@ -6,8 +6,10 @@ program owns BLOCK pixels of one image and loops over that image's queries:
 * forward: per query and program, the partial sums of ``E_FP + E_FN`` and of ``N_j``
   (``[programs, Q]``, summed by PyTorch; no atomics, deterministic);
 * backward: the gradient w.r.t. the dense boxes is accumulated in registers over the
-  image's queries, the gradient w.r.t. each query box is written as per-program partials.
+  image's queries (those with a non-empty mask: the others take no part in the loss), the
+  gradient w.r.t. each query box is written as per-program partials.
 
+float16/bfloat16 boxes are computed in float32 (``ACC``), weights and gradients included.
 Nothing of size ``Q x H x W`` is materialised besides the boolean ground-truth masks.
 """
 from __future__ import annotations
@@ -15,10 +17,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from ._box_score import box_score, box_score_grad, load_box, load_dense
-from ._common import NAMESPACE, acc_dtype, block_size
+from ._common import NAMESPACE, TL_DTYPES, block_size, launch, opmath
 
 
 @triton.jit
@@ -29,13 +31,13 @@ def _mask_loss_fwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, err_ptr
     n_prog = tl.num_programs(0)
     p = pid * BLOCK + tl.arange(0, BLOCK)
     m = p < P
-    dx1, dy1, dx2, dy2 = load_dense(dense_ptr + img.to(tl.int64) * 4 * P, P, p, m)
+    dx1, dy1, dx2, dy2 = load_dense(dense_ptr + img.to(tl.int64) * 4 * P, P, p, m, ACC)
     first = tl.load(start_ptr + img)
     last = tl.load(start_ptr + img + 1)
     for k in range(first, last):
-        j = tl.load(order_ptr + k)
-        qx1, qy1, qx2, qy2 = load_box(query_ptr, j)
-        iou = box_score(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, 0.0, False).to(ACC)
+        j = tl.load(order_ptr + k).to(tl.int64)
+        qx1, qy1, qx2, qy2 = load_box(query_ptr, j, ACC)
+        iou = box_score(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, 0.0, False)
         inside = tl.load(mask_ptr + j * P + p, mask=m, other=0) != 0
         err = tl.where(inside, 1.0 - iou, iou)
         err = tl.where(m, err, 0.0)
@@ -44,14 +46,14 @@ def _mask_loss_fwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, err_ptr
 
 
 @triton.jit
-def _mask_loss_bwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, weight_ptr, gdense_ptr, gquery_ptr,
-                   Q, P, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _mask_loss_bwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, count_ptr, weight_ptr, gdense_ptr,
+                   gquery_ptr, Q, P, ACC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     img = tl.program_id(1)
     n_prog = tl.num_programs(0)
     p = pid * BLOCK + tl.arange(0, BLOCK)
     m = p < P
-    dx1, dy1, dx2, dy2 = load_dense(dense_ptr + img.to(tl.int64) * 4 * P, P, p, m)
+    dx1, dy1, dx2, dy2 = load_dense(dense_ptr + img.to(tl.int64) * 4 * P, P, p, m, ACC)
     acc1 = tl.zeros([BLOCK], dtype=ACC)
     acc2 = tl.zeros([BLOCK], dtype=ACC)
     acc3 = tl.zeros([BLOCK], dtype=ACC)
@@ -59,28 +61,30 @@ def _mask_loss_bwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, weight_
     first = tl.load(start_ptr + img)
     last = tl.load(start_ptr + img + 1)
     for k in range(first, last):
-        j = tl.load(order_ptr + k)
-        qx1, qy1, qx2, qy2 = load_box(query_ptr, j)
-        wj = tl.load(weight_ptr + j)  # grad * beta_j / (N_j * Q), 0 when N_j = 0
-        inside = tl.load(mask_ptr + j * P + p, mask=m, other=0) != 0
-        # d(err)/d(iou) = +1 outside the mask (E_FP), -1 inside (E_FN)
-        g = tl.where(m, tl.where(inside, -wj, wj), 0.0).to(dx1.dtype)
-        gdx1, gdy1, gdx2, gdy2, gqx1, gqy1, gqx2, gqy2 = box_score_grad(
-            dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, 0.0, g, False)
-        acc1 += gdx1.to(ACC)
-        acc2 += gdy1.to(ACC)
-        acc3 += gdx2.to(ACC)
-        acc4 += gdy2.to(ACC)
-        base = gquery_ptr + (j * n_prog + pid) * 4
-        tl.store(base, tl.sum(tl.where(m, gqx1.to(ACC), 0.0), axis=0))
-        tl.store(base + 1, tl.sum(tl.where(m, gqy1.to(ACC), 0.0), axis=0))
-        tl.store(base + 2, tl.sum(tl.where(m, gqx2.to(ACC), 0.0), axis=0))
-        tl.store(base + 3, tl.sum(tl.where(m, gqy2.to(ACC), 0.0), axis=0))
+        j = tl.load(order_ptr + k).to(tl.int64)
+        if tl.load(count_ptr + j) > 0:  # N_j = 0: no part in the loss, no gradient
+            qx1, qy1, qx2, qy2 = load_box(query_ptr, j, ACC)
+            wj = tl.load(weight_ptr + j)  # grad * beta_j / (N_j * Q)
+            inside = tl.load(mask_ptr + j * P + p, mask=m, other=0) != 0
+            # d(err)/d(iou) = +1 outside the mask (E_FP), -1 inside (E_FN)
+            g = tl.where(m, tl.where(inside, -wj, wj), 0.0)
+            gdx1, gdy1, gdx2, gdy2, gqx1, gqy1, gqx2, gqy2 = box_score_grad(
+                dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, 0.0, g, False)
+            acc1 += gdx1
+            acc2 += gdy1
+            acc3 += gdx2
+            acc4 += gdy2
+            base = gquery_ptr + (j * n_prog + pid) * 4
+            tl.store(base, tl.sum(tl.where(m, gqx1, 0.0), axis=0))
+            tl.store(base + 1, tl.sum(tl.where(m, gqy1, 0.0), axis=0))
+            tl.store(base + 2, tl.sum(tl.where(m, gqx2, 0.0), axis=0))
+            tl.store(base + 3, tl.sum(tl.where(m, gqy2, 0.0), axis=0))
     out = gdense_ptr + img.to(tl.int64) * 4 * P
+    plane = tl.cast(P, tl.int64)
     tl.store(out + p, acc1, mask=m)
-    tl.store(out + P + p, acc2, mask=m)
-    tl.store(out + 2 * P + p, acc3, mask=m)
-    tl.store(out + 3 * P + p, acc4, mask=m)
+    tl.store(out + plane + p, acc2, mask=m)
+    tl.store(out + 2 * plane + p, acc3, mask=m)
+    tl.store(out + 3 * plane + p, acc4, mask=m)
 
 
 def _by_image(batch_index: torch.Tensor, n_images: int):
@@ -108,15 +112,14 @@ def mask_loss(dense_boxes: torch.Tensor, query_boxes: torch.Tensor, gt_masks: to
               batch_index: torch.Tensor) -> torch.Tensor:
     q = query_boxes.shape[0]
     b, p, block, n_prog = _launch_shape(dense_boxes)
-    acc = acc_dtype(dense_boxes.dtype)
+    acc = opmath(dense_boxes.dtype)
     if q == 0 or p == 0:
         return dense_boxes.new_zeros(())
     order, start = _by_image(batch_index, b)
     err = torch.empty((q, n_prog), dtype=acc, device=dense_boxes.device)
     count = torch.empty((q, n_prog), dtype=torch.int32, device=dense_boxes.device)
-    wrap_triton(_mask_loss_fwd)[(n_prog, b)](
-        dense_boxes.contiguous(), query_boxes.contiguous(), gt_masks.contiguous().view(torch.uint8),
-        order, start, err, count, q, p, ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=block)
+    launch(_mask_loss_fwd, (n_prog, b), dense_boxes.contiguous(), query_boxes.contiguous(),
+           gt_masks.contiguous().view(torch.uint8), order, start, err, count, q, p, ACC=TL_DTYPES[acc], BLOCK=block)
     n = count.sum(1)
     per_query = torch.where(n > 0, beta.to(acc) * err.sum(1) / n.clamp(min=1).to(acc), 0.0)
     return (per_query.sum() / q).to(dense_boxes.dtype)
@@ -131,18 +134,17 @@ def mask_loss_backward(grad: torch.Tensor, dense_boxes: torch.Tensor, query_boxe
     """Gradients of ``mask_loss`` w.r.t. ``dense_boxes`` and ``query_boxes`` for an upstream ``grad``."""
     q = query_boxes.shape[0]
     b, p, block, n_prog = _launch_shape(dense_boxes)
-    acc = acc_dtype(dense_boxes.dtype)
+    acc = opmath(dense_boxes.dtype)
     gdense = torch.zeros(dense_boxes.shape, dtype=acc, device=dense_boxes.device)
     if q == 0 or p == 0:
         return gdense.to(dense_boxes.dtype), torch.zeros_like(query_boxes)
     order, start = _by_image(batch_index, b)
     n = gt_masks.reshape(q, -1).sum(1)
-    weight = torch.where(n > 0, grad.to(acc) * beta.to(acc) / (n.clamp(min=1).to(acc) * q), 0.0)
-    parts = torch.empty((q, n_prog, 4), dtype=acc, device=dense_boxes.device)
-    wrap_triton(_mask_loss_bwd)[(n_prog, b)](
-        dense_boxes.contiguous(), query_boxes.contiguous(), gt_masks.contiguous().view(torch.uint8),
-        order, start, weight, gdense, parts, q, p,
-        ACC=tl.float64 if acc == torch.float64 else tl.float32, BLOCK=block)
+    weight = grad.to(acc) * beta.to(acc) / (n.clamp(min=1).to(acc) * q)
+    parts = torch.zeros((q, n_prog, 4), dtype=acc, device=dense_boxes.device)
+    launch(_mask_loss_bwd, (n_prog, b), dense_boxes.contiguous(), query_boxes.contiguous(),
+           gt_masks.contiguous().view(torch.uint8), order, start, n, weight, gdense, parts, q, p, ACC=TL_DTYPES[acc],
+           BLOCK=block)
     return gdense.to(dense_boxes.dtype), parts.sum(1).to(query_boxes.dtype)
 
 

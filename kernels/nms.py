@@ -16,13 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import EXACT, NAMESPACE, large_blocks, scalars
+from ._common import NAMESPACE, TL_DTYPES, large_blocks, launch, scalars
 from .box_iou import load_boxes, pair_iou
 
+# The sweep keeps ceil(N / 32) words in registers; the bitmask takes N * ceil(N / 32) * 4 bytes
+# (8 GiB at this limit).
 MAX_BOXES = 32 * 8192
-
-_TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
-              torch.float64: tl.float64}
 
 
 @triton.jit
@@ -63,9 +62,9 @@ def _nms_sweep_kernel(mask_ptr, keep_ptr, N, NW, NWB: tl.constexpr):
             i = w * 32 + b
             if (i < N) & (((word >> b) & 1) == 0):
                 tl.store(keep_ptr + i, 1)
-                row = tl.load(mask_ptr + i * NW + offs, mask=wm, other=0)
-                removed = removed | row
-                word = word | tl.load(mask_ptr + i * NW + w)
+                row_start = mask_ptr + tl.cast(i, tl.int64) * NW
+                removed = removed | tl.load(row_start + offs, mask=wm, other=0)
+                word = word | tl.load(row_start + w)
 
 
 def _nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None, iou_threshold: float) -> torch.Tensor:
@@ -83,14 +82,13 @@ def _nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None, i
     else:
         br, wb = 32, 2
     mask = torch.empty((n, n_words), dtype=torch.int32, device=boxes.device)
-    cls = idxs[order].to(torch.int32).contiguous() if idxs is not None else sorted_boxes
-    _nms_mask_kernel[(triton.cdiv(n, br), triton.cdiv(n_words, wb))](
-        sorted_boxes, cls, scalars(boxes, iou_threshold), mask, n, n_words,
-        OUT=_TL_DTYPES[boxes.dtype], UPCAST=boxes.dtype in (torch.float16, torch.bfloat16),
-        BATCHED=idxs is not None, BR=br, WB=wb, **EXACT)
+    cls = idxs[order].to(torch.int64).contiguous() if idxs is not None else sorted_boxes
+    launch(_nms_mask_kernel, (triton.cdiv(n, br), triton.cdiv(n_words, wb)), sorted_boxes, cls,
+           scalars(boxes.dtype, boxes, iou_threshold), mask, n, n_words, OUT=TL_DTYPES[boxes.dtype],
+           UPCAST=boxes.dtype in (torch.float16, torch.bfloat16), BATCHED=idxs is not None, BR=br, WB=wb)
     keep = torch.zeros(n, dtype=torch.int32, device=boxes.device)
     nwb = max(16, triton.next_power_of_2(n_words))
-    _nms_sweep_kernel[(1,)](mask, keep, n, n_words, NWB=nwb, num_warps=4 if nwb <= 1024 else 8)
+    launch(_nms_sweep_kernel, (1,), mask, keep, n, n_words, NWB=nwb, num_warps=4 if nwb <= 1024 else 8)
     return order[torch.nonzero(keep).flatten()]
 
 

@@ -4,7 +4,7 @@ Bit-identical to :func:`rtpanoptic.ops.reference.panoptic_from_dense`, without a
 float tensor.  Four passes:
 
 1. ``_masks_kernel`` (parallel over pixels x queries): ``score(B(x,y), B_j) * P_sem(x,y,c_j) > sigma``
-   computed operation by operation in the inputs' dtype like the reference (no FMA contraction),
+   computed operation by operation like the reference (in float32 for float16/bfloat16 inputs),
    bit-packed into int32 words ``[Q, ceil(HW / 32)]`` with the queries in painting order
    (decreasing score, stable), plus per-program popcounts of each mask.
 2. ``_fusion_resident_kernel`` (bitmap in registers) / ``_fusion_kernel`` (streamed; one program,
@@ -13,7 +13,8 @@ float tensor.  Four passes:
    in float64, no free pixel) decide, and an accepted mask is OR-ed into ``taken``.
 3. ``_paint_kernel`` (parallel over pixels): the first accepted mask covering a pixel gives its
    segment (accepted masks are visited in painting order); free pixels whose semantic argmax
-   (first maximum) is a stuff class are marked for step 4, with per-program class histograms.
+   (torch.argmax: first maximum, NaN counts as the maximum) is a stuff class are marked for
+   step 4, with per-program class histograms.
 4. ``_stuff_kernel``: stuff pixels take their class's segment id when the class's free area is
    non-zero and ``>= stuff_area_limit`` (decided from the summed histograms).
 """
@@ -26,7 +27,7 @@ import triton.language as tl
 from rtpanoptic.ops.reference import TRI_EPS
 
 from ._box_score import box_score, load_box, load_dense
-from ._common import EXACT, NAMESPACE, large_blocks, scalars
+from ._common import NAMESPACE, TL_DTYPES, argmax_better, large_blocks, launch, opmath, scalars
 
 SCORE_IDS = {"iou": 0, "tri": 1}
 # Up to this many 32-pixel words (262144 pixels, e.g. 256x1024) the sequential scan keeps the
@@ -53,28 +54,29 @@ def _popcount(words):
 
 @triton.jit
 def _masks_kernel(dense_ptr, sem_ptr, query_ptr, class_ptr, order_ptr, params_ptr, masks_ptr, area_ptr,
-                  Q, P, NW, TRI: tl.constexpr, QB: tl.constexpr, WB: tl.constexpr):
+                  Q, P, NW, TRI: tl.constexpr, OPMATH: tl.constexpr, QB: tl.constexpr, WB: tl.constexpr):
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     word = pid * WB + tl.arange(0, WB)
     lane = tl.arange(0, 32)
     p = word[:, None] * 32 + lane[None, :]  # [WB, 32] pixels
     pm = p < P
-    dx1, dy1, dx2, dy2 = load_dense(dense_ptr, P, p, pm)
+    dx1, dy1, dx2, dy2 = load_dense(dense_ptr, P, p, pm, OPMATH)
     sigma = tl.load(params_ptr)
     eps = tl.load(params_ptr + 1)
     t0 = tl.program_id(1) * QB
     for t in range(t0, tl.minimum(t0 + QB, Q)):
         j = tl.load(order_ptr + t)
-        qx1, qy1, qx2, qy2 = load_box(query_ptr, j)
-        c = tl.load(class_ptr + j)
+        qx1, qy1, qx2, qy2 = load_box(query_ptr, j, OPMATH)
+        c = tl.load(class_ptr + j).to(tl.int64)
         s = box_score(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, TRI)
-        sem = tl.load(sem_ptr + c * P + p, mask=pm, other=0)
+        sem = tl.load(sem_ptr + c * P + p, mask=pm, other=0).to(OPMATH)
         bit = ((s * sem > sigma) & pm).to(tl.int32)
         # distinct powers of two: their sum is their OR
         words = tl.sum(bit.to(tl.int64) << lane.to(tl.int64)[None, :], axis=1).to(tl.int32)
-        tl.store(masks_ptr + t * NW + word, words, mask=word < NW)
-        tl.store(area_ptr + t * n_prog + pid, tl.sum(tl.sum(bit, axis=1), axis=0))
+        t64 = tl.cast(t, tl.int64)
+        tl.store(masks_ptr + t64 * NW + word, words, mask=word < NW)
+        tl.store(area_ptr + t64 * n_prog + pid, tl.sum(tl.sum(bit, axis=1), axis=0))
 
 
 @triton.jit
@@ -85,10 +87,11 @@ def _fusion_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, taken_ptr, accept
     for t in range(Q):
         area = tl.load(area_ptr + t)
         if (tl.load(eligible_ptr + t) != 0) & (area > 0):
+            row = masks_ptr + tl.cast(t, tl.int64) * NW
             overlap = tl.zeros([WB], dtype=tl.int64)
             for w0 in range(0, NW, WB):
                 wm = w0 + offs < NW
-                words = tl.load(masks_ptr + t * NW + w0 + offs, mask=wm, other=0)
+                words = tl.load(row + w0 + offs, mask=wm, other=0)
                 taken = tl.load(taken_ptr + w0 + offs, mask=wm, other=0)
                 overlap += _popcount(words & taken)
             n_overlap = tl.sum(overlap, axis=0)
@@ -97,7 +100,7 @@ def _fusion_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, taken_ptr, accept
             if (free > 0) & (ratio <= overlap_threshold):
                 for w0 in range(0, NW, WB):
                     wm = w0 + offs < NW
-                    words = tl.load(masks_ptr + t * NW + w0 + offs, mask=wm, other=0)
+                    words = tl.load(row + w0 + offs, mask=wm, other=0)
                     taken = tl.load(taken_ptr + w0 + offs, mask=wm, other=0)
                     tl.store(taken_ptr + w0 + offs, taken | words, mask=wm)
                 tl.store(accepted_ptr + t, 1)
@@ -117,7 +120,7 @@ def _fusion_resident_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, accepted
     for t in range(Q):
         area = tl.load(area_ptr + t)
         if (tl.load(eligible_ptr + t) != 0) & (area > 0):
-            words = tl.load(masks_ptr + t * NW + offs, mask=wm, other=0)
+            words = tl.load(masks_ptr + tl.cast(t, tl.int64) * NW + offs, mask=wm, other=0)
             n_overlap = tl.sum(_popcount(words & taken), axis=0)
             free = area - n_overlap
             ratio = n_overlap.to(tl.float64) / area.to(tl.float64)
@@ -138,15 +141,16 @@ def _paint_kernel(masks_ptr, accepted_ptr, sem_ptr, is_thing_ptr, seg_ptr, hist_
     wm = word < NW
     seg = tl.zeros([WB, 32], dtype=tl.int32)
     for k in range(K):
-        t = tl.load(accepted_ptr + k)
+        t = tl.load(accepted_ptr + k).to(tl.int64)
         words = tl.load(masks_ptr + t * NW + word, mask=wm, other=0)
         bit = ((words[:, None] >> lane[None, :]) & 1) != 0
         seg = tl.where((seg == 0) & bit, k + 1, seg)
     best = tl.load(sem_ptr + p, mask=pm, other=0)
     label = tl.zeros([WB, 32], dtype=tl.int32)
+    plane = tl.cast(P, tl.int64)
     for c in range(1, C):
-        v = tl.load(sem_ptr + c * P + p, mask=pm, other=0)
-        better = v > best
+        v = tl.load(sem_ptr + c * plane + p, mask=pm, other=0)
+        better = argmax_better(v, best)
         best = tl.where(better, v, best)
         label = tl.where(better, c, label)
     stuff = (seg == 0) & (tl.load(is_thing_ptr + label, mask=pm, other=1) == 0) & pm
@@ -193,22 +197,21 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
     if q and p:
         qb = q if large_blocks() else 8  # dense boxes are loaded once per 8 queries
         area_parts = torch.empty((q, n_prog), **i32)
-        classes32 = query_classes.to(torch.int32)
-        _masks_kernel[(n_prog, triton.cdiv(q, qb))](
-            dense, sem, query_boxes.contiguous(), classes32, order.to(torch.int32),
-            scalars(dense, sigma, TRI_EPS), masks, area_parts, q, p, n_words,
-            TRI=SCORE_IDS[score] == 1, QB=qb, WB=wb, **EXACT)
+        math = opmath(dense.dtype)
+        launch(_masks_kernel, (n_prog, triton.cdiv(q, qb)), dense, sem, query_boxes.contiguous(),
+               query_classes.to(torch.int32), order.to(torch.int32), scalars(math, dense, sigma, TRI_EPS), masks,
+               area_parts, q, p, n_words, TRI=SCORE_IDS[score] == 1, OPMATH=TL_DTYPES[math], QB=qb, WB=wb)
         areas = area_parts.sum(1, dtype=torch.int64)
         # the reference skips query j when float(score_j) < score_threshold (float64 compare)
         eligible = (~(query_scores[order].double() < score_threshold)).to(torch.int32)
         thr = torch.tensor([overlap_threshold], dtype=torch.float64, device=device)
         if n_words <= RESIDENT_WORDS:
-            _fusion_resident_kernel[(1,)](masks, areas, eligible, thr, accepted_flags, free_area, q, n_words,
-                                          NWB=max(16, triton.next_power_of_2(n_words)), num_warps=8)
+            launch(_fusion_resident_kernel, (1,), masks, areas, eligible, thr, accepted_flags, free_area, q, n_words,
+                   NWB=max(16, triton.next_power_of_2(n_words)), num_warps=8)
         else:
             taken = torch.zeros(n_words, **i32)
-            _fusion_kernel[(1,)](masks, areas, eligible, thr, taken, accepted_flags, free_area, q, n_words,
-                                 WB=scan_wb, num_warps=8)
+            launch(_fusion_kernel, (1,), masks, areas, eligible, thr, taken, accepted_flags, free_area, q, n_words,
+                   WB=scan_wb, num_warps=8)
     accepted = torch.nonzero(accepted_flags).flatten()  # ranks in painting order
     k = accepted.numel()
 
@@ -216,9 +219,8 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
     cb = max(16, triton.next_power_of_2(n_classes))
     hist = torch.zeros((max(n_prog, 1), cb), **i32)
     if p:
-        _paint_kernel[(n_prog,)](
-            masks, accepted.to(torch.int32), sem, is_thing.to(torch.int8), seg, hist, k, n_classes, p, n_words,
-            WB=wb, CB=cb)
+        launch(_paint_kernel, (n_prog,), masks, accepted.to(torch.int32), sem, is_thing.to(torch.int8), seg, hist, k,
+               n_classes, p, n_words, WB=wb, CB=cb)
     stuff_area = hist.sum(0, dtype=torch.int64)[:n_classes]
     keep_stuff = (~is_thing) & (stuff_area > 0) & (stuff_area >= stuff_area_limit)
     stuff_classes = torch.nonzero(keep_stuff).flatten()
@@ -226,7 +228,7 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
         lut = torch.zeros(n_classes, **i32)
         lut[stuff_classes] = torch.arange(k + 1, k + 1 + stuff_classes.numel(), **i32)
         block = 1024 if not large_blocks() else max(16, min(triton.next_power_of_2(p), 65536))
-        _stuff_kernel[(triton.cdiv(p, block),)](seg, lut, p, BLOCK=block)
+        launch(_stuff_kernel, (triton.cdiv(p, block),), seg, lut, p, BLOCK=block)
     elif p:
         seg.clamp_(min=0)
 

@@ -1,4 +1,7 @@
-"""ONNX export of a network with HeadOutputs outputs, checked against onnxruntime."""
+"""ONNX export of a network with HeadOutputs outputs, checked against onnxruntime (those tests
+need onnxruntime and onnxscript), and torch.export programs (no optional dependency)."""
+import importlib.util
+
 import pytest
 import torch
 from torch import nn
@@ -6,8 +9,10 @@ from torch import nn
 from rtpanoptic.export import ExportError, export_onnx, export_program, flatten_outputs, output_names
 from rtpanoptic.model.outputs import HeadOutputs
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
+needs_onnx = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None,
+    reason="needs onnxruntime and onnxscript (the export extra)",
+)
 
 
 class TinyHeadNet(nn.Module):
@@ -43,6 +48,7 @@ def test_flat_names():
     assert len(flatten_outputs(out)) == len(output_names(out)) == 8
 
 
+@needs_onnx
 @pytest.mark.slow
 def test_onnx_matches_pytorch(tmp_path):
     torch.manual_seed(0)
@@ -52,6 +58,7 @@ def test_onnx_matches_pytorch(tmp_path):
     assert (tmp_path / "net.onnx").stat().st_size > 0
 
 
+@needs_onnx
 def test_onnx_detects_mismatch(tmp_path, monkeypatch):
     import rtpanoptic.export as export
 
@@ -91,6 +98,7 @@ def _tiny_real_network():
     return build_model_from_config(train_preset("synthetic"), SYNTHETIC).eval()
 
 
+@needs_onnx
 @pytest.mark.slow
 def test_onnx_real_tiny_preset(tmp_path):
     model = _tiny_real_network()

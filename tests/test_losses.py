@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-from rtpanoptic import ops
 from rtpanoptic.losses import (
     LOSS_NAMES,
     LossConfig,
@@ -17,7 +16,7 @@ from rtpanoptic.losses import (
     sigmoid_focal_loss,
 )
 from rtpanoptic.model.outputs import HeadOutputs
-from rtpanoptic.targets import build_targets, sample_masks
+from rtpanoptic.targets import build_targets
 
 STRIDES = (8, 16, 32, 64, 128)
 
@@ -125,34 +124,35 @@ def test_select_queries_hand_values():
     assert sorted(classes.tolist()) == [0, 1] and len(boxes) == 2
 
 
-def test_explicit_mask_loss_matches_op():
-    out = _outputs()
+def test_explicit_mask_loss_hand_computed():
+    """An 8 x 8 image, one level at stride 8 (a single cell, centre (4, 4)) predicting offsets
+    (2, 2, 2, 2): the query box is (2, 2, 6, 6); the ground-truth box (2, 2, 6, 8) overlaps it by
+    beta = 16 / 24 = 2/3.  The levelness grid (stride 4) is 2 x 2 with centres 2 and 6; the
+    constant offsets give the dense boxes (0, 0, 4, 4), (4, 0, 8, 4), (0, 4, 4, 8), (4, 4, 8, 8),
+    each with IoU 4 / 28 = 1/7 with the query.  The mask [2:6, 2:6] sampled at the centres keeps
+    pixel (0, 0) only (N = 1): E_FN = 1 - 1/7, E_FP = 3/7, so
+    L = 1 / Q * beta / N * (E_FP + E_FN) = 2/3 * 9/7 = 6/7."""
+    offsets = [torch.full((1, 4, 1, 1), 2.0, requires_grad=True)]
+    outputs = HeadOutputs(offsets, [torch.zeros(1, 1, 1, 1)], [torch.tensor([[[[5.0]], [[-5.0]]]])],
+                          torch.tensor([-5.0, 5.0]).view(1, 2, 1, 1).expand(1, 2, 2, 2).contiguous(),
+                          torch.zeros(1, 3, 2, 2))
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, 2:6, 2:6] = True
+    batch = {"boxes": [torch.tensor([[2.0, 2.0, 6.0, 8.0]])], "instance_masks": [mask]}
+    loss, nq = explicit_mask_loss(outputs, batch, (8,), 4, LossConfig())
+    assert nq == 1
+    assert loss.item() == pytest.approx(6 / 7, rel=1e-6)
+    # d L / d offsets: every dense box (x - l, y - t, x + r, y + b) and the query move with them
+    loss.backward()
+    assert offsets[0].grad is not None and offsets[0].grad.abs().sum() > 0
+
+
+def test_explicit_mask_loss_without_queries_is_zero_and_attached():
+    out = _outputs(seed=1)
     with torch.no_grad():
         for c in out.class_logits:
             c.fill_(-10.0)
-        out.class_logits[0][0, 0, 1, 2] = 5.0
-        out.box_offsets[0][0, :, 1, 2] = torch.tensor([10.0, 4, 30, 20])  # box (10, 8, 50, 32)
-        out.class_logits[0][0, 1, 14, 14] = 5.0  # far from any GT box of IoU >= 0.5: unmatched
-        out.box_offsets[0][0, :, 14, 14] = torch.tensor([2.0, 2, 2, 2])
-    batch = _batch()
-    cfg = LossConfig()
-    loss, nq = explicit_mask_loss(out, batch, STRIDES, 4, cfg)
-    assert nq == 1
-    # the query matches GT A = (8, 8, 56, 40): I = 40 * 24 = 960, U = 48 * 32 = 1536
-    beta = 960 / 1536
-    dense, _ = ops.gather_levelness(out.box_offsets, out.levelness, 4, backend="reference")
-    gt = sample_masks(batch["instance_masks"][0], 4)[:1]
-    expected = ops.mask_loss(dense, torch.tensor([[10.0, 8, 50, 32]]), gt, torch.tensor([beta]),
-                             torch.tensor([0]), backend="reference")
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    loss.backward()
-    assert out.box_offsets[0].grad is not None and out.box_offsets[0].grad.abs().sum() > 0
-    # no candidate above the threshold -> 0, still attached to the graph
-    out2 = _outputs(seed=1)
-    with torch.no_grad():
-        for c in out2.class_logits:
-            c.fill_(-10.0)
-    loss, nq = explicit_mask_loss(out2, batch, STRIDES, 4, cfg)
+    loss, nq = explicit_mask_loss(out, _batch(), STRIDES, 4, LossConfig())
     assert nq == 0 and loss.item() == 0 and loss.requires_grad
 
 

@@ -14,20 +14,15 @@ namespace {
 template <typename T>
 void box_iou_impl(const T* a, const T* b, int64_t n, int64_t m, T* out) {
   std::vector<T> area_b(m);
-  for (int64_t j = 0; j < m; ++j) area_b[j] = (b[4 * j + 2] - b[4 * j]) * (b[4 * j + 3] - b[4 * j + 1]);
+  for (int64_t j = 0; j < m; ++j) area_b[j] = box_area(b[4 * j], b[4 * j + 1], b[4 * j + 2], b[4 * j + 3]);
   at::parallel_for(0, n, std::max<int64_t>(1, 4096 / std::max<int64_t>(m, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const T a0 = a[4 * i], a1 = a[4 * i + 1], a2 = a[4 * i + 2], a3 = a[4 * i + 3];
-      const T area_a = (a2 - a0) * (a3 - a1);
+      const T area_a = box_area(a0, a1, a2, a3);
       T* row = out + i * m;
       for (int64_t j = 0; j < m; ++j) {
         const T* q = b + 4 * j;
-        T w = nan_min(a2, q[2]) - nan_max(a0, q[0]);
-        T h = nan_min(a3, q[3]) - nan_max(a1, q[1]);
-        w = w < T(0) ? T(0) : w;
-        h = h < T(0) ? T(0) : h;
-        const T inter = w * h;
-        row[j] = inter / ((area_a + area_b[j]) - inter);
+        row[j] = pair_iou(a0, a1, a2, a3, area_a, q[0], q[1], q[2], q[3], area_b[j]);
       }
     }
   });

@@ -7,8 +7,9 @@
 //
 // Backward (w.r.t. the offsets only; the argmax is piecewise constant so levelness gets
 // no gradient, as in the reference): the transposed bilinear interpolation of the sign-
-// flipped box gradient into the chosen level.  Parallel over (batch, coordinate) planes,
-// which own disjoint parts of every level's gradient, so no atomics are needed.
+// flipped box gradient into the chosen level, gathered at every level pixel from the outputs
+// that sample it (box_math.h's bilinear_adjoint_at, shared with the CUDA kernel): rows of
+// level pixels in parallel, a fixed summation order, no atomics.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -23,21 +24,35 @@ namespace rtpanoptic {
 namespace {
 
 
+// The taps of one axis (bilinear_coeffs of every output index, and the first output reaching
+// every input index), computed once: the forward reads the taps, the backward both (the same
+// methods as box_math.h's BilinearAxis).
 template <typename T>
 struct AxisW {
-  std::vector<int64_t> i0, i1;
+  int64_t out_size;
+  std::vector<int64_t> i0, i1, first_out;
   std::vector<T> w0, w1;
+  int64_t first(int64_t i) const { return first_out[i]; }
+  void at(int64_t o, int64_t* a, int64_t* b, T* wa, T* wb) const {
+    *a = i0[o];
+    *b = i1[o];
+    *wa = w0[o];
+    *wb = w1[o];
+  }
 };
 
 template <typename T>
 AxisW<T> axis_coeffs(int64_t out_size, int64_t in_size) {
   AxisW<T> a;
+  a.out_size = out_size;
   a.i0.resize(out_size);
   a.i1.resize(out_size);
   a.w0.resize(out_size);
   a.w1.resize(out_size);
+  a.first_out.resize(in_size);
   const T scale = static_cast<T>(in_size) / static_cast<T>(out_size);
   for (int64_t o = 0; o < out_size; ++o) bilinear_coeffs<T>(o, in_size, scale, &a.i0[o], &a.i1[o], &a.w0[o], &a.w1[o]);
+  for (int64_t i = 0; i < in_size; ++i) a.first_out[i] = first_output_reaching<T>(i, in_size, out_size, scale);
   return a;
 }
 
@@ -62,7 +77,6 @@ template <typename T>
 void forward_impl(const std::vector<at::Tensor>& offs, const at::Tensor& lv, int64_t out_stride, at::Tensor& boxes,
                   at::Tensor& fg) {
   const int64_t batch = lv.size(0), nc = lv.size(1), h = lv.size(2), w = lv.size(3), plane = h * w;
-  const int64_t n_levels = nc - 1;
   std::vector<AxisW<T>> ys, xs;
   std::vector<const T*> ptr;
   for (const auto& o : offs) {
@@ -83,7 +97,6 @@ void forward_impl(const std::vector<at::Tensor>& offs, const at::Tensor& lv, int
         int64_t level;
         bool is_fg;
         pick_level(lvp + b * nc * plane + p, plane, nc, &level, &is_fg);
-        (void)n_levels;
         fp[b * plane + p] = is_fg;
         const auto& ay = ys[level];
         const auto& ax = xs[level];
@@ -94,7 +107,7 @@ void forward_impl(const std::vector<at::Tensor>& offs, const at::Tensor& lv, int
         T v[4];
         for (int c = 0; c < 4; ++c) {
           const T* s = src + c * hi * wi;
-          v[c] = wy0 * (wx0 * s[y0 * wi + x0] + wx1 * s[y0 * wi + x1]) + wy1 * (wx0 * s[y1 * wi + x0] + wx1 * s[y1 * wi + x1]);
+          v[c] = bilinear(s[y0 * wi + x0], s[y0 * wi + x1], s[y1 * wi + x0], s[y1 * wi + x1], wy0, wy1, wx0, wx1);
         }
         const T cx = static_cast<T>(x) * static_cast<T>(out_stride) + static_cast<T>(half);
         T* dst = bp + b * 4 * plane + p;
@@ -123,37 +136,23 @@ void backward_impl(const at::Tensor& grad, const std::vector<at::Tensor>& offs, 
       levels[i] = static_cast<int32_t>(level);
     }
   });
-  std::vector<AxisW<T>> ys, xs;
-  std::vector<T*> gptr;
-  for (size_t l = 0; l < offs.size(); ++l) {
-    ys.push_back(axis_coeffs<T>(h, offs[l].size(2)));
-    xs.push_back(axis_coeffs<T>(w, offs[l].size(3)));
-    gptr.push_back(grads[l].data_ptr<T>());
-  }
   const T* gp = grad.data_ptr<T>();
-  at::parallel_for(0, batch * 4, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bc = begin; bc < end; ++bc) {
-      const int64_t b = bc / 4, c = bc % 4;
-      const T sign = c < 2 ? T(-1) : T(1);
-      const T* g = gp + (b * 4 + c) * plane;
-      for (int64_t y = 0; y < h; ++y) {
-        for (int64_t x = 0; x < w; ++x) {
-          const int64_t p = y * w + x;
-          const int64_t level = levels[b * plane + p];
-          const T gv = sign * g[p];
-          const auto& ay = ys[level];
-          const auto& ax = xs[level];
-          const int64_t hi = offs[level].size(2), wi = offs[level].size(3);
-          T* dst = gptr[level] + (b * 4 + c) * hi * wi;
-          const int64_t y0 = ay.i0[y], y1 = ay.i1[y], x0 = ax.i0[x], x1 = ax.i1[x];
-          dst[y0 * wi + x0] += gv * ay.w0[y] * ax.w0[x];
-          dst[y0 * wi + x1] += gv * ay.w0[y] * ax.w1[x];
-          dst[y1 * wi + x0] += gv * ay.w1[y] * ax.w0[x];
-          dst[y1 * wi + x1] += gv * ay.w1[y] * ax.w1[x];
+  for (size_t l = 0; l < offs.size(); ++l) {
+    const int64_t hi = offs[l].size(2), wi = offs[l].size(3);
+    const AxisW<T> ys = axis_coeffs<T>(h, hi), xs = axis_coeffs<T>(w, wi);
+    T* dst = grads[l].data_ptr<T>();
+    at::parallel_for(0, batch * hi, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t b = row / hi, yi = row % hi;
+        for (int64_t xi = 0; xi < wi; ++xi) {
+          T acc[4] = {0, 0, 0, 0};
+          bilinear_adjoint_at<T, T>(gp + b * 4 * plane, plane, w, levels.data() + b * plane, static_cast<int32_t>(l),
+                                    yi, xi, ys, xs, acc);
+          for (int c = 0; c < 4; ++c) dst[((b * 4 + c) * hi + yi) * wi + xi] = c < 2 ? -acc[c] : acc[c];
         }
       }
-    }
-  });
+    });
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> gather_levelness_cpu(at::TensorList offsets, const at::Tensor& levelness,

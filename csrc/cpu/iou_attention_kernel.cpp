@@ -2,7 +2,8 @@
 // "iou": I/U, 0 (and gradient 0) where U == 0; "tri": (I+1)/(U+1) - (C-U)/C, C = enclosing
 // area + 1e-7.  See box_math.h for the formulas, their derivatives and NaN behaviour.
 // Forward: parallel over (query, pixel-range) chunks, contiguous writes.  Backward: one
-// pass over pixel chunks; no atomics, deterministic.
+// pass over pixel chunks; no atomics, deterministic.  A zero upstream gradient is not skipped:
+// it still multiplies the derivative, so NaN coordinates give NaN gradients as in the reference.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -58,10 +59,8 @@ void backward_impl(const T* g, const T* d, const T* qb, int64_t n_q, int64_t n_p
         T acc[4] = {0, 0, 0, 0};
         const T d0 = d[p], d1 = d[n_p + p], d2 = d[2 * n_p + p], d3 = d[3 * n_p + p];
         for (int64_t q = 0; q < n_q; ++q) {
-          const T gv = g[q * n_p + p];
-          if (gv == T(0)) continue;
-          box_score_backward<T>(gv, d0, d1, d2, d3, qb[4 * q], qb[4 * q + 1], qb[4 * q + 2], qb[4 * q + 3], score,
-                                acc, gq_local + 4 * q);
+          box_score_backward<T>(g[q * n_p + p], d0, d1, d2, d3, qb[4 * q], qb[4 * q + 1], qb[4 * q + 2],
+                                qb[4 * q + 3], score, acc, gq_local + 4 * q);
         }
         for (int c = 0; c < 4; ++c) gd[c * n_p + p] = acc[c];
       }

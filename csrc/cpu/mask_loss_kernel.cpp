@@ -1,8 +1,9 @@
 // Explicit mask loss (eqs. 16-18) on the CPU, fused: the [Q, H, W] IoU map is never built.
 //   L = 1/Q * sum_j beta_j / N_j * (sum_{p not in M_j} S_jp + sum_{p in M_j} (1 - S_jp)),
 // S_jp = IoU(dense[batch_index[j], :, p], query[j]) (0 where U == 0), N_j = |M_j|; a query
-// with N_j = 0 contributes 0 (and no gradient).  Per-(query, chunk) partial sums are kept in
-// float64 and reduced in a fixed order, so the result is deterministic.
+// with N_j = 0 contributes 0 and takes no part in the gradient (whatever its boxes or beta_j).
+// Per-(query, chunk) partial sums are kept in float64 and reduced in a fixed order, so the
+// result is deterministic.
 // Backward: dL/dS_jp = g * beta_j / (N_j * Q) * (p in M_j ? -1 : +1), chained through
 // box_score_backward, in one pass over (image, pixel chunk) tasks with per-task query buffers.
 #include <ATen/ATen.h>
@@ -91,18 +92,18 @@ void backward_impl(T g, const at::Tensor& dense, const at::Tensor& query, const 
   const T* qb = query.data_ptr<T>();
   const bool* m = masks.data_ptr<bool>();
   const T* bp = beta.data_ptr<T>();
-  // per-query coefficient g * beta_j / (N_j * Q), 0 when N_j = 0
+  // per-query coefficient g * beta_j / (N_j * Q); queries with N_j = 0 take no part
   std::vector<T> coef(n_q, T(0));
+  std::vector<int64_t> count(n_q, 0);
   at::parallel_for(0, n_q, 1, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
-      int64_t n = 0;
-      for (int64_t p = 0; p < n_p; ++p) n += m[j * n_p + p];
-      if (n > 0) coef[j] = g * bp[j] / static_cast<T>(n) / static_cast<T>(n_q);
+      for (int64_t p = 0; p < n_p; ++p) count[j] += m[j * n_p + p];
+      if (count[j] > 0) coef[j] = g * bp[j] / static_cast<T>(count[j]) / static_cast<T>(n_q);
     }
   });
   std::vector<std::vector<int64_t>> per_image(batch);
   for (int64_t j = 0; j < n_q; ++j) {
-    if (coef[j] != T(0)) per_image[bi[j]].push_back(j);
+    if (count[j] > 0) per_image[bi[j]].push_back(j);
   }
   T* gd = gd_t.data_ptr<T>();
   T* gq = gq_t.data_ptr<T>();

@@ -16,13 +16,8 @@ __global__ void box_iou_kernel(const scalar_t* __restrict__ a, const scalar_t* _
   const int64_t i = t / m, j = t % m;
   const acc_t a0 = a[4 * i], a1 = a[4 * i + 1], a2 = a[4 * i + 2], a3 = a[4 * i + 3];
   const acc_t b0 = b[4 * j], b1 = b[4 * j + 1], b2 = b[4 * j + 2], b3 = b[4 * j + 3];
-  acc_t w = nan_min(a2, b2) - nan_max(a0, b0);
-  acc_t h = nan_min(a3, b3) - nan_max(a1, b1);
-  w = w < acc_t(0) ? acc_t(0) : w;
-  h = h < acc_t(0) ? acc_t(0) : h;
-  const acc_t inter = w * h;
-  const acc_t area_a = (a2 - a0) * (a3 - a1), area_b = (b2 - b0) * (b3 - b1);
-  out[t] = static_cast<scalar_t>(inter / ((area_a + area_b) - inter));
+  out[t] = static_cast<scalar_t>(pair_iou(a0, a1, a2, a3, box_area(a0, a1, a2, a3), b0, b1, b2, b3,
+                                          box_area(b0, b1, b2, b3)));
 }
 
 at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2) {

@@ -1,10 +1,10 @@
 // Levelness gathering (eq. 14) on the GPU, fused: one thread per output location picks
 // argmax(levelness[1:]) (torch.argmax: first maximum, NaN wins), samples only that level's
-// offsets bilinearly (align_corners=False) and decodes them.  Backward: one thread per
-// location scatters the sign-flipped box gradient into the chosen level with atomics
-// (accumulated in float32 for float16/bfloat16/float32, float64 for float64), so the
-// gradient's summation order is not deterministic on the GPU.
-#include <ATen/cuda/Atomic.cuh>
+// offsets bilinearly (align_corners=False) and decodes them.  Backward: the chosen level of
+// every location first, then one thread per pixel of every level gathers the sign-flipped box
+// gradient of the locations that sample it (box_math.h's bilinear_adjoint_at, shared with the
+// CPU kernel), accumulated in float32 for float16/bfloat16/float32, float64 for float64, in a
+// fixed order: no atomics, deterministic.
 #include <torch/library.h>
 
 #include <vector>
@@ -22,6 +22,7 @@ struct Levels {
   ptr_t ptr[kMaxLevels];
   int64_t h[kMaxLevels];
   int64_t w[kMaxLevels];
+  int64_t start[kMaxLevels + 1];  // backward: first thread of each level's [batch, h, w] pixels
 };
 
 template <typename scalar_t>
@@ -84,8 +85,8 @@ __global__ void gather_forward_kernel(Levels<scalar_t, const scalar_t*> levels, 
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
     const scalar_t* s = src + c * k.hi * wi;
-    v[c] = k.wy0 * (k.wx0 * static_cast<acc_t>(s[k.y0 * wi + k.x0]) + k.wx1 * static_cast<acc_t>(s[k.y0 * wi + k.x1])) +
-           k.wy1 * (k.wx0 * static_cast<acc_t>(s[k.y1 * wi + k.x0]) + k.wx1 * static_cast<acc_t>(s[k.y1 * wi + k.x1]));
+    v[c] = bilinear<acc_t>(s[k.y0 * wi + k.x0], s[k.y0 * wi + k.x1], s[k.y1 * wi + k.x0], s[k.y1 * wi + k.x1], k.wy0,
+                           k.wy1, k.wx0, k.wx1);
   }
   const acc_t cx = static_cast<acc_t>(k.x * out_stride + out_stride / 2);
   const acc_t cy = static_cast<acc_t>(k.y * out_stride + out_stride / 2);
@@ -96,24 +97,37 @@ __global__ void gather_forward_kernel(Levels<scalar_t, const scalar_t*> levels, 
   dst[3 * plane] = static_cast<scalar_t>(cy + v[3]);
 }
 
-template <typename scalar_t, typename acc_t>
-__global__ void gather_backward_kernel(Levels<scalar_t, acc_t*> grads, const scalar_t* __restrict__ grad,
-                                       const scalar_t* __restrict__ lv, int64_t batch, int64_t nc, int64_t h,
-                                       int64_t w) {
-  const int64_t plane = h * w;
+// The level (0-based) chosen at every location of the [batch, h, w] grid.
+template <typename scalar_t>
+__global__ void chosen_level_kernel(const scalar_t* __restrict__ lv, int64_t batch, int64_t nc, int64_t plane,
+                                    int32_t* __restrict__ chosen) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (t >= batch * plane) return;
-  const Tap<acc_t> k = locate<acc_t>(grads, lv, t, nc, h, w);
-  const int64_t wi = k.wi;
+  const int64_t b = t / plane, p = t % plane;
+  int level;
+  bool fg;
+  pick_level(lv + b * nc * plane + p, plane, nc, &level, &fg);
+  chosen[t] = level;
+}
+
+// One thread per pixel (b, yi, xi) of every level: the gradient of its 4 offsets.
+template <typename scalar_t, typename acc_t>
+__global__ void gather_backward_kernel(Levels<scalar_t, acc_t*> grads, int n_levels, const scalar_t* __restrict__ grad,
+                                       const int32_t* __restrict__ chosen, int64_t h, int64_t w) {
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= grads.start[n_levels]) return;
+  int l = 0;
+  while (t >= grads.start[l + 1]) ++l;
+  const int64_t hi = grads.h[l], wi = grads.w[l], local = t - grads.start[l];
+  const int64_t b = local / (hi * wi), yi = (local / wi) % hi, xi = local % wi;
+  const int64_t plane = h * w;
+  const BilinearAxis<acc_t> ys{hi, h, static_cast<acc_t>(hi) / static_cast<acc_t>(h)};
+  const BilinearAxis<acc_t> xs{wi, w, static_cast<acc_t>(wi) / static_cast<acc_t>(w)};
+  acc_t acc[4] = {0, 0, 0, 0};
+  bilinear_adjoint_at<acc_t, scalar_t>(grad + b * 4 * plane, plane, w, chosen + b * plane, l, yi, xi, ys, xs, acc);
+  acc_t* dst = grads.ptr[l] + b * 4 * hi * wi + yi * wi + xi;
 #pragma unroll
-  for (int c = 0; c < 4; ++c) {
-    const acc_t gv = (c < 2 ? acc_t(-1) : acc_t(1)) * static_cast<acc_t>(grad[(k.b * 4 + c) * plane + k.p]);
-    acc_t* dst = grads.ptr[k.level] + (k.b * 4 + c) * k.hi * wi;
-    gpuAtomicAdd(dst + k.y0 * wi + k.x0, gv * k.wy0 * k.wx0);
-    gpuAtomicAdd(dst + k.y0 * wi + k.x1, gv * k.wy0 * k.wx1);
-    gpuAtomicAdd(dst + k.y1 * wi + k.x0, gv * k.wy1 * k.wx0);
-    gpuAtomicAdd(dst + k.y1 * wi + k.x1, gv * k.wy1 * k.wx1);
-  }
+  for (int c = 0; c < 4; ++c) dst[c * hi * wi] = c < 2 ? -acc[c] : acc[c];
 }
 
 void check_inputs(const char* op, const at::TensorList& offsets, const at::Tensor& levelness, int64_t out_stride) {
@@ -164,17 +178,24 @@ std::vector<at::Tensor> gather_levelness_backward_cuda(const at::Tensor& grad_bo
   std::vector<at::Tensor> grads;
   for (const auto& o : offsets) grads.push_back(at::zeros(o.sizes(), o.options().dtype(acc)));
   if (batch * h * w > 0) {
+    auto chosen = at::empty({batch, h, w}, lv.options().dtype(at::kInt));
+    auto stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, lv.scalar_type(), "gather_levelness_backward_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
+      chosen_level_kernel<scalar_t><<<cuda::blocks_for(batch * h * w), cuda::kThreads, 0, stream>>>(
+          lv.data_ptr<scalar_t>(), batch, nc, h * w, chosen.data_ptr<int32_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
       Levels<scalar_t, acc_t*> levels;
+      levels.start[0] = 0;
       for (size_t l = 0; l < grads.size(); ++l) {
         levels.ptr[l] = grads[l].data_ptr<acc_t>();
         levels.h[l] = grads[l].size(2);
         levels.w[l] = grads[l].size(3);
+        levels.start[l + 1] = levels.start[l] + batch * levels.h[l] * levels.w[l];
       }
-      gather_backward_kernel<scalar_t, acc_t><<<cuda::blocks_for(batch * h * w), cuda::kThreads, 0,
-                                                at::cuda::getCurrentCUDAStream()>>>(
-          levels, g.data_ptr<scalar_t>(), lv.data_ptr<scalar_t>(), batch, nc, h, w);
+      const int n_levels = static_cast<int>(grads.size());
+      gather_backward_kernel<scalar_t, acc_t><<<cuda::blocks_for(levels.start[n_levels]), cuda::kThreads, 0, stream>>>(
+          levels, n_levels, g.data_ptr<scalar_t>(), chosen.data_ptr<int32_t>(), h, w);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

@@ -1,9 +1,10 @@
 // Box self-attention (eq. 6) on the GPU.  Forward: one thread per (query, pixel), scores in
 // float32 for float16/bfloat16 (box_math.h has the formulas and NaN behaviour).  Backward:
 // the dense gradient with one thread per pixel summing over queries; the query gradient
-// with a grid of (pixel chunk, query) blocks, each reducing its chunk in-block and adding
-// the 4 sums to a float32/float64 accumulator with atomics.
-#include <ATen/cuda/Atomic.cuh>
+// with a grid of (pixel chunk, query) blocks, each reducing its chunk in-block into its own
+// float32/float64 partial sums, which are then summed over the chunks in a fixed order (no
+// atomics: deterministic).  Zero upstream gradients are not skipped (NaN coordinates give NaN
+// gradients, as the reference's autograd does).
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
@@ -35,19 +36,18 @@ __global__ void attention_grad_dense_kernel(const scalar_t* __restrict__ g, cons
   const acc_t d0 = d[p], d1 = d[n_p + p], d2 = d[2 * n_p + p], d3 = d[3 * n_p + p];
   acc_t acc[4] = {0, 0, 0, 0}, unused[4];
   for (int64_t q = 0; q < n_q; ++q) {
-    const acc_t gv = g[q * n_p + p];
-    if (gv == acc_t(0)) continue;
-    box_score_backward<acc_t>(gv, d0, d1, d2, d3, qb[4 * q], qb[4 * q + 1], qb[4 * q + 2], qb[4 * q + 3], score, acc,
-                              unused);
+    box_score_backward<acc_t>(static_cast<acc_t>(g[q * n_p + p]), d0, d1, d2, d3, qb[4 * q], qb[4 * q + 1],
+                              qb[4 * q + 2], qb[4 * q + 3], score, acc, unused);
   }
 #pragma unroll
   for (int c = 0; c < 4; ++c) gd[c * n_p + p] = static_cast<scalar_t>(acc[c]);
 }
 
+// Partial sums [chunk, query, 4] of the query gradient, one chunk of pixels per block.
 template <typename scalar_t>
 __global__ void attention_grad_query_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ d,
-                                            const scalar_t* __restrict__ qb, int64_t n_p, Score score,
-                                            at::opmath_type<scalar_t>* __restrict__ gq) {
+                                            const scalar_t* __restrict__ qb, int64_t n_q, int64_t n_p, Score score,
+                                            at::opmath_type<scalar_t>* __restrict__ partial) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t q = blockIdx.y;
   const int64_t p0 = static_cast<int64_t>(blockIdx.x) * kPixelsPerBlock;
@@ -55,15 +55,13 @@ __global__ void attention_grad_query_kernel(const scalar_t* __restrict__ g, cons
   const acc_t q0 = qb[4 * q], q1 = qb[4 * q + 1], q2 = qb[4 * q + 2], q3 = qb[4 * q + 3];
   acc_t acc[4] = {0, 0, 0, 0}, unused[4];
   for (int64_t p = p0 + threadIdx.x; p < p1; p += blockDim.x) {
-    const acc_t gv = g[q * n_p + p];
-    if (gv == acc_t(0)) continue;
-    box_score_backward<acc_t>(gv, d[p], d[n_p + p], d[2 * n_p + p], d[3 * n_p + p], q0, q1, q2, q3, score, unused,
-                              acc);
+    box_score_backward<acc_t>(static_cast<acc_t>(g[q * n_p + p]), d[p], d[n_p + p], d[2 * n_p + p], d[3 * n_p + p],
+                              q0, q1, q2, q3, score, unused, acc);
   }
 #pragma unroll
   for (int c = 0; c < 4; ++c) {
     const acc_t s = cuda::block_sum(acc[c]);
-    if (threadIdx.x == 0) gpuAtomicAdd(gq + 4 * q + c, s);
+    if (threadIdx.x == 0) partial[(blockIdx.x * n_q + q) * 4 + c] = s;
   }
 }
 
@@ -109,7 +107,8 @@ std::tuple<at::Tensor, at::Tensor> iou_attention_backward_cuda(const at::Tensor&
   auto g = grad.to(d.scalar_type()).contiguous();
   const auto acc = d.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto gd = at::zeros_like(d);
-  auto gq = at::zeros({n_q, 4}, q.options().dtype(acc));
+  const int64_t chunks = (n_p + kPixelsPerBlock - 1) / kPixelsPerBlock;
+  auto partial = at::zeros({chunks, n_q, 4}, q.options().dtype(acc));
   if (n_q * n_p > 0) {
     const Score s = score == "iou" ? Score::kIoU : Score::kTri;
     auto stream = at::cuda::getCurrentCUDAStream();
@@ -119,14 +118,14 @@ std::tuple<at::Tensor, at::Tensor> iou_attention_backward_cuda(const at::Tensor&
           g.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), n_q, n_p, s,
           gd.data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const dim3 grid(static_cast<unsigned>((n_p + kPixelsPerBlock - 1) / kPixelsPerBlock),
-                      static_cast<unsigned>(n_q));
+      const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(n_q));
       attention_grad_query_kernel<scalar_t><<<grid, cuda::kThreads, 0, stream>>>(
-          g.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), n_p, s, gq.data_ptr<acc_t>());
+          g.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), n_q, n_p, s,
+          partial.data_ptr<acc_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return {gd, gq.to(query_boxes.scalar_type())};
+  return {gd, partial.sum(0).to(query_boxes.scalar_type())};
 }
 
 }  // namespace

@@ -8,7 +8,8 @@
 //      boxes' rows into the "removed" words of the later tiles;
 //   4. the kept flags are compacted (masked_select, the only host sync: the output size).
 // IoUs are computed in float32 for float16/bfloat16 and rounded to the input dtype before
-// the comparison, as the reference does.  NaN IoUs never exceed the threshold.
+// the comparison, as the reference does.  NaN IoUs never exceed the threshold.  The mask takes
+// N * ceil(N / 64) * 8 bytes, so N is limited to kMaxBoxes (8 GiB of mask; larger N raise).
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
@@ -17,6 +18,7 @@ namespace rtpanoptic {
 namespace {
 
 constexpr int kTile = 64;
+constexpr int64_t kMaxBoxes = int64_t(1) << 18;  // as the Triton backend's MAX_BOXES
 
 template <typename scalar_t, bool kBatched>
 __global__ void nms_mask_kernel(int64_t n, const scalar_t* __restrict__ boxes, const int64_t* __restrict__ cls,
@@ -37,7 +39,7 @@ __global__ void nms_mask_kernel(int64_t n, const scalar_t* __restrict__ boxes, c
   if (threadIdx.x >= row_size) return;
   const int64_t i = row_block * kTile + threadIdx.x;
   const acc_t x1 = boxes[i * 4], y1 = boxes[i * 4 + 1], x2 = boxes[i * 4 + 2], y2 = boxes[i * 4 + 3];
-  const acc_t area = (x2 - x1) * (y2 - y1);
+  const acc_t area = box_area(x1, y1, x2, y2);
   const int64_t ci = kBatched ? cls[i] : 0;
   const acc_t thr = static_cast<acc_t>(static_cast<scalar_t>(iou_threshold));
   unsigned long long bits = 0;
@@ -45,12 +47,7 @@ __global__ void nms_mask_kernel(int64_t n, const scalar_t* __restrict__ boxes, c
   for (int k = start; k < col_size; ++k) {
     if (kBatched && scls[k] != ci) continue;
     const acc_t* b = sb + k * 4;
-    acc_t w = nan_min(x2, b[2]) - nan_max(x1, b[0]);
-    acc_t h = nan_min(y2, b[3]) - nan_max(y1, b[1]);
-    w = w < acc_t(0) ? acc_t(0) : w;
-    h = h < acc_t(0) ? acc_t(0) : h;
-    const acc_t inter = w * h;
-    const acc_t iou = inter / ((area + (b[2] - b[0]) * (b[3] - b[1])) - inter);
+    const acc_t iou = pair_iou(x1, y1, x2, y2, area, b[0], b[1], b[2], b[3], box_area(b[0], b[1], b[2], b[3]));
     if (static_cast<acc_t>(static_cast<scalar_t>(iou)) > thr) bits |= 1ULL << k;
   }
   mask[i * col_blocks + col_block] = bits;
@@ -111,12 +108,13 @@ at::Tensor nms_common(const char* op, const at::Tensor& boxes, const at::Tensor&
   c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
+  TORCH_CHECK(n <= kMaxBoxes, op, ": the cuda backend takes at most ", kMaxBoxes, " boxes (its suppression mask takes ",
+              "N * ceil(N / 64) * 8 bytes, 8 GiB at that size), got ", n);
   auto order = std::get<1>(scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true));
   auto sorted = boxes.index_select(0, order).contiguous();
   at::Tensor cls;
   if (idxs != nullptr) cls = idxs->to(at::kLong).index_select(0, order).contiguous();
   const int64_t col_blocks = (n + kTile - 1) / kTile;
-  TORCH_CHECK(col_blocks <= 65535, op, ": at most ", 65535 * kTile, " boxes are supported by the CUDA kernel, got ", n);
   auto mask = at::empty({n * col_blocks}, boxes.options().dtype(at::kLong));
   auto removed = at::zeros({col_blocks}, boxes.options().dtype(at::kLong));
   auto keep = at::empty({n}, boxes.options().dtype(at::kBool));

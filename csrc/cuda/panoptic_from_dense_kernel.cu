@@ -1,9 +1,9 @@
 // Mask construction (eqs. 5, 7) fused with panoptic fusion on the GPU; no [Q, H, W] float
 // tensor is built.
 //   1. mask kernel: one fused pass over pixels; each thread reads its pixel's box once and,
-//      for every query, evaluates score * P_sem(c_j) > sigma (float32 math for
-//      float16/bfloat16); a warp ballot packs 32 pixels into one word of the [Q, ceil(HW/32)]
-//      bit masks.
+//      for every query, evaluates score * P_sem(c_j) > sigma (float32 math and threshold for
+//      float16/bfloat16, as the reference); a warp ballot packs 32 pixels into one word of the
+//      [Q, ceil(HW/32)] bit masks.
 //   2. fusion kernel (one block): queries in decreasing score (stable sort on the device);
 //      per query the block reduces area and free area with popcounts, applies the skip rules
 //      of the reference (score < score_threshold, empty, overlap > overlap_threshold, free == 0)
@@ -36,7 +36,7 @@ __global__ void mask_kernel(const scalar_t* __restrict__ d, const scalar_t* __re
     d2 = d[2 * n_p + p];
     d3 = d[3 * n_p + p];
   }
-  const acc_t sig = static_cast<acc_t>(static_cast<scalar_t>(sigma));
+  const acc_t sig = static_cast<acc_t>(sigma);  // not rounded to a float16/bfloat16 input's dtype
   const int lane = threadIdx.x % 32;
   const int64_t word = p / 32;
   for (int64_t j = 0; j < n_q; ++j) {

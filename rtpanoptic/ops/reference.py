@@ -7,6 +7,18 @@ functions in :mod:`rtpanoptic.ops` pass to every backend.
 
 Conventions: boxes are ``xyxy`` in absolute pixels; areas have no ``+1``
 (torchvision's convention); dense maps are ``[B, C, H, W]``.
+
+Precision: box scores (IoU, the TRI score) of float16/bfloat16 boxes are computed in float32
+and rounded once to the input dtype (as ``torchvision.ops.box_iou``): native half arithmetic
+would overflow on the areas of boxes larger than 256 x 256 pixels.  Their gradients are the
+float32 gradients, rounded once.
+
+Gradients, non-finite coordinates included, are PyTorch's autograd of these functions: a NaN
+(or inf) coordinate makes every gradient that depends on it NaN, also where the upstream
+gradient is 0 (autograd multiplies: 0 * NaN = NaN).  The exceptions are autograd's own: where a
+``torch.where`` does not select a branch (the IoU where the union is 0; ``mask_loss``'s query
+with an empty mask, which takes no part in the loss), no gradient flows through it.  Every
+backend follows this.
 """
 from __future__ import annotations
 
@@ -24,6 +36,7 @@ TRI_EPS = 1e-7
 
 
 def _upcast(t: Tensor) -> Tensor:
+    """float16/bfloat16 -> float32 (the dtype box scores are computed in); others unchanged."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
@@ -125,9 +138,12 @@ def gather_levelness(offsets: list[Tensor], levelness: Tensor, out_stride: int) 
     levelness grid ``[H, W]``; at every location the level ``argmax(levelness[1:])``
     (first maximum on ties) supplies the offsets, decoded around the grid's cell
     centres ``floor(out_stride/2) + i*out_stride``.  Returns ``(boxes [B,4,H,W],
-    foreground [B,H,W] bool)`` with foreground = ``argmax(levelness) != 0``.
+    foreground [B,H,W] bool)`` with foreground = ``argmax(levelness) != 0``.  Both argmaxes are
+    torch.argmax's: a NaN logit counts as the maximum.
     """
-    _, _, h, w = levelness.shape
+    b, _, h, w = levelness.shape
+    if b * h * w == 0:
+        return levelness.new_empty((b, 4, h, w)), torch.zeros((b, h, w), dtype=torch.bool, device=levelness.device)
     resampled = torch.stack(
         [F.interpolate(o, size=(h, w), mode="bilinear", align_corners=False) for o in offsets], dim=1
     )  # [B, L, 4, H, W]
@@ -161,11 +177,16 @@ def pairwise_box_score(boxes: Tensor, query_boxes: Tensor, score: str) -> Tensor
     raise ValueError(f"score must be one of {SCORES}, got {score!r}")
 
 
+def _score_map(dense_boxes: Tensor, query_boxes: Tensor, score: str) -> Tensor:
+    """score(B(x, y), B_j) ``[Q,H,W]``, in float32 for float16/bfloat16 boxes."""
+    _, h, w = dense_boxes.shape
+    flat = _upcast(dense_boxes).reshape(4, h * w).t()
+    return pairwise_box_score(flat, _upcast(query_boxes), score).reshape(query_boxes.shape[0], h, w)
+
+
 def iou_attention(dense_boxes: Tensor, query_boxes: Tensor, score: str) -> Tensor:
     """P_loc(x, y, j) = score(B(x, y), B_j): ``[4,H,W]`` x ``[Q,4]`` -> ``[Q,H,W]`` (eq. 6)."""
-    _, h, w = dense_boxes.shape
-    flat = dense_boxes.reshape(4, h * w).t()
-    return pairwise_box_score(flat, query_boxes, score).reshape(query_boxes.shape[0], h, w)
+    return _score_map(dense_boxes, query_boxes, score).to(dense_boxes.dtype)
 
 
 # ----------------------------------------------------- mask construction + fusion
@@ -184,7 +205,8 @@ def panoptic_from_dense(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Mask construction (eqs. 5, 7) and panoptic fusion, sequentially.
 
-    Masks: ``M_j = score(B(x,y), B_j) * P_sem(x, y, c_j) > sigma``.
+    Masks: ``M_j = score(B(x,y), B_j) * P_sem(x, y, c_j) > sigma`` (in float32 for
+    float16/bfloat16 inputs: the score, the product and sigma are not rounded to the dtype).
     Fusion (Kirillov et al.; panopticapi's combine step): queries in decreasing score
     (stable); skip a query with score < ``score_threshold``, an empty mask, or a mask
     of which more than ``overlap_threshold`` is already taken; paint its free pixels.
@@ -203,8 +225,8 @@ def panoptic_from_dense(
     classes, queries, scores, areas = [], [], [], []
 
     if query_boxes.shape[0] > 0:
-        loc = iou_attention(dense_boxes, query_boxes, score)  # [Q, H, W]
-        masks = loc * sem_probs[query_classes] > sigma
+        loc = _score_map(dense_boxes, query_boxes, score)  # [Q, H, W]
+        masks = loc * _upcast(sem_probs)[query_classes] > sigma
         for j in torch.sort(query_scores, descending=True, stable=True).indices.tolist():
             if query_scores[j].item() < score_threshold:
                 continue
@@ -222,7 +244,7 @@ def panoptic_from_dense(
             scores.append(float(query_scores[j]))
             areas.append(free_area)
 
-    semantic = sem_probs.argmax(dim=0)
+    semantic = sem_probs.argmax(dim=0)  # torch.argmax: a NaN probability counts as the maximum
     for c in torch.nonzero(~is_thing).flatten().tolist():
         region = (semantic == c) & (segment_map == 0)
         area = int(region.sum())
@@ -256,14 +278,16 @@ def mask_loss(
     query j lives in image ``batch_index[j]``, ``gt_masks`` is ``[Q,H,W]`` bool and
     ``N_j`` its pixel count; a query with ``N_j = 0`` contributes 0.  Differentiable
     w.r.t. ``dense_boxes`` and ``query_boxes``; ``beta`` is a constant weight.
-    Q = 0 gives 0 (still attached to ``dense_boxes``' graph).
+    Q = 0 gives 0 (still attached to ``dense_boxes``' graph).  float16/bfloat16 inputs are
+    computed in float32 and the loss rounded once.
     """
     q = query_boxes.shape[0]
     if q == 0:
         return dense_boxes.sum() * 0
-    total = dense_boxes.new_zeros(())
+    dense, queries = _upcast(dense_boxes), _upcast(query_boxes)  # once: the gradients are summed in float32
+    total = dense.new_zeros(())
     for j in range(q):
-        iou = iou_attention(dense_boxes[batch_index[j]], query_boxes[j : j + 1], "iou")[0]
+        iou = _score_map(dense[batch_index[j]], queries[j : j + 1], "iou")[0]
         inside = gt_masks[j]
         n = inside.sum()
         if n == 0:
@@ -271,4 +295,4 @@ def mask_loss(
         fp = torch.where(inside, 0.0, iou).sum()
         fn = torch.where(inside, 1.0 - iou, 0.0).sum()
         total = total + beta[j].detach().to(total.dtype) * (fp + fn) / n
-    return total / q
+    return (total / q).to(dense_boxes.dtype)

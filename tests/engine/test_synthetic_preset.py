@@ -1,29 +1,13 @@
 """The real network on the generated synthetic set, through the "synthetic" preset (a few steps)."""
-import importlib
-
-import pytest
 import torch
 
 from rtpanoptic.config import load_config
 from rtpanoptic.engine import TrainConfig, train, train_preset
-
-
-def _require(module, attr):
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        mod = None
-    if mod is None or not hasattr(mod, attr):
-        pytest.skip(f"{module}.{attr} is not available yet")
+from rtpanoptic.engine.evaluate import PanopticEvaluator
+from rtpanoptic.engine.trainer import build_dataset_from_config
 
 
 def test_synthetic_preset_trains_and_evaluates(tmp_path):
-    _require("rtpanoptic.model", "build_model")
-    _require("rtpanoptic.data", "synthetic_dataset")
-    _require("rtpanoptic.inference", "Predictor")
-    _require("rtpanoptic.evaluation", "PanopticQualityEvaluator")
-    from rtpanoptic.engine.evaluate import PanopticEvaluator
-    from rtpanoptic.engine.trainer import build_dataset_from_config
 
     cfg = load_config(TrainConfig, None, [
         f"data.root={tmp_path / 'data'}", "data.synthetic_num_train=4", "data.synthetic_num_val=2",

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import rtpanoptic.data as data_pkg
 from rtpanoptic.config import load_config
 from rtpanoptic.engine import (
     NonFiniteLossError,
@@ -20,9 +19,6 @@ from rtpanoptic.engine import (
     train_preset,
 )
 from rtpanoptic.engine.distributed import SeededDataset, StepSampler
-
-if not hasattr(data_pkg, "collate"):
-    pytest.skip("rtpanoptic.data.collate (issue 6) is not available yet", allow_module_level=True)
 
 # The toy network and dataset, also written into the torchrun script of the DDP test.
 TOY_SRC = textwrap.dedent(
@@ -145,6 +141,19 @@ def test_resume_is_exact(tmp_path):
     assert state["step"] == 6 and state["scheduler"]["last_epoch"] == 6
 
 
+def test_toy_network_overfits(tmp_path):
+    """Every loss term trains: on four images the total loss falls below half its start in 40 steps."""
+    cfg = load_config(TrainConfig, None, ["schedule.milestones=[1000]", "runtime.checkpoint_every=1000"],
+                      base=toy_config(tmp_path / "o", steps=40))
+    torch.manual_seed(0)
+    result = train(cfg, model=ToyNet(), train_set=ToySet(n=4))
+    totals = [h["total"] for h in result.history if "total" in h]
+    assert len(totals) == 40 and all(torch.isfinite(torch.tensor(totals)))
+    first, last = sum(totals[:3]) / 3, sum(totals[-5:]) / 5
+    assert last < first / 2, (first, last)
+    assert max(h["num_queries"] for h in result.history[-10:]) > 0  # the mask loss takes part to the end
+
+
 def test_resume_follows_the_new_schedule(tmp_path):
     _run(toy_config(tmp_path / "c", steps=3))
     cfg = load_config(TrainConfig, None, ["optim.lr=0.02"], base=toy_config(tmp_path / "c", steps=5))
@@ -256,7 +265,9 @@ cfg = load_config(TrainConfig, None, [
     "loss.mask_pre_nms_thresh=0.0", "loss.mask_min_iou=0.1", "loss.mask_post_nms_top_n=10",
 ])
 torch.manual_seed(int(os.environ["RANK"]))  # different local init: DDP must broadcast rank 0's
-result = train(cfg, model=ToyNet(), train_set=ToySet())
+model = ToyNet()
+torch.save(model.state_dict(), os.path.join(out, f"init{{os.environ['RANK']}}.pt"))
+result = train(cfg, model=model, train_set=ToySet())
 torch.save(result.model.state_dict(), os.path.join(out, f"rank{{os.environ['RANK']}}.pt"))
 '''
 
@@ -271,10 +282,13 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     a = torch.load(tmp_path / "rank0.pt")
     b = torch.load(tmp_path / "rank1.pt")
+    init0, init1 = torch.load(tmp_path / "init0.pt"), torch.load(tmp_path / "init1.pt")
+    assert not torch.equal(init0["off.weight"], init1["off.weight"])  # the ranks started apart
     for k in a:
-        assert torch.equal(a[k], b[k]), k
-    init = ToyNet().state_dict()  # and training changed the weights
-    assert not torch.equal(a["off.weight"], init["off.weight"])
+        assert torch.equal(a[k], b[k]), k  # rank 0's weights were broadcast, the steps averaged
+    # and training moved rank 0's own initial weights (every trained tensor)
+    for k in ("stem.0.weight", "off.weight", "cls.weight", "lvl.weight", "sem.weight"):
+        assert not torch.equal(a[k], init0[k]), k
     # only rank 0 wrote the checkpoint and config
     names = sorted(p.name for p in Path(tmp_path).iterdir())
     assert "last.pt" in names and "config.yaml" in names

@@ -1,5 +1,6 @@
 """Panoptic quality: hand-computed cases from the definition (paper eq. 20, panopticapi rules),
-file-based pq_compute (multi-process), error cases, and agreement with torchmetrics."""
+file-based pq_compute (multi-process), error cases, and agreement with torchmetrics and with
+cityscapesScripts' port of panopticapi."""
 from __future__ import annotations
 
 import json
@@ -293,29 +294,36 @@ def test_agrees_with_torchmetrics():
         assert r["All"]["pq"] == pytest.approx(float(m2.compute()), abs=1e-6)
 
 
-def test_agrees_with_panopticapi(tmp_path):
-    """COCO's own implementation, where importable (panopticapi pins numpy<2, so it is no test
-    dependency; run with PYTHONPATH pointing at an unpacked copy). Void, crowd and all."""
-    ref = pytest.importorskip("panopticapi.evaluation")
+def test_agrees_with_cityscapes_scripts(tmp_path):
+    """cityscapesScripts' panoptic evaluator (a port of COCO's panopticapi, on PyPI) as the oracle,
+    void and crowd included: PQ / SQ / RQ / n overall, for things, for stuff and per class."""
+    ref = pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling")
     import contextlib
     import io
 
     rng = np.random.default_rng(123)
     pairs = [random_pair(rng, crowd=True) for _ in range(60)]
+    assert sum(s["iscrowd"] for p in pairs for s in p[1]) >= 10  # crowds do take part
     for p in pairs:
         for s in p[1]:
-            s["area"] = int((p[0] == s["id"]).sum())  # panopticapi reads gt areas from the JSON
+            s["area"] = int((p[0] == s["id"]).sum())  # the evaluator reads gt areas from the JSON
     _write_split(tmp_path / "gt", tmp_path / "gt.json", [p[0] for p in pairs], [p[1] for p in pairs])
     _write_split(tmp_path / "pred", tmp_path / "pred.json", [p[2] for p in pairs], [p[3] for p in pairs])
     ours = pq_compute(tmp_path / "gt.json", tmp_path / "pred.json", workers=1, progress=False)
-    with contextlib.redirect_stdout(io.StringIO()):
-        theirs = ref.pq_compute(str(tmp_path / "gt.json"), str(tmp_path / "pred.json"), str(tmp_path / "gt"), str(tmp_path / "pred"))
+    gt_json = json.loads((tmp_path / "gt.json").read_text())
+    pred_json = {a["image_id"]: a for a in json.loads((tmp_path / "pred.json").read_text())["annotations"]}
+    categories = {c["id"]: c for c in gt_json["categories"]}
+    matched = [(a, pred_json[a["image_id"]]) for a in gt_json["annotations"]]
+    with contextlib.redirect_stdout(io.StringIO()):  # (single process: its multi-core driver forks every CPU)
+        stat = ref.pq_compute_single_core(0, matched, str(tmp_path / "gt"), str(tmp_path / "pred"), categories)
+    theirs = ref.average_pq(stat, categories)
     for k in ("All", "Things", "Stuff"):
         for m in ("pq", "sq", "rq", "n"):
-            assert ours[k][m] == pytest.approx(float(theirs[k][m]), abs=1e-12)
+            assert ours[k][m] == pytest.approx(float(theirs[k][m]), abs=1e-12), (k, m)
+    assert theirs["per_class"] and 0 < theirs["All"]["pq"] < 1
     for c, v in theirs["per_class"].items():
         for m in ("pq", "sq", "rq"):
-            assert ours["per_class"][c][m] == pytest.approx(float(v[m]), abs=1e-12)
+            assert ours["per_class"][c][m] == pytest.approx(float(v[m]), abs=1e-12), (c, m)
 
 
 def test_empty_cases():

@@ -1,15 +1,16 @@
-"""nms / batched_nms / box_iou: every backend against the reference, the reference
-against torchvision, and hand-computed edge cases."""
+"""nms / batched_nms / box_iou: every (backend, device) pair against the reference, the
+reference against torchvision, and hand-computed edge cases."""
 import pytest
 import torch
 import torchvision
 
 from rtpanoptic import ops
-from rtpanoptic.ops import reference
+from rtpanoptic.ops import _dispatch, reference
 
 CPU_NMS = ops.available_backends("cpu")["nms"]
 CPU_BNMS = ops.available_backends("cpu")["batched_nms"]
 CPU_IOU = ops.available_backends("cpu")["box_iou"]
+HALF = [torch.float16, torch.bfloat16]
 
 
 def test_box_iou_hand_computed():
@@ -30,12 +31,48 @@ def test_box_iou_matches_torchvision(make_boxes, seed, dtype):
         torch.testing.assert_close(ops.box_iou(a, b, backend=backend), expected)
 
 
-def test_box_iou_empty():
-    a = torch.zeros(0, 4)
-    b = torch.rand(3, 4)
-    for backend in CPU_IOU:
-        assert ops.box_iou(a, b, backend=backend).shape == (0, 3)
-        assert ops.box_iou(b, a, backend=backend).shape == (3, 0)
+@pytest.mark.backends("box_iou")
+def test_box_iou_empty_inputs_reach_the_kernel(backend, device):
+    impl = _dispatch.select("box_iou", backend, torch.device(device))
+    a = torch.zeros(0, 4, device=device)
+    b = torch.rand(3, 4, device=device)
+    assert impl(a, b).shape == (0, 3) and impl(b, a).shape == (3, 0)
+    assert ops.box_iou(a, b, backend=backend).shape == (0, 3)
+
+
+def _hard_boxes(device, dtype=torch.float32):
+    """Random boxes with coordinates up to 4000 (products round), plus identical, touching,
+    nested and zero-area boxes and inexact binary fractions."""
+    boxes = torch.cat([
+        torch.rand(40, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 3000,
+        torch.rand(40, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 900,
+    ], 1)
+    boxes[:, 2:] += boxes[:, :2]
+    boxes[1] = boxes[0]
+    boxes[2] = torch.tensor([boxes[0, 2], boxes[0, 1], boxes[0, 2] + 10, boxes[0, 3]])
+    boxes[3] = boxes[0] + torch.tensor([1 / 3, 1 / 7, -2 / 3, -5 / 7], dtype=torch.float64)
+    boxes[4, 2:] = boxes[4, :2]
+    return boxes.to(dtype).to(device)
+
+
+@pytest.mark.backends("box_iou", reference=False)
+def test_box_iou_float32_is_bitwise_the_reference(backend, device, assert_bitwise):
+    a = _hard_boxes(device)
+    assert_bitwise(ops.box_iou(a, a[::3], backend=backend), reference.box_iou(a, a[::3]), backend, device)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.backends("box_iou")
+@pytest.mark.parametrize("dtype", HALF)
+def test_box_iou_half_is_float32_rounded_once(backend, device, dtype, assert_bitwise):
+    """float16/bfloat16 boxes of 300-4000 px: areas far above float16's 65504, so native half
+    arithmetic would give inf / NaN; computed in float32 and rounded once, exactly."""
+    a = _hard_boxes("cpu", torch.float64).clamp(max=4000).to(dtype).to(device)
+    out = ops.box_iou(a, a[::3], backend=backend)
+    assert out.dtype == dtype
+    want = reference.box_iou(a.float(), a[::3].float()).to(dtype)
+    assert torch.isfinite(want[5:, 5:]).all()
+    assert_bitwise(out, want, backend, device)
 
 
 @pytest.mark.parametrize("backend", CPU_NMS)
@@ -90,9 +127,14 @@ def test_nms_degenerate_and_nan(backend):
     assert keep.tolist() == torchvision.ops.nms(boxes, scores, 0.5).tolist()
 
 
-@pytest.mark.parametrize("backend", CPU_NMS)
-def test_nms_empty(backend):
-    keep = ops.nms(torch.zeros(0, 4), torch.zeros(0), 0.5, backend=backend)
+@pytest.mark.backends("nms")
+def test_nms_empty_inputs_reach_the_kernel(backend, device):
+    impl = _dispatch.select("nms", backend, torch.device(device))
+    keep = impl(torch.zeros(0, 4, device=device), torch.zeros(0, device=device), 0.5)
+    assert keep.shape == (0,) and keep.dtype == torch.int64
+    impl = _dispatch.select("batched_nms", backend, torch.device(device))
+    keep = impl(torch.zeros(0, 4, device=device), torch.zeros(0, device=device),
+                torch.zeros(0, dtype=torch.int64, device=device), 0.5)
     assert keep.shape == (0,) and keep.dtype == torch.int64
 
 
@@ -123,3 +165,14 @@ def test_batched_nms_classes_do_not_interact(backend):
     idxs = torch.tensor([0, 1, 0])
     assert ops.batched_nms(boxes, scores, idxs, 0.5, backend=backend).tolist() == [0, 1]
     assert ops.batched_nms(boxes[:0], scores[:0], idxs[:0], 0.5, backend=backend).shape == (0,)
+
+
+@pytest.mark.backends("batched_nms")
+def test_batched_nms_categories_beyond_int32(backend, device):
+    """Category ids are int64: 0 and 2**32 (equal after truncation to int32) stay different."""
+    boxes = torch.tensor([[0, 0, 10, 10.0]] * 4, device=device)
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6], device=device)
+    idxs = torch.tensor([0, 2**32, -(2**32), 2**32 + 1], device=device)
+    assert ops.batched_nms(boxes, scores, idxs, 0.5, backend=backend).tolist() == [0, 1, 2, 3]
+    idxs = torch.tensor([5, 2**40 + 5, 5, 2**40 + 5], device=device)
+    assert ops.batched_nms(boxes, scores, idxs, 0.5, backend=backend).tolist() == [0, 1]

@@ -65,12 +65,21 @@ def test_box_iou_random(dtype, seed, n, m):
     _assert_close(out, torchvision.ops.box_iou(a, b), dtype)
 
 
+def _bitwise(a, b):
+    assert a.dtype == b.dtype and torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
 def test_box_iou_special_boxes(dtype):
+    """Special boxes, and boxes whose areas exceed float16's 65504 (native half arithmetic would
+    give inf / NaN): computed in float32 (float64) and rounded once, exactly."""
     s = _special_boxes(torch.float64).to(dtype)
     out = ops.box_iou(s, s, backend="cpp")
     assert out.dtype == dtype
-    _assert_close(out, reference.box_iou(s, s), dtype)
+    _bitwise(out, reference.box_iou(s.to(torch.float64 if dtype == torch.float64 else torch.float32),
+                                    s.to(torch.float64 if dtype == torch.float64 else torch.float32)).to(dtype))
+    big = torch.tensor([[0.0, 0.0, 300.0, 400.0], [100.0, 0.0, 500.0, 400.0]]).to(dtype)  # areas 120000, 160000
+    assert ops.box_iou(big, big, backend="cpp")[0, 1].item() == pytest.approx(80000 / 200000, rel=2**-7)
 
 
 # ------------------------------------------------------------------------------- nms
@@ -201,12 +210,17 @@ def test_attention_random(dtype, score, q, h, w):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_attention_half_upcasts(dtype):
-    dense, queries = _dense(6, 7, 0, torch.float32), _boxes(9, 1, torch.float32)
-    out = ops.iou_attention(dense.to(dtype), queries.to(dtype), "iou", backend="cpp")
+@pytest.mark.parametrize("score", ["iou", "tri"])
+def test_attention_half_upcasts(dtype, score):
+    """Boxes of 300-800 px (areas far above float16's 65504): computed in float32 and rounded
+    once, bit for bit; native half arithmetic would overflow to inf/NaN."""
+    dense = _dense(6, 7, 0, torch.float32, size=500) + torch.tensor([0.0, 0.0, 300.0, 300.0]).view(4, 1, 1)
+    queries = _boxes(9, 1, torch.float32, size=500) + torch.tensor([0.0, 0.0, 300.0, 300.0])
+    out = ops.iou_attention(dense.to(dtype), queries.to(dtype), score, backend="cpp")
     assert out.dtype == dtype
-    ref = reference.iou_attention(dense.to(dtype).float(), queries.to(dtype).float(), "iou").to(dtype)
-    _assert_close(out, ref, dtype)
+    ref = reference.iou_attention(dense.to(dtype).float(), queries.to(dtype).float(), score).to(dtype)
+    assert torch.isfinite(ref).all() and ref.abs().max() > 0.1
+    _bitwise(out, ref)
 
 
 @pytest.mark.parametrize("score", ["iou", "tri"])
@@ -476,9 +490,15 @@ def test_compile_fullgraph(op):
         torch.testing.assert_close(a, b, equal_nan=True)
 
 
-def test_compile_fullgraph_training_step():
-    """iou_attention + mask_loss forward and backward under torch.compile (inductor)."""
-    dense, queries, masks, beta, bi = _loss_case(1)
+CUDA_BUILT = torch.cuda.is_available() and all("cuda" in ops.available_backends("cuda")[op] for op in ops.OPS)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not CUDA_BUILT, reason="needs a GPU and the CUDA kernels"))])
+def test_compile_fullgraph_training_step(device):
+    """iou_attention + mask_loss forward and backward under torch.compile (inductor), on the
+    C++ kernels and, with a GPU, the CUDA ones."""
+    dense, queries, masks, beta, bi = (t.to(device) for t in _loss_case(1))
 
     def step(d, q):
         return C.mask_loss(d, q, masks, beta, bi) + C.iou_attention(d[0], q, "iou").mean()

@@ -1,43 +1,58 @@
-"""decode_boxes and gather_levelness: hand-computed values, every backend vs reference, grads."""
+"""decode_boxes and gather_levelness: hand-computed values, every (backend, device) pair against
+the reference, gradients, NaN logits, strided inputs, empty inputs."""
 import pytest
 import torch
 
 from rtpanoptic import ops
-from rtpanoptic.ops import reference
+from rtpanoptic.ops import _dispatch, reference
 
-DECODE = ops.available_backends("cpu")["decode_boxes"]
-GATHER = ops.available_backends("cpu")["gather_levelness"]
+NAN = float("nan")
 
 
-@pytest.mark.parametrize("backend", DECODE)
-def test_decode_hand_computed(backend):
-    offsets = torch.zeros(1, 4, 2, 3)
+@pytest.mark.backends("decode_boxes")
+def test_decode_hand_computed(backend, device):
+    offsets = torch.zeros(1, 4, 2, 3, device=device)
     offsets[0, :, 1, 2] = torch.tensor([1.0, 2.0, 3.0, 4.0])
     boxes = ops.decode_boxes(offsets, 8, backend=backend)
     # cell (i=1, j=2) at stride 8 sits at (4 + 16, 4 + 8) = (20, 12)
     assert boxes[0, :, 1, 2].tolist() == [19.0, 10.0, 23.0, 16.0]
     assert boxes[0, :, 0, 0].tolist() == [4.0, 4.0, 4.0, 4.0]
     # odd stride: floor(stride / 2)
-    assert ops.decode_boxes(torch.zeros(1, 4, 1, 1), 5, backend=backend)[0, :, 0, 0].tolist() == [2.0] * 4
+    one = ops.decode_boxes(torch.zeros(1, 4, 1, 1, device=device), 5, backend=backend)
+    assert one[0, :, 0, 0].tolist() == [2.0] * 4
 
 
-@pytest.mark.parametrize("backend", DECODE)
+@pytest.mark.backends("decode_boxes")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_decode_matches_reference_and_grad(backend, dtype):
+def test_decode_matches_reference_and_grad(backend, device, dtype):
     g = torch.Generator().manual_seed(0)
-    offsets = (torch.rand(2, 4, 5, 7, generator=g, dtype=dtype) * 30).requires_grad_()
+    offsets = (torch.rand(2, 4, 5, 7, generator=g, dtype=dtype) * 30).to(device).requires_grad_()
     out = ops.decode_boxes(offsets, 16, backend=backend)
-    torch.testing.assert_close(out, reference.decode_boxes(offsets, 16))
-    weights = torch.randn(out.shape, generator=g, dtype=dtype)
+    assert torch.equal(out, reference.decode_boxes(offsets, 16))  # promised bit for bit
+    weights = torch.randn(out.shape, generator=g, dtype=dtype).to(device)
     (grad,) = torch.autograd.grad((out * weights).sum(), offsets)
-    sign = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=dtype).view(1, 4, 1, 1)
-    torch.testing.assert_close(grad, weights * sign)
+    sign = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=dtype, device=device).view(1, 4, 1, 1)
+    assert torch.equal(grad, weights * sign)
 
 
-def test_decode_empty():
-    for backend in DECODE:
-        assert ops.decode_boxes(torch.zeros(0, 4, 3, 3), 8, backend=backend).shape == (0, 4, 3, 3)
-        assert ops.decode_boxes(torch.zeros(1, 4, 0, 3), 8, backend=backend).shape == (1, 4, 0, 3)
+@pytest.mark.backends("decode_boxes")
+def test_decode_gradient_of_strided_offsets(backend, device):
+    offsets = (torch.rand(2, 7, 4, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 9)
+    offsets = offsets.to(device).permute(0, 2, 1, 3)[:, :, :5].requires_grad_()  # [2, 4, 5, 5], strided
+    assert not offsets.is_contiguous()
+    out = ops.decode_boxes(offsets, 4, backend=backend)
+    assert torch.equal(out, reference.decode_boxes(offsets.detach().contiguous(), 4))
+    w = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(device)
+    (grad,) = torch.autograd.grad((out * w).sum(), offsets)
+    assert torch.equal(grad, w * torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64, device=device).view(1, 4, 1, 1))
+
+
+@pytest.mark.backends("decode_boxes")
+def test_decode_empty_inputs_reach_the_kernel(backend, device):
+    impl = _dispatch.select("decode_boxes", backend, torch.device(device))
+    for shape in [(0, 4, 3, 3), (1, 4, 0, 3), (2, 4, 3, 0)]:
+        assert impl(torch.zeros(shape, device=device), 8).shape == shape
+        assert ops.decode_boxes(torch.zeros(shape, device=device), 8, backend=backend).shape == shape
 
 
 def _levelness_for(levels: torch.Tensor, n_levels: int, background=None) -> torch.Tensor:
@@ -48,8 +63,8 @@ def _levelness_for(levels: torch.Tensor, n_levels: int, background=None) -> torc
     return logits
 
 
-@pytest.mark.parametrize("backend", GATHER)
-def test_gather_levelness_same_grid_picks_the_level(backend):
+@pytest.mark.backends("gather_levelness")
+def test_gather_levelness_same_grid_picks_the_level(backend, device):
     h, w = 4, 6
     g = torch.Generator().manual_seed(0)
     per_level = [torch.rand(1, 4, h, w, generator=g) * 10 for _ in range(3)]
@@ -57,40 +72,119 @@ def test_gather_levelness_same_grid_picks_the_level(backend):
     background = torch.zeros(1, h, w, dtype=torch.bool)
     background[0, 0, 0] = True
     levelness = _levelness_for(level, 3, background)
-    boxes, fg = ops.gather_levelness(per_level, levelness, out_stride=4, backend=backend)
+    boxes, fg = ops.gather_levelness([o.to(device) for o in per_level], levelness.to(device), out_stride=4,
+                                     backend=backend)
     # same grid: bilinear resampling is the identity
     chosen = torch.stack(per_level, 0)[level[0] - 1, 0, :, torch.arange(h)[:, None], torch.arange(w)]
     chosen = chosen.permute(2, 0, 1)[None]
-    torch.testing.assert_close(boxes, ops.decode_boxes(chosen, 4, backend="reference"))
+    torch.testing.assert_close(boxes.cpu(), ops.decode_boxes(chosen, 4, backend="reference"))
     assert fg.dtype == torch.bool and fg.sum() == h * w - 1 and not fg[0, 0, 0]
     # the background pixel still gets the box of its best non-background level
     assert torch.isfinite(boxes).all()
 
 
-@pytest.mark.parametrize("backend", GATHER)
-def test_gather_levelness_upsamples_coarse_levels(backend):
+@pytest.mark.backends("gather_levelness")
+def test_gather_levelness_upsamples_coarse_levels(backend, device):
     # a constant coarse map upsamples to the same constant
-    coarse = torch.full((2, 4, 2, 3), 7.0)
-    fine = torch.full((2, 4, 8, 12), 1.0)
-    levelness = torch.zeros(2, 3, 8, 12)
+    coarse = torch.full((2, 4, 2, 3), 7.0, device=device)
+    fine = torch.full((2, 4, 8, 12), 1.0, device=device)
+    levelness = torch.zeros(2, 3, 8, 12, device=device)
     levelness[:, 2] = 1.0  # everything on level 2 (the coarse one)
     boxes, fg = ops.gather_levelness([fine, coarse], levelness, out_stride=4, backend=backend)
-    expected = ops.decode_boxes(torch.full((2, 4, 8, 12), 7.0), 4, backend="reference")
+    expected = ops.decode_boxes(torch.full((2, 4, 8, 12), 7.0, device=device), 4, backend="reference")
     torch.testing.assert_close(boxes, expected)
     assert fg.all()
 
 
-@pytest.mark.parametrize("backend", GATHER)
+@pytest.mark.backends("gather_levelness")
+def test_gather_levelness_bilinear_convention_hand_computed(backend, device):
+    """align_corners=False with clamped edges, on non-constant maps.  A 2x2 level upsampled to
+    4x4: source rows/columns 0, 1/4, 3/4, 1 (the outer ones clamped), so the linear map
+    16 i + 8 j becomes [0, 4, 12, 16][y] + [0, 2, 6, 8][x].  A 3x3 level upsampled to 5x5: scale
+    3/5, sources 0, 0.4, 1, 1.6, 2 (the first clamped from -0.2, the last from 2.2)."""
+    base2 = torch.tensor([[0.0, 8.0], [16.0, 24.0]], dtype=torch.float64)
+    want2 = torch.tensor([0.0, 4, 12, 16], dtype=torch.float64)[:, None] + torch.tensor([0.0, 2, 6, 8],
+                                                                                      dtype=torch.float64)
+    base3 = torch.tensor([[0.0, 10, 20], [30, 40, 50], [60, 70, 80]], dtype=torch.float64)
+    src5 = torch.tensor([0.0, 0.4, 1.0, 1.6, 2.0], dtype=torch.float64)
+    want3 = 30 * src5[:, None] + 10 * src5
+    scale = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64).view(1, 4, 1, 1)  # one map per coordinate
+    for base, want, n in ((base2, want2, 4), (base3, want3, 5)):
+        fine = torch.zeros(1, 4, n, n, dtype=torch.float64)
+        levelness = torch.zeros(1, 3, n, n, dtype=torch.float64)
+        levelness[:, 2] = 1.0  # every location takes the coarse level
+        boxes, _ = ops.gather_levelness([fine.to(device), (base * scale).to(device)], levelness.to(device),
+                                        out_stride=4, backend=backend)
+        centre = torch.arange(n, dtype=torch.float64) * 4 + 2
+        expected = torch.stack([centre[None, :] - want, centre[:, None] - 2 * want, centre[None, :] + 3 * want,
+                                centre[:, None] + 4 * want])[None]
+        torch.testing.assert_close(boxes.cpu(), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.backends("gather_levelness", reference=False)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_gather_levelness_random_matches_reference(backend, seed):
+def test_gather_levelness_random_matches_reference(backend, device, seed):
     g = torch.Generator().manual_seed(seed)
     sizes = [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
-    offsets = [torch.rand(2, 4, h, w, generator=g, dtype=torch.float64) * 50 for h, w in sizes]
-    levelness = torch.randn(2, 6, 32, 40, generator=g, dtype=torch.float64)
+    offsets = [(torch.rand(2, 4, h, w, generator=g, dtype=torch.float64) * 50).to(device) for h, w in sizes]
+    levelness = torch.randn(2, 6, 32, 40, generator=g, dtype=torch.float64).to(device)
     boxes, fg = ops.gather_levelness(offsets, levelness, 4, backend=backend)
     rb, rfg = reference.gather_levelness(offsets, levelness, 4)
     torch.testing.assert_close(boxes, rb)
     assert torch.equal(fg, rfg)
+
+
+@pytest.mark.backends("gather_levelness")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gather_levelness_nan_logits_follow_torch_argmax(backend, device, dtype):
+    """torch.argmax: the first maximum, and a NaN counts as the maximum (the first NaN wins);
+    foreground = argmax over all channels != 0, so a NaN background logit is background."""
+    g = torch.Generator().manual_seed(3)
+    sizes = [(8, 10), (4, 5), (2, 3)]
+    offsets = [(torch.rand(2, 4, h, w, generator=g, dtype=torch.float64) * 50).to(dtype).to(device) for h, w in sizes]
+    levelness = torch.randn(2, 4, 8, 10, generator=g, dtype=torch.float64).to(dtype)
+    levelness[0, 2, 0, :] = NAN  # a NaN level-2 logit: level 2 wins, foreground
+    levelness[0, 3, 1, :] = NAN  # a NaN on the last level
+    levelness[0, 0, 2, :] = NAN  # a NaN background logit: background
+    levelness[1, :, 3, :] = NAN  # every logit NaN: level 1, background
+    levelness[1, 2:, 4, :] = NAN  # two NaN levels: the first wins
+    levelness = levelness.to(device)
+    boxes, fg = ops.gather_levelness(offsets, levelness, 4, backend=backend)
+    rb, rfg = reference.gather_levelness(offsets, levelness, 4)
+    assert torch.equal(fg, rfg)
+    torch.testing.assert_close(boxes, rb)
+    # the backward routes the gradient to the level the forward chose
+    offsets = [o.requires_grad_() for o in offsets]
+    w = torch.randn(rb.shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+    got = torch.autograd.grad((ops.gather_levelness(offsets, levelness, 4, backend=backend)[0] * w).sum(), offsets)
+    want = torch.autograd.grad((reference.gather_levelness(offsets, levelness, 4)[0] * w).sum(), offsets)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.backends("gather_levelness")
+def test_gather_levelness_gradient_of_strided_offsets(backend, device):
+    g = torch.Generator().manual_seed(4)
+    offsets = [(torch.rand(1, h, 4, w, generator=g, dtype=torch.float64) * 30).to(device).transpose(1, 2)
+               for h, w in [(6, 8), (3, 4)]]  # [1, 4, h, w] views of [1, h, 4, w]
+    offsets = [o.requires_grad_() for o in offsets]
+    assert not any(o.is_contiguous() for o in offsets)
+    levelness = torch.randn(1, 3, 6, 8, generator=g, dtype=torch.float64).to(device)
+    w = torch.randn(1, 4, 6, 8, generator=g, dtype=torch.float64).to(device)
+    got = torch.autograd.grad((ops.gather_levelness(offsets, levelness, 4, backend=backend)[0] * w).sum(), offsets)
+    contiguous = [o.detach().contiguous().requires_grad_() for o in offsets]
+    want = torch.autograd.grad((reference.gather_levelness(contiguous, levelness, 4)[0] * w).sum(), contiguous)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.backends("gather_levelness")
+def test_gather_levelness_empty_inputs_reach_the_kernel(backend, device):
+    impl = _dispatch.select("gather_levelness", backend, torch.device(device))
+    boxes, fg = impl([torch.zeros(2, 4, 1, 1, device=device)], torch.zeros(2, 2, 0, 3, device=device), 4)
+    assert boxes.shape == (2, 4, 0, 3) and fg.shape == (2, 0, 3) and fg.dtype == torch.bool
+    boxes, fg = impl([torch.zeros(0, 4, 2, 2, device=device)], torch.zeros(0, 2, 4, 4, device=device), 4)
+    assert boxes.shape == (0, 4, 4, 4) and fg.shape == (0, 4, 4)
 
 
 def test_gather_levelness_gradcheck_reference():

@@ -1,0 +1,81 @@
+"""The float formulas of the CUDA kernels (csrc/box_math.h, shared with the CPU kernels), compiled
+by nvcc with the build's own flags (setup.py's ``extra["nvcc"]``) for sm_90, contain no fused
+multiply-add: the kernels promise results rounded like the reference's separate operations.
+Needs nvcc, not a GPU."""
+import ast
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+NVCC = shutil.which("nvcc") or next((p for p in [os.path.join(CUDA_HOME, "bin", "nvcc")] if os.path.exists(p)), None)
+pytestmark = pytest.mark.skipif(NVCC is None or not (ROOT / "setup.py").exists(), reason="needs nvcc and the sources")
+
+# One kernel per dtype calling every device function of box_math.h on data it cannot see.
+PROBE = r"""
+#include "box_math.h"
+using namespace rtpanoptic;
+
+template <typename T>
+__global__ void probe(const T* __restrict__ in, const int64_t* __restrict__ idx, const int32_t* __restrict__ chosen,
+                      T* __restrict__ out) {
+  const int i = threadIdx.x;
+  const T* b = in + 32 * i;
+  T* o = out + 32 * i;
+  o[0] = box_score<T>(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], Score::kIoU);
+  o[1] = box_score<T>(b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], Score::kTri);
+  o[2] = pair_iou<T>(b[0], b[1], b[2], b[3], box_area<T>(b[0], b[1], b[2], b[3]), b[4], b[5], b[6], b[7],
+                     box_area<T>(b[4], b[5], b[6], b[7]));
+  T gd[4] = {b[8], b[9], b[10], b[11]}, gq[4] = {b[12], b[13], b[14], b[15]};
+  box_score_backward<T>(b[16], b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], Score::kTri, gd, gq);
+  box_score_backward<T>(b[17], b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], Score::kIoU, gd, gq);
+  for (int c = 0; c < 4; ++c) o[3 + c] = gd[c] + gq[c];
+  int64_t i0, i1;
+  T w0, w1;
+  bilinear_coeffs<T>(idx[i], idx[i + 1], b[18], &i0, &i1, &w0, &w1);
+  o[7] = bilinear<T>(b[19], b[20], b[21], b[22], w0, w1, b[23], b[24]);
+  o[8] = w0 + static_cast<T>(i0 + i1);
+  o[9] = static_cast<T>(first_output_reaching<T>(idx[i + 2], idx[i + 3], idx[i + 4], b[25]));
+  T adj[4] = {0, 0, 0, 0};
+  const BilinearAxis<T> ys{idx[i + 2], idx[i + 3], b[26]}, xs{idx[i + 4], idx[i + 5], b[27]};
+  bilinear_adjoint_at<T, T>(in, idx[i + 6], idx[i + 5], chosen, 1, idx[i], idx[i + 1], ys, xs, adj);
+  o[13] = tap_weight<T>(idx[i], idx[i + 1], idx[i + 2], b[28], b[29]);
+  o[10] = adj[0] + adj[3] + static_cast<T>(argmax_better(b[26], b[27]));
+  o[11] = nan_min(b[28], b[29]) + nan_max(b[30], b[31]) + rtp_max(b[29], b[31]);
+  o[12] = dmin_da(b[28], b[29]) + dmax_da(b[30], b[31]);
+}
+template __global__ void probe<float>(const float*, const int64_t*, const int32_t*, float*);
+template __global__ void probe<double>(const double*, const int64_t*, const int32_t*, double*);
+"""
+DEVICE_FUNCTIONS = re.compile(r"^RTP_HD\s+[\w:<>, ]+?\s(\w+)\(", re.M)
+
+
+def _build_nvcc_flags() -> list[str]:
+    """The flags setup.py gives nvcc: ``extra["nvcc"] = opt + [...]`` (opt is -O3 unless debugging)."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "extra['nvcc']":
+            return ["-O3"] + [c.value for c in ast.walk(node.value) if isinstance(c, ast.Constant)]
+    raise AssertionError("setup.py sets no extra['nvcc']")
+
+
+def test_probe_calls_every_device_function():
+    declared = set(DEVICE_FUNCTIONS.findall((ROOT / "csrc" / "box_math.h").read_text()))
+    assert declared and {f for f in declared if f + "<" not in PROBE and f + "(" not in PROBE} == set()
+
+
+def test_box_math_compiles_without_fma_with_the_build_flags(tmp_path):
+    (tmp_path / "probe.cu").write_text(PROBE)
+    cmd = [NVCC, "-ptx", "-arch=sm_90", "-std=c++17", *_build_nvcc_flags(), "-I", str(ROOT / "csrc"),
+           str(tmp_path / "probe.cu"), "-o", str(tmp_path / "probe.ptx")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    ptx = (tmp_path / "probe.ptx").read_text()
+    assert "div.rn.f32" in ptx and "div.rn.f64" in ptx  # the probe did instantiate both dtypes
+    fused = re.findall(r"\bfma\.r[nzmp][.\w]*", ptx)
+    assert not fused, f"{len(fused)} fused multiply-adds ({sorted(set(fused))}) with flags {_build_nvcc_flags()}"
