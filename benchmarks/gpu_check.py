@@ -62,9 +62,10 @@ LIMITS_DRY = {"env": 30, "build": 900, "import": 120, "suite": 240, "sanitizer":
 PER_TEST_TIMEOUT_S = 120
 BENCH_BUDGET_S = 0.25  # seconds of rounds per op benchmark on the GPU (conftest.run): ~70 benchmarks
 SUITE_WORKERS = 8
-# A short subset of the CUDA op tests for compute-sanitizer (each tool gets its own time limit).
-SANITIZER_TESTS = ["tests/ops/test_cuda_kernels.py", "-k", "(dtype0 or float32) and not 3000"]  # float32 cases
-SANITIZER_TOOLS = {"memcheck": 90, "racecheck": 60}
+# compute-sanitizer runs every GPU kernel once, forward and backward, on small ragged inputs
+# (tests/ops/sanitizer_cases.py); each tool: (time limit in s, arguments of the script).
+SANITIZER_SCRIPT = "tests/ops/sanitizer_cases.py"
+SANITIZER_TOOLS = {"memcheck": (90, []), "racecheck": (60, ["--backends", "cuda"])}
 E2E_SIZES_GPU = [(1024, 2048), (512, 1024)]
 E2E_SIZE_DRY = (128, 128)
 E2E_PRESET = "tri-cityscapes-r50"
@@ -317,9 +318,9 @@ class Check:
             return "skipped", "compute-sanitizer not found"
         env = dict(self.env, PYTORCH_NO_CUDA_MEMORY_CACHING="1")  # exact allocation bounds for memcheck
         statuses = []
-        for tool, cap in SANITIZER_TOOLS.items():
+        for tool, (cap, args) in SANITIZER_TOOLS.items():
             cmd = [tool_path, "--tool", tool, "--error-exitcode", "97", "--print-limit", "20",
-                   sys.executable, "-m", "pytest", *SANITIZER_TESTS, "-q", "-p", "no:cacheprovider", "-x"]
+                   sys.executable, SANITIZER_SCRIPT, *args]
             rc, out = run_command(cmd, self.log, tool, min(cap, self.limit("sanitizer")), env)
             status = "timeout" if rc is None else ("ok" if rc == 0 else "failed")
             self.result["sanitizer"].append({"tool": tool, "status": status, "exit": rc, **sanitizer_counts(out)})
@@ -504,14 +505,16 @@ def summarize_tests(lines: list[dict]) -> dict:
 
 def sanitizer_counts(out: str) -> dict:
     """``{"errors", "hazards", "tests_passed"}`` from compute-sanitizer's output around a pytest run
-    (a run stopped at its time limit prints no summary: its printed reports are counted)."""
+    or :data:`SANITIZER_SCRIPT` (``ok  <case>`` per agreeing case); a run stopped at its time limit
+    prints no summary: its printed reports are counted."""
     errors = re.findall(r"ERROR SUMMARY: (\d+) error", out)
     hazards = re.findall(r"RACECHECK SUMMARY: (\d+) hazard", out)
     reported = re.findall(r"^=========\s+(?:Invalid |Error: |Race reported|Misaligned |Out-of-range )", out, re.M)
     passed = re.findall(r"(\d+) passed", out)
+    cases_ok = len(re.findall(r"^ok  ", out, re.M))
     return {"errors": int(errors[-1]) if errors else len(reported),
             "hazards": int(hazards[-1]) if hazards else None,
-            "tests_passed": int(passed[-1]) if passed else None}
+            "tests_passed": int(passed[-1]) if passed else (cases_ok or None)}
 
 
 def _counts(tests: dict) -> str:
@@ -599,7 +602,7 @@ def markdown(res: dict) -> str:
         for f in tests.get("failures", [])[:60]:
             lines.append(f"- {f['outcome']}: `{f['nodeid']}` — {f['message'].replace('|', '/')[:200]}")
     if res.get("sanitizer"):
-        lines += ["", "## compute-sanitizer", "", f"tests: `{' '.join(SANITIZER_TESTS)}`", "",
+        lines += ["", "## compute-sanitizer", "", f"cases: `{SANITIZER_SCRIPT}`", "",
                   "| tool | status | errors | hazards | tests passed |", "|---|---|---:|---:|---:|"]
         lines += [f"| {s['tool']} | {s['status']} | {_fmt(s['errors'])} | {_fmt(s['hazards'])} | "
                   f"{_fmt(s['tests_passed'])} |" for s in res["sanitizer"]]

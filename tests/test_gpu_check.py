@@ -166,3 +166,5 @@ def test_sanitizer_counts():
     cut = ("========= Invalid __global__ write of size 4 bytes\n=========     at mask_kernel+0x90\n"
            "========= Invalid __global__ read of size 4 bytes\n")  # stopped at its time limit: no summary
     assert gpu_check.sanitizer_counts(cut) == {"errors": 2, "hazards": None, "tests_passed": None}
+    script = "ok   nms [cuda]\nFAIL box_iou [triton]\nok   box_iou [cuda]\n========= ERROR SUMMARY: 0 errors\n"
+    assert gpu_check.sanitizer_counts(script) == {"errors": 0, "hazards": None, "tests_passed": 2}
