@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -268,6 +269,22 @@ Path<T> select_path(Score score) {
           semantic_argmax_scalar<T>, count_free_bits_scalar};
 }
 
+// Runs fn(begin, end) over [0, n) in blocks of `block` that the threads take in turn: the
+// work per word varies a lot once words are skipped (objects vs background), and on a shared
+// CPU one thread may be slowed down; a static split would wait for the slowest half.
+// fn(thread_state, begin, end) with thread_state made once per thread by make_state().
+template <typename MakeState, typename Fn>
+void parallel_blocks(int64_t n, int64_t block, const MakeState& make_state, const Fn& fn) {
+  std::atomic<int64_t> next{0};
+  const int64_t n_threads = std::min<int64_t>(at::get_num_threads(), (n + block - 1) / block);
+  at::parallel_for(0, n_threads, 1, [&](int64_t, int64_t) {
+    auto state = make_state();
+    for (int64_t begin = next.fetch_add(block); begin < n; begin = next.fetch_add(block)) {
+      fn(state, begin, std::min(n, begin + block));
+    }
+  });
+}
+
 // Stage 1: bit-packed masks [n_q, words].
 template <typename T>
 std::unique_ptr<uint64_t[]> build_masks(const Path<T>& path, const T* dense, const T* sem, int64_t n_p, int64_t n_c,
@@ -279,11 +296,19 @@ std::unique_ptr<uint64_t[]> build_masks(const Path<T>& path, const T* dense, con
   std::vector<int64_t> used(q.cls, q.cls + n_q);  // the classes some query needs
   std::sort(used.begin(), used.end());
   used.erase(std::unique(used.begin(), used.end()), used.end());
-  at::parallel_for(0, words, 16, [&](int64_t begin, int64_t end) {
+  struct Scratch {
     Word<T> w;
-    std::vector<uint8_t> class_chunks(n_c, 0);
+    std::vector<uint8_t> class_chunks;
     std::vector<T> tail_prob;  // the last word's probabilities, zero-padded to 64
-    w.class_chunks = class_chunks.data();
+  };
+  auto make_scratch = [&] {
+    auto scratch = std::make_unique<Scratch>();
+    scratch->class_chunks.assign(n_c, 0);
+    scratch->w.class_chunks = scratch->class_chunks.data();
+    return scratch;
+  };
+  parallel_blocks(words, 8, make_scratch, [&](std::unique_ptr<Scratch>& scratch, int64_t begin, int64_t end) {
+    Word<T>& w = scratch->w;
     for (int64_t wd = begin; wd < end; ++wd) {
       const int64_t p0 = wd * kWordBits, n = std::min(kWordBits, n_p - p0);
       path.load_word(w, dense, n_p, p0, n);
@@ -291,13 +316,16 @@ std::unique_ptr<uint64_t[]> build_masks(const Path<T>& path, const T* dense, con
         w.prob = sem + p0;
         w.prob_stride = n_p;
       } else {
-        tail_prob.assign(n_c * kWordBits, T(0));
-        for (int64_t c : used) std::copy(sem + c * n_p + p0, sem + c * n_p + p0 + n, tail_prob.data() + c * kWordBits);
-        w.prob = tail_prob.data();
+        std::vector<T>& tail = scratch->tail_prob;
+        tail.assign(n_c * kWordBits, T(0));
+        for (int64_t c : used) std::copy(sem + c * n_p + p0, sem + c * n_p + p0 + n, tail.data() + c * kWordBits);
+        w.prob = tail.data();
         w.prob_stride = kWordBits;
       }
       if (cull) {
-        for (int64_t c : used) class_chunks[c] = static_cast<uint8_t>(path.class_chunks(w.prob + c * w.prob_stride, sig));
+        for (int64_t c : used) {
+          scratch->class_chunks[c] = static_cast<uint8_t>(path.class_chunks(w.prob + c * w.prob_stride, sig));
+        }
       }
       path.word_masks(w, q, n_q, sig, cull, masks.get() + wd, words);
     }
@@ -366,7 +394,7 @@ Result panoptic_impl(const at::Tensor& dense, const at::Tensor& sem, const at::T
 
   // 3. stuff
   std::vector<int32_t> semantic(n_p);
-  at::parallel_for(0, n_p, 4096, [&](int64_t begin, int64_t end) {
+  parallel_blocks(n_p, 4096, [] { return 0; }, [&](int, int64_t begin, int64_t end) {
     path.semantic_argmax(sp, n_c, n_p, begin, end, semantic.data());
   });
   std::vector<int64_t> stuff_area(n_c, 0);
