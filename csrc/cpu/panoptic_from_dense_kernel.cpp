@@ -9,7 +9,8 @@
 // 2. Fusion, sequential over queries in decreasing score (stable; NaN first, as torch.sort):
 //    skip score < score_threshold, empty masks, masks with (area - free)/area > overlap_threshold
 //    or free == 0; paint the free bits (popcounts on words).
-// 3. Stuff: argmax_c sem_probs (torch.argmax: first max, NaN wins) per pixel; stuff classes in
+// 3. Stuff: argmax_c sem_probs (torch.argmax: first max, NaN wins) per pixel (computed in the
+//    pass of 1., which reads the same probabilities); stuff classes in
 //    increasing order take their still-free pixels when there are >= stuff_area_limit of them
 //    (stuff regions are disjoint, so their areas are counted in one pass).
 // NaN coordinates give NaN scores, which never pass "> sigma": such pixels join no mask.
@@ -285,13 +286,14 @@ void parallel_blocks(int64_t n, int64_t block, const MakeState& make_state, cons
   });
 }
 
-// Stage 1: bit-packed masks [n_q, words].
+// One parallel pass over the words: the bit-packed masks [n_q, words] of stage 1 (returned) and
+// the per-pixel semantic argmax of stage 3 (into semantic[n_p]), which reads the same
+// probabilities.
 template <typename T>
-std::unique_ptr<uint64_t[]> build_masks(const Path<T>& path, const T* dense, const T* sem, int64_t n_p, int64_t n_c,
-                                        const Queries<T>& q, int64_t n_q, T sig, Score score) {
+std::unique_ptr<uint64_t[]> dense_pass(const Path<T>& path, const T* dense, const T* sem, int64_t n_p, int64_t n_c,
+                                       const Queries<T>& q, int64_t n_q, T sig, Score score, int32_t* semantic) {
   const int64_t words = (n_p + kWordBits - 1) / kWordBits;
   std::unique_ptr<uint64_t[]> masks(new uint64_t[n_q * words]);  // every word is written below
-  if (n_q == 0 || words == 0) return masks;
   const bool cull = score == Score::kIoU && sig >= T(0);
   std::vector<int64_t> used(q.cls, q.cls + n_q);  // the classes some query needs
   std::sort(used.begin(), used.end());
@@ -311,6 +313,8 @@ std::unique_ptr<uint64_t[]> build_masks(const Path<T>& path, const T* dense, con
     Word<T>& w = scratch->w;
     for (int64_t wd = begin; wd < end; ++wd) {
       const int64_t p0 = wd * kWordBits, n = std::min(kWordBits, n_p - p0);
+      path.semantic_argmax(sem, n_c, n_p, p0, p0 + n, semantic);
+      if (n_q == 0) continue;
       path.load_word(w, dense, n_p, p0, n);
       if (n == kWordBits) {
         w.prob = sem + p0;
@@ -343,7 +347,7 @@ Result panoptic_impl(const at::Tensor& dense, const at::Tensor& sem, const at::T
   const T* sp = sem.data_ptr<T>();
   const T* qb = query.data_ptr<T>();
 
-  // 1. bit-packed masks
+  // 1. bit-packed masks, and the semantic argmax of 3.
   Queries<T> q;
   q.cls = qcls.data();
   for (int64_t j = 0; j < n_q; ++j) {
@@ -355,8 +359,9 @@ Result panoptic_impl(const at::Tensor& dense, const at::Tensor& sem, const at::T
     q.area.push_back((q2 - q0) * (q3 - q1));
   }
   const Path<T> path = select_path<T>(score);
-  const std::unique_ptr<uint64_t[]> masks =
-      build_masks<T>(path, dense.data_ptr<T>(), sp, n_p, n_c, q, n_q, static_cast<T>(sigma), score);
+  std::vector<int32_t> semantic(n_p);  // argmax_c sem_probs, for stage 3
+  const std::unique_ptr<uint64_t[]> masks = dense_pass<T>(path, dense.data_ptr<T>(), sp, n_p, n_c, q, n_q,
+                                                          static_cast<T>(sigma), score, semantic.data());
 
   // 2. thing fusion
   auto segment_map = at::zeros({h, w}, dense.options().dtype(at::kInt));
@@ -393,10 +398,6 @@ Result panoptic_impl(const at::Tensor& dense, const at::Tensor& sem, const at::T
   }
 
   // 3. stuff
-  std::vector<int32_t> semantic(n_p);
-  parallel_blocks(n_p, 4096, [] { return 0; }, [&](int, int64_t begin, int64_t end) {
-    path.semantic_argmax(sp, n_c, n_p, begin, end, semantic.data());
-  });
   std::vector<int64_t> stuff_area(n_c, 0);
   for (int64_t p = 0; p < n_p; ++p) {
     if (seg[p] == 0 && !thing[semantic[p]]) ++stuff_area[semantic[p]];
