@@ -165,8 +165,8 @@ void count_free_bits_scalar(const uint64_t* mask, const uint64_t* taken, int64_t
 RTP_AVX2 void load_word_avx2(Word<float>& w, const float* dense, int64_t n_p, int64_t p0, int64_t n) {
   using namespace simd::avx2;
   if (n < kWordBits) return load_word_scalar(w, dense, n_p, p0, n);
-  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity()), neg_inf = _mm256_sub_ps(_mm256_setzero_ps(), inf);
-  __m256 lo0 = inf, lo1 = inf, hi2 = neg_inf, hi3 = neg_inf;
+  const float inf = std::numeric_limits<float>::infinity();
+  __m256 lo0 = _mm256_set1_ps(inf), lo1 = lo0, hi2 = _mm256_set1_ps(-inf), hi3 = hi2;
   for (int i = 0; i < kWordBits; i += kWidth) {
     __m256 c[4];
     for (int k = 0; k < 4; ++k) {
@@ -270,10 +270,10 @@ Path<T> select_path(Score score) {
           semantic_argmax_scalar<T>, count_free_bits_scalar};
 }
 
-// Runs fn(begin, end) over [0, n) in blocks of `block` that the threads take in turn: the
-// work per word varies a lot once words are skipped (objects vs background), and on a shared
-// CPU one thread may be slowed down; a static split would wait for the slowest half.
-// fn(thread_state, begin, end) with thread_state made once per thread by make_state().
+// Calls fn(state, begin, end) over [0, n) in blocks of `block` that the threads take in turn
+// (state: made once per thread by make_state()).  The work per word varies a lot once chunks
+// are skipped (objects vs background), and on a shared CPU one thread may be slowed down: a
+// static split would wait for the slowest half.
 template <typename MakeState, typename Fn>
 void parallel_blocks(int64_t n, int64_t block, const MakeState& make_state, const Fn& fn) {
   std::atomic<int64_t> next{0};
