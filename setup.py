@@ -126,9 +126,12 @@ def _extensions():
 
     debug = os.environ.get("RTPANOPTIC_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
+    # The kernels promise the reference's rounding: no a*b+c contracted into one FMA, on any
+    # target (the CPU SIMD paths pick their ISA at run time: csrc/cpu/simd.h).
+    cxx = opt + ([] if sys.platform == "win32" else ["-ffp-contract=off"])
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))]
     sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
-    extra = {"cxx": opt}
+    extra = {"cxx": cxx}
     include_dirs = [os.path.join(ROOT, "csrc")]
     library_dirs = []
     define_macros = []

@@ -2,7 +2,10 @@
 
 Sizes: iou_attention and panoptic_from_dense at Q in {20, 100} over 256x512 and 200x336 grids
 (a 1024x2048 Cityscapes image and an 800x1344 COCO image at stride 4); mask_loss at Q = 100;
-decode_boxes / gather_levelness on the 5-level FPN of a 1024x2048 image (stride 4 output)."""
+decode_boxes / gather_levelness on the 5-level FPN of a 1024x2048 image (stride 4 output).
+panoptic_from_dense also has a "broadcast" row (the masks as one [Q, H, W] tensor expression plus
+the stuff argmax), the baseline of issue 15's goal; benchmarks/ab_cpu_kernels.py compares the cpp
+kernels with an earlier revision's."""
 import pytest
 import torch
 
@@ -76,6 +79,20 @@ def test_panoptic_from_dense(benchmark, bench_run, need, impl, device, q, grid):
     )
     ref = reference.panoptic_from_dense(dense, sem, queries, classes, scores, is_thing, 0.3, "iou", 0.0, 0.5, 64)
     assert torch.equal(out.segment_map.cpu(), ref[0].cpu())
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+@pytest.mark.parametrize("q", [20, 100])
+def test_panoptic_from_dense_broadcast(benchmark, bench_run, q, grid):
+    """What the fused op replaces, in plain tensor ops: the [Q, H, W] masks IoU x P_sem > sigma
+    and the stuff argmax (no fusion loop), in the same group as the kernels."""
+    dense, sem, queries, classes, *_ = _scene(q, *GRIDS[grid], "cpu")
+    benchmark.group = f"panoptic_from_dense Q={q} {grid}"
+
+    def broadcast():
+        return reference.iou_attention(dense, queries, "iou") * sem[classes] > 0.3, sem.argmax(0)
+
+    bench_run(benchmark, broadcast, "cpu")
 
 
 @pytest.mark.parametrize("grid", list(GRIDS))
