@@ -4,10 +4,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
 from ._box_score import div_rn
-from ._common import NAMESPACE, launch, tile
+from ._common import launch, tile
 
 
 @triton.jit
@@ -52,7 +51,6 @@ def _box_iou_kernel(a_ptr, b_ptr, out_ptr, N, M, UPCAST: tl.constexpr, BN: tl.co
     tl.store(out_ptr + offs, iou, mask=im[:, None] & jm[None, :])
 
 
-@triton_op(f"{NAMESPACE}::box_iou", mutates_args=(), schema="(Tensor boxes1, Tensor boxes2) -> Tensor")
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     n, m = boxes1.shape[0], boxes2.shape[0]
     out = boxes1.new_empty((n, m))

@@ -1,6 +1,6 @@
 // Dense box decoding (eq. 8) on the CPU: (l, t, r, b) at cell centres
 // c = floor(stride/2) + i*stride -> (x - l, y - t, x + r, y + b).  The backward is a sign
-// flip of the incoming gradient and is written in Python (rtpanoptic/ops/_autograd.py).
+// flip of the incoming gradient and is written in Python (rtpanoptic/ops/registry.py).
 // NaN/inf offsets propagate into the boxes unchanged.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
