@@ -5,10 +5,15 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include <string>
 
 namespace rtpanoptic {
+
+// The dtype every kernel computes in for inputs of t's dtype: float16/bfloat16/float32 in float32,
+// float64 in itself (the reference's and torchvision's choice), results rounded once when stored.
+inline at::ScalarType acc_type(const at::Tensor& t) { return at::toOpMathType(t.scalar_type()); }
 
 // "torch.float32" for at::kFloat, as str(torch.float32).
 inline std::string dtype_name(at::ScalarType type) {

@@ -27,6 +27,9 @@ def _source_index(dst, in_size, out_size, OPMATH: tl.constexpr):
     i0 = tl.minimum(tl.floor(src).to(tl.int32), in_size - 1)
     lam = tl.minimum(tl.maximum(src - i0.to(OPMATH), 0.0), 1.0).to(OPMATH)
     i1 = i0 + tl.where(i0 < in_size - 1, 1, 0)
+    # Equal sizes: F.interpolate copies the input, so both taps are the pixel itself with weight
+    # 1 and 0 (the formula above gives the same index and lambda = 0, but its second tap is the
+    # neighbour, whose inf/NaN would leak in as 0 * inf = NaN).
     same = in_size == out_size
     i0 = tl.where(same, dst, i0)
     i1 = tl.where(same, dst, i1)

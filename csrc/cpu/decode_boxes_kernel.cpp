@@ -39,7 +39,7 @@ at::Tensor decode_boxes_cpu(const at::Tensor& offsets, int64_t stride) {
   check_float(op, "offsets", offsets);
   check_device(op, "offsets", offsets, c10::kCPU);
   TORCH_CHECK(stride > 0, op, ": stride must be a positive int, got ", stride);
-  const auto acc = offsets.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(offsets);
   auto in = offsets.to(acc).contiguous();
   auto out = at::empty_like(in);
   if (in.numel() > 0) {
