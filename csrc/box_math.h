@@ -253,4 +253,23 @@ RTP_HD bool argmax_better(T v, T best) {
   return (v > best) || (v != v && best == best);
 }
 
+// torch.argmax over the n_c classes of pixel p of a [n_c, n_p] probability map (the semantic
+// class of panoptic_from_dense's stuff stage), compared in A.
+template <typename A, typename T>
+RTP_HD int32_t class_argmax(const T* sem, int64_t n_c, int64_t n_p, int64_t p) {
+  A best = static_cast<A>(sem[p]);
+  int32_t best_c = 0;
+  for (int64_t c = 1; c < n_c; ++c) {
+    const A v = static_cast<A>(sem[c * n_p + p]);
+    if (argmax_better(v, best)) {
+      best = v;
+      best_c = static_cast<int32_t>(c);
+    }
+  }
+  return best_c;
+}
+
+// Whether a stuff class whose argmax covers `area` free pixels becomes a segment.
+RTP_HD bool keeps_stuff(int64_t area, int64_t stuff_area_limit) { return area > 0 && area >= stuff_area_limit; }
+
 }  // namespace rtpanoptic

@@ -1,9 +1,7 @@
 // Per-op argument checks shared by the CPU (csrc/cpu) and CUDA (csrc/cuda) kernels: shapes,
-// dtypes and scalar arguments, with the messages that tests match on.  `device` is the
-// kernel's device type; the op's primary tensor is checked against it at the point both
-// backends always checked it.  What differs between the backends stays in the backend:
-// how the other tensors' devices are checked (and with which message) and the CUDA-only
-// size limits.
+// dtypes and scalar arguments (wording: checks.h).  `device` is the kernel's device type, which
+// the op's primary tensor must have.  The backends check the other tensors' devices and their
+// own size limits themselves.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,6 +11,18 @@
 #include "checks.h"
 
 namespace rtpanoptic {
+
+// nms / batched_nms: boxes [N, 4] float, scores [N] of boxes' dtype, idxs [N] integer (batched_nms).
+inline void check_nms_args(const char* op, const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs) {
+  check_boxes(op, "boxes", boxes);
+  check_float(op, "scores", scores);
+  check_same_length(op, "scores", scores, "boxes", boxes);
+  check_same_dtype(op, "scores", scores, "boxes", boxes);
+  if (idxs != nullptr) {
+    check_integer(op, "idxs", *idxs);
+    check_same_length(op, "idxs", *idxs, "boxes", boxes);
+  }
+}
 
 // iou_attention / _iou_attention_backward: dense_boxes [4, H, W], query_boxes [Q, 4].
 inline void check_iou_attention_args(const char* op, const at::Tensor& dense, const at::Tensor& query,

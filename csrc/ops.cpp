@@ -1,8 +1,9 @@
-// Schemas of every rtpanoptic op.  Kernels live beside this file:
+// Schemas of every rtpanoptic op, as in the op table rtpanoptic/ops/registry.py (one row per op;
+// tests/ops/test_registry.py checks that both spell every schema the same).  Kernels live beside
+// this file:
 //   csrc/cpu/<op>_kernel.cpp   (TORCH_LIBRARY_IMPL(rtpanoptic, CPU, m))
 //   csrc/cuda/<op>_kernel.cu   (TORCH_LIBRARY_IMPL(rtpanoptic, CUDA, m))
-// Fake (meta) implementations and autograd formulas are registered from Python,
-// in rtpanoptic/ops/_fake.py and rtpanoptic/ops/_autograd.py.
+// Fake (meta) implementations and autograd formulas are registered from that table.
 // The Python reference implementations in rtpanoptic/ops/reference.py are the
 // specification every kernel is tested against.
 #include <torch/library.h>
@@ -28,7 +29,7 @@ TORCH_LIBRARY(rtpanoptic, m) {
   m.def(
       "mask_loss(Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, Tensor batch_index) -> Tensor");
 
-  // Backward kernels, called by the autograd formulas in rtpanoptic/ops/_autograd.py
+  // Backward kernels, called by the autograd formulas of rtpanoptic/ops/registry.py
   // (decode_boxes' backward is a sign flip written there with plain tensor ops).
   // Gradient w.r.t. every level's offsets (levelness gets none: argmax is piecewise constant).
   m.def("_gather_levelness_backward(Tensor grad_boxes, Tensor[] offsets, Tensor levelness, int out_stride) -> Tensor[]");

@@ -2,7 +2,9 @@
 
 Mirrors :func:`rtpanoptic.ops.reference.pairwise_box_score` operation by operation, in the
 dtype of the coordinates (float32 for float16/bfloat16 boxes, which the loaders upcast; so
-results round exactly like the reference's, launched without FMA contraction), and its autograd:
+results round exactly like the reference's, launched without FMA contraction), with box_math.h's
+NaN rule (``nan_min``/``nan_max``: torch.minimum/maximum/clamp propagate NaN; Triton's default
+minimum/maximum return the other operand), and its autograd:
 ``clamp(min=0)`` passes the gradient where its input is ``> 0`` (checked empirically) and ``minimum``/``maximum``
 split it in half on ties, as PyTorch's derivatives do.
 """
@@ -47,17 +49,29 @@ def div_rn(a, b):
 
 
 @triton.jit
+def nan_min(a, b):
+    """torch.minimum: NaN if either is NaN."""
+    return tl.minimum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def nan_max(a, b):
+    """torch.maximum (and clamp(min=b)): NaN if either is NaN."""
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
 def box_score(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, TRI: tl.constexpr):
     """score("iou" | "tri") of dense boxes against query boxes (broadcasting)."""
     zero = tl.zeros_like(dx1 + qx1)
     one = zero + 1
-    iw = tl.maximum(tl.minimum(dx2, qx2) - tl.maximum(dx1, qx1), zero)
-    ih = tl.maximum(tl.minimum(dy2, qy2) - tl.maximum(dy1, qy1), zero)
+    iw = nan_max(nan_min(dx2, qx2) - nan_max(dx1, qx1), zero)
+    ih = nan_max(nan_min(dy2, qy2) - nan_max(dy1, qy1), zero)
     inter = iw * ih
     union = (dx2 - dx1) * (dy2 - dy1) + (qx2 - qx1) * (qy2 - qy1) - inter
     if TRI:
-        cw = tl.maximum(dx2, qx2) - tl.minimum(dx1, qx1)
-        ch = tl.maximum(dy2, qy2) - tl.minimum(dy1, qy1)
+        cw = nan_max(dx2, qx2) - nan_min(dx1, qx1)
+        ch = nan_max(dy2, qy2) - nan_min(dy1, qy1)
         enclosing = cw * ch + eps
         s = div_rn(inter + one, union + one) - div_rn(enclosing - union, enclosing)
     else:
@@ -83,10 +97,10 @@ def box_score_grad(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, g, TRI: tl.const
     """Gradients of ``g * score`` w.r.t. the 8 coordinates (dense 4, then query 4)."""
     zero = tl.zeros_like(dx1 + qx1)
     one = zero + 1
-    iw_raw = tl.minimum(dx2, qx2) - tl.maximum(dx1, qx1)
-    ih_raw = tl.minimum(dy2, qy2) - tl.maximum(dy1, qy1)
-    iw = tl.maximum(iw_raw, zero)
-    ih = tl.maximum(ih_raw, zero)
+    iw_raw = nan_min(dx2, qx2) - nan_max(dx1, qx1)
+    ih_raw = nan_min(dy2, qy2) - nan_max(dy1, qy1)
+    iw = nan_max(iw_raw, zero)
+    ih = nan_max(ih_raw, zero)
     inter = iw * ih
     wd = dx2 - dx1
     hd = dy2 - dy1
@@ -94,8 +108,8 @@ def box_score_grad(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, g, TRI: tl.const
     hq = qy2 - qy1
     union = wd * hd + wq * hq - inter
     if TRI:
-        cw = tl.maximum(dx2, qx2) - tl.minimum(dx1, qx1)
-        ch = tl.maximum(dy2, qy2) - tl.minimum(dy1, qy1)
+        cw = nan_max(dx2, qx2) - nan_min(dx1, qx1)
+        ch = nan_max(dy2, qy2) - nan_min(dy1, qy1)
         enclosing = cw * ch + eps
         up1 = union + one
         d_union = div_rn(one, enclosing) - div_rn(inter + one, up1 * up1)

@@ -1,23 +1,16 @@
-"""Shared helpers of the Triton kernels: registration namespace, block sizes, compute dtypes,
-the launch helper and its options."""
+"""Shared helpers of the Triton kernels: block sizes, compute dtypes, the launch helper and its
+options."""
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-NAMESPACE = "rtpanoptic_triton"
-
-
-def interpreting() -> bool:
-    """True under ``TRITON_INTERPRET=1`` (kernels run on CPU tensors through numpy)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
+from rtpanoptic.ops.registry import triton_interpreting
 
 # Tests set this to True to run the GPU block sizes (many programs per launch) through the
 # interpreter, so the multi-program paths are checked on CPU too.
@@ -26,7 +19,7 @@ GPU_BLOCKS_IN_INTERPRETER = False
 
 def large_blocks() -> bool:
     """Use interpreter-sized blocks (as few programs as possible) instead of the GPU sizes."""
-    return interpreting() and not GPU_BLOCKS_IN_INTERPRETER
+    return triton_interpreting() and not GPU_BLOCKS_IN_INTERPRETER
 
 
 def block_size(n: int, *, gpu=(256, 512, 1024), cap: int = 8192) -> int:
@@ -101,8 +94,7 @@ LAUNCH_OPTIONS = {"enable_fp_fusion": False}
 def launch(kernel, grid, *args, **meta) -> None:
     """Launch ``kernel[grid](*args, **meta)`` with :data:`LAUNCH_OPTIONS`, on the device of its
     tensor arguments (Triton launches on the current device: inputs on ``cuda:1`` while
-    ``cuda:0`` is current would fail).  ``wrap_triton`` lets ``torch.compile`` trace the launch
-    inside a ``triton_op``."""
+    ``cuda:0`` is current would fail)."""
     device = next((a.device for a in args if isinstance(a, torch.Tensor)), None)
     guard = contextlib.nullcontext()
     if device is not None and device.type == "cuda" and not torch.compiler.is_compiling():

@@ -4,18 +4,17 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
-from ._box_score import div_rn
-from ._common import NAMESPACE, launch, tile
+from ._box_score import div_rn, nan_max, nan_min
+from ._common import launch, tile
 
 
 @triton.jit
 def pair_iou(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
     """IoU as torchvision: I / U with U = area_a + area_b - I (0/0 gives NaN)."""
     zero = tl.zeros_like(ax1 + bx1)
-    w = tl.maximum(tl.minimum(ax2, bx2) - tl.maximum(ax1, bx1), zero)
-    h = tl.maximum(tl.minimum(ay2, by2) - tl.maximum(ay1, by1), zero)
+    w = nan_max(nan_min(ax2, bx2) - nan_max(ax1, bx1), zero)
+    h = nan_max(nan_min(ay2, by2) - nan_max(ay1, by1), zero)
     inter = w * h
     union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
     return div_rn(inter, union)
@@ -52,7 +51,6 @@ def _box_iou_kernel(a_ptr, b_ptr, out_ptr, N, M, UPCAST: tl.constexpr, BN: tl.co
     tl.store(out_ptr + offs, iou, mask=im[:, None] & jm[None, :])
 
 
-@triton_op(f"{NAMESPACE}::box_iou", mutates_args=(), schema="(Tensor boxes1, Tensor boxes2) -> Tensor")
 def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     n, m = boxes1.shape[0], boxes2.shape[0]
     out = boxes1.new_empty((n, m))

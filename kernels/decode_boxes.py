@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
-from ._common import NAMESPACE, block_size, launch
+from ._common import block_size, launch
 
 
 @triton.jit
@@ -37,7 +36,6 @@ def _decode_boxes_kernel(off_ptr, out_ptr, H, W, stride, BLOCK: tl.constexpr):
     tl.store(out_ptr + base + 3 * P + p, y2, mask=m)
 
 
-@triton_op(f"{NAMESPACE}::decode_boxes", mutates_args=(), schema="(Tensor offsets, int stride) -> Tensor")
 def decode_boxes(offsets: torch.Tensor, stride: int) -> torch.Tensor:
     b, _, h, w = offsets.shape
     out = torch.empty_like(offsets, memory_format=torch.contiguous_format)
@@ -46,19 +44,3 @@ def decode_boxes(offsets: torch.Tensor, stride: int) -> torch.Tensor:
     block = block_size(h * w)
     launch(_decode_boxes_kernel, (triton.cdiv(h * w, block), b), offsets.contiguous(), out, h, w, stride, BLOCK=block)
     return out
-
-
-_SIGN = (-1.0, -1.0, 1.0, 1.0)
-
-
-def _setup_context(ctx, inputs, output):
-    pass
-
-
-def _backward(ctx, grad):
-    # d(x - l)/dl = -1, d(x + r)/dr = +1: a sign per channel (plain PyTorch, exact).
-    sign = torch.tensor(_SIGN, dtype=grad.dtype, device=grad.device).view(1, 4, 1, 1)
-    return grad * sign, None
-
-
-decode_boxes.register_autograd(_backward, setup_context=_setup_context)

@@ -12,10 +12,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
 from ._box_score import div_rn
-from ._common import NAMESPACE, TL_DTYPES, argmax_better, block_size, constant, launch, opmath
+from ._common import TL_DTYPES, argmax_better, block_size, constant, launch, opmath
 from .decode_boxes import decode_block
 
 
@@ -28,6 +27,9 @@ def _source_index(dst, in_size, out_size, OPMATH: tl.constexpr):
     i0 = tl.minimum(tl.floor(src).to(tl.int32), in_size - 1)
     lam = tl.minimum(tl.maximum(src - i0.to(OPMATH), 0.0), 1.0).to(OPMATH)
     i1 = i0 + tl.where(i0 < in_size - 1, 1, 0)
+    # Equal sizes: F.interpolate copies the input, so both taps are the pixel itself with weight
+    # 1 and 0 (the formula above gives the same index and lambda = 0, but its second tap is the
+    # neighbour, whose inf/NaN would leak in as 0 * inf = NaN).
     same = in_size == out_size
     i0 = tl.where(same, dst, i0)
     i1 = tl.where(same, dst, i1)
@@ -97,8 +99,6 @@ def _gather_levelness_kernel(off_ptr, meta_ptr, lev_ptr, box_ptr, fg_ptr, H, W, 
     tl.store(fg_ptr + img.to(tl.int64) * plane + p, fg.to(tl.int8), mask=m)
 
 
-@triton_op(f"{NAMESPACE}::gather_levelness", mutates_args=(),
-           schema="(Tensor[] offsets, Tensor levelness, int out_stride) -> (Tensor, Tensor)")
 def gather_levelness(offsets: list[torch.Tensor], levelness: torch.Tensor,
                      out_stride: int) -> tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = levelness.shape
@@ -117,26 +117,19 @@ def gather_levelness(offsets: list[torch.Tensor], levelness: torch.Tensor,
     return boxes, fg
 
 
-def _setup_context(ctx, inputs, output):
-    offsets, levelness, _ = inputs
-    ctx.shapes = [tuple(o.shape) for o in offsets]
-    ctx.save_for_backward(levelness)
-
-
-def _backward(ctx, grad_boxes, grad_fg):
-    (levelness,) = ctx.saved_tensors
+def _gather_levelness_backward(grad_boxes: torch.Tensor, offsets: list[torch.Tensor], levelness: torch.Tensor,
+                               out_stride: int) -> list[torch.Tensor]:
+    """Gradient w.r.t. every level's offsets (plain PyTorch): the chosen level's share of
+    ``grad_boxes`` (signed as in eq. 8), through the bilinear adjoint of its resampling."""
     _, _, h, w = levelness.shape
     sign = torch.tensor((-1.0, -1.0, 1.0, 1.0), dtype=grad_boxes.dtype, device=grad_boxes.device)
     grad_chosen = grad_boxes * sign.view(1, 4, 1, 1)
     level = levelness[:, 1:].argmax(dim=1, keepdim=True)  # [B, 1, H, W], the forward's argmax
     grads = []
-    for i, shape in enumerate(ctx.shapes):
+    for i, o in enumerate(offsets):
         g = grad_chosen * (level == i)
-        if shape[2:] == (h, w):
+        if tuple(o.shape[2:]) == (h, w):
             grads.append(g)
         else:
-            grads.append(torch.ops.aten.upsample_bilinear2d_backward(g, [h, w], list(shape), False, None, None))
-    return grads, None, None
-
-
-gather_levelness.register_autograd(_backward, setup_context=_setup_context)
+            grads.append(torch.ops.aten.upsample_bilinear2d_backward(g, [h, w], list(o.shape), False, None, None))
+    return grads

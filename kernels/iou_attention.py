@@ -11,14 +11,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
 from rtpanoptic.ops.reference import TRI_EPS
+from rtpanoptic.ops.registry import SCORE_IDS
 
 from ._box_score import box_score, box_score_grad, load_box, load_dense
-from ._common import NAMESPACE, TL_DTYPES, block_size, launch, opmath, scalars, tile
-
-SCORE_IDS = {"iou": 0, "tri": 1}
+from ._common import TL_DTYPES, block_size, launch, opmath, scalars, tile
 
 
 @triton.jit
@@ -75,8 +73,6 @@ def _iou_attention_bwd(grad_ptr, dense_ptr, query_ptr, eps_ptr, gdense_ptr, gque
     tl.store(gdense_ptr + 3 * plane + p, acc4, mask=pm)
 
 
-@triton_op(f"{NAMESPACE}::iou_attention", mutates_args=(),
-           schema="(Tensor dense_boxes, Tensor query_boxes, str score) -> Tensor")
 def iou_attention(dense_boxes: torch.Tensor, query_boxes: torch.Tensor, score: str) -> torch.Tensor:
     _, h, w = dense_boxes.shape
     q, p = query_boxes.shape[0], h * w
@@ -92,10 +88,8 @@ def iou_attention(dense_boxes: torch.Tensor, query_boxes: torch.Tensor, score: s
     return out
 
 
-@triton_op(f"{NAMESPACE}::iou_attention_backward", mutates_args=(),
-           schema="(Tensor grad, Tensor dense_boxes, Tensor query_boxes, str score) -> (Tensor, Tensor)")
-def iou_attention_backward(grad: torch.Tensor, dense_boxes: torch.Tensor, query_boxes: torch.Tensor,
-                           score: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _iou_attention_backward(grad: torch.Tensor, dense_boxes: torch.Tensor, query_boxes: torch.Tensor,
+                            score: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of ``iou_attention`` w.r.t. ``dense_boxes`` and ``query_boxes`` (computed in
     float32 for float16/bfloat16, rounded once)."""
     _, h, w = dense_boxes.shape
@@ -112,18 +106,3 @@ def iou_attention_backward(grad: torch.Tensor, dense_boxes: torch.Tensor, query_
            scalars(math, dense_boxes, TRI_EPS), gdense, parts, q, p,
            TRI=SCORE_IDS[score] == 1, OPMATH=TL_DTYPES[math], BLOCK=block)
     return gdense.to(dense_boxes.dtype), parts.sum(0).to(query_boxes.dtype)
-
-
-def _setup_context(ctx, inputs, output):
-    dense_boxes, query_boxes, score = inputs
-    ctx.save_for_backward(dense_boxes, query_boxes)
-    ctx.score = score
-
-
-def _backward(ctx, grad):
-    dense_boxes, query_boxes = ctx.saved_tensors
-    gd, gq = torch.ops.rtpanoptic_triton.iou_attention_backward(grad, dense_boxes, query_boxes, ctx.score)
-    return gd, gq, None
-
-
-iou_attention.register_autograd(_backward, setup_context=_setup_context)

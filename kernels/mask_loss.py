@@ -17,10 +17,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op
 
 from ._box_score import box_score, box_score_grad, load_box, load_dense
-from ._common import NAMESPACE, TL_DTYPES, block_size, launch, opmath
+from ._common import TL_DTYPES, block_size, launch, opmath
 
 
 @triton.jit
@@ -105,9 +104,6 @@ def _launch_shape(dense_boxes):
     return b, p, block, triton.cdiv(p, block)
 
 
-@triton_op(f"{NAMESPACE}::mask_loss", mutates_args=(),
-           schema="(Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, "
-                  "Tensor batch_index) -> Tensor")
 def mask_loss(dense_boxes: torch.Tensor, query_boxes: torch.Tensor, gt_masks: torch.Tensor, beta: torch.Tensor,
               batch_index: torch.Tensor) -> torch.Tensor:
     q = query_boxes.shape[0]
@@ -125,12 +121,9 @@ def mask_loss(dense_boxes: torch.Tensor, query_boxes: torch.Tensor, gt_masks: to
     return (per_query.sum() / q).to(dense_boxes.dtype)
 
 
-@triton_op(f"{NAMESPACE}::mask_loss_backward", mutates_args=(),
-           schema="(Tensor grad, Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, "
-                  "Tensor batch_index) -> (Tensor, Tensor)")
-def mask_loss_backward(grad: torch.Tensor, dense_boxes: torch.Tensor, query_boxes: torch.Tensor,
-                       gt_masks: torch.Tensor, beta: torch.Tensor,
-                       batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _mask_loss_backward(grad: torch.Tensor, dense_boxes: torch.Tensor, query_boxes: torch.Tensor,
+                        gt_masks: torch.Tensor, beta: torch.Tensor,
+                        batch_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of ``mask_loss`` w.r.t. ``dense_boxes`` and ``query_boxes`` for an upstream ``grad``."""
     q = query_boxes.shape[0]
     b, p, block, n_prog = _launch_shape(dense_boxes)
@@ -146,17 +139,3 @@ def mask_loss_backward(grad: torch.Tensor, dense_boxes: torch.Tensor, query_boxe
            gt_masks.contiguous().view(torch.uint8), order, start, n, weight, gdense, parts, q, p, ACC=TL_DTYPES[acc],
            BLOCK=block)
     return gdense.to(dense_boxes.dtype), parts.sum(1).to(query_boxes.dtype)
-
-
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx, grad):
-    dense_boxes, query_boxes, gt_masks, beta, batch_index = ctx.saved_tensors
-    gd, gq = torch.ops.rtpanoptic_triton.mask_loss_backward(grad, dense_boxes, query_boxes, gt_masks, beta,
-                                                           batch_index)
-    return gd, gq, None, None, None
-
-
-mask_loss.register_autograd(_backward, setup_context=_setup_context)

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import NAMESPACE, TL_DTYPES, large_blocks, launch, scalars
+from ._common import TL_DTYPES, large_blocks, launch, scalars
 from .box_iou import load_boxes, pair_iou
 
 # The sweep keeps ceil(N / 32) words in registers; the bitmask takes N * ceil(N / 32) * 4 bytes
@@ -92,29 +92,9 @@ def _nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None, i
     return order[torch.nonzero(keep).flatten()]
 
 
-@torch.library.custom_op(f"{NAMESPACE}::nms", mutates_args=(),
-                         schema="(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor")
-def nms(boxes, scores, iou_threshold):
+def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     return _nms(boxes, scores, None, iou_threshold)
 
 
-@torch.library.custom_op(f"{NAMESPACE}::batched_nms", mutates_args=(),
-                         schema="(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor")
-def batched_nms(boxes, scores, idxs, iou_threshold):
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     return _nms(boxes, scores, idxs, iou_threshold)
-
-
-def _nms_fake(boxes, scores, iou_threshold):
-    from rtpanoptic.ops._fake import FAKES
-
-    return FAKES["nms"](boxes, scores, iou_threshold)
-
-
-def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
-    from rtpanoptic.ops._fake import FAKES
-
-    return FAKES["batched_nms"](boxes, scores, idxs, iou_threshold)
-
-
-nms.register_fake(_nms_fake)
-batched_nms.register_fake(_batched_nms_fake)

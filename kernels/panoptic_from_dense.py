@@ -25,11 +25,11 @@ import triton
 import triton.language as tl
 
 from rtpanoptic.ops.reference import TRI_EPS
+from rtpanoptic.ops.registry import SCORE_IDS
 
 from ._box_score import box_score, load_box, load_dense
-from ._common import NAMESPACE, TL_DTYPES, argmax_better, large_blocks, launch, opmath, scalars
+from ._common import TL_DTYPES, argmax_better, large_blocks, launch, opmath, scalars
 
-SCORE_IDS = {"iou": 0, "tri": 1}
 # Up to this many 32-pixel words (262144 pixels, e.g. 256x1024) the sequential scan keeps the
 # taken-pixel bitmap in registers; larger grids stream it through global memory.
 RESIDENT_WORDS = 8192
@@ -170,13 +170,6 @@ def _stuff_kernel(seg_ptr, lut_ptr, P, BLOCK: tl.constexpr):
     tl.store(seg_ptr + p, tl.where(stuff, ids, seg), mask=m)
 
 
-@torch.library.custom_op(
-    f"{NAMESPACE}::panoptic_from_dense", mutates_args=(),
-    schema="(Tensor dense_boxes, Tensor sem_probs, Tensor query_boxes, Tensor query_classes, "
-           "Tensor query_scores, Tensor is_thing, float sigma, str score, float score_threshold, "
-           "float overlap_threshold, int stuff_area_limit) -> "
-           "(Tensor segment_map, Tensor segment_class, Tensor segment_query, Tensor segment_score, "
-           "Tensor segment_area)")
 def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
                         sigma, score, score_threshold, overlap_threshold, stuff_area_limit):
     device = dense_boxes.device
@@ -242,14 +235,3 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
         torch.cat([free_area[accepted], stuff_area[stuff_classes]]),
     )
 
-
-def _fake(dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-          sigma, score, score_threshold, overlap_threshold, stuff_area_limit):
-    from rtpanoptic.ops._fake import FAKES
-
-    return FAKES["panoptic_from_dense"](
-        dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-        sigma, score, score_threshold, overlap_threshold, stuff_area_limit)
-
-
-panoptic_from_dense.register_fake(_fake)

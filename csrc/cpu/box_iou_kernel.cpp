@@ -36,7 +36,7 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   check_device(op, "boxes2", boxes2, c10::kCPU);
   check_same_dtype(op, "boxes2", boxes2, "boxes1", boxes1);
   const int64_t n = boxes1.size(0), m = boxes2.size(0);
-  const auto acc = boxes1.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(boxes1);
   auto a = boxes1.to(acc).contiguous();
   auto b = boxes2.to(acc).contiguous();
   auto out = at::empty({n, m}, a.options());

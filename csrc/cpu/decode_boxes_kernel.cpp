@@ -1,6 +1,6 @@
 // Dense box decoding (eq. 8) on the CPU: (l, t, r, b) at cell centres
 // c = floor(stride/2) + i*stride -> (x - l, y - t, x + r, y + b).  The backward is a sign
-// flip of the incoming gradient and is written in Python (rtpanoptic/ops/_autograd.py).
+// flip of the incoming gradient and is written in Python (rtpanoptic/ops/registry.py).
 // NaN/inf offsets propagate into the boxes unchanged.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -39,7 +39,7 @@ at::Tensor decode_boxes_cpu(const at::Tensor& offsets, int64_t stride) {
   check_float(op, "offsets", offsets);
   check_device(op, "offsets", offsets, c10::kCPU);
   TORCH_CHECK(stride > 0, op, ": stride must be a positive int, got ", stride);
-  const auto acc = offsets.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(offsets);
   auto in = offsets.to(acc).contiguous();
   auto out = at::empty_like(in);
   if (in.numel() > 0) {

@@ -159,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor> gather_levelness_cpu(at::TensorList offsets, 
                                                         int64_t out_stride) {
   const char* op = "gather_levelness";
   check_gather_levelness_args(op, offsets, levelness, out_stride, c10::kCPU);
-  const auto acc = levelness.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(levelness);
   auto lv = levelness.to(acc).contiguous();
   const int64_t batch = lv.size(0), h = lv.size(2), w = lv.size(3);
   auto boxes = at::empty({batch, 4, h, w}, lv.options());
@@ -177,7 +177,7 @@ std::vector<at::Tensor> gather_levelness_backward_cpu(const at::Tensor& grad_box
   const char* op = "_gather_levelness_backward";
   check_gather_levelness_args(op, offsets, levelness, out_stride, c10::kCPU);
   check_gather_levelness_grad(op, grad_boxes, levelness);
-  const auto acc = levelness.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(levelness);
   auto lv = levelness.to(acc).contiguous();
   auto g = grad_boxes.to(acc).contiguous();
   std::vector<at::Tensor> offs, grads;

@@ -75,7 +75,7 @@ at::Tensor iou_attention_cpu(const at::Tensor& dense_boxes, const at::Tensor& qu
   const char* op = "iou_attention";
   const std::string score(score_sv);
   check_inputs(op, dense_boxes, query_boxes, score);
-  const auto acc = dense_boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(dense_boxes);
   auto d = dense_boxes.to(acc).contiguous();
   auto q = query_boxes.to(acc).contiguous();
   const int64_t n_q = q.size(0), h = d.size(1), w = d.size(2);
@@ -101,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> iou_attention_backward_cpu(const at::Tensor& 
   check_inputs(op, dense_boxes, query_boxes, score);
   const int64_t n_q = query_boxes.size(0), h = dense_boxes.size(1), w = dense_boxes.size(2);
   check_iou_attention_grad(op, grad, dense_boxes, query_boxes);
-  const auto acc = dense_boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(dense_boxes);
   auto d = dense_boxes.to(acc).contiguous();
   auto q = query_boxes.to(acc).contiguous();
   auto g = grad.to(acc).contiguous();

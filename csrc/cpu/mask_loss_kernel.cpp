@@ -143,7 +143,7 @@ at::Tensor mask_loss_cpu(const at::Tensor& dense_boxes, const at::Tensor& query_
   const int64_t n_q = query_boxes.size(0);
   if (n_q == 0) return at::zeros({}, dense_boxes.options());
   const auto bi = checked_batch_index(op, batch_index, dense_boxes.size(0));
-  const auto acc = dense_boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(dense_boxes);
   auto d = dense_boxes.to(acc).contiguous();
   auto q = query_boxes.to(acc).contiguous();
   auto b = beta.to(acc).contiguous();
@@ -159,7 +159,7 @@ std::tuple<at::Tensor, at::Tensor> mask_loss_backward_cpu(const at::Tensor& grad
   const char* op = "_mask_loss_backward";
   check_inputs(op, dense_boxes, query_boxes, gt_masks, beta, batch_index);
   check_mask_loss_grad(op, grad);
-  const auto acc = dense_boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(dense_boxes);
   auto d = dense_boxes.to(acc).contiguous();
   auto q = query_boxes.to(acc).contiguous();
   auto gd = at::zeros_like(d);

@@ -18,19 +18,12 @@
 #include <limits>
 #include <vector>
 
+#include "box_math.h"
+#include "op_checks.h"
 #include "simd.h"
 
 namespace rtpanoptic {
 namespace {
-
-// IoU as torchvision's CPU kernel computes it (no zero-union guard: 0 / 0 = NaN never passes).
-template <typename T>
-inline T nms_iou(T ix1, T iy1, T ix2, T iy2, T iarea, T x1, T y1, T x2, T y2, T area) {
-  const T w = std::max(T(0), std::min(ix2, x2) - std::max(ix1, x1));
-  const T h = std::max(T(0), std::min(iy2, y2) - std::max(iy1, y1));
-  const T inter = w * h;
-  return inter / (iarea + area - inter);
-}
 
 // Boxes in score order, structure of arrays; rank = position in score order.  Padded so that
 // an 8-lane store at any index < size stays inside.
@@ -48,7 +41,8 @@ int64_t survivors_scalar(SortedBoxes<T>& b, int64_t head, int64_t begin, int64_t
   const T ix1 = b.x1[head], iy1 = b.y1[head], ix2 = b.x2[head], iy2 = b.y2[head], iarea = b.area[head];
   int64_t out = begin;
   for (int64_t r = begin; r < end; ++r) {
-    if (nms_iou(ix1, iy1, ix2, iy2, iarea, b.x1[r], b.y1[r], b.x2[r], b.y2[r], b.area[r]) > thr) continue;
+    // box_math.h's pair_iou (torchvision's: no zero-union guard, 0 / 0 = NaN never passes)
+    if (pair_iou(ix1, iy1, ix2, iy2, iarea, b.x1[r], b.y1[r], b.x2[r], b.y2[r], b.area[r]) > thr) continue;
     b.x1[out] = b.x1[r];
     b.y1[out] = b.y1[r];
     b.x2[out] = b.x2[r];
@@ -169,17 +163,13 @@ at::Tensor nms_impl(const at::Tensor& boxes, const at::Tensor& scores, const int
   return out;
 }
 
-void check_inputs(const at::Tensor& boxes, const at::Tensor& scores) {
-  TORCH_CHECK(boxes.device().is_cpu(), "nms: boxes must be a CPU tensor, got ", boxes.device());
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "nms: boxes must have shape [N, 4], got ", boxes.sizes());
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0),
-              "nms: scores must have shape [N] with N = boxes.size(0) = ", boxes.size(0), ", got ", scores.sizes());
-  TORCH_CHECK(boxes.scalar_type() == scores.scalar_type(), "nms: boxes and scores must have the same dtype, got ",
-              boxes.scalar_type(), " and ", scores.scalar_type());
-  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()), "nms: boxes must be floating point, got ",
-              boxes.scalar_type());
-  TORCH_CHECK(boxes.size(0) <= std::numeric_limits<int32_t>::max(), "nms: at most 2^31 - 1 boxes are supported, got ",
-              boxes.size(0));
+void check_inputs(const char* op, const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs) {
+  check_nms_args(op, boxes, scores, idxs);
+  check_device(op, "boxes", boxes, c10::kCPU);
+  check_same_device(op, "scores", scores, boxes);
+  if (idxs != nullptr) check_same_device(op, "idxs", *idxs, boxes);
+  TORCH_CHECK(boxes.size(0) <= std::numeric_limits<int32_t>::max(), op,
+              ": the cpp backend takes at most 2^31 - 1 boxes, got ", boxes.size(0));
 }
 
 // Runs nms_impl in float32 (float16/bfloat16/float32) or float64, with the threshold those
@@ -202,18 +192,14 @@ at::Tensor nms_dispatch(const at::Tensor& boxes, const at::Tensor& scores, const
 }
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
-  check_inputs(boxes, scores);
+  check_inputs("nms", boxes, scores, nullptr);
   if (boxes.numel() == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   return nms_dispatch<false>(boxes, scores, nullptr, iou_threshold);
 }
 
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs,
                            double iou_threshold) {
-  check_inputs(boxes, scores);
-  TORCH_CHECK(idxs.dim() == 1 && idxs.size(0) == boxes.size(0), "batched_nms: idxs must have shape [N] with N = ",
-              boxes.size(0), ", got ", idxs.sizes());
-  TORCH_CHECK(!at::isFloatingType(idxs.scalar_type()) && idxs.scalar_type() != at::kBool,
-              "batched_nms: idxs must be an integer tensor, got ", idxs.scalar_type());
+  check_inputs("batched_nms", boxes, scores, &idxs);
   if (boxes.numel() == 0) return at::empty({0}, boxes.options().dtype(at::kLong));
   auto idx64 = idxs.to(at::kLong).contiguous();
   return nms_dispatch<true>(boxes, scores, idx64.data_ptr<int64_t>(), iou_threshold);

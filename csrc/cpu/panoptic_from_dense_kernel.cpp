@@ -140,18 +140,7 @@ void word_masks_scalar(const Word<T>& w, const Queries<T>& q, int64_t n_q, T sig
 // torch.argmax over the classes of sem [n_c, n_p], for pixels [begin, end).
 template <typename T>
 void semantic_argmax_scalar(const T* sem, int64_t n_c, int64_t n_p, int64_t begin, int64_t end, int32_t* out) {
-  for (int64_t p = begin; p < end; ++p) {
-    T best = sem[p];
-    int32_t bi = 0;
-    for (int64_t c = 1; c < n_c; ++c) {
-      const T v = sem[c * n_p + p];
-      if (argmax_better(v, best)) {
-        best = v;
-        bi = static_cast<int32_t>(c);
-      }
-    }
-    out[p] = bi;
-  }
+  for (int64_t p = begin; p < end; ++p) out[p] = class_argmax<T>(sem, n_c, n_p, p);
 }
 
 void count_free_bits_scalar(const uint64_t* mask, const uint64_t* taken, int64_t words, int64_t* area,
@@ -406,7 +395,7 @@ Result panoptic_impl(const at::Tensor& dense, const at::Tensor& sem, const at::T
   for (int64_t c = 0; c < n_c; ++c) {
     if (thing[c]) continue;
     const int64_t area = stuff_area[c];
-    if (area == 0 || area < stuff_area_limit) continue;
+    if (!keeps_stuff(area, stuff_area_limit)) continue;
     stuff_id[c] = static_cast<int32_t>(classes.size()) + 1;
     classes.push_back(c);
     queries.push_back(-1);
@@ -450,7 +439,7 @@ Result panoptic_from_dense_cpu(const at::Tensor& dense_boxes, const at::Tensor& 
   auto it = is_thing.contiguous();
   std::vector<uint8_t> thing(it.data_ptr<bool>(), it.data_ptr<bool>() + n_c);
 
-  const auto acc = dense_boxes.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(dense_boxes);
   auto d = dense_boxes.to(acc).contiguous();
   auto s = sem_probs.to(acc).contiguous();
   auto q = query_boxes.to(acc).contiguous();

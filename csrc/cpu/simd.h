@@ -110,15 +110,16 @@ RTP_AVX2 uint32_t gt_bits(__m256 a, __m256 b) {
   return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ)));
 }
 
-// IoU of box i (broadcast) with 8 boxes, as the scalar NMS kernel computes it
-// (csrc/cpu/nms_kernel.cpp, nms_iou): w = max(0, min(x2_i, x2) - max(x1_i, x1)), likewise h,
+// pair_iou of box_math.h for box i (broadcast) and 8 boxes: w = min(x2_i, x2) - max(x1_i, x1)
+// clamped below at 0 (a NaN or -0 w kept, as pair_iou's w < 0 ? 0 : w), likewise h,
 // inter / ((area_i + area) - inter).  No zero-union guard: 0 / 0 is NaN, which never exceeds
-// a threshold.
+// a threshold.  As in box_score8, rtp_min8 / rtp_max8 may return the non-NaN operand where
+// nan_min / nan_max return the NaN one; the IoU is NaN either way (that box's area is NaN).
 RTP_AVX2 __m256 nms_iou8(__m256 ix1, __m256 iy1, __m256 ix2, __m256 iy2, __m256 iarea, __m256 x1, __m256 y1,
                          __m256 x2, __m256 y2, __m256 area) {
   const __m256 zero = _mm256_setzero_ps();
-  const __m256 w = rtp_max8(zero, _mm256_sub_ps(rtp_min8(ix2, x2), rtp_max8(ix1, x1)));
-  const __m256 h = rtp_max8(zero, _mm256_sub_ps(rtp_min8(iy2, y2), rtp_max8(iy1, y1)));
+  const __m256 w = rtp_max8(_mm256_sub_ps(rtp_min8(ix2, x2), rtp_max8(ix1, x1)), zero);
+  const __m256 h = rtp_max8(_mm256_sub_ps(rtp_min8(iy2, y2), rtp_max8(iy1, y1)), zero);
   const __m256 inter = _mm256_mul_ps(w, h);
   return _mm256_div_ps(inter, _mm256_sub_ps(_mm256_add_ps(iarea, area), inter));
 }

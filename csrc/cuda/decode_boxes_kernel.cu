@@ -1,5 +1,5 @@
 // Dense box decoding (eq. 8) on the GPU, one thread per location.  The backward is a
-// sign flip written in Python (rtpanoptic/ops/_autograd.py).
+// sign flip written in Python (rtpanoptic/ops/registry.py).
 #include <torch/library.h>
 
 #include "cuda_common.cuh"

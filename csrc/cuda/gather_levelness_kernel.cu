@@ -174,7 +174,7 @@ std::vector<at::Tensor> gather_levelness_backward_cuda(const at::Tensor& grad_bo
   auto lv = levelness.contiguous();
   auto g = grad_boxes.to(lv.scalar_type()).contiguous();
   const int64_t batch = lv.size(0), nc = lv.size(1), h = lv.size(2), w = lv.size(3);
-  const auto acc = lv.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(lv);
   std::vector<at::Tensor> grads;
   for (const auto& o : offsets) grads.push_back(at::zeros(o.sizes(), o.options().dtype(acc)));
   if (batch * h * w > 0) {

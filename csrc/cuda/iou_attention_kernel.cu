@@ -105,7 +105,7 @@ std::tuple<at::Tensor, at::Tensor> iou_attention_backward_cuda(const at::Tensor&
   auto d = dense_boxes.contiguous();
   auto q = query_boxes.contiguous();
   auto g = grad.to(d.scalar_type()).contiguous();
-  const auto acc = d.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(d);
   auto gd = at::zeros_like(d);
   const int64_t chunks = (n_p + kPixelsPerBlock - 1) / kPixelsPerBlock;
   auto partial = at::zeros({chunks, n_q, 4}, q.options().dtype(acc));

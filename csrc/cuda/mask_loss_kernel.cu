@@ -208,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor> mask_loss_backward_cuda(const at::Tensor& gra
   const int64_t n_p = dense_boxes.size(2) * dense_boxes.size(3);
   auto d = dense_boxes.contiguous();
   auto q = query_boxes.contiguous();
-  const auto acc = d.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = acc_type(d);
   auto gd = at::zeros_like(d);
   const int64_t chunks = (n_p + kPixelsPerBlock - 1) / kPixelsPerBlock;
   auto partial = at::zeros({chunks, n_q, 4}, q.options().dtype(acc));

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
+#include "op_checks.h"
 
 namespace rtpanoptic {
 namespace {
@@ -92,19 +93,10 @@ __global__ void nms_reduce_kernel(int64_t n, int64_t col_blocks, const unsigned 
 
 at::Tensor nms_common(const char* op, const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs,
                       double iou_threshold) {
-  check_boxes(op, "boxes", boxes);
+  check_nms_args(op, boxes, scores, idxs);
   cuda::check_cuda(op, "boxes", boxes);
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == boxes.size(0), op, ": scores must have shape [N=",
-              boxes.size(0), "], got ", scores.sizes());
-  check_same_dtype(op, "scores", scores, "boxes", boxes);
   check_same_device(op, "scores", scores, boxes);
-  if (idxs != nullptr) {
-    TORCH_CHECK(idxs->dim() == 1 && idxs->size(0) == boxes.size(0), op, ": idxs must have shape [N=", boxes.size(0),
-                "], got ", idxs->sizes());
-    TORCH_CHECK(!at::isFloatingType(idxs->scalar_type()) && idxs->scalar_type() != at::kBool, op,
-                ": idxs must be an integer tensor, got ", idxs->scalar_type());
-    check_same_device(op, "idxs", *idxs, boxes);
-  }
+  if (idxs != nullptr) check_same_device(op, "idxs", *idxs, boxes);
   c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   if (n == 0) return at::empty({0}, boxes.options().dtype(at::kLong));

@@ -108,18 +108,9 @@ template <typename scalar_t>
 __global__ void stuff_count_kernel(const scalar_t* __restrict__ sem, int64_t n_c, int64_t n_p,
                                    const bool* __restrict__ is_thing, const int32_t* __restrict__ seg,
                                    int32_t* __restrict__ semantic, unsigned long long* __restrict__ stuff_area) {
-  using acc_t = at::opmath_type<scalar_t>;
   const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (p >= n_p) return;
-  acc_t best = sem[p];
-  int32_t best_c = 0;
-  for (int64_t c = 1; c < n_c; ++c) {
-    const acc_t v = sem[c * n_p + p];
-    if (argmax_better(v, best)) {
-      best = v;
-      best_c = static_cast<int32_t>(c);
-    }
-  }
+  const int32_t best_c = class_argmax<at::opmath_type<scalar_t>>(sem, n_c, n_p, p);
   semantic[p] = best_c;
   if (seg[p] == 0 && !is_thing[best_c]) atomicAdd(stuff_area + best_c, 1ULL);
 }
@@ -135,7 +126,7 @@ __global__ void stuff_number_kernel(const unsigned long long* __restrict__ stuff
     stuff_id[c] = 0;
     if (is_thing[c]) continue;
     const int64_t area = static_cast<int64_t>(stuff_area[c]);
-    if (area == 0 || area < stuff_area_limit) continue;
+    if (!keeps_stuff(area, stuff_area_limit)) continue;
     seg_class[n] = c;
     seg_query[n] = -1;
     seg_score[n] = 1.0f;

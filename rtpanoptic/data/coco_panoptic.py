@@ -5,7 +5,7 @@ file_name of the PNG, ``segments_info`` = [{id, category_id, iscrowd, area, bbox
 ``categories`` (id, name, isthing, color); one PNG per image whose pixels encode segment ids as
 ``R + 256 G + 256^2 B`` (0 = void / unlabelled).
 
-Each sample is the dict of CONTRACT.md:
+Each sample is a dict (the sample format every dataset, transform and loss of the package uses):
 
 - ``image`` uint8 ``[3, H, W]`` RGB;
 - ``semantic`` int64 ``[H, W]`` contiguous train ids; void pixels (id 0, not in any segment) get
@@ -98,7 +98,7 @@ class cityscapes_image_path:
 
 
 class COCOPanopticDataset(torch.utils.data.Dataset):
-    """COCO-panoptic-format dataset producing the CONTRACT.md sample dict.
+    """COCO-panoptic-format dataset producing the sample dict of the module docstring.
 
     Args:
         image_root: folder of the RGB images (``images[].file_name`` relative to it).
@@ -271,7 +271,7 @@ def _read_png(path: str, what: str, mode: str) -> np.ndarray:
 
 
 def collate(samples: list[dict], ignore_label: int = 255) -> dict:
-    """Batch CONTRACT.md samples: ``images`` uint8 ``[B, 3, Hp, Wp]`` zero-padded bottom/right to a
+    """Batch sample dicts (this module's docstring): ``images`` uint8 ``[B, 3, Hp, Wp]`` zero-padded bottom/right to a
     multiple of 128, ``image_sizes`` [(H, W)], and per-image lists of the other fields with
     ``semantic`` padded with the ignore label and masks padded with False.
 

@@ -1,4 +1,4 @@
-"""Training transforms on CONTRACT.md sample dicts (paper §5.3).
+"""Training transforms on sample dicts (:mod:`rtpanoptic.data.coco_panoptic`; paper §5.3).
 
 Every transform changes ``image`` (bilinear), ``semantic`` / ``instance_masks`` / ``crowd_mask``
 (nearest, pixel-centre aligned) together, then recomputes ``boxes`` from the masks and drops

@@ -3,18 +3,20 @@
 Every op takes ``backend=`` (``"reference"``, ``"cpp"``, ``"cuda"``, ``"triton"`` or
 None for the fastest available on the tensors' device) and validates its inputs.
 Boxes are xyxy in absolute pixels with no +1 on areas.  See
-:mod:`rtpanoptic.ops.reference` for the specification of each op.
+:mod:`rtpanoptic.ops.reference` for the specification of each op and
+:mod:`rtpanoptic.ops.registry` for the table every op is registered from.
 """
-from . import (
-    _autograd,  # noqa: F401  (autograd formulas of the C++/CUDA ops)
-    _fake,  # noqa: F401  (registers fake kernels for torch.compile)
-)
+from .. import _extension
+from . import registry
 from ._dispatch import BACKENDS, OPS, available_backends
 from .attention import iou_attention
 from .boxes import batched_nms, box_iou, nms
 from .dense import decode_boxes, gather_levelness
 from .mask_loss import mask_loss
 from .panoptic import PanopticSegments, panoptic_from_dense
+
+if _extension.load():
+    registry.register(registry.CPP_NAMESPACE)  # fakes and autograd of the C++/CUDA ops
 
 __all__ = [
     "BACKENDS",

@@ -409,11 +409,11 @@ def test_box_iou_and_panoptic_backward_raise_not_silently_zero():
 @pytest.mark.parametrize(
     "call,match",
     [
-        (lambda: C.box_iou(torch.zeros(2, 3), torch.zeros(2, 4)), r"box_iou: boxes1 must have shape \[N, 4\]"),
-        (lambda: C.box_iou(torch.zeros(2, 4), torch.zeros(2, 4).double()), "box_iou: boxes2 must have the dtype"),
+        (lambda: C.box_iou(torch.zeros(2, 3), torch.zeros(2, 4)), r"box_iou: boxes1 must have shape \[\*, 4\], got \[2, 3\]"),
+        (lambda: C.box_iou(torch.zeros(2, 4), torch.zeros(2, 4).double()), "box_iou: tensors must share one dtype, got boxes1: torch.float32, boxes2: torch.float64"),
         (lambda: C.decode_boxes(torch.zeros(1, 3, 2, 2), 8), r"decode_boxes: offsets must have shape \[B, 4, h, w\]"),
         (lambda: C.decode_boxes(torch.zeros(1, 4, 2, 2), 0), "decode_boxes: stride must be a positive int"),
-        (lambda: C.decode_boxes(torch.zeros(1, 4, 2, 2, dtype=torch.int32), 8), "decode_boxes: offsets must be float"),
+        (lambda: C.decode_boxes(torch.zeros(1, 4, 2, 2, dtype=torch.int32), 8), "decode_boxes: offsets must be a floating-point tensor, got torch.int32"),
         (lambda: C.gather_levelness([torch.zeros(1, 4, 2, 2)], torch.zeros(1, 3, 4, 4), 4), "offsets must hold 2"),
         (lambda: C.gather_levelness([torch.zeros(2, 4, 2, 2)], torch.zeros(1, 2, 4, 4), 4), r"offsets\[0\] must have"),
         (lambda: C.iou_attention(torch.zeros(3, 2, 2), torch.zeros(1, 4), "iou"), r"dense_boxes must have shape \[4"),

@@ -43,6 +43,38 @@ def _dense(h, w, seed, dtype=torch.float32, size=60.0, max_wh=30.0):
     return _boxes(h * w, seed, size, max_wh, dtype).t().reshape(4, h, w).contiguous()
 
 
+# ------------------------------------------------------------------ NaN rules
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from rtpanoptic.kernels._box_score import nan_max, nan_min
+
+    @triton.jit
+    def _min_max_kernel(a_ptr, b_ptr, lo_ptr, hi_ptr, N: tl.constexpr):
+        i = tl.arange(0, N)
+        a = tl.load(a_ptr + i)
+        b = tl.load(b_ptr + i)
+        tl.store(lo_ptr + i, nan_min(a, b))
+        tl.store(hi_ptr + i, nan_max(a, b))
+
+
+def test_nan_min_max_propagate_nan_as_torch():
+    """box_math.h's rule: the box formulas' min/max/clamp propagate NaN as torch.minimum/maximum
+    (Triton's default minimum/maximum return the non-NaN operand)."""
+    from rtpanoptic.kernels._common import launch
+
+    a = torch.tensor([1.0, float("nan"), 2.0, float("nan"), -0.0, 3.0, float("inf"), 0.0], device=DEV)
+    b = torch.tensor([2.0, 1.0, float("nan"), float("nan"), 0.0, -1.0, 1.0, float("-inf")], device=DEV)
+    lo, hi = torch.empty_like(a), torch.empty_like(a)
+    launch(_min_max_kernel, (1,), a, b, lo, hi, N=8)
+    assert torch.equal(lo.isnan(), torch.minimum(a, b).isnan())
+    assert torch.equal(hi.isnan(), torch.maximum(a, b).isnan())
+    finite = ~a.isnan() & ~b.isnan()
+    assert torch.equal(lo[finite], torch.minimum(a, b)[finite])
+    assert torch.equal(hi[finite], torch.maximum(a, b)[finite])
+
+
 # ------------------------------------------------------------------ registration
 def test_every_op_is_registered_and_selected():
     import rtpanoptic.kernels  # noqa: F401

@@ -50,3 +50,29 @@ def test_unavailable_backend_explains_why():
         ops.nms(B.to("meta"), S.to("meta"), 0.5, backend="cpp")
     with pytest.raises(RuntimeError, match="cuda"):
         ops.nms(B, S, 0.5, backend="cuda")
+
+
+_CPP = "cpp" in ops.available_backends("cpu")["nms"]
+_SAME_WORDS = [
+    ("nms", (B.long(), S.long(), 0.5)),
+    ("nms", (B[:, :3], S, 0.5)),
+    ("nms", (B, torch.rand(2), 0.5)),
+    ("nms", (B, S.double(), 0.5)),
+    ("batched_nms", (B, S, torch.zeros(1), 0.5)),
+    ("batched_nms", (B, S, torch.zeros(2, dtype=torch.long), 0.5)),
+    ("box_iou", (B[:, :3], B)),
+    ("box_iou", (B, B.double())),
+    ("decode_boxes", (torch.zeros(1, 4, 2, 2, dtype=torch.int32), 8)),
+    ("iou_attention", (torch.zeros(4, 2, 2), B.double(), "iou")),
+]
+
+
+@pytest.mark.skipif(not _CPP, reason="the C++ extension is not built")
+@pytest.mark.parametrize("op,args", _SAME_WORDS, ids=lambda v: v if isinstance(v, str) else "")
+def test_cpp_checks_use_the_python_wording(op, args):
+    """A direct torch.ops.rtpanoptic caller reads the words of the public op (ops/_validate.py)."""
+    with pytest.raises((TypeError, ValueError)) as py:
+        getattr(ops, op)(*args)
+    with pytest.raises(RuntimeError) as cpp:
+        getattr(torch.ops.rtpanoptic, op)(*args)
+    assert str(cpp.value).splitlines()[0] == str(py.value)
