@@ -5,7 +5,7 @@ nested outputs, so the exported graph returns its tensors flat, in :func:`output
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -199,11 +199,14 @@ class PanopticProgram(nn.Module):
     ``pre_nms_thresh`` get score -1; those sort after every real candidate,
     so they suppress nothing in NMS and are dropped after the ``post_nms_top_n`` cut.  The
     data-dependent sizes (NMS survivors, segments) are unbacked sizes of the ops' fake kernels.
+    ``network``: how the network runs (a :class:`~rtpanoptic.execution.NetworkRunner` for another
+    precision or memory format); default ``model`` itself.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, network: Callable[[Tensor], object] | None = None):
         super().__init__()
         self.model = model
+        self.network = model if network is None else network
         self.options = model.cfg.inference
         d = model.description
         self.register_buffer("is_thing", torch.tensor(d.is_thing, dtype=torch.bool), persistent=False)
@@ -214,7 +217,7 @@ class PanopticProgram(nn.Module):
 
         m, o = self.model, self.options
         h, w = images.shape[-2], images.shape[-1]
-        out = m(m.normalize(images))
+        out = self.network(m.normalize(images))
         decoded = [ops.decode_boxes(offsets, stride) for offsets, stride in zip(out.box_offsets, m.strides)]
         boxes, scores, labels = select_candidates(decoded, out.class_logits, out.centerness, m.strides,
                                                   o.pre_nms_thresh, o.pre_nms_top_n, fixed_count=True)[0]
