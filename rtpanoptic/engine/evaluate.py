@@ -34,8 +34,8 @@ def pq_metrics(pq: dict) -> dict[str, float]:
 
 def predict_samples(predictor, dataset, indices: Sequence[int], consumers: Sequence[Consumer],
                     batch_size: int = 8, progress: bool = False) -> float:
-    """Predict the samples ``indices`` of ``dataset`` (CONTRACT.md samples: ``image`` uint8
-    ``[3, H, W]`` ...) with ``predictor``, ``batch_size`` images per call, in order; every consumer
+    """Predict the samples ``indices`` of ``dataset`` (sample dicts as :mod:`rtpanoptic.data.coco_panoptic`
+    describes: ``image`` uint8 ``[3, H, W]`` ...) with ``predictor``, ``batch_size`` images per call, in order; every consumer
     gets ``(index, sample, result)`` of each.  Returns the seconds spent in the predictor."""
     from tqdm import tqdm
 
@@ -60,7 +60,7 @@ class PanopticEvaluator:
     samples of ``dataset``.
 
     Args:
-        dataset: CONTRACT.md samples (un-augmented), with ``.description``.
+        dataset: un-augmented sample dicts (:mod:`rtpanoptic.data.coco_panoptic`), with ``.description``.
         max_images: evaluate only the first ones.
         batch_size: images per forward pass.
         backend: ``rtpanoptic.ops`` backend of the post-processing (None: fastest).

@@ -60,7 +60,7 @@ def evaluate_model(
     progress: bool = True,
     predictor_options: dict | None = None,
 ) -> dict:
-    """Predict every image of ``dataset`` (CONTRACT.md samples, un-augmented) and score it
+    """Predict every image of ``dataset`` (un-augmented sample dicts of :mod:`rtpanoptic.data.coco_panoptic`) and score it
     (the loop: :func:`rtpanoptic.engine.evaluate.predict_samples`).
 
     Writes under ``out_dir``: ``predictions/<stem>.png`` + ``predictions.json`` (COCO panoptic),
