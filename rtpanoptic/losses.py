@@ -140,10 +140,10 @@ def select_queries(
     nms_thresh: float,
     post_nms_top_n: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Query boxes of one image from the current predictions (eq. 4,
-    :func:`~rtpanoptic.candidates.select_candidates`; every location counts, the padding too: the
-    targets train it as background), class-aware NMS, the best ``post_nms_top_n`` kept.  Returns ``(boxes [Q, 4] differentiable,
-    scores [Q], classes [Q])``."""
+    """Query boxes of one image from the current predictions: the candidates of eq. 4
+    (:func:`~rtpanoptic.candidates.select_candidates`; every location counts, the padding too: the
+    targets train it as background), class-aware NMS, the best ``post_nms_top_n`` kept.
+    Returns ``(boxes [Q, 4] differentiable, scores [Q], classes [Q])``."""
     one = slice(image, image + 1)
     boxes = [ops.decode_boxes(o[one].float(), stride) for o, stride in zip(outputs.box_offsets, strides)]
     # scores from detached logits; the boxes stay attached to the offsets
