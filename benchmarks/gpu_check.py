@@ -434,7 +434,8 @@ def e2e_worker(jsonl: Path, seconds: float, dry: bool) -> int:
     """Every end-to-end case, one JSON line each as soon as it is measured (run as a subprocess)."""
     import torch
 
-    from rtpanoptic.benchmark import RunMode, exception_summary, graph_timings, heavy_postprocess_load, stage_timings
+    from rtpanoptic.benchmark import exception_summary, graph_timings, heavy_postprocess_load, stage_timings
+    from rtpanoptic.execution import RunMode
     from rtpanoptic.model import build_model
 
     end = time.monotonic() + seconds
@@ -442,14 +443,14 @@ def e2e_worker(jsonl: Path, seconds: float, dry: bool) -> int:
     torch.manual_seed(0)
     model = build_model(E2E_PRESET).eval().to(device)
     heavy_postprocess_load(model)
-    bf16 = torch.bfloat16
+    bf16 = "bf16"
     if dry:
         sizes, iters = [E2E_SIZE_DRY], 1
         eager = [RunMode(), RunMode(channels_last=True)]
         graphs, compiled = [], []
     else:
         sizes, iters = E2E_SIZES_GPU, 20
-        eager = [RunMode(), RunMode(autocast=bf16), RunMode(channels_last=True), RunMode(bf16, channels_last=True)]
+        eager = [RunMode(), RunMode(precision=bf16), RunMode(channels_last=True), RunMode(bf16, channels_last=True)]
         graphs = [RunMode(), RunMode(bf16, channels_last=True)]
         compiled = [(E2E_SIZES_GPU[0], RunMode(bf16, True, True)), (E2E_SIZES_GPU[0], RunMode(compile=True)),
                     (E2E_SIZES_GPU[1], RunMode(bf16, True, True))]

@@ -4,15 +4,17 @@
 backend on the same inputs.  See ``make bench`` and benchmarks/RESULTS.md."""
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
+
+from .execution import NetworkRunner, RunMode, capture_cuda_graph, outputs_as_fp32
+
+FP32 = RunMode()  # the network in float32, NCHW, eager
 
 
 def _device(device) -> torch.device:
@@ -65,28 +67,7 @@ def heavy_postprocess_load(model) -> None:
         model.panoptic_head.bbox_pred.bias.fill_(math.log(32.0))
 
 
-@dataclass(frozen=True)
-class RunMode:
-    """How the network runs: ``autocast`` dtype (None: float32), NHWC weights and input
-    (``channels_last``), ``torch.compile`` of the backbone+FPN and of the head (``compile``)."""
-
-    autocast: torch.dtype | None = None
-    channels_last: bool = False
-    compile: bool = False
-
-    @property
-    def name(self) -> str:
-        parts = [{None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast]]
-        parts += ["channels_last"] * self.channels_last + ["compile"] * self.compile
-        return " + ".join(parts)
-
-
-def _float32(outputs):
-    """HeadOutputs with every tensor in float32 (the post-processing input after autocast)."""
-    return type(outputs)(*[[t.float() for t in f] if isinstance(f, list) else f.float() for f in outputs])
-
-
-def stage_timings(model, image_size: Sequence[int], mode: RunMode = RunMode(), iters: int = 10,
+def stage_timings(model, image_size: Sequence[int], mode: RunMode = FP32, iters: int = 10,
                   backend: str | None = None) -> dict:
     """Median ms of each stage for one random uint8 ``[1, 3, H, W]`` image held on the host.
 
@@ -100,29 +81,25 @@ def stage_timings(model, image_size: Sequence[int], mode: RunMode = RunMode(), i
 
     device = next(model.parameters()).device
     model = copy.deepcopy(model).eval()
-    fmt = torch.channels_last if mode.channels_last else torch.contiguous_format
-    model = model.to(memory_format=fmt)
-    if mode.compile:
+    if mode.compile:  # per stage, so that each stage is timed alone
         model.backbone.compile()
         model.panoptic_head.compile()
-    predictor = Predictor(model, backend=backend)
+    predictor = Predictor(model, backend=backend, precision=mode.precision, channels_last=mode.channels_last)
+    runner = predictor.network
     h, w = int(image_size[0]), int(image_size[1])
     image = torch.randint(0, 256, (1, 3, h, w), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
 
-    def amp():
-        return torch.autocast(device.type, dtype=mode.autocast) if mode.autocast else contextlib.nullcontext()
-
     def prep():
         x, sizes = predictor.preprocess(image)
-        return x.contiguous(memory_format=fmt), sizes
+        return runner.prepare(x), sizes
 
     def backbone(x):
-        with amp():
+        with runner.autocast(device.type):
             return model.backbone(x)
 
     def head(feats, hw):
-        with amp():
-            return _float32(model.panoptic_head(feats, hw))
+        with runner.autocast(device.type):
+            return outputs_as_fp32(model.panoptic_head(feats, hw))
 
     def end_to_end():
         x, sizes = prep()
@@ -151,26 +128,7 @@ def stage_timings(model, image_size: Sequence[int], mode: RunMode = RunMode(), i
     return report
 
 
-class _AutocastNet(torch.nn.Module):
-    """``model`` run under autocast, its outputs returned in float32; other attributes pass through."""
-
-    def __init__(self, model, dtype: torch.dtype):
-        super().__init__()
-        self.net, self.dtype = model, dtype
-
-    def forward(self, images):
-        with torch.autocast(images.device.type, dtype=self.dtype):
-            outputs = self.net(images)
-        return _float32(outputs)
-
-    def __getattr__(self, name):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.net, name)
-
-
-def graph_timings(model, image_size: Sequence[int], mode: RunMode = RunMode(), iters: int = 20) -> dict:
+def graph_timings(model, image_size: Sequence[int], mode: RunMode = FP32, iters: int = 20) -> dict:
     """The network + post-processing of one fixed-size image (:class:`rtpanoptic.export.PanopticProgram`)
     captured in one CUDA graph and replayed: ``{"end_to_end_ms", "fps"}``, or ``end_to_end_error``
     with the reason the capture failed; then the network alone: ``network_ms`` or ``network_error``.
@@ -178,20 +136,18 @@ def graph_timings(model, image_size: Sequence[int], mode: RunMode = RunMode(), i
     from .export import PanopticProgram
 
     device = next(model.parameters()).device
-    fmt = torch.channels_last if mode.channels_last else torch.contiguous_format
-    net = copy.deepcopy(model).eval().to(memory_format=fmt)
-    if mode.autocast is not None:
-        net = _AutocastNet(net, mode.autocast)
+    net = copy.deepcopy(model).eval()
+    runner = NetworkRunner(net, mode.precision, mode.channels_last)
     h, w = int(image_size[0]), int(image_size[1])
     image = torch.randint(0, 256, (1, 3, h, w), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     image = image.to(device)
-    program = PanopticProgram(net).eval()
-    x = net.normalize(image).contiguous(memory_format=fmt)
+    program = PanopticProgram(net, network=runner).eval()
+    x = runner.prepare(net.normalize(image))
     report: dict = {}
     with torch.no_grad():
-        for key, fn in (("end_to_end", lambda: program(image)), ("network", lambda: net(x))):
+        for key, fn in (("end_to_end", lambda: program(image)), ("network", lambda: runner(x))):
             try:
-                graph = _capture(fn)
+                graph, _ = capture_cuda_graph(fn, device)
                 report[f"{key}_ms"] = time_ms(graph.replay, iters, device)
             except Exception as exc:  # the reason is the result
                 report[f"{key}_error"] = exception_summary(exc)
@@ -199,21 +155,6 @@ def graph_timings(model, image_size: Sequence[int], mode: RunMode = RunMode(), i
     if "end_to_end_ms" in report:
         report["fps"] = 1e3 / report["end_to_end_ms"]
     return report
-
-
-def _capture(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
-    """``fn`` warmed up on a side stream (as CUDA graphs require), then captured."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
 
 
 def exception_summary(exc: BaseException) -> str:

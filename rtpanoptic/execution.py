@@ -16,7 +16,11 @@ otherwise) or on a GPU.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +29,21 @@ from .model.outputs import HeadOutputs
 
 # precision name -> autocast dtype (None: no autocast, plain fp32)
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class RunMode:
+    """The settings of a :class:`NetworkRunner`, as a value (benchmark tables, the GPU check):
+    ``precision`` (a :data:`PRECISIONS` name), ``channels_last``, ``compile``."""
+
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def name(self) -> str:
+        """``"bf16 + channels_last + compile"`` style label."""
+        return " + ".join([self.precision] + ["channels_last"] * self.channels_last + ["compile"] * self.compile)
 
 
 def default_channels_last(device: torch.device | str, precision: str) -> bool:
@@ -102,20 +121,31 @@ class NetworkRunner:
         else:
             self._forward = model
 
-    def __call__(self, x: Tensor) -> HeadOutputs:
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def prepare(self, x: Tensor) -> Tensor:
+        """The input in the runner's memory format (NHWC with ``channels_last``)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def autocast(self, device_type: str) -> contextlib.AbstractContextManager:
+        """The autocast region of the runner's precision (disabled for fp32) on ``device_type``."""
         dtype = PRECISIONS[self.precision]
         # cache_enabled=False: the weight-cast cache saves nothing in a forward pass (each weight is
         # used once) and must be off while a CUDA graph is captured.
-        with torch.autocast(x.device.type, dtype=dtype or torch.float32, enabled=dtype is not None,
-                            cache_enabled=False):
+        return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None,
+                              cache_enabled=False)
+
+    def __call__(self, x: Tensor) -> HeadOutputs:
+        x = self.prepare(x)
+        with self.autocast(x.device.type):
             outputs = self._forward(x)
         return outputs_as_fp32(outputs)
 
+    @property
+    def mode(self) -> RunMode:
+        return RunMode(self.precision, self.channels_last, bool(self.compile))
+
     def describe(self) -> dict:
         """The settings, for reports: ``{"precision", "channels_last", "compile"}``."""
-        return {"precision": self.precision, "channels_last": self.channels_last, "compile": bool(self.compile)}
+        return dataclasses.asdict(self.mode)
 
 
 class CUDAGraphRunner:
@@ -147,13 +177,23 @@ class CUDAGraphRunner:
 
     def _capture(self, x: Tensor):
         static_in = x.clone()
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # lazy initialisation and cuDNN autotuning happen outside the capture
-                self.runner(static_in)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self.runner(static_in)
+        graph, static_out = capture_cuda_graph(lambda: self.runner(static_in), x.device)
         return graph, static_in, static_out
+
+
+def capture_cuda_graph(fn: Callable[[], object], device: torch.device | str) -> tuple[torch.cuda.CUDAGraph, object]:
+    """``(graph, output)``: ``fn`` run twice on a side stream (lazy initialisation and cuDNN
+    autotuning happen outside the capture), then captured in a CUDA graph on ``device``; ``output``
+    is what the captured call returned (its tensors are rewritten by every ``graph.replay()``)."""
+    device = torch.device(device)
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    torch.cuda.synchronize(device)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = fn()
+    return graph, output

@@ -5,12 +5,13 @@ nested outputs, so the exported graph returns its tensors flat, in :func:`output
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
+from .candidates import select_candidates
 from .inference import nms_queries, semantic_probs_on
 
 
@@ -194,14 +195,18 @@ class PanopticProgram(nn.Module):
     int64 ``[S]`` (query index, -1 for stuff), ``scores [S])``.
 
     Same result as the Predictor: the per-level candidates are a fixed ``pre_nms_top_n`` top-k
-    whose entries below ``pre_nms_thresh`` get score -1; those sort after every real candidate,
+    (:func:`~rtpanoptic.candidates.select_candidates` with ``fixed_count``) whose entries below
+    ``pre_nms_thresh`` get score -1; those sort after every real candidate,
     so they suppress nothing in NMS and are dropped after the ``post_nms_top_n`` cut.  The
     data-dependent sizes (NMS survivors, segments) are unbacked sizes of the ops' fake kernels.
+    ``network``: how the network runs (a :class:`~rtpanoptic.execution.NetworkRunner` for another
+    precision or memory format); default ``model`` itself.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, network: Callable[[Tensor], object] | None = None):
         super().__init__()
         self.model = model
+        self.network = model if network is None else network
         self.options = model.cfg.inference
         d = model.description
         self.register_buffer("is_thing", torch.tensor(d.is_thing, dtype=torch.bool), persistent=False)
@@ -212,21 +217,12 @@ class PanopticProgram(nn.Module):
 
         m, o = self.model, self.options
         h, w = images.shape[-2], images.shape[-1]
-        out = m(m.normalize(images))
-        all_boxes, all_scores, all_labels = [], [], []
-        for stride, logits, ctr, offsets in zip(m.strides, out.class_logits, out.centerness, out.box_offsets):
-            boxes = ops.decode_boxes(offsets, stride)[0]
-            prob = logits[0].sigmoid()
-            score = prob * ctr[0].sigmoid()
-            hw = prob.shape[1] * prob.shape[2]
-            score = torch.where(prob > o.pre_nms_thresh, score, torch.full_like(score, -1.0)).flatten()
-            top, idx = score.topk(min(o.pre_nms_top_n, score.numel()))
-            all_boxes.append(boxes.reshape(4, hw)[:, idx % hw].t())
-            all_scores.append(top)
-            all_labels.append(idx // hw)
-        boxes, scores, labels = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_labels)
+        out = self.network(m.normalize(images))
+        decoded = [ops.decode_boxes(offsets, stride) for offsets, stride in zip(out.box_offsets, m.strides)]
+        boxes, scores, labels = select_candidates(decoded, out.class_logits, out.centerness, m.strides,
+                                                  o.pre_nms_thresh, o.pre_nms_top_n, fixed_count=True)[0]
         boxes, keep = nms_queries(boxes, scores, labels, (h, w), o)
-        keep = keep[scores[keep] > 0]
+        keep = keep[scores[keep] >= 0]  # the slots that hold no candidate score NO_CANDIDATE < 0
         ls = m.levelness_stride
         dense, _ = ops.gather_levelness(list(out.box_offsets), out.levelness, out_stride=ls)
         seg = ops.panoptic_from_dense(

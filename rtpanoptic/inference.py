@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
+from .candidates import select_candidates
 from .data.description import DatasetDescription
 from .execution import NetworkRunner
 from .model.config import InferenceConfig, validate_config
@@ -242,35 +243,16 @@ class Predictor:
 
     @torch.no_grad()
     def detect(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[Detections]:
-        """Per-level thresholds and top-k, decoding, NMS: the queries of every image."""
+        """Per-level thresholds and top-k (:func:`~rtpanoptic.candidates.select_candidates`, candidates
+        in the padding dropped), decoding, NMS: the queries of every image."""
         o, be = self.options, self.backend
-        per_image: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in sizes]
-        for stride, logits, ctr, offsets in zip(
-            self.model.strides, outputs.class_logits, outputs.centerness, outputs.box_offsets
-        ):
-            boxes = ops.decode_boxes(offsets, stride, backend=be)  # [B, 4, h, w]
-            prob = logits.sigmoid()
-            score = prob * ctr.sigmoid()
-            hl, wl = prob.shape[2], prob.shape[3]
-            hw = hl * wl
-            centres_y = torch.arange(hl, device=prob.device) * stride + stride // 2
-            centres_x = torch.arange(wl, device=prob.device) * stride + stride // 2
-            for b, (h, w) in enumerate(sizes):
-                # candidates: p above the threshold at a location inside the image (not the padding)
-                inside = (centres_y[:, None] < h) & (centres_x[None, :] < w)
-                _p, s = prob[b].flatten(), score[b].flatten()
-                passing = ((prob[b] > o.pre_nms_thresh) & inside).flatten()
-                s = torch.where(passing, s, torch.full_like(s, -1.0))
-                n = min(int(passing.sum()), o.pre_nms_top_n)
-                top, idx = s.topk(n)
-                loc = idx % hw
-                per_image[b].append((boxes[b].reshape(4, hw)[:, loc].t(), top, idx // hw))
+        boxes = [ops.decode_boxes(offsets, stride, backend=be)
+                 for offsets, stride in zip(outputs.box_offsets, self.model.strides)]
+        candidates = select_candidates(boxes, outputs.class_logits, outputs.centerness, self.model.strides,
+                                       o.pre_nms_thresh, o.pre_nms_top_n, image_sizes=sizes)
         results = []
-        for b, (h, w) in enumerate(sizes):
-            boxes = torch.cat([t[0] for t in per_image[b]])
-            scores = torch.cat([t[1] for t in per_image[b]])
-            labels = torch.cat([t[2] for t in per_image[b]])
-            boxes, keep = nms_queries(boxes, scores, labels, (h, w), o, be)
+        for (boxes, scores, labels), size in zip(candidates, sizes):
+            boxes, keep = nms_queries(boxes, scores, labels, size, o, be)
             results.append(Detections(boxes[keep], scores[keep], labels[keep]))
         return results
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
+from .candidates import select_candidates
 from .model.outputs import HeadOutputs
 from .targets import FCOS_SIZE_RANGES, IGNORE, TargetConfig, Targets, build_targets, sample_masks
 
@@ -139,33 +140,17 @@ def select_queries(
     nms_thresh: float,
     post_nms_top_n: int,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Query boxes of one image from the current predictions (eq. 4): per level, candidates with
-    class probability > ``pre_nms_thresh`` scored by ``p * centerness`` (top ``pre_nms_top_n``),
-    class-aware NMS, the best ``post_nms_top_n`` kept.  Returns ``(boxes [Q, 4] differentiable,
-    scores [Q], classes [Q])``."""
-    all_boxes, all_scores, all_classes = [], [], []
-    for offsets, ctr, cls, stride in zip(outputs.box_offsets, outputs.centerness, outputs.class_logits, strides):
-        with torch.no_grad():
-            prob = torch.sigmoid(cls[image].float())  # [K, h, w]
-            score = prob * torch.sigmoid(ctr[image, 0].float())[None]
-            cand = prob > pre_nms_thresh
-            k_idx, y_idx, x_idx = torch.nonzero(cand, as_tuple=True)
-            s = score[k_idx, y_idx, x_idx]
-            if s.numel() > pre_nms_top_n:
-                top = s.topk(pre_nms_top_n).indices
-                k_idx, y_idx, x_idx, s = k_idx[top], y_idx[top], x_idx[top], s[top]
-        if s.numel() == 0:
-            continue
-        o = offsets[image, :, y_idx, x_idx].float().t()  # [n, 4]
-        cx = (x_idx * stride + stride // 2).to(o.dtype)
-        cy = (y_idx * stride + stride // 2).to(o.dtype)
-        all_boxes.append(torch.stack([cx - o[:, 0], cy - o[:, 1], cx + o[:, 2], cy + o[:, 3]], dim=1))
-        all_scores.append(s)
-        all_classes.append(k_idx)
-    if not all_boxes:
-        dev = outputs.levelness.device
-        return torch.zeros((0, 4), device=dev), torch.zeros((0,), device=dev), torch.zeros((0,), dtype=torch.int64, device=dev)
-    boxes, scores, classes = torch.cat(all_boxes), torch.cat(all_scores), torch.cat(all_classes)
+    """Query boxes of one image from the current predictions: the candidates of eq. 4
+    (:func:`~rtpanoptic.candidates.select_candidates`; every location counts, the padding too: the
+    targets train it as background), class-aware NMS, the best ``post_nms_top_n`` kept.
+    Returns ``(boxes [Q, 4] differentiable, scores [Q], classes [Q])``."""
+    one = slice(image, image + 1)
+    boxes = [ops.decode_boxes(o[one].float(), stride) for o, stride in zip(outputs.box_offsets, strides)]
+    # scores from detached logits; the boxes stay attached to the offsets
+    boxes, scores, classes = select_candidates(
+        boxes, [c[one].detach() for c in outputs.class_logits], [c[one].detach() for c in outputs.centerness],
+        strides, pre_nms_thresh, pre_nms_top_n,
+    )[0]
     keep = ops.batched_nms(boxes.detach(), scores, classes, nms_thresh)[:post_nms_top_n]
     return boxes[keep], scores[keep], classes[keep]
 

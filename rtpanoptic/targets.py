@@ -1,7 +1,7 @@
 """Training targets (paper §4.1, eqs. 8-10 and 13; weak supervision §5.6 / appendix C).
 
 Every location of every FPN level sits at the image point ``floor(s/2) + i*s`` (stride s, as
-:func:`rtpanoptic.ops.reference.locations`).  A location is foreground when that point lies inside
+:func:`rtpanoptic.ops.grid.cell_centres`).  A location is foreground when that point lies inside
 a ground-truth instance mask (weakly supervised: inside a ground-truth box, overlaps going to the
 smallest box).  A foreground location gets
 
@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .ops.reference import locations
+from .ops.grid import cell_centres
 
 FCOS_SIZE_RANGES: tuple[tuple[float, float], ...] = (
     (0.0, 64.0),
@@ -133,8 +133,8 @@ def assign_points(
 
 
 def _grid(h: int, w: int, stride: int, device) -> tuple[Tensor, Tensor]:
-    ys = locations(h, stride, torch.int64, device)
-    xs = locations(w, stride, torch.int64, device)
+    ys = cell_centres(h, stride, torch.int64, device)
+    xs = cell_centres(w, stride, torch.int64, device)
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return xx.reshape(-1), yy.reshape(-1)
 
@@ -236,6 +236,6 @@ def build_targets(batch: dict, cfg: TargetConfig = TargetConfig()) -> Targets:
 def sample_masks(masks: Tensor, stride: int) -> Tensor:
     """Masks ``[N, H, W]`` sampled at the cell centres of a stride-``stride`` grid -> ``[N, H/s, W/s]``."""
     h, w = masks.shape[-2] // stride, masks.shape[-1] // stride
-    ys = locations(h, stride, torch.int64, masks.device)
-    xs = locations(w, stride, torch.int64, masks.device)
+    ys = cell_centres(h, stride, torch.int64, masks.device)
+    xs = cell_centres(w, stride, torch.int64, masks.device)
     return masks[:, ys][:, :, xs]

@@ -92,7 +92,7 @@ def _tiny_real_network():
     """The synthetic training preset's network (ResNet-18, 32-channel FPN and head), random weights."""
     from rtpanoptic.data import SYNTHETIC
     from rtpanoptic.engine import train_preset
-    from rtpanoptic.engine.trainer import build_model_from_config
+    from rtpanoptic.engine.factories import build_model_from_config
 
     torch.manual_seed(0)
     return build_model_from_config(train_preset("synthetic"), SYNTHETIC).eval()

@@ -208,7 +208,7 @@ def test_evaluator_keeps_the_training_models_layout(synthetic_val):
 
     model = _model()
     metrics = PanopticEvaluator(synthetic_val, max_images=1)(model)
-    assert 0.0 <= metrics["pq"] <= 100.0
+    assert 0.0 <= metrics["PQ"] <= 100.0
     assert not _is_channels_last(model)
 
 

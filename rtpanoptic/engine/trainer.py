@@ -6,6 +6,12 @@ eq. 19 (:class:`rtpanoptic.losses.PanopticCriterion`, always in float32), a fini
 every loss part (all ranks agree before anything is applied), backward, optional gradient
 clipping, SGD step, scheduler step.  Rank 0 alone logs (tqdm, optional TensorBoard) and writes
 checkpoints (atomically); evaluation is a pluggable callable.
+
+The loop is a :class:`TrainerBase` (steps, stopping) whose :class:`Trainer` defines the step; each
+other concern is a hook that reads alone (as detectron2's ``TrainerBase`` + hooks):
+:class:`LoggingHook`, :class:`BufferSyncHook`, :class:`CheckpointHook`, :class:`EvalHook`, run in
+that order after every step.  :func:`train` sets them up (data and model from
+:mod:`rtpanoptic.engine.factories`).
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from .distributed import (
     init_distributed,
     unwrap,
 )
+from .factories import build_dataset_from_config, build_model_from_config
 
 # evaluator(model, step) -> {"metric": value}; called on rank 0 with the unwrapped model in eval mode
 Evaluator = Callable[[torch.nn.Module, int], dict[str, float]]
@@ -75,9 +82,16 @@ class WarmupMultiStep:
         return factor
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, world_size: int = 1) -> torch.optim.SGD:
+def scaled_lr(cfg: TrainConfig, world_size: int = 1) -> float:
+    """The base learning rate of ``cfg.optim`` for ``world_size`` processes (linear scaling if asked)."""
     o = cfg.optim
-    lr = o.lr * (world_size / o.reference_world_size if o.scale_lr_with_world_size else 1.0)
+    return o.lr * (world_size / o.reference_world_size if o.scale_lr_with_world_size else 1.0)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, world_size: int = 1) -> torch.optim.SGD:
+    """SGD with momentum over the trainable parameters; norms and biases without weight decay
+    when ``optim.no_decay_norm_bias``."""
+    o = cfg.optim
     decay, no_decay = [], []
     norm_types = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
     for module in model.modules():
@@ -89,75 +103,21 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, world_size: int = 
     groups = [{"params": decay, "weight_decay": o.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    return torch.optim.SGD(groups, lr=lr, momentum=o.momentum)
+    return torch.optim.SGD(groups, lr=scaled_lr(cfg, world_size), momentum=o.momentum)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, world_size: int = 1,
+                    step: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """The warm-up + multi-step schedule of ``cfg`` after ``step`` steps: every group's lr set to
+    ``scaled_lr * WarmupMultiStep(step)``.  The schedule follows the config alone, so a resumed run
+    follows the config it is resumed with (a longer schedule, another lr) and the same config
+    continues exactly."""
     s = cfg.schedule
+    for group in optimizer.param_groups:
+        group["initial_lr"] = scaled_lr(cfg, world_size)
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, WarmupMultiStep(s.warmup_steps, s.warmup_factor, s.milestones, s.gamma)
+        optimizer, WarmupMultiStep(s.warmup_steps, s.warmup_factor, s.milestones, s.gamma), last_epoch=step - 1
     )
-
-
-def _reapply_schedule(optimizer, scheduler, cfg: TrainConfig, world_size: int) -> None:
-    """After loading a checkpoint: the lr and schedule of ``cfg`` win over the saved ones (a run
-    resumed with a longer schedule follows the new one); the same config changes nothing."""
-    fresh = build_optimizer(torch.nn.Linear(1, 1), cfg, world_size).param_groups[0]["lr"]
-    s = cfg.schedule
-    scheduler.lr_lambdas = [WarmupMultiStep(s.warmup_steps, s.warmup_factor, s.milestones, s.gamma)
-                            for _ in optimizer.param_groups]
-    scheduler.base_lrs = [fresh for _ in optimizer.param_groups]
-    for group, base, fn in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-        group["initial_lr"] = base
-        group["lr"] = base * fn(scheduler.last_epoch)
-    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
-
-
-def build_transforms(cfg: TrainConfig, ignore_label: int = 255):
-    from ..data import transforms as T
-
-    d = cfg.data
-    if d.transforms == "none":
-        return None
-    if d.transforms == "synthetic":
-        return T.synthetic_train_transforms(d.synthetic_size, tuple(d.scale), ignore_label)
-    if d.transforms == "cityscapes":
-        return T.cityscapes_train_transforms(tuple(d.crop_size), tuple(d.scale), ignore_label)
-    return T.coco_train_transforms(tuple(d.min_sizes), d.max_size)
-
-
-def _synthetic_config(cfg: TrainConfig):
-    from ..data import SyntheticConfig
-
-    d = cfg.data
-    changes = {
-        k: v
-        for k, v in (("num_train", d.synthetic_num_train), ("num_val", d.synthetic_num_val),
-                     ("image_size", d.synthetic_image_size))
-        if v is not None
-    }
-    return SyntheticConfig(**changes)
-
-
-def build_dataset_from_config(cfg: TrainConfig, split: str, train: bool = True):
-    """The dataset of ``cfg.data`` for ``split`` (training transforms when ``train``)."""
-    from ..data import build_dataset, get_description
-
-    d = cfg.data
-    ignore = 255
-    with contextlib.suppress(ValueError, KeyError):
-        ignore = get_description(d.name).ignore_label
-    transforms = build_transforms(cfg, ignore) if train else None
-    synthetic_cfg = _synthetic_config(cfg) if d.name == "synthetic" else None
-    if d.name == "synthetic":
-        return build_dataset(d.name, d.root, split, transforms, synthetic_cfg=synthetic_cfg)
-    return build_dataset(d.name, d.root, split, transforms)
-
-
-def build_model_from_config(cfg: TrainConfig, description):
-    from ..model import build_model
-
-    return build_model(cfg.model.preset, description, overrides=list(cfg.model.overrides))
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
@@ -178,8 +138,68 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return out
 
 
-class _Logger:
-    """Rank-0 logging: running means of the loss parts, tqdm postfix, TensorBoard scalars."""
+class HookBase:
+    """One concern of the training loop, run by :class:`TrainerBase` around its steps (as
+    detectron2's hooks): ``before_train``, ``after_step`` (``self.trainer.step`` is the step just
+    done, ``self.trainer.last`` whether it is the last one), ``after_train`` (also after an error)."""
+
+    trainer: TrainerBase
+
+    def before_train(self) -> None:
+        pass
+
+    def after_step(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+
+class TrainerBase:
+    """Runs ``run_step`` for steps ``start + 1 .. max_steps`` and its hooks around them; stops early
+    when :meth:`stop_now` says so.  Subclasses define the step."""
+
+    def __init__(self, hooks: list[HookBase] = ()):
+        self.hooks: list[HookBase] = []
+        self.step = 0
+        self.last = False
+        self.register_hooks(hooks)
+
+    def register_hooks(self, hooks) -> None:
+        for h in hooks:
+            h.trainer = self
+            self.hooks.append(h)
+
+    def run_step(self) -> None:
+        raise NotImplementedError
+
+    def stop_now(self) -> bool:
+        """Whether to stop after the current step although steps are left."""
+        return False
+
+    def train(self, start: int, max_steps: int) -> int:
+        """Run steps ``start + 1 .. max_steps``; returns the last step done (``start`` if none)."""
+        self.step = start
+        for h in self.hooks:
+            h.before_train()
+        try:
+            for step in range(start + 1, max_steps + 1):
+                self.step = step
+                self.run_step()
+                self.last = step == max_steps or self.stop_now()
+                for h in self.hooks:
+                    h.after_step()
+                if self.last:
+                    break
+        finally:
+            for h in self.hooks:
+                h.after_train()
+        return self.step
+
+
+class LoggingHook(HookBase):
+    """Rank-0 logging: running means of the loss parts every ``runtime.log_every`` steps (and after
+    the last), tqdm postfix, TensorBoard scalars, the evaluation metrics; the history of records."""
 
     def __init__(self, cfg: TrainConfig, info: DistInfo, start: int, history: list[dict[str, float]] = ()):
         self.cfg, self.info = cfg, info
@@ -242,15 +262,84 @@ class _Logger:
             if self.bar is not None:
                 self.bar.write(f"step {step}: " + ", ".join(f"{k}={float(v):.4g}" for k, v in metrics.items()))
 
-    def update(self, n: int = 1) -> None:
+    def write(self, message: str) -> None:
         if self.bar is not None:
-            self.bar.update(n)
+            self.bar.write(message)
 
-    def close(self) -> None:
+    def after_step(self) -> None:
+        t = self.trainer
+        self.add(t.log_values)
+        if self.bar is not None:
+            self.bar.update(1)
+        if t.last and t.step < self.cfg.schedule.max_steps:
+            self.write(f"runtime.time_limit_s={self.cfg.runtime.time_limit_s} reached: stopping after step {t.step}")
+        if t.step % self.cfg.runtime.log_every == 0 or t.last:
+            self.flush(t.step, t.lr)
+
+    def after_train(self) -> None:
         if self.bar is not None:
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+
+class BufferSyncHook(HookBase):
+    """After the last step: every replica takes rank 0's buffers (BN statistics), so the model
+    saved, evaluated and returned is the same on every rank."""
+
+    def __init__(self, info: DistInfo):
+        self.info = info
+
+    def after_step(self) -> None:
+        if self.trainer.last:
+            broadcast_buffers(self.trainer.model, self.info)
+
+
+class CheckpointHook(HookBase):
+    """Every ``runtime.checkpoint_every`` steps and after the last: rank 0 writes ``last.pt`` (and
+    ``step_<n>.pt`` with ``runtime.keep_checkpoints``) holding the model, optimiser, scheduler,
+    scaler, config and the log history; every rank waits for it."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, out_dir: Path, history: Callable[[], list]):
+        self.cfg, self.info, self.out_dir, self.history = cfg, info, out_dir, history
+        self.written: Path | None = None
+
+    def after_step(self) -> None:
+        t, r = self.trainer, self.cfg.runtime
+        if t.step % r.checkpoint_every and not t.last:
+            return
+        if self.info.is_main:
+            state = dict(model=t.model, optimizer=t.optimizer, scheduler=t.scheduler, scaler=t.scaler,
+                         step=t.step, config=to_dict(self.cfg), extra={"history": self.history()})
+            self.written = save_checkpoint(self.out_dir / LAST, **state)
+            if r.keep_checkpoints:
+                save_checkpoint(self.out_dir / f"step_{t.step:07d}.pt", **state)
+        barrier(self.info)
+
+
+class EvalHook(HookBase):
+    """Every ``runtime.eval_every`` steps and after the last: rank 0 runs ``evaluator(model, step)``
+    on the unwrapped model in eval mode (``on_metrics`` gets the result); every rank waits for it.
+    ``enabled``: whether any rank has an evaluator (all ranks agree, so all reach the barrier)."""
+
+    def __init__(self, evaluator: Evaluator | None, every: int, info: DistInfo, enabled: bool,
+                 on_metrics: Callable[[int, dict[str, float]], None]):
+        self.evaluator, self.every, self.info, self.enabled = evaluator, every, info, enabled
+        self.on_metrics = on_metrics
+        self.metrics: dict[str, float] = {}
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if not self.enabled or not ((self.every and t.step % self.every == 0) or t.last):
+            return
+        if self.info.is_main and self.evaluator is not None:
+            t.model.eval()
+            with torch.no_grad():
+                self.metrics = dict(self.evaluator(t.model, t.step))
+            t.model.train()
+            self.on_metrics(t.step, self.metrics)
+        barrier(self.info)
+
 
 
 def _check_finite(parts: dict[str, torch.Tensor], total: torch.Tensor, step: int, info: DistInfo) -> None:
@@ -270,6 +359,67 @@ def _check_finite(parts: dict[str, torch.Tensor], total: torch.Tensor, step: int
         )
 
 
+class Trainer(TrainerBase):
+    """The step of :func:`train`: a batch, ``normalize``, the forward pass (autocast), the losses
+    (float32), a finiteness check every rank agrees on, backward, optional clipping, the optimiser
+    and scheduler steps; the last step's lr and loss values are kept for the hooks.  After the last
+    step the replicas' buffers are made identical (BN statistics)."""
+
+    def __init__(self, cfg: TrainConfig, info: DistInfo, net, model, criterion, optimizer, scheduler, scaler,
+                 batches, hooks: list[HookBase] = ()):
+        super().__init__(hooks)
+        self.cfg, self.info = cfg, info
+        self.net, self.model, self.criterion = net, model, criterion
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.batches = batches
+        self.amp_dtype = resolve_amp(cfg.runtime.amp, info.device)
+        self.channels_last = cfg.runtime.channels_last and info.device.type == "cuda"
+        self.lr = 0.0
+        self.log_values: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def run_step(self) -> None:
+        batch = _to_device(next(self.batches), self.info.device)
+        images = unwrap(self.net).normalize(batch["images"])
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        autocast = (torch.autocast(self.info.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        with autocast:
+            outputs = self.net(images)
+        total, parts = self.criterion(outputs, batch)  # float32 (the criterion upcasts)
+        _check_finite(parts, total, self.step, self.info)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        if self.cfg.optim.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.clip_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        self.log_values = {"total": float(total.detach()), **{n: float(parts[n].detach()) for n in LOSS_NAMES},
+                           "num_fg": parts["num_fg"], "num_queries": parts["num_queries"]}
+
+    def stop_now(self) -> bool:
+        limit = self.cfg.runtime.time_limit_s
+        if limit is None:
+            return False
+        over = float(time.perf_counter() - self.t0 > limit)
+        return all_reduce_mean(over, self.info) > 0  # every rank stops at the same step
+
+    def train(self, start: int, max_steps: int) -> int:
+        self.t0 = time.perf_counter()
+        return super().train(start, max_steps)
+
+
 def train(
     cfg: TrainConfig,
     *,
@@ -284,7 +434,7 @@ def train(
         model: a network to train instead of ``build_model(cfg.model...)`` (it must return
             :class:`~rtpanoptic.model.HeadOutputs` and have ``normalize``, ``strides``,
             ``levelness_stride``, ``semantic_stride``).
-        train_set: a dataset of CONTRACT.md samples (with ``.description``) instead of
+        train_set: sample dicts (:mod:`rtpanoptic.data.coco_panoptic`, with ``.description``) instead of
             ``cfg.data``'s.
         evaluator: ``evaluator(model, step) -> {name: value}``, run on rank 0 every
             ``runtime.eval_every`` steps and after the last step.  None with ``eval_every > 0``:
@@ -302,69 +452,33 @@ def train(
     validate_train_config(cfg)
     r = cfg.runtime
     info = init_distributed(r.device, r.dist_backend)
-    logger = None
     threads_before = torch.get_num_threads()
     try:
         if r.threads is not None and info.device.type == "cpu":
             torch.set_num_threads(int(r.threads))
         torch.manual_seed(r.seed)  # same initial weights on every rank (DDP also broadcasts them)
         out_dir = Path(r.output_dir)
-
         if train_set is None:
-            if info.is_main:  # rank 0 generates / indexes the data first
-                train_set = build_dataset_from_config(cfg, cfg.data.train_split)
-            barrier(info)
-            if not info.is_main:
-                train_set = build_dataset_from_config(cfg, cfg.data.train_split)
+            train_set = _on_main_first(info, lambda: build_dataset_from_config(cfg, cfg.data.train_split))
         description = train_set.description
         if model is None:
             model = build_model_from_config(cfg, description)
         model.to(info.device)
-        channels_last = r.channels_last and info.device.type == "cuda"
-        if channels_last:
+        if r.channels_last and info.device.type == "cuda":
             model.to(memory_format=torch.channels_last)
-        amp_dtype = resolve_amp(r.amp, info.device)
-        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-
+        scaler = torch.amp.GradScaler("cuda") if resolve_amp(r.amp, info.device) == torch.float16 else None
         optimizer = build_optimizer(model, cfg, info.world_size)
-        scheduler = build_scheduler(optimizer, cfg)
-        start = 0
-        history: list[dict[str, float]] = []  # the log records of the steps before a resume
-        if info.is_main:
-            remove_stale_temporaries(out_dir)  # of saves killed mid-write
-        resume_path = find_resume(r.resume, out_dir)
-        if resume_path is not None:
-            state = load_checkpoint(resume_path, model=model, optimizer=optimizer, scheduler=scheduler,
-                                    scaler=scaler, map_location=info.device)
-            start = int(state["step"])
-            history = [h for h in (state.get("extra") or {}).get("history", []) if h.get("step", 0) <= start]
-            _reapply_schedule(optimizer, scheduler, cfg, info.world_size)
+        start, history = _resume(cfg, info, out_dir, model, optimizer, scaler)
+        scheduler = build_scheduler(optimizer, cfg, info.world_size, step=start)
         if info.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, out_dir / "config.yaml")
-
-        net = model
-        if info.distributed and r.sync_bn and info.device.type == "cuda":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            net = model
-        if info.distributed:
-            ddp_kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
-            net = torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
-
+        model, net = _parallel(model, info, r.sync_bn)
         criterion = PanopticCriterion(
             cfg.loss, model.strides, model.levelness_stride, model.semantic_stride,
             description.ignore_label, reduce_mean=partial(all_reduce_mean, info=info) if info.distributed else None,
         )
-        from ..data import collate
-
-        sampler = StepSampler(train_set, info.rank, info.world_size, seed=r.seed, start=start * r.batch_size)
-        loader = torch.utils.data.DataLoader(
-            SeededDataset(train_set), batch_size=r.batch_size, sampler=sampler,
-            collate_fn=partial(collate, ignore_label=description.ignore_label),
-            num_workers=cfg.data.num_workers, pin_memory=info.device.type == "cuda",
-        )
-        batches = iter(loader)
-
+        batches = _batches(cfg, info, train_set, start)
         if evaluator is None and r.eval_every > 0 and info.is_main:
             from .evaluate import PanopticEvaluator
 
@@ -372,83 +486,70 @@ def train(
             evaluator = PanopticEvaluator(val_set, max_images=r.eval_max_images, batch_size=r.batch_size)
         # every rank must agree on whether evaluation (and its barrier) happens
         any_evaluator = all_reduce_mean(float(evaluator is not None), info) > 0
-        logger = _Logger(cfg, info, start, history)
-        metrics: dict[str, float] = {}
-        last_ckpt: Path | None = None
-        t0 = time.perf_counter()
+
+        logging = LoggingHook(cfg, info, start, history)
+        checkpoints = CheckpointHook(cfg, info, out_dir, lambda: logging.history)
+        evaluation = EvalHook(evaluator, r.eval_every, info, any_evaluator, logging.metrics)
+        trainer = Trainer(cfg, info, net, model, criterion, optimizer, scheduler, scaler,
+                          batches, hooks=[logging, BufferSyncHook(info), checkpoints, evaluation])
         net.train()
-        for step in range(start + 1, cfg.schedule.max_steps + 1):
-            batch = _to_device(next(batches), info.device)
-            images = unwrap(net).normalize(batch["images"])
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            autocast = (torch.autocast(info.device.type, dtype=amp_dtype) if amp_dtype is not None
-                        else contextlib.nullcontext())
-            with autocast:
-                outputs = net(images)
-            total, parts = criterion(outputs, batch)  # float32 (the criterion upcasts)
-            _check_finite(parts, total, step, info)
-
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(total).backward()
-                scaler.unscale_(optimizer)
-            else:
-                total.backward()
-            if cfg.optim.clip_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-
-            logger.add({"total": float(total.detach()), **{n: float(parts[n].detach()) for n in LOSS_NAMES},
-                        "num_fg": parts["num_fg"], "num_queries": parts["num_queries"]})
-            logger.update()
-            last = step == cfg.schedule.max_steps
-            if r.time_limit_s is not None and not last:
-                over = float(time.perf_counter() - t0 > r.time_limit_s)
-                last = all_reduce_mean(over, info) > 0  # every rank stops at the same step
-                if last and info.is_main and logger.bar is not None:
-                    logger.bar.write(f"runtime.time_limit_s={r.time_limit_s} reached: stopping after step {step}")
-            if step % r.log_every == 0 or last:
-                logger.flush(step, lr)
-            if last:
-                broadcast_buffers(model, info)  # identical replicas at the end (BN statistics)
-            if step % r.checkpoint_every == 0 or last:
-                if info.is_main:
-                    extra = {"history": logger.history}
-                    last_ckpt = save_checkpoint(out_dir / LAST, model=model, optimizer=optimizer,
-                                                scheduler=scheduler, scaler=scaler, step=step,
-                                                config=to_dict(cfg), extra=extra)
-                    if r.keep_checkpoints:
-                        save_checkpoint(out_dir / f"step_{step:07d}.pt", model=model, optimizer=optimizer,
-                                        scheduler=scheduler, scaler=scaler, step=step, config=to_dict(cfg),
-                                        extra=extra)
-                barrier(info)
-            run_eval = (r.eval_every and step % r.eval_every == 0) or last
-            if run_eval and any_evaluator:
-                if info.is_main and evaluator is not None:
-                    model.eval()
-                    with torch.no_grad():
-                        metrics = dict(evaluator(model, step))
-                    model.train()
-                    logger.metrics(step, metrics)
-                barrier(info)
-            if last:
-                break
-        else:
-            step = start
-        seconds = time.perf_counter() - t0
+        step = trainer.train(start, cfg.schedule.max_steps)
+        seconds = time.perf_counter() - trainer.t0
+        last_ckpt = checkpoints.written
         if last_ckpt is None and info.is_main and (out_dir / LAST).is_file():
             last_ckpt = out_dir / LAST
-        return TrainResult(model=model, step=step, history=logger.history,
-                           metrics=metrics, checkpoint=last_ckpt, seconds=seconds)
+        return TrainResult(model=model, step=step, history=logging.history,
+                           metrics=evaluation.metrics, checkpoint=last_ckpt, seconds=seconds)
     finally:
-        if logger is not None:
-            logger.close()
         torch.set_num_threads(threads_before)
         cleanup(info)
+
+
+def _on_main_first(info: DistInfo, make):
+    """``make()`` on rank 0 first (it generates or indexes the data), then on the other ranks."""
+    if info.is_main:
+        made = make()
+    barrier(info)
+    if not info.is_main:
+        made = make()
+    return made
+
+
+def _resume(cfg: TrainConfig, info: DistInfo, out_dir: Path, model, optimizer, scaler) -> tuple[int, list[dict]]:
+    """Load ``runtime.resume`` ("auto": ``output_dir/last.pt``) into the model, optimiser, scaler and
+    RNG states, after removing temporaries of saves killed mid-write; returns ``(steps done, the log
+    history up to them)`` (``(0, [])`` when there is nothing to resume).  The schedule is rebuilt
+    from the config (:func:`build_scheduler`), not loaded."""
+    if info.is_main:
+        remove_stale_temporaries(out_dir)
+    path = find_resume(cfg.runtime.resume, out_dir)
+    if path is None:
+        return 0, []
+    state = load_checkpoint(path, model=model, optimizer=optimizer, scaler=scaler, map_location=info.device)
+    start = int(state["step"])
+    return start, [h for h in (state.get("extra") or {}).get("history", []) if h.get("step", 0) <= start]
+
+
+def _parallel(model, info: DistInfo, sync_bn: bool):
+    """``(model, net)``: the model (SyncBatchNorm on multi-GPU with ``sync_bn``) and what runs it
+    (DistributedDataParallel when distributed, else the model)."""
+    if info.distributed and sync_bn and info.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if not info.distributed:
+        return model, model
+    ddp_kwargs = {"device_ids": [info.device.index]} if info.device.type == "cuda" else {}
+    return model, torch.nn.parallel.DistributedDataParallel(model, **ddp_kwargs)
+
+
+def _batches(cfg: TrainConfig, info: DistInfo, train_set, start: int):
+    """The batches of this rank from step ``start + 1`` on (a resumable sampler, seeded samples)."""
+    from ..data import collate
+
+    r = cfg.runtime
+    sampler = StepSampler(train_set, info.rank, info.world_size, seed=r.seed, start=start * r.batch_size)
+    loader = torch.utils.data.DataLoader(
+        SeededDataset(train_set), batch_size=r.batch_size, sampler=sampler,
+        collate_fn=partial(collate, ignore_label=train_set.description.ignore_label),
+        num_workers=cfg.data.num_workers, pin_memory=info.device.type == "cuda",
+    )
+    return iter(loader)

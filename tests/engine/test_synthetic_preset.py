@@ -4,7 +4,7 @@ import torch
 from rtpanoptic.config import load_config
 from rtpanoptic.engine import TrainConfig, train, train_preset
 from rtpanoptic.engine.evaluate import PanopticEvaluator
-from rtpanoptic.engine.trainer import build_dataset_from_config
+from rtpanoptic.engine.factories import build_dataset_from_config
 
 
 def test_synthetic_preset_trains_and_evaluates(tmp_path):
@@ -18,7 +18,7 @@ def test_synthetic_preset_trains_and_evaluates(tmp_path):
     result = train(cfg, evaluator=PanopticEvaluator(val, batch_size=2))
     assert result.step == 2 and len([h for h in result.history if "total" in h]) == 2
     assert all(torch.isfinite(torch.tensor(h["total"])) for h in result.history if "total" in h)
-    assert set(result.metrics) >= {"pq", "sq", "rq", "pq_th", "pq_st"}
-    assert 0 <= result.metrics["pq"] <= 100
+    assert set(result.metrics) >= {"PQ", "SQ", "RQ", "PQ_th", "PQ_st"}
+    assert 0 <= result.metrics["PQ"] <= 100
     assert (tmp_path / "run" / "last.pt").is_file() and (tmp_path / "run" / "config.yaml").is_file()
     assert result.model.training  # handed back in train mode
