@@ -10,8 +10,10 @@ every kernel for a GPU without one.  The kernels run on CUDA tensors, or on CPU 
 ``rtpanoptic.ops.registry``.
 """
 from . import box_iou, decode_boxes, gather_levelness, iou_attention, mask_loss, nms, panoptic_from_dense
+from . import select_queries
 
-MODULES = (box_iou, decode_boxes, gather_levelness, iou_attention, mask_loss, nms, panoptic_from_dense)
+MODULES = (box_iou, decode_boxes, gather_levelness, iou_attention, mask_loss, nms, panoptic_from_dense,
+           select_queries)
 IMPLEMENTATIONS = {
     "nms": nms.nms,
     "batched_nms": nms.batched_nms,
@@ -24,4 +26,5 @@ IMPLEMENTATIONS = {
     "panoptic_from_dense": panoptic_from_dense.panoptic_from_dense,
     "mask_loss": mask_loss.mask_loss,
     "_mask_loss_backward": mask_loss._mask_loss_backward,
+    "select_queries": select_queries.select_queries,
 }
