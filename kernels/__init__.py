@@ -9,8 +9,16 @@ every kernel for a GPU without one.  The kernels run on CUDA tensors, or on CPU 
 ``TRITON_INTERPRET=1``.  They depend only on ``rtpanoptic.ops.reference`` and
 ``rtpanoptic.ops.registry``.
 """
-from . import box_iou, decode_boxes, gather_levelness, iou_attention, mask_loss, nms, panoptic_from_dense
-from . import select_queries
+from . import (
+           box_iou,
+           decode_boxes,
+           gather_levelness,
+           iou_attention,
+           mask_loss,
+           nms,
+           panoptic_from_dense,
+           select_queries,
+)
 
 MODULES = (box_iou, decode_boxes, gather_levelness, iou_attention, mask_loss, nms, panoptic_from_dense,
            select_queries)
