@@ -10,14 +10,14 @@ every kernel for a GPU without one.  The kernels run on CUDA tensors, or on CPU 
 ``rtpanoptic.ops.registry``.
 """
 from . import (
-           box_iou,
-           decode_boxes,
-           gather_levelness,
-           iou_attention,
-           mask_loss,
-           nms,
-           panoptic_from_dense,
-           select_queries,
+    box_iou,
+    decode_boxes,
+    gather_levelness,
+    iou_attention,
+    mask_loss,
+    nms,
+    panoptic_from_dense,
+    select_queries,
 )
 
 MODULES = (box_iou, decode_boxes, gather_levelness, iou_attention, mask_loss, nms, panoptic_from_dense,
