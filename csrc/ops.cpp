@@ -28,6 +28,11 @@ TORCH_LIBRARY(rtpanoptic, m) {
   // Explicit mask loss (eqs. 16-18).
   m.def(
       "mask_loss(Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, Tensor batch_index) -> Tensor");
+  // Query selection: class-aware NMS, optional class-agnostic NMS (global_nms_thresh < 0: off),
+  // top_n -> (indices [min(top_n, N)] padded with -1, count), fixed size on every backend.
+  m.def(
+      "select_queries(Tensor boxes, Tensor scores, Tensor labels, float nms_thresh, float global_nms_thresh, "
+      "int top_n) -> (Tensor, Tensor)");
 
   // Backward kernels, called by the autograd formulas of rtpanoptic/ops/registry.py
   // (decode_boxes' backward is a sign flip written there with plain tensor ops).

@@ -80,6 +80,8 @@ def _workload() -> None:
         ops.box_iou(b, b[:7], backend="triton")
         ops.nms(b, s, 0.5, backend="triton")
         ops.batched_nms(b, s, torch.randint(0, 3, (40,), generator=g), 0.5, backend="triton")
+        for global_thr in (0.3, None):
+            ops.select_queries(b, s, torch.randint(0, 3, (40,), generator=g), 0.5, global_thr, 10, backend="triton")
         off = (torch.rand(2, 4, 6, 9, generator=g) * 20).to(dtype).requires_grad_()
         ops.decode_boxes(off, 8, backend="triton").sum().backward()
         levels = [(torch.rand(2, 4, h, w, generator=g) * 20).to(dtype).requires_grad_() for h, w in ((8, 12), (4, 6))]

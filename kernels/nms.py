@@ -67,6 +67,25 @@ def _nms_sweep_kernel(mask_ptr, keep_ptr, N, NW, NWB: tl.constexpr):
                 word = word | tl.load(row_start + w)
 
 
+def suppression_mask(sorted_boxes: torch.Tensor, cls: torch.Tensor | None, iou_threshold: float) -> torch.Tensor:
+    """int32 ``[N, ceil(N / 32)]``: bit j of row i is ``IoU(i, j) > iou_threshold`` for ``j > i``
+    (and ``cls[i] == cls[j]`` when ``cls``, int64 ``[N]``, is given), for boxes in score order."""
+    n = sorted_boxes.shape[0]
+    n_words = triton.cdiv(n, 32)
+    if large_blocks():
+        wb = max(1, min(triton.next_power_of_2(n_words), 16))
+        br = max(1, min(triton.next_power_of_2(n), 16384 // (wb * 32)))
+    else:
+        br, wb = 32, 2
+    mask = torch.empty((n, n_words), dtype=torch.int32, device=sorted_boxes.device)
+    dtype = sorted_boxes.dtype
+    launch(_nms_mask_kernel, (triton.cdiv(n, br), triton.cdiv(n_words, wb)), sorted_boxes,
+           sorted_boxes if cls is None else cls, scalars(dtype, sorted_boxes, iou_threshold), mask, n, n_words,
+           OUT=TL_DTYPES[dtype], UPCAST=dtype in (torch.float16, torch.bfloat16), BATCHED=cls is not None,
+           BR=br, WB=wb)
+    return mask
+
+
 def _nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None, iou_threshold: float) -> torch.Tensor:
     n = boxes.shape[0]
     if n == 0:
@@ -75,17 +94,9 @@ def _nms(boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None, i
         raise ValueError(f"nms: the triton backend takes at most {MAX_BOXES} boxes, got {n}")
     order = torch.sort(scores, descending=True, stable=True).indices
     sorted_boxes = boxes[order].contiguous()
-    n_words = triton.cdiv(n, 32)
-    if large_blocks():
-        wb = max(1, min(triton.next_power_of_2(n_words), 16))
-        br = max(1, min(triton.next_power_of_2(n), 16384 // (wb * 32)))
-    else:
-        br, wb = 32, 2
-    mask = torch.empty((n, n_words), dtype=torch.int32, device=boxes.device)
-    cls = idxs[order].to(torch.int64).contiguous() if idxs is not None else sorted_boxes
-    launch(_nms_mask_kernel, (triton.cdiv(n, br), triton.cdiv(n_words, wb)), sorted_boxes, cls,
-           scalars(boxes.dtype, boxes, iou_threshold), mask, n, n_words, OUT=TL_DTYPES[boxes.dtype],
-           UPCAST=boxes.dtype in (torch.float16, torch.bfloat16), BATCHED=idxs is not None, BR=br, WB=wb)
+    cls = idxs[order].to(torch.int64).contiguous() if idxs is not None else None
+    mask = suppression_mask(sorted_boxes, cls, iou_threshold)
+    n_words = mask.shape[1]
     keep = torch.zeros(n, dtype=torch.int32, device=boxes.device)
     nwb = max(16, triton.next_power_of_2(n_words))
     launch(_nms_sweep_kernel, (1,), mask, keep, n, n_words, NWB=nwb, num_warps=4 if nwb <= 1024 else 8)

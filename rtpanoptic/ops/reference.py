@@ -296,3 +296,24 @@ def mask_loss(
         fn = torch.where(inside, 1.0 - iou, 0.0).sum()
         total = total + beta[j].detach().to(total.dtype) * (fp + fn) / n
     return (total / q).to(dense_boxes.dtype)
+
+
+# ------------------------------------------------------------------ query selection
+def select_queries(
+    boxes: Tensor, scores: Tensor, labels: Tensor, nms_thresh: float, global_nms_thresh: float, top_n: int
+) -> tuple[Tensor, Tensor]:
+    """The queries of one image: class-aware NMS (:func:`batched_nms` at ``nms_thresh`` over
+    ``labels``), then, when ``global_nms_thresh >= 0``, class-agnostic NMS (:func:`nms` at
+    ``global_nms_thresh``) over all the class-NMS survivors, then the ``top_n`` best.
+
+    Returns ``(keep, count)``: ``keep`` int64 ``[min(top_n, N)]``, the kept indices in
+    decreasing score order (ties: input order) followed by -1 padding; ``count`` int64 0-d,
+    the number of kept indices.  A negative ``global_nms_thresh`` turns the second pass off.
+    """
+    keep = batched_nms(boxes, scores, labels, nms_thresh)
+    if global_nms_thresh >= 0:
+        keep = keep[nms(boxes[keep], scores[keep], global_nms_thresh)]
+    keep = keep[:top_n]
+    padded = torch.full((min(top_n, boxes.shape[0]),), -1, dtype=torch.int64, device=boxes.device)
+    padded[: keep.numel()] = keep
+    return padded, torch.tensor(keep.numel(), dtype=torch.int64, device=boxes.device)

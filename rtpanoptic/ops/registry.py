@@ -139,6 +139,12 @@ def _mask_loss_fake(dense_boxes, query_boxes, gt_masks, beta, batch_index):
     return dense_boxes.new_empty(())
 
 
+def _select_queries_fake(boxes, scores, labels, nms_thresh, global_nms_thresh, top_n):
+    # fixed size (no data-dependent shape): [min(top_n, N)] indices padded with -1, and the count
+    kept = torch.sym_min(top_n, boxes.shape[0])
+    return boxes.new_empty((kept,), dtype=torch.int64), boxes.new_empty((), dtype=torch.int64)
+
+
 def _gather_levelness_backward_fake(grad_boxes, offsets, levelness, out_stride):
     return [torch.empty_like(o) for o in offsets]
 
@@ -258,6 +264,12 @@ TABLE: tuple[Op, ...] = (
                 "(Tensor grad, Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, "
                 f"Tensor batch_index) -> {_GRAD_BOXES}",
                 _box_pair_grads_fake)),
+    # Query selection: class-aware NMS, optional class-agnostic NMS (global_nms_thresh < 0: off),
+    # top_n -> (indices [min(top_n, N)] padded with -1, count), fixed size on every backend.
+    Op("select_queries",
+       "(Tensor boxes, Tensor scores, Tensor labels, float nms_thresh, float global_nms_thresh, int top_n) "
+       "-> (Tensor, Tensor)",
+       _select_queries_fake),
 )
 ROWS: dict[str, Op] = {row.name: row for row in TABLE}
 OPS: tuple[str, ...] = tuple(ROWS)

@@ -46,6 +46,8 @@ def cases():
         out.append((f"nms n={n}", "nms", (boxes, scores, 0.5), ()))
         out.append((f"batched_nms n={n}", "batched_nms", (boxes, scores, torch.randint(0, 3, (n,), generator=g), 0.4),
                     ()))
+        out.append((f"select_queries n={n}", "select_queries",
+                    (boxes, scores, torch.randint(0, 3, (n,), generator=g), 0.4, 0.3, 20), ()))
     out.append(("box_iou 33x65", "box_iou", (_boxes(33, 1), _boxes(65, 2)), ()))
     out.append(("box_iou half", "box_iou", (_boxes(33, 1, torch.float16), _boxes(65, 2, torch.float16)), ()))
     out.append(("decode_boxes", "decode_boxes", (torch.rand(2, 4, 7, 33, generator=_gen(3)) * 20, 8), (0,)))
