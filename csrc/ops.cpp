@@ -28,6 +28,8 @@ TORCH_LIBRARY(rtpanoptic, m) {
   // Explicit mask loss (eqs. 16-18).
   m.def(
       "mask_loss(Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, Tensor batch_index) -> Tensor");
+  // logits [B,C,h,w] -> int64 [B,crop_h,crop_w]: argmax over C of the bilinear resize to size.
+  m.def("upsample_argmax(Tensor logits, int[] size, int[] crop) -> Tensor");
 
   // Backward kernels, called by the autograd formulas of rtpanoptic/ops/registry.py
   // (decode_boxes' backward is a sign flip written there with plain tensor ops).

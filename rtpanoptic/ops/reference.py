@@ -296,3 +296,16 @@ def mask_loss(
         fn = torch.where(inside, 1.0 - iou, 0.0).sum()
         total = total + beta[j].detach().to(total.dtype) * (fp + fn) / n
     return (total / q).to(dense_boxes.dtype)
+
+
+def upsample_argmax(logits: Tensor, size: list[int], crop: list[int]) -> Tensor:
+    """Semantic map at input resolution: ``argmax`` over the classes of ``logits [B, C, h, w]``
+    bilinearly resized to ``size = [H, W]`` (``F.interpolate(..., align_corners=False)``), cropped
+    to its first ``crop = [H', W']`` rows and columns -> int64 ``[B, H', W']``.
+
+    First maximum on ties; NaN is the maximum (the first NaN wins), as ``torch.argmax``.
+    float16/bfloat16 logits are resized in float32.  Builds the ``[B, C, H, W]`` tensor: the
+    specification, not a fast path.
+    """
+    up = F.interpolate(_upcast(logits), size=tuple(size), mode="bilinear", align_corners=False)
+    return up[:, :, : crop[0], : crop[1]].argmax(dim=1)

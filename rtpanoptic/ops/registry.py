@@ -139,6 +139,10 @@ def _mask_loss_fake(dense_boxes, query_boxes, gt_masks, beta, batch_index):
     return dense_boxes.new_empty(())
 
 
+def _upsample_argmax_fake(logits, size, crop):
+    return logits.new_empty((logits.shape[0], crop[0], crop[1]), dtype=torch.int64)
+
+
 def _gather_levelness_backward_fake(grad_boxes, offsets, levelness, out_stride):
     return [torch.empty_like(o) for o in offsets]
 
@@ -258,6 +262,8 @@ TABLE: tuple[Op, ...] = (
                 "(Tensor grad, Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, "
                 f"Tensor batch_index) -> {_GRAD_BOXES}",
                 _box_pair_grads_fake)),
+    # logits [B,C,h,w] -> int64 [B,crop_h,crop_w]: argmax of the bilinear resize to size (integer output).
+    Op("upsample_argmax", "(Tensor logits, int[] size, int[] crop) -> Tensor", _upsample_argmax_fake),
 )
 ROWS: dict[str, Op] = {row.name: row for row in TABLE}
 OPS: tuple[str, ...] = tuple(ROWS)
