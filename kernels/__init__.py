@@ -9,9 +9,18 @@ every kernel for a GPU without one.  The kernels run on CUDA tensors, or on CPU 
 ``TRITON_INTERPRET=1``.  They depend only on ``rtpanoptic.ops.reference`` and
 ``rtpanoptic.ops.registry``.
 """
-from . import box_iou, decode_boxes, gather_levelness, iou_attention, mask_loss, nms, panoptic_from_dense
+from . import (
+    box_iou,
+    decode_boxes,
+    gather_levelness,
+    iou_attention,
+    mask_loss,
+    nms,
+    panoptic_from_dense,
+    upsample_argmax,
+)
 
-MODULES = (box_iou, decode_boxes, gather_levelness, iou_attention, mask_loss, nms, panoptic_from_dense)
+MODULES = (box_iou, decode_boxes, gather_levelness, iou_attention, mask_loss, nms, panoptic_from_dense, upsample_argmax)
 IMPLEMENTATIONS = {
     "nms": nms.nms,
     "batched_nms": nms.batched_nms,
@@ -24,4 +33,5 @@ IMPLEMENTATIONS = {
     "panoptic_from_dense": panoptic_from_dense.panoptic_from_dense,
     "mask_loss": mask_loss.mask_loss,
     "_mask_loss_backward": mask_loss._mask_loss_backward,
+    "upsample_argmax": upsample_argmax.upsample_argmax,
 }

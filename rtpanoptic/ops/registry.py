@@ -263,7 +263,10 @@ TABLE: tuple[Op, ...] = (
                 f"Tensor batch_index) -> {_GRAD_BOXES}",
                 _box_pair_grads_fake)),
     # logits [B,C,h,w] -> int64 [B,crop_h,crop_w]: argmax of the bilinear resize to size (integer output).
-    Op("upsample_argmax", "(Tensor logits, int[] size, int[] crop) -> Tensor", _upsample_argmax_fake),
+    # The Triton kernel computes in float32 (float64 logits: reference, cpp or cuda).
+    Op("upsample_argmax", "(Tensor logits, int[] size, int[] crop) -> Tensor", _upsample_argmax_fake,
+       backends={**_default_backends(),
+                 "triton": Support(("cuda", "cpu"), (torch.float16, torch.bfloat16, torch.float32))}),
 )
 ROWS: dict[str, Op] = {row.name: row for row in TABLE}
 OPS: tuple[str, ...] = tuple(ROWS)

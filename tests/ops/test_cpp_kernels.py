@@ -453,6 +453,7 @@ def _op_samples():
         "iou_attention": (dense, queries, "tri"),
         "panoptic_from_dense": (pdense, sem, pboxes, classes, scores, is_thing, 0.2, "iou", 0.0, 0.5, 3),
         "mask_loss": (ldense, lq, masks, beta, bi),
+        "upsample_argmax": (torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(0)), [20, 28], [18, 27]),
     }
 
 
