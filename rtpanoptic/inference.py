@@ -355,9 +355,8 @@ def semantic_probs_on(logits: Tensor, grid) -> Tensor:
 def upsample_ids(grid: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
     """Nearest upsampling of an id map ``[h, w]`` by an integer ``stride``, cropped to ``size``
     ``(H, W)`` (``H <= h * stride``, ``W <= w * stride``): ``out[y, x] = grid[y // stride, x // stride]``."""
-    rows = torch.arange(size[0], device=grid.device) // stride
-    cols = torch.arange(size[1], device=grid.device) // stride
-    return grid[rows[:, None], cols[None, :]]
+    hv, wv = grid.shape
+    return grid[:, None, :, None].expand(hv, stride, wv, stride).reshape(hv * stride, wv * stride)[: size[0], : size[1]]
 
 
 def segment_areas_and_boxes(grid: Tensor, n: int, stride: int, size: tuple[int, int]
