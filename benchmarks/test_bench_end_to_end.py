@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from rtpanoptic import ops
 from rtpanoptic.benchmark import heavy_postprocess_load
 from rtpanoptic.inference import Predictor
 from rtpanoptic.model import build_model
@@ -96,3 +97,96 @@ def test_stage(benchmark, device, arch, size, stage):
 
     rounds, warmup = _rounds(device, arch)
     benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup)
+
+
+# ------------------------------------------------------------ post-processing stages, old vs new
+# CPU, batch 1, the TRI preset's head (semantic logits at stride 8, 19 classes) with the heavy
+# load (~100 queries carry masks), at both sizes; "old" is benchmarks/previous_postprocess.py.
+# Run with 2 threads (OMP_NUM_THREADS=2) to compare with benchmarks/RESULTS.md.
+_SETUP = None
+
+
+def _previous():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("previous_postprocess",
+                                                  Path(__file__).with_name("previous_postprocess.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stage_setup(size):
+    """(predictor, head outputs, sizes, stage inputs) for one size, cached."""
+    global _SETUP
+    if _SETUP is None or _SETUP[0] != size:
+        import math
+
+        import rtpanoptic.inference as inference
+
+        torch.manual_seed(0)
+        model = build_model("tri-cityscapes-r50").eval()
+        heavy_postprocess_load(model)
+        predictor = Predictor(model, channels_last=False)
+        image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
+        with torch.no_grad():
+            batch, sizes = predictor.preprocess(image)
+            outputs = predictor.network(batch)
+        captured = {}
+        real = inference.nms_queries
+
+        def capture(*args):
+            captured["args"] = args
+            return real(*args)
+
+        inference.nms_queries = capture
+        try:
+            (det,) = predictor.detect(outputs, sizes)
+        finally:
+            inference.nms_queries = real
+        ls, (h, w) = model.levelness_stride, size
+        hv, wv = math.ceil(h / ls), math.ceil(w / ls)
+        dense, _ = ops.gather_levelness(list(outputs.box_offsets), outputs.levelness, out_stride=ls)
+        probs = inference.semantic_probs_on(outputs.semantic, dense.shape[-2:])
+        dense, probs = dense[0, :, :hv, :wv], probs[0, :, :hv, :wv]
+        seg = predictor._fuse(dense, probs, det)
+        _SETUP = (size, predictor, batch, outputs, sizes, captured["args"], det, dense, probs, seg)
+    return _SETUP
+
+
+@pytest.mark.parametrize("impl", ["old", "new"])
+@pytest.mark.parametrize("stage", ["network", "detect", "queries", "panoptic_from_dense", "semantic",
+                                   "segment_stats", "postprocess"])
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_postprocess_stage_cpu(benchmark, bench_run, size, stage, impl):
+    from rtpanoptic.inference import nms_queries, segment_areas_and_boxes, upsample_ids
+
+    if impl == "old" and stage in ("network", "detect", "queries", "panoptic_from_dense"):
+        pytest.skip("unchanged: the same code in both")
+    _size, predictor, batch, outputs, sizes, q_args, det, dense, probs, seg = _stage_setup(size)
+    prev = _previous()
+    model = predictor.model
+    ls, ss = model.levelness_stride, model.semantic_stride
+    h, w = size
+    sem = outputs.semantic
+    grid, n = seg.segment_map, int(seg.classes.numel())
+    fns = {
+        ("network", "new"): lambda: predictor.network(batch),
+        ("detect", "new"): lambda: predictor.detect(outputs, sizes),
+        ("queries", "new"): lambda: nms_queries(*q_args),
+        ("panoptic_from_dense", "new"): lambda: predictor._fuse(dense, probs, det),
+        ("semantic", "old"): lambda: prev.old_upsample_argmax(sem[0], ss, size),
+        ("semantic", "new"): lambda: ops.upsample_argmax(sem, (sem.shape[2] * ss, sem.shape[3] * ss), size),
+        ("segment_stats", "old"): lambda: prev.old_areas_and_boxes(
+            grid.repeat_interleave(ls, 0).repeat_interleave(ls, 1)[:h, :w], n),
+        ("segment_stats", "new"): lambda: (segment_areas_and_boxes(grid, n, ls, size), upsample_ids(grid, ls, size)),
+        ("postprocess", "old"): lambda: prev.old_postprocess(predictor, outputs, sizes),
+        ("postprocess", "new"): lambda: predictor.postprocess(outputs, sizes),
+    }
+    benchmark.group = f"postprocess stages cpu {h}x{w} {stage}"
+    fn = torch.no_grad()(fns[(stage, impl)])
+    if stage == "network":  # seconds per call on a small CPU
+        benchmark.pedantic(fn, rounds=1, warmup_rounds=0)
+    else:  # median of >= 3 rounds; peak extra memory of one call in extra_info["peak_mem_mb"]
+        bench_run(benchmark, fn, "cpu")

@@ -33,6 +33,8 @@ TORCH_LIBRARY(rtpanoptic, m) {
   m.def(
       "select_queries(Tensor boxes, Tensor scores, Tensor labels, float nms_thresh, float global_nms_thresh, "
       "int top_n) -> (Tensor, Tensor)");
+  // logits [B,C,h,w] -> int64 [B,crop_h,crop_w]: argmax over C of the bilinear resize to size.
+  m.def("upsample_argmax(Tensor logits, int[] size, int[] crop) -> Tensor");
 
   // Backward kernels, called by the autograd formulas of rtpanoptic/ops/registry.py
   // (decode_boxes' backward is a sign flip written there with plain tensor ops).

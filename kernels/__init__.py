@@ -18,10 +18,11 @@ from . import (
     nms,
     panoptic_from_dense,
     select_queries,
+    upsample_argmax,
 )
 
 MODULES = (box_iou, decode_boxes, gather_levelness, iou_attention, mask_loss, nms, panoptic_from_dense,
-           select_queries)
+           select_queries, upsample_argmax)
 IMPLEMENTATIONS = {
     "nms": nms.nms,
     "batched_nms": nms.batched_nms,
@@ -35,4 +36,5 @@ IMPLEMENTATIONS = {
     "mask_loss": mask_loss.mask_loss,
     "_mask_loss_backward": mask_loss._mask_loss_backward,
     "select_queries": select_queries.select_queries,
+    "upsample_argmax": upsample_argmax.upsample_argmax,
 }

@@ -102,6 +102,8 @@ def _workload() -> None:
         args = (dense.detach(), sem, queries.detach(), torch.tensor([1, 2, 1, 2, 1]), scores, is_thing)
         for score in SCORES:
             ops.panoptic_from_dense(*args, sigma=0.1, score=score, stuff_area_limit=1, backend="triton")
+        if dtype != torch.float64:  # the Triton upsample_argmax computes in float32
+            ops.upsample_argmax(torch.randn(2, 5, 6, 9, generator=g).to(dtype), (24, 36), (22, 35), backend="triton")
         resident = pfd.RESIDENT_WORDS
         pfd.RESIDENT_WORDS = 0  # the streamed scan of grids beyond the register-resident size
         try:

@@ -15,7 +15,9 @@ Pipeline of :class:`Predictor` (every box/mask stage goes through :mod:`rtpanopt
 4. dense boxes B(x, y) from :func:`ops.gather_levelness` (eq. 14), semantic probabilities on
    the same grid, masks and fusion by :func:`ops.panoptic_from_dense` (eqs. 5-7) on the
    image's part of the grid;
-5. the segment-id map (not the Q float masks) is upsampled (nearest) to the input size.
+5. the segment-id map (not the Q float masks) is upsampled (nearest) to the input size; segment
+   areas and boxes follow from the grid; the semantic map is :func:`ops.upsample_argmax` of the
+   semantic logits (no ``C x H x W`` or ``Q x H x W`` tensor at input resolution).
 
 With the ``tri-cityscapes-r50`` preset the options follow the authors' release (threshold 0.06
 on p before the centerness product, 1000 per level, class NMS 0.6 then class-agnostic 0.97,
@@ -47,7 +49,9 @@ from .model.outputs import HeadOutputs
 from .stream import StageTimer, stream_results
 
 # The rtpanoptic.ops used by the pipeline (``backend=`` applies to all of them).
-PIPELINE_OPS = ("decode_boxes", "batched_nms", "nms", "gather_levelness", "panoptic_from_dense")
+PIPELINE_OPS = (
+    "decode_boxes", "batched_nms", "nms", "gather_levelness", "panoptic_from_dense", "upsample_argmax",
+)
 
 
 @dataclass
@@ -258,35 +262,43 @@ class Predictor:
 
     @torch.no_grad()
     def postprocess(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[PanopticResult]:
-        """Network outputs of a padded batch + the input sizes -> one result per image."""
-        o, be = self.options, self.backend
+        """Network outputs of a padded batch + the input sizes -> one result per image.
+
+        Nothing of size ``C x H x W`` or ``Q x H x W`` at input resolution is built: masks and
+        fusion run on the levelness grid, the semantic map comes from :func:`ops.upsample_argmax`,
+        the segment areas and boxes from the grid (:func:`segment_areas_and_boxes`)."""
+        be = self.backend
         detections = self.detect(outputs, sizes)
-        ls = self.model.levelness_stride
+        ls, ss = self.model.levelness_stride, self.model.semantic_stride
         dense, _ = ops.gather_levelness(list(outputs.box_offsets), outputs.levelness, out_stride=ls, backend=be)
         sem_logits = outputs.semantic
         sem_probs = semantic_probs_on(sem_logits, dense.shape[-2:])
-        is_thing = self._is_thing.to(dense.device)
-        thing_train_ids = self._thing_train_ids.to(dense.device)
+        semantic_size = (sem_logits.shape[2] * ss, sem_logits.shape[3] * ss)
         results = []
         for b, (h, w) in enumerate(sizes):
             hv, wv = math.ceil(h / ls), math.ceil(w / ls)
-            det = detections[b]
-            seg = ops.panoptic_from_dense(
-                dense[b, :, :hv, :wv].contiguous(), sem_probs[b, :, :hv, :wv].contiguous(),
-                det.boxes, thing_train_ids[det.labels], det.scores, is_thing,
-                sigma=o.sigma, score=o.score, score_threshold=o.score_threshold,
-                overlap_threshold=o.overlap_threshold, stuff_area_limit=o.stuff_area_limit // (ls * ls),
-                backend=be,
-            )
-            panoptic = seg.segment_map.repeat_interleave(ls, 0).repeat_interleave(ls, 1)[:h, :w]
-            semantic = upsample_argmax(sem_logits[b], self.model.semantic_stride, (h, w))
-            results.append(self._result(panoptic, seg, semantic, det))
+            seg = self._fuse(dense[b, :, :hv, :wv], sem_probs[b, :, :hv, :wv], detections[b])
+            semantic = ops.upsample_argmax(sem_logits[b : b + 1], semantic_size, (h, w), backend=be)[0]
+            results.append(self._result(seg, (h, w), semantic, detections[b]))
         return results
 
-    def _result(self, panoptic: Tensor, seg: ops.PanopticSegments, semantic: Tensor, det: Detections):
-        panoptic = panoptic.cpu()
+    def _fuse(self, dense: Tensor, sem_probs: Tensor, det: Detections) -> ops.PanopticSegments:
+        """Masks and panoptic fusion of one image on its part of the levelness grid."""
+        o, ls = self.options, self.model.levelness_stride
+        is_thing = self._is_thing.to(dense.device)
+        thing_train_ids = self._thing_train_ids.to(dense.device)
+        return ops.panoptic_from_dense(
+            dense.contiguous(), sem_probs.contiguous(), det.boxes, thing_train_ids[det.labels], det.scores, is_thing,
+            sigma=o.sigma, score=o.score, score_threshold=o.score_threshold,
+            overlap_threshold=o.overlap_threshold, stuff_area_limit=o.stuff_area_limit // (ls * ls),
+            backend=self.backend,
+        )
+
+    def _result(self, seg: ops.PanopticSegments, size: tuple[int, int], semantic: Tensor, det: Detections):
+        ls = self.model.levelness_stride
+        grid = seg.segment_map.cpu()
         n = int(seg.classes.numel())
-        areas, bboxes = segment_areas_and_boxes(panoptic, n)
+        areas, bboxes = segment_areas_and_boxes(grid, n, ls, size)
         infos = []
         for k, (c, q, s) in enumerate(zip(seg.classes.tolist(), seg.queries.tolist(), seg.scores.tolist())):
             infos.append({
@@ -295,10 +307,11 @@ class Predictor:
                 "train_id": c,
                 "isthing": q >= 0,
                 "score": float(s),
-                "area": int(areas[k]),
+                "area": areas[k],
                 "bbox": bboxes[k],
             })
         det = Detections(det.boxes.cpu(), det.scores.cpu(), det.labels.cpu())
+        panoptic = upsample_ids(grid, ls, size)
         return PanopticResult(panoptic, infos, semantic.cpu(), det, self.description)
 
 
@@ -321,38 +334,34 @@ def semantic_probs_on(logits: Tensor, grid) -> Tensor:
     return logits.softmax(dim=1)
 
 
-def upsample_argmax(logits: Tensor, scale: int, size: tuple[int, int], band: int = 32) -> Tensor:
-    """``argmax_c`` of ``logits [C, h, w]`` bilinearly upsampled by ``scale`` (align_corners=False),
-    cropped to ``size``; computed in bands of ``band`` input rows, so no ``[C, H, W]`` full-size
-    tensor is built (133 COCO classes at 800x1333 would be 0.5 GB).  Equal to the one-shot result:
-    each band carries one input row of context on either side."""
-    _c, h, w = logits.shape
-    out_h, out_w = size
-    rows = []
-    for a in range(0, math.ceil(out_h / scale), band):
-        b = min(a + band, h)
-        lo, hi = max(a - 1, 0), min(b + 1, h)
-        up = F.interpolate(logits[None, :, lo:hi], size=((hi - lo) * scale, w * scale), mode="bilinear",
-                           align_corners=False)[0]
-        start = (a - lo) * scale
-        rows.append(up[:, start : start + (b - a) * scale, :out_w].argmax(dim=0))
-    return torch.cat(rows, dim=0)[:out_h]
+def upsample_ids(grid: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
+    """Nearest upsampling of an id map ``[h, w]`` by an integer ``stride``, cropped to ``size``
+    ``(H, W)`` (``H <= h * stride``, ``W <= w * stride``): ``out[y, x] = grid[y // stride, x // stride]``."""
+    hv, wv = grid.shape
+    return grid[:, None, :, None].expand(hv, stride, wv, stride).reshape(hv * stride, wv * stride)[: size[0], : size[1]]
 
 
-def segment_areas_and_boxes(panoptic: Tensor, n: int) -> tuple[list[int], list[list[int]]]:
-    """Pixel count and COCO ``[x, y, w, h]`` box of segments 1..n of an id map, in O(HW)."""
-    flat = panoptic.reshape(-1).long()
-    areas = torch.bincount(flat, minlength=n + 1)[1:]
-    h, w = panoptic.shape
-    ys = torch.arange(h).repeat_interleave(w)
-    xs = torch.arange(w).repeat(h)
-    big = torch.full((n + 1,), max(h, w), dtype=torch.int64)
-    x0 = big.scatter_reduce(0, flat, xs, "amin")[1:]
-    y0 = big.scatter_reduce(0, flat, ys, "amin")[1:]
-    x1 = torch.full((n + 1,), -1, dtype=torch.int64).scatter_reduce(0, flat, xs, "amax")[1:]
-    y1 = torch.full((n + 1,), -1, dtype=torch.int64).scatter_reduce(0, flat, ys, "amax")[1:]
-    boxes = [
-        [int(a), int(b), int(c - a + 1), int(d - b + 1)] if area > 0 else [0, 0, 0, 0]
-        for a, b, c, d, area in zip(x0, y0, x1, y1, areas)
-    ]
-    return areas.tolist(), boxes
+def segment_areas_and_boxes(grid: Tensor, n: int, stride: int, size: tuple[int, int]
+                            ) -> tuple[list[int], list[list[int]]]:
+    """Pixel count and COCO ``[x, y, w, h]`` box of segments 1..n of ``upsample_ids(grid, stride, size)``,
+    from the grid alone (O(hw)): a cell covers ``stride x stride`` pixels, the last row and column
+    of cells only what is left of ``size``.  Segments without pixels get area 0 and ``[0, 0, 0, 0]``."""
+    hv, wv = grid.shape
+    h, w = size
+    flat = grid.reshape(-1).long()
+    cell_h = torch.full((hv,), stride, dtype=torch.int64)
+    cell_w = torch.full((wv,), stride, dtype=torch.int64)
+    cell_h[-1], cell_w[-1] = h - (hv - 1) * stride, w - (wv - 1) * stride
+    cells = (cell_h[:, None] * cell_w[None, :]).reshape(-1)
+    areas = torch.zeros(n + 1, dtype=torch.int64).index_add_(0, flat, cells)[1:]
+    ys = torch.arange(hv).repeat_interleave(wv)
+    xs = torch.arange(wv).repeat(hv)
+    big = torch.full((n + 1,), max(hv, wv), dtype=torch.int64)
+    none = torch.full((n + 1,), -1, dtype=torch.int64)
+    x0 = big.scatter_reduce(0, flat, xs, "amin")[1:] * stride
+    y0 = big.scatter_reduce(0, flat, ys, "amin")[1:] * stride
+    x1 = torch.clamp((none.scatter_reduce(0, flat, xs, "amax")[1:] + 1) * stride, max=w)  # exclusive
+    y1 = torch.clamp((none.scatter_reduce(0, flat, ys, "amax")[1:] + 1) * stride, max=h)
+    boxes = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1)
+    boxes[areas == 0] = 0
+    return areas.tolist(), boxes.tolist()

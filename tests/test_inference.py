@@ -4,7 +4,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from rtpanoptic import ops
@@ -16,7 +15,6 @@ from rtpanoptic.inference import (
     pad_batch,
     segment_areas_and_boxes,
     to_image_tensors,
-    upsample_argmax,
 )
 from rtpanoptic.model import HeadOutputs, build_model
 
@@ -195,22 +193,17 @@ def test_pad_and_convert():
     assert out.shape == (2, 3, 256, 128) and out[1, :, :130, :2].eq(1).all() and out[1, :, 130:].eq(0).all()
 
 
-@pytest.mark.parametrize("scale,size,band", [(4, (37, 50), 2), (8, (64, 64), 3), (4, (128, 96), 32)])
-def test_upsample_argmax_in_bands(scale, size, band):
-    g = torch.Generator().manual_seed(0)
-    logits = torch.randn(5, 128 // scale, 128 // scale, generator=g)
-    full = F.interpolate(logits[None], scale_factor=scale, mode="bilinear", align_corners=False)[0]
-    want = full[:, : size[0], : size[1]].argmax(0)
-    assert torch.equal(upsample_argmax(logits, scale, size, band=band), want)
-
-
 def test_segment_areas_and_boxes():
     m = torch.zeros(6, 8, dtype=torch.int32)
     m[1:3, 2:7] = 1
     m[5, 0] = 3
-    areas, boxes = segment_areas_and_boxes(m, 3)
+    areas, boxes = segment_areas_and_boxes(m, 3, 1, (6, 8))
     assert areas == [10, 0, 1]
     assert boxes == [[2, 1, 5, 2], [0, 0, 0, 0], [0, 5, 1, 1]]
+    # stride 2, cropped to 11 x 15: the last row and column of cells hold one pixel
+    areas, boxes = segment_areas_and_boxes(m, 3, 2, (11, 15))
+    assert areas == [40, 0, 2]
+    assert boxes == [[4, 2, 10, 4], [0, 0, 0, 0], [0, 10, 2, 1]]
 
 
 def _common_backends():

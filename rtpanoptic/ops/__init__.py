@@ -15,6 +15,7 @@ from .dense import decode_boxes, gather_levelness
 from .mask_loss import mask_loss
 from .panoptic import PanopticSegments, panoptic_from_dense
 from .select import select_queries
+from .upsample import upsample_argmax
 
 if _extension.load():
     registry.register(registry.CPP_NAMESPACE)  # fakes and autograd of the C++/CUDA ops
@@ -33,4 +34,5 @@ __all__ = [
     "nms",
     "panoptic_from_dense",
     "select_queries",
+    "upsample_argmax",
 ]

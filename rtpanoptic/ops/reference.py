@@ -317,3 +317,16 @@ def select_queries(
     padded = torch.full((min(top_n, boxes.shape[0]),), -1, dtype=torch.int64, device=boxes.device)
     padded[: keep.numel()] = keep
     return padded, torch.tensor(keep.numel(), dtype=torch.int64, device=boxes.device)
+
+
+def upsample_argmax(logits: Tensor, size: list[int], crop: list[int]) -> Tensor:
+    """Semantic map at input resolution: ``argmax`` over the classes of ``logits [B, C, h, w]``
+    bilinearly resized to ``size = [H, W]`` (``F.interpolate(..., align_corners=False)``), cropped
+    to its first ``crop = [H', W']`` rows and columns -> int64 ``[B, H', W']``.
+
+    First maximum on ties; NaN is the maximum (the first NaN wins), as ``torch.argmax``.
+    float16/bfloat16 logits are resized in float32.  Builds the ``[B, C, H, W]`` tensor: the
+    specification, not a fast path.
+    """
+    up = F.interpolate(_upcast(logits), size=tuple(size), mode="bilinear", align_corners=False)
+    return up[:, :, : crop[0], : crop[1]].argmax(dim=1)

@@ -145,6 +145,10 @@ def _select_queries_fake(boxes, scores, labels, nms_thresh, global_nms_thresh, t
     return boxes.new_empty((kept,), dtype=torch.int64), boxes.new_empty((), dtype=torch.int64)
 
 
+def _upsample_argmax_fake(logits, size, crop):
+    return logits.new_empty((logits.shape[0], crop[0], crop[1]), dtype=torch.int64)
+
+
 def _gather_levelness_backward_fake(grad_boxes, offsets, levelness, out_stride):
     return [torch.empty_like(o) for o in offsets]
 
@@ -270,6 +274,11 @@ TABLE: tuple[Op, ...] = (
        "(Tensor boxes, Tensor scores, Tensor labels, float nms_thresh, float global_nms_thresh, int top_n) "
        "-> (Tensor, Tensor)",
        _select_queries_fake),
+    # logits [B,C,h,w] -> int64 [B,crop_h,crop_w]: argmax of the bilinear resize to size (integer output).
+    # The Triton kernel computes in float32 (float64 logits: reference, cpp or cuda).
+    Op("upsample_argmax", "(Tensor logits, int[] size, int[] crop) -> Tensor", _upsample_argmax_fake,
+       backends={**_default_backends(),
+                 "triton": Support(("cuda", "cpu"), (torch.float16, torch.bfloat16, torch.float32))}),
 )
 ROWS: dict[str, Op] = {row.name: row for row in TABLE}
 OPS: tuple[str, ...] = tuple(ROWS)

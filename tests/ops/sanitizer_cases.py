@@ -72,6 +72,8 @@ def cases():
         args = (dense.contiguous(), sem, qb, torch.randint(2, c, (q,), generator=g), torch.rand(q, generator=g),
                 torch.arange(c) >= 2)
         out.append((f"panoptic_from_dense q={q}", "panoptic_from_dense", args, ()))
+    out.append(("upsample_argmax", "upsample_argmax", (torch.randn(2, 19, 9, 17, generator=_gen(60)), (72, 136),
+                                                         (70, 133)), ()))
     return out
 
 

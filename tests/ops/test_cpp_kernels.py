@@ -454,6 +454,7 @@ def _op_samples():
         "panoptic_from_dense": (pdense, sem, pboxes, classes, scores, is_thing, 0.2, "iou", 0.0, 0.5, 3),
         "mask_loss": (ldense, lq, masks, beta, bi),
         "select_queries": (boxes, torch.rand(30, dtype=torch.float64), torch.randint(0, 3, (30,)), 0.5, 0.3, 8),
+        "upsample_argmax": (torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(0)), [20, 28], [18, 27]),
     }
 
 

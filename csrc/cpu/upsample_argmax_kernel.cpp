@@ -1,0 +1,241 @@
+// Fused bilinear upsampling (align_corners=False) + argmax over the classes on the CPU: the
+// semantic map at input resolution without the [B, C, H, W] resized tensor.
+//
+// Sampling positions and weights follow ATen's upsample_bilinear2d (src = (dst + 0.5) * in/out
+// - 0.5 clamped at 0, index0 = min(floor(src), in - 1), index1 = index0 + 1 inside the input,
+// lambda1 = clamp(src - index0, 0, 1), lambda0 = 1 - lambda1; in == out copies).  Values are
+//   v = fma(fma(x00, ww0, x01 * ww1), wh0, fma(x10, ww0, x11 * ww1) * wh1)
+// with explicit fused multiply-adds (also in src = fma(scale, dst + 0.5, -0.5)): the arithmetic
+// of ATen's CPU kernel as built for AVX2/AVX-512, whose compiler contracts a * b + c.  The inner
+// term fma(x_r0, ww0, x_r1 * ww1) depends on the input row and the output column only, so it is
+// computed once per input row and class (a "horizontal row") and reused by the output rows that
+// sample it; the result is the same expression evaluated in the same order.
+//
+// ISA: an AVX2+FMA path chosen at run time (simd::cpu_isa() and the CPU's fma flag; the vertical pass
+// and argmax in intrinsics, 8 columns with the classes in registers), else the
+// portable path, whose std::fma rounds identically (one rounding), only slower.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "checks.h"
+#include "simd.h"
+
+#if RTP_HAVE_AVX2_PATH
+#define RTP_AVX2_FMA __attribute__((target("avx2,fma"))) inline
+#endif
+
+namespace rtpanoptic {
+namespace {
+
+template <typename T>
+struct Axis {
+  std::vector<int64_t> i0, i1;
+  std::vector<T> w0, w1;
+};
+
+// The first n of out sampling positions along an axis of in pixels (ATen's rule, see above).
+template <typename T>
+Axis<T> axis_weights(int64_t in, int64_t out, int64_t n) {
+  Axis<T> a{std::vector<int64_t>(n), std::vector<int64_t>(n), std::vector<T>(n), std::vector<T>(n)};
+  const T scale = static_cast<T>(in) / static_cast<T>(out);
+  for (int64_t d = 0; d < n; ++d) {
+    if (in == out) {
+      a.i0[d] = a.i1[d] = d;
+      a.w0[d] = T(1);
+      a.w1[d] = T(0);
+      continue;
+    }
+    T src = std::fma(scale, static_cast<T>(d) + T(0.5), T(-0.5));
+    if (src < T(0)) src = T(0);
+    const int64_t i = std::min<int64_t>(static_cast<int64_t>(std::floor(src)), in - 1);
+    const T l1 = std::min(std::max(src - static_cast<T>(i), T(0)), T(1));
+    a.i0[d] = i;
+    a.i1[d] = i < in - 1 ? i + 1 : i;
+    a.w1[d] = l1;
+    a.w0[d] = T(1) - l1;
+  }
+  return a;
+}
+
+struct Shape {
+  int64_t classes, h, w, rows, cols;  // input [C, h, w]; output rows x cols (the crop)
+};
+
+// dst[c * cols + x] = fma(src[c, r, i0[x]], w0[x], src[c, r, i1[x]] * w1[x]) for input row r.
+template <typename T>
+RTP_ALWAYS_INLINE void horizontal_row(const T* plane0, const Shape& s, int64_t r, const Axis<T>& ax, T* dst) {
+  const int64_t* i0 = ax.i0.data();
+  const int64_t* i1 = ax.i1.data();
+  const T* w0 = ax.w0.data();
+  const T* w1 = ax.w1.data();
+  for (int64_t c = 0; c < s.classes; ++c) {
+    const T* src = plane0 + (c * s.h + r) * s.w;
+    T* out = dst + c * s.cols;
+    for (int64_t x = 0; x < s.cols; ++x) out[x] = std::fma(src[i0[x]], w0[x], src[i1[x]] * w1[x]);
+  }
+}
+
+// out[x] = first argmax over c of fma(h0[c, x], l0, h1[c, x] * l1) (NaN is the maximum).
+template <typename T>
+RTP_ALWAYS_INLINE void vertical_argmax(const T* h0, const T* h1, T l0, T l1, const Shape& s, T* best, int32_t* idx,
+                                       int64_t* out) {
+  const int64_t n = s.cols;
+  for (int64_t x = 0; x < n; ++x) {
+    best[x] = std::fma(h0[x], l0, h1[x] * l1);
+    idx[x] = 0;
+  }
+  for (int64_t c = 1; c < s.classes; ++c) {
+    const T* a = h0 + c * n;
+    const T* b = h1 + c * n;
+    const int32_t ci = static_cast<int32_t>(c);
+    for (int64_t x = 0; x < n; ++x) {
+      const T v = std::fma(a[x], l0, b[x] * l1);
+      const T cur = best[x];
+      const bool take = (v > cur) | ((v != v) & (cur == cur));
+      best[x] = take ? v : cur;
+      idx[x] = take ? ci : idx[x];
+    }
+  }
+  for (int64_t x = 0; x < n; ++x) out[x] = idx[x];
+}
+
+#if RTP_HAVE_AVX2_PATH
+// vertical_argmax<float> on 8 columns at a time, the classes in registers: the same operations
+// (fmadd of one product, GT_OQ / UNORD_Q compares for the argmax order) as the scalar loop.
+RTP_AVX2_FMA void vertical_argmax_avx2(const float* h0, const float* h1, float l0, float l1, const Shape& s,
+                                       int64_t* out) {
+  const int64_t n = s.cols;
+  const __m256 w0 = _mm256_set1_ps(l0), w1 = _mm256_set1_ps(l1);
+  int64_t x = 0;
+  for (; x + 8 <= n; x += 8) {
+    __m256 best = _mm256_fmadd_ps(_mm256_loadu_ps(h0 + x), w0, _mm256_mul_ps(_mm256_loadu_ps(h1 + x), w1));
+    __m256 idx = _mm256_castsi256_ps(_mm256_setzero_si256());
+    for (int64_t c = 1; c < s.classes; ++c) {
+      const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(h0 + c * n + x), w0,
+                                       _mm256_mul_ps(_mm256_loadu_ps(h1 + c * n + x), w1));
+      const __m256 greater = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
+      const __m256 nan_over_number =
+          _mm256_andnot_ps(_mm256_cmp_ps(best, best, _CMP_UNORD_Q), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+      const __m256 take = _mm256_or_ps(greater, nan_over_number);
+      best = _mm256_blendv_ps(best, v, take);
+      idx = _mm256_blendv_ps(idx, _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(c))), take);
+    }
+    const __m256i ids = _mm256_castps_si256(idx);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + x), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ids)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + x + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ids, 1)));
+  }
+  for (; x < n; ++x) {  // the last columns: the scalar loop's operations, one column at a time
+    float best = std::fma(h0[x], l0, h1[x] * l1);
+    int64_t arg = 0;
+    for (int64_t c = 1; c < s.classes; ++c) {
+      const float v = std::fma(h0[c * n + x], l0, h1[c * n + x] * l1);
+      if ((v > best) | ((v != v) & (best == best))) {
+        best = v;
+        arg = c;
+      }
+    }
+    out[x] = arg;
+  }
+}
+#endif
+
+// Output rows [begin, end) of the flattened (image, row) range.
+template <typename T, bool kAvx2 = false>
+RTP_ALWAYS_INLINE void rows_impl(const T* in, int64_t* out, const Shape& s, const Axis<T>& ay, const Axis<T>& ax,
+                                 int64_t begin, int64_t end) {
+  const int64_t row_len = s.classes * s.cols;
+  std::vector<T> buf(2 * row_len + s.cols);
+  std::vector<int32_t> idx(s.cols);
+  T* slot[2] = {buf.data(), buf.data() + row_len};
+  T* best = buf.data() + 2 * row_len;
+  int64_t tag[2] = {-1, -1};  // (image, input row) cached in each slot, as image * h + row
+  auto row = [&](const T* plane0, int64_t key, int64_t r, int64_t keep) -> const T* {
+    if (tag[0] == key) return slot[0];
+    if (tag[1] == key) return slot[1];
+    const int k = tag[0] == keep ? 1 : 0;
+    horizontal_row<T>(plane0, s, r, ax, slot[k]);
+    tag[k] = key;
+    return slot[k];
+  };
+  for (int64_t flat = begin; flat < end; ++flat) {
+    const int64_t b = flat / s.rows, y = flat % s.rows;
+    const T* plane0 = in + b * s.classes * s.h * s.w;
+    const int64_t k0 = b * s.h + ay.i0[y], k1 = b * s.h + ay.i1[y];
+    const T* h0 = row(plane0, k0, ay.i0[y], k1);
+    const T* h1 = row(plane0, k1, ay.i1[y], k0);
+#if RTP_HAVE_AVX2_PATH
+    if constexpr (kAvx2 && std::is_same_v<T, float>) {
+      vertical_argmax_avx2(h0, h1, ay.w0[y], ay.w1[y], s, out + flat * s.cols);
+      continue;
+    }
+#endif
+    vertical_argmax<T>(h0, h1, ay.w0[y], ay.w1[y], s, best, idx.data(), out + flat * s.cols);
+  }
+}
+
+template <typename T>
+void rows_portable(const T* in, int64_t* out, const Shape& s, const Axis<T>& ay, const Axis<T>& ax, int64_t begin,
+                   int64_t end) {
+  rows_impl<T>(in, out, s, ay, ax, begin, end);
+}
+
+#if RTP_HAVE_AVX2_PATH
+template <typename T>
+RTP_AVX2_FMA void rows_avx2(const T* in, int64_t* out, const Shape& s, const Axis<T>& ay, const Axis<T>& ax,
+                            int64_t begin, int64_t end) {
+  rows_impl<T, true>(in, out, s, ay, ax, begin, end);
+}
+#endif
+
+template <typename T>
+void upsample_argmax_impl(const T* in, int64_t* out, int64_t batch, const Shape& s, int64_t out_h, int64_t out_w) {
+  const Axis<T> ay = axis_weights<T>(s.h, out_h, s.rows);
+  const Axis<T> ax = axis_weights<T>(s.w, out_w, s.cols);
+  auto rows = rows_portable<T>;
+#if RTP_HAVE_AVX2_PATH
+  static const bool fma_cpu = __builtin_cpu_supports("fma");
+  if (simd::cpu_isa() == simd::Isa::kAvx2 && fma_cpu) rows = rows_avx2<T>;
+#endif
+  // A chunk of >= 8 output rows reuses each horizontal row for the rows that sample it.
+  const int64_t grain = std::max<int64_t>(8, 32768 / std::max<int64_t>(s.cols * s.classes, 1));
+  at::parallel_for(0, batch * s.rows, grain, [&](int64_t begin, int64_t end) {
+    rows(in, out, s, ay, ax, begin, end);
+  });
+}
+
+at::Tensor upsample_argmax_cpu(const at::Tensor& logits, at::IntArrayRef size, at::IntArrayRef crop) {
+  const char* op = "upsample_argmax";
+  check_dim(op, "logits", logits, 4, "[B, C, h, w]");
+  check_float(op, "logits", logits);
+  check_device(op, "logits", logits, c10::kCPU);
+  TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0, op, ": size must be two positive ints, got ", size);
+  TORCH_CHECK(crop.size() == 2 && crop[0] > 0 && crop[1] > 0 && crop[0] <= size[0] && crop[1] <= size[1], op,
+              ": crop must be two positive ints <= size ", size, ", got ", crop);
+  TORCH_CHECK(logits.size(1) > 0 && logits.size(2) > 0 && logits.size(3) > 0, op,
+              ": logits must have at least one class and one pixel, got ", logits.sizes());
+  TORCH_CHECK(logits.size(1) <= INT32_MAX, op, ": at most 2^31 - 1 classes, got ", logits.size(1));
+  const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto in = logits.to(acc).contiguous();
+  const int64_t batch = in.size(0);
+  auto out = at::empty({batch, crop[0], crop[1]}, logits.options().dtype(at::kLong));
+  if (batch == 0) return out;
+  const Shape s{in.size(1), in.size(2), in.size(3), crop[0], crop[1]};
+  AT_DISPATCH_FLOATING_TYPES(acc, "upsample_argmax_cpu", [&] {
+    upsample_argmax_impl<scalar_t>(in.data_ptr<scalar_t>(), out.data_ptr<int64_t>(), batch, s, size[0], size[1]);
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rtpanoptic, CPU, m) {
+  m.impl("upsample_argmax", TORCH_FN(upsample_argmax_cpu));
+}
+
+}  // namespace rtpanoptic

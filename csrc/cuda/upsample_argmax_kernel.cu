@@ -1,0 +1,105 @@
+// Fused bilinear upsampling (align_corners=False) + argmax over the classes on the GPU, one thread
+// per output pixel; nothing is written but the int64 class map.  Arithmetic as the C++ kernel
+// (csrc/cpu/upsample_argmax_kernel.cpp): ATen's sampling positions with
+// src = fma(in/out, dst + 0.5, -0.5) and fma(fma(x00, ww0, x01 * ww1), wh0, fma(x10, ww0, x11 * ww1) * wh1),
+// every fused multiply-add explicit (__fma_rn), every other product and sum rounded on its own
+// (__fmul_rn, __fdiv_rn: nvcc may not contract them).  float16/bfloat16 are computed in float32.
+#include <torch/library.h>
+
+#include "cuda_common.cuh"
+
+namespace rtpanoptic {
+namespace {
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t mul_rn(acc_t a, acc_t b) {
+  return a * b;
+}
+template <>
+__device__ __forceinline__ float mul_rn<float>(float a, float b) {
+  return __fmul_rn(a, b);
+}
+template <>
+__device__ __forceinline__ double mul_rn<double>(double a, double b) {
+  return __dmul_rn(a, b);
+}
+
+template <typename acc_t>
+struct Sample {
+  int64_t i0, i1;
+  acc_t w0, w1;
+};
+
+// ATen's (index0, index1, lambda0, lambda1) of output position d along an axis of in -> out pixels.
+template <typename acc_t>
+__device__ __forceinline__ Sample<acc_t> axis_sample(int64_t d, int64_t in, int64_t out) {
+  if (in == out) return {d, d, acc_t(1), acc_t(0)};
+  const acc_t scale = static_cast<acc_t>(in) / static_cast<acc_t>(out);  // IEEE division (no fast-math)
+  acc_t src = fma(scale, static_cast<acc_t>(d) + acc_t(0.5), acc_t(-0.5));
+  if (src < acc_t(0)) src = acc_t(0);
+  const int64_t i = min(static_cast<int64_t>(floor(src)), in - 1);
+  const acc_t l1 = min(max(src - static_cast<acc_t>(i), acc_t(0)), acc_t(1));
+  return {i, i < in - 1 ? i + 1 : i, acc_t(1) - l1, l1};
+}
+
+template <typename scalar_t>
+__global__ void upsample_argmax_kernel(const scalar_t* __restrict__ in, int64_t* __restrict__ out, int64_t batch,
+                                       int64_t classes, int64_t h, int64_t w, int64_t out_h, int64_t out_w,
+                                       int64_t rows, int64_t cols) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t pixels = rows * cols;
+  if (t >= batch * pixels) return;
+  const int64_t b = t / pixels, p = t % pixels;
+  const Sample<acc_t> sy = axis_sample<acc_t>(p / cols, h, out_h);
+  const Sample<acc_t> sx = axis_sample<acc_t>(p % cols, w, out_w);
+  const int64_t plane = h * w;
+  const scalar_t* src = in + b * classes * plane;
+  const int64_t i00 = sy.i0 * w + sx.i0, i01 = sy.i0 * w + sx.i1, i10 = sy.i1 * w + sx.i0, i11 = sy.i1 * w + sx.i1;
+  acc_t best = acc_t(0);
+  int64_t arg = 0;
+  for (int64_t c = 0; c < classes; ++c) {
+    const scalar_t* ch = src + c * plane;
+    const acc_t top = fma(static_cast<acc_t>(ch[i00]), sx.w0, mul_rn(static_cast<acc_t>(ch[i01]), sx.w1));
+    const acc_t bottom = fma(static_cast<acc_t>(ch[i10]), sx.w0, mul_rn(static_cast<acc_t>(ch[i11]), sx.w1));
+    const acc_t v = fma(top, sy.w0, mul_rn(bottom, sy.w1));
+    // torch.argmax's order: greater, or NaN over a number; the first of equals stays.
+    if (c == 0 || v > best || (v != v && best == best)) {
+      best = v;
+      arg = c;
+    }
+  }
+  out[t] = arg;
+}
+
+at::Tensor upsample_argmax_cuda(const at::Tensor& logits, at::IntArrayRef size, at::IntArrayRef crop) {
+  const char* op = "upsample_argmax";
+  check_dim(op, "logits", logits, 4, "[B, C, h, w]");
+  check_float(op, "logits", logits);
+  cuda::check_cuda(op, "logits", logits);
+  TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0, op, ": size must be two positive ints, got ", size);
+  TORCH_CHECK(crop.size() == 2 && crop[0] > 0 && crop[1] > 0 && crop[0] <= size[0] && crop[1] <= size[1], op,
+              ": crop must be two positive ints <= size ", size, ", got ", crop);
+  TORCH_CHECK(logits.size(1) > 0 && logits.size(2) > 0 && logits.size(3) > 0, op,
+              ": logits must have at least one class and one pixel, got ", logits.sizes());
+  c10::cuda::CUDAGuard guard(logits.device());
+  auto in = logits.contiguous();
+  auto out = at::empty({in.size(0), crop[0], crop[1]}, in.options().dtype(at::kLong));
+  const int64_t n = out.numel();
+  if (n == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "upsample_argmax_cuda", [&] {
+    upsample_argmax_kernel<scalar_t><<<cuda::blocks_for(n), cuda::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        in.data_ptr<scalar_t>(), out.data_ptr<int64_t>(), in.size(0), in.size(1), in.size(2), in.size(3), size[0],
+        size[1], crop[0], crop[1]);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rtpanoptic, CUDA, m) {
+  m.impl("upsample_argmax", TORCH_FN(upsample_argmax_cuda));
+}
+
+}  // namespace rtpanoptic

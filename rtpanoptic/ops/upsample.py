@@ -1,0 +1,53 @@
+"""Semantic map at input resolution: fused bilinear upsampling + argmax over the classes."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import _dispatch, _validate
+
+
+def _size_pair(op: str, name: str, value) -> list[int]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise TypeError(f"{op}: {name} must be a pair of ints (H, W), got {value!r}")
+    return [_validate.positive_int(op, f"{name}[{i}]", v) for i, v in enumerate(value)]
+
+
+def upsample_argmax(
+    logits: Tensor, size: Sequence[int], crop: Sequence[int] | None = None, *, backend: str | None = None
+) -> Tensor:
+    """``argmax`` over the classes of ``logits`` bilinearly resized to ``size``, without building
+    the resized ``[B, C, H, W]`` tensor.
+
+    Equal to ``F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    [:, :, :crop[0], :crop[1]].argmax(dim=1)`` (:func:`rtpanoptic.ops.reference.upsample_argmax`).
+
+    Args:
+        logits: ``[B, C, h, w]`` floating point, C >= 1 (float16/bfloat16 are resized in float32).
+        size: ``(H, W)`` of the resized map: it fixes the sampling positions
+            (``src = (dst + 0.5) * h / H - 0.5``), e.g. ``(h * stride, w * stride)``.
+        crop: ``(H', W')`` <= ``size``: only the first H' rows and W' columns are computed
+            (an image's part of a padded batch); None: ``size``.
+
+    Returns:
+        int64 ``[B, H', W']`` class indices: first maximum on ties, NaN is the maximum (as
+        ``torch.argmax``).
+
+    The compiled kernels compute ``(x00 * ww0 + x01 * ww1) * wh0 + (x10 * ww0 + x11 * ww1) * wh1``
+    with each ``a * b + c`` as one fused multiply-add, the arithmetic of ATen's CPU kernel on
+    AVX2/AVX-512 machines: identical to ``F.interpolate`` there at integer scale factors.
+    """
+    op = "upsample_argmax"
+    _validate.tensor(op, "logits", logits, ndim=4, floating=True)
+    size = _size_pair(op, "size", size)
+    crop = size if crop is None else _size_pair(op, "crop", crop)
+    if crop[0] > size[0] or crop[1] > size[1]:
+        raise ValueError(f"{op}: crop {tuple(crop)} must not exceed size {tuple(size)}")
+    b, c, h, w = logits.shape
+    if c == 0 or h == 0 or w == 0:
+        raise ValueError(f"{op}: logits must have at least one class and one pixel, got {list(logits.shape)}")
+    if b == 0:
+        return torch.empty((0, crop[0], crop[1]), dtype=torch.int64, device=logits.device)
+    return _dispatch.select(op, backend, logits.device)(logits, size, crop)

@@ -1,0 +1,72 @@
+"""Predictor.postprocess (fused: semantic map from ops.upsample_argmax, segment stats and the id map
+from the grid) against the previous implementation (benchmarks/previous_postprocess.py): same panoptic
+map, segments, semantic map and detections, on several seeds and image sizes (also sizes that
+are not multiples of the strides) with both tested presets."""
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rtpanoptic.benchmark import heavy_postprocess_load
+from rtpanoptic.inference import Predictor, segment_areas_and_boxes, upsample_ids
+from rtpanoptic.model import build_model
+
+
+def _previous():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "previous_postprocess.py"
+    spec = importlib.util.spec_from_file_location("previous_postprocess", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PREVIOUS = _previous()
+
+
+_MODELS = {}
+
+
+def _predictor(preset):
+    if preset not in _MODELS:
+        torch.manual_seed(0)
+        model = build_model(preset).eval()
+        heavy_postprocess_load(model)
+        _MODELS[preset] = model
+    # a low sigma and stuff-area limit: many thing and stuff segments from random weights
+    return Predictor(_MODELS[preset], channels_last=False, sigma=0.05, stuff_area_limit=16)
+
+
+@pytest.mark.parametrize("preset", ["r18-fpn", "tri-cityscapes-r50"])
+@pytest.mark.parametrize("seed,sizes", [(0, [(128, 256)]), (1, [(121, 203)]), (2, [(97, 130), (100, 127)])])
+def test_postprocess_equals_previous_implementation(preset, seed, sizes):
+    pred = _predictor(preset)
+    rng = np.random.default_rng(seed)
+    images = [torch.from_numpy(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).permute(2, 0, 1) for h, w in sizes]
+    with torch.no_grad():
+        batch, got_sizes = pred.preprocess(images)
+        outputs = pred.network(batch)
+        got = pred.postprocess(outputs, got_sizes)
+        want = PREVIOUS.old_postprocess(pred, outputs, got_sizes)
+    assert sum(len(r.thing_segments) for r in got) > 1 and sum(len(r.segments_info) for r in got) > 3
+    for res, (panoptic, semantic, seg, areas, boxes, det) in zip(got, want):
+        assert torch.equal(res.panoptic, panoptic)
+        assert torch.equal(res.semantic, semantic)
+        assert torch.equal(res.detections.boxes, det.boxes) and torch.equal(res.detections.scores, det.scores)
+        assert [s["area"] for s in res.segments_info] == areas
+        assert [s["bbox"] for s in res.segments_info] == boxes
+        assert [s["train_id"] for s in res.segments_info] == seg.classes.tolist()
+        assert [s["score"] for s in res.segments_info] == seg.scores.tolist()
+
+
+@pytest.mark.parametrize("stride,size", [(4, (13, 9)), (4, (16, 16)), (8, (1, 1)), (3, (7, 20))])
+def test_segment_stats_from_grid_equal_full_resolution_scan(stride, size):
+    g = torch.Generator().manual_seed(stride * 100 + size[1])
+    hv, wv = math.ceil(size[0] / stride), math.ceil(size[1] / stride)
+    grid = torch.randint(0, 5, (hv, wv), generator=g, dtype=torch.int32)  # segment 5 is absent
+    full = upsample_ids(grid, stride, size)
+    assert full.shape == size
+    assert torch.equal(full, grid.repeat_interleave(stride, 0).repeat_interleave(stride, 1)[: size[0], : size[1]])
+    assert segment_areas_and_boxes(grid, 5, stride, size) == PREVIOUS.old_areas_and_boxes(full, 5)
