@@ -14,6 +14,7 @@ from .boxes import batched_nms, box_iou, nms
 from .dense import decode_boxes, gather_levelness
 from .mask_loss import mask_loss
 from .panoptic import PanopticSegments, panoptic_from_dense
+from .panoptic_release import panoptic_from_dense_release
 
 if _extension.load():
     registry.register(registry.CPP_NAMESPACE)  # fakes and autograd of the C++/CUDA ops
@@ -31,4 +32,5 @@ __all__ = [
     "mask_loss",
     "nms",
     "panoptic_from_dense",
+    "panoptic_from_dense_release",
 ]
