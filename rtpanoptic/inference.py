@@ -21,8 +21,10 @@ With the ``tri-cityscapes-r50`` preset the options follow the authors' release (
 on p before the centerness product, 1000 per level, class NMS 0.6 then class-agnostic 0.97,
 top 100, "tri" score, sigma 0.4, semantic logits resized to the stride-4 grid before the
 softmax).  Known differences from the released code: its masks are ``soft >= 0.4`` after a x4
-bilinear upsampling of the soft masks, here ``soft > sigma`` on the stride-4 grid and the id map
-is upsampled; it has no panoptic fusion (masks may overlap), here masks are fused (overlap 0.5);
+bilinear upsampling of the soft masks, here by default (``mask_mode="grid"``) ``soft > sigma`` on
+the stride-4 grid and the id map is upsampled — ``mask_mode="release"`` reproduces the release's
+masks exactly (:func:`ops.panoptic_from_dense_release`, mask boxes clipped to ``[0, W-1] x [0, H-1]``);
+it has no panoptic fusion (masks may overlap), here masks are fused (overlap 0.5);
 boxes are clipped to ``[0, W] x [0, H]`` (no -1); the top 100 are taken exactly (no kthvalue
 ties); candidates in the padding are dropped.
 """
@@ -289,14 +291,25 @@ class Predictor:
         for b, (h, w) in enumerate(sizes):
             hv, wv = math.ceil(h / ls), math.ceil(w / ls)
             det = detections[b]
-            seg = ops.panoptic_from_dense(
-                dense[b, :, :hv, :wv].contiguous(), sem_probs[b, :, :hv, :wv].contiguous(),
-                det.boxes, thing_train_ids[det.labels], det.scores, is_thing,
-                sigma=o.sigma, score=o.score, score_threshold=o.score_threshold,
-                overlap_threshold=o.overlap_threshold, stuff_area_limit=o.stuff_area_limit // (ls * ls),
-                backend=be,
-            )
-            panoptic = seg.segment_map.repeat_interleave(ls, 0).repeat_interleave(ls, 1)[:h, :w]
+            if o.mask_mode == "release":  # one grid cell of padding: the bilinear upsampling reads it
+                hr, wr = min(hv + 1, dense.shape[-2]), min(wv + 1, dense.shape[-1])
+                seg = ops.panoptic_from_dense_release(
+                    dense[b, :, :hr, :wr].contiguous(), sem_probs[b, :, :hr, :wr].contiguous(),
+                    torch.minimum(det.boxes, det.boxes.new_tensor([w - 1, h - 1, w - 1, h - 1])),
+                    thing_train_ids[det.labels], det.scores, is_thing, stride=ls, size=(h, w),
+                    sigma=o.sigma, score=o.score, score_threshold=o.score_threshold,
+                    overlap_threshold=o.overlap_threshold, stuff_area_limit=o.stuff_area_limit, backend=be,
+                )
+                panoptic = seg.segment_map
+            else:
+                seg = ops.panoptic_from_dense(
+                    dense[b, :, :hv, :wv].contiguous(), sem_probs[b, :, :hv, :wv].contiguous(),
+                    det.boxes, thing_train_ids[det.labels], det.scores, is_thing,
+                    sigma=o.sigma, score=o.score, score_threshold=o.score_threshold,
+                    overlap_threshold=o.overlap_threshold, stuff_area_limit=o.stuff_area_limit // (ls * ls),
+                    backend=be,
+                )
+                panoptic = seg.segment_map.repeat_interleave(ls, 0).repeat_interleave(ls, 1)[:h, :w]
             semantic = upsample_argmax(sem_logits[b], self.model.semantic_stride, (h, w))
             results.append(self._result(panoptic, seg, semantic, det))
         return results
