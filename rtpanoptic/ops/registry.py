@@ -124,14 +124,18 @@ def _panoptic_from_dense_fake(
     dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
     sigma, score, score_threshold, overlap_threshold, stuff_area_limit,
 ):
+    return _segments_fake(dense_boxes, dense_boxes.shape[1], dense_boxes.shape[2])
+
+
+def _segments_fake(like, h, w):
+    """(segment_map int32 [h, w], then class, query, score, area of a data-dependent count S)."""
     s = torch.library.get_ctx().new_dynamic_size()
-    _, h, w = dense_boxes.shape
     return (
-        dense_boxes.new_empty((h, w), dtype=torch.int32),
-        dense_boxes.new_empty((s,), dtype=torch.int64),
-        dense_boxes.new_empty((s,), dtype=torch.int64),
-        dense_boxes.new_empty((s,), dtype=torch.float32),
-        dense_boxes.new_empty((s,), dtype=torch.int64),
+        like.new_empty((h, w), dtype=torch.int32),
+        like.new_empty((s,), dtype=torch.int64),
+        like.new_empty((s,), dtype=torch.int64),
+        like.new_empty((s,), dtype=torch.float32),
+        like.new_empty((s,), dtype=torch.int64),
     )
 
 
@@ -139,14 +143,7 @@ def _panoptic_from_dense_release_fake(
     dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing, stride, height, width,
     sigma, score, score_threshold, overlap_threshold, stuff_area_limit, fma,
 ):
-    s = torch.library.get_ctx().new_dynamic_size()
-    return (
-        dense_boxes.new_empty((height, width), dtype=torch.int32),
-        dense_boxes.new_empty((s,), dtype=torch.int64),
-        dense_boxes.new_empty((s,), dtype=torch.int64),
-        dense_boxes.new_empty((s,), dtype=torch.float32),
-        dense_boxes.new_empty((s,), dtype=torch.int64),
-    )
+    return _segments_fake(dense_boxes, height, width)
 
 
 def _mask_loss_fake(dense_boxes, query_boxes, gt_masks, beta, batch_index):
