@@ -145,4 +145,13 @@ inline void check_panoptic_from_dense_scalars(const char* op, const std::string&
   TORCH_CHECK(stuff_area_limit >= 0, op, ": stuff_area_limit must be >= 0, got ", stuff_area_limit);
 }
 
+// panoptic_from_dense_release: stride a power of two, output [height, width] inside the upsampled grid.
+inline void check_release_size(const char* op, const at::Tensor& dense_boxes, int64_t stride, int64_t height,
+                               int64_t width) {
+  TORCH_CHECK(stride >= 1 && (stride & (stride - 1)) == 0, op, ": stride must be a power of two, got ", stride);
+  const int64_t h = dense_boxes.size(1), w = dense_boxes.size(2);
+  TORCH_CHECK(height >= 0 && height <= h * stride && width >= 0 && width <= w * stride, op, ": size must lie in [0, ",
+              h * stride, "] x [0, ", w * stride, "], got (", height, ", ", width, ")");
+}
+
 }  // namespace rtpanoptic

@@ -25,6 +25,12 @@ TORCH_LIBRARY(rtpanoptic, m) {
       "Tensor query_scores, Tensor is_thing, float sigma, str score, float score_threshold, "
       "float overlap_threshold, int stuff_area_limit) -> "
       "(Tensor segment_map, Tensor segment_class, Tensor segment_query, Tensor segment_score, Tensor segment_area)");
+  // The release's masks (x stride bilinear, >= sigma) at [height, width], then the same fusion.
+  m.def(
+      "panoptic_from_dense_release(Tensor dense_boxes, Tensor sem_probs, Tensor query_boxes, Tensor query_classes, "
+      "Tensor query_scores, Tensor is_thing, int stride, int height, int width, float sigma, str score, "
+      "float score_threshold, float overlap_threshold, int stuff_area_limit, bool fma) -> "
+      "(Tensor segment_map, Tensor segment_class, Tensor segment_query, Tensor segment_score, Tensor segment_area)");
   // Explicit mask loss (eqs. 16-18).
   m.def(
       "mask_loss(Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, Tensor batch_index) -> Tensor");

@@ -23,8 +23,10 @@ With the ``tri-cityscapes-r50`` preset the options follow the authors' release (
 on p before the centerness product, 1000 per level, class NMS 0.6 then class-agnostic 0.97,
 top 100, "tri" score, sigma 0.4, semantic logits resized to the stride-4 grid before the
 softmax).  Known differences from the released code: its masks are ``soft >= 0.4`` after a x4
-bilinear upsampling of the soft masks, here ``soft > sigma`` on the stride-4 grid and the id map
-is upsampled; it has no panoptic fusion (masks may overlap), here masks are fused (overlap 0.5);
+bilinear upsampling of the soft masks, here by default (``mask_mode="grid"``) ``soft > sigma`` on
+the stride-4 grid and the id map is upsampled — ``mask_mode="release"`` reproduces the release's
+masks exactly (:func:`ops.panoptic_from_dense_release`, mask boxes clipped to ``[0, W-1] x [0, H-1]``);
+it has no panoptic fusion (masks may overlap), here masks are fused (overlap 0.5);
 boxes are clipped to ``[0, W] x [0, H]`` (no -1); the top 100 are taken exactly (no kthvalue
 ties); candidates in the padding are dropped.
 """
@@ -276,26 +278,37 @@ class Predictor:
         semantic_size = (sem_logits.shape[2] * ss, sem_logits.shape[3] * ss)
         results = []
         for b, (h, w) in enumerate(sizes):
-            hv, wv = math.ceil(h / ls), math.ceil(w / ls)
-            seg = self._fuse(dense[b, :, :hv, :wv], sem_probs[b, :, :hv, :wv], detections[b])
+            seg, map_stride = self._fuse(dense[b], sem_probs[b], detections[b], (h, w))
             semantic = ops.upsample_argmax(sem_logits[b : b + 1], semantic_size, (h, w), backend=be)[0]
-            results.append(self._result(seg, (h, w), semantic, detections[b]))
+            results.append(self._result(seg, map_stride, (h, w), semantic, detections[b]))
         return results
 
-    def _fuse(self, dense: Tensor, sem_probs: Tensor, det: Detections) -> ops.PanopticSegments:
-        """Masks and panoptic fusion of one image on its part of the levelness grid."""
+    def _fuse(self, dense: Tensor, sem_probs: Tensor, det: Detections,
+              size: tuple[int, int]) -> tuple[ops.PanopticSegments, int]:
+        """Masks and panoptic fusion of one image from its padded levelness grid ``dense [4, h, w]``,
+        ``sem_probs [C, h, w]`` -> the segments and the stride of their segment map (the grid's for
+        ``mask_mode="grid"``; 1 for ``"release"``, whose map is at input resolution)."""
         o, ls = self.options, self.model.levelness_stride
+        h, w = size
+        hv, wv = math.ceil(h / ls), math.ceil(w / ls)
         is_thing = self._is_thing.to(dense.device)
-        thing_train_ids = self._thing_train_ids.to(dense.device)
-        return ops.panoptic_from_dense(
-            dense.contiguous(), sem_probs.contiguous(), det.boxes, thing_train_ids[det.labels], det.scores, is_thing,
-            sigma=o.sigma, score=o.score, score_threshold=o.score_threshold,
-            overlap_threshold=o.overlap_threshold, stuff_area_limit=o.stuff_area_limit // (ls * ls),
-            backend=self.backend,
-        )
+        classes = self._thing_train_ids.to(dense.device)[det.labels]
+        common = dict(sigma=o.sigma, score=o.score, score_threshold=o.score_threshold,
+                      overlap_threshold=o.overlap_threshold, backend=self.backend)
+        if o.mask_mode == "release":  # one grid cell of padding: the bilinear upsampling reads it
+            hr, wr = min(hv + 1, dense.shape[-2]), min(wv + 1, dense.shape[-1])
+            boxes = torch.minimum(det.boxes, det.boxes.new_tensor([w - 1, h - 1, w - 1, h - 1]))
+            seg = ops.panoptic_from_dense_release(
+                dense[:, :hr, :wr].contiguous(), sem_probs[:, :hr, :wr].contiguous(), boxes, classes, det.scores,
+                is_thing, stride=ls, size=(h, w), stuff_area_limit=o.stuff_area_limit, **common)
+            return seg, 1
+        seg = ops.panoptic_from_dense(
+            dense[:, :hv, :wv].contiguous(), sem_probs[:, :hv, :wv].contiguous(), det.boxes, classes, det.scores,
+            is_thing, stuff_area_limit=o.stuff_area_limit // (ls * ls), **common)
+        return seg, ls
 
-    def _result(self, seg: ops.PanopticSegments, size: tuple[int, int], semantic: Tensor, det: Detections):
-        ls = self.model.levelness_stride
+    def _result(self, seg: ops.PanopticSegments, ls: int, size: tuple[int, int], semantic: Tensor,
+                det: Detections):
         grid = seg.segment_map.cpu()
         n = int(seg.classes.numel())
         areas, bboxes = segment_areas_and_boxes(grid, n, ls, size)
@@ -320,10 +333,9 @@ def nms_queries(boxes: Tensor, scores: Tensor, labels: Tensor, size: tuple[int, 
     then the optional class-agnostic NMS, then the ``post_nms_top_n`` best (the queries)."""
     h, w = size
     boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([w, h, w, h]))
-    keep = ops.batched_nms(boxes, scores, labels, options.nms_thresh, backend=backend)
-    if options.global_nms_thresh is not None:
-        keep = keep[ops.nms(boxes[keep], scores[keep], options.global_nms_thresh, backend=backend)]
-    return boxes, keep[: options.post_nms_top_n]
+    keep = ops.select_queries(boxes, scores, labels, options.nms_thresh, options.global_nms_thresh,
+                              options.post_nms_top_n, backend=backend)
+    return boxes, keep
 
 
 def semantic_probs_on(logits: Tensor, grid) -> Tensor:

@@ -19,7 +19,8 @@ def problems(force_cuda: bool) -> list[str]:
     built = ops.available_backends()
     found = []
     for backend, wanted in (("cpp", True), ("cuda", force_cuda)):
-        missing = [op for op in ops.OPS if wanted and backend not in built[op]]
+        missing = [op for op in ops.OPS
+                   if wanted and backend in ops.registry.ROWS[op].backends and backend not in built[op]]
         if missing:
             found.append(f"no {backend} kernel registered for {', '.join(missing)}")
     return found

@@ -42,6 +42,9 @@ class HeadConfig:
     max_log_offset: float = 9.210340371976184  # exp(clamp(scale * x, max=ln 10000)) box parametrisation
 
 
+MASK_MODES = ("grid", "release")
+
+
 @dataclass
 class InferenceConfig:
     """Defaults of :class:`rtpanoptic.inference.Predictor` (each can be overridden there)."""
@@ -56,6 +59,10 @@ class InferenceConfig:
     score_threshold: float = 0.0  # fusion: queries below this score are dropped
     overlap_threshold: float = 0.5  # fusion: max fraction of a mask already taken
     stuff_area_limit: int = 0  # fusion: minimum stuff area, in input pixels
+    # "grid": masks score * P_sem > sigma on the levelness grid, id map upsampled (nearest);
+    # "release": the released code's masks, soft masks x stride bilinear then >= sigma, boxes
+    # clipped to [0, W - 1] x [0, H - 1] (ops.panoptic_from_dense_release)
+    mask_mode: str = "grid"
 
 
 @dataclass
@@ -88,6 +95,7 @@ def validate_config(cfg: ModelConfig) -> None:
         (i.post_nms_top_n >= 0, "inference.post_nms_top_n", ">= 0", i.post_nms_top_n),
         (0 <= i.overlap_threshold <= 1, "inference.overlap_threshold", "in [0, 1]", i.overlap_threshold),
         (i.stuff_area_limit >= 0, "inference.stuff_area_limit", ">= 0", i.stuff_area_limit),
+        (i.mask_mode in MASK_MODES, "inference.mask_mode", f"one of {MASK_MODES}", i.mask_mode),
     ]
     for name, width in (("head.loc_channels", h.loc_channels), ("head.sem_channels", h.sem_channels)):
         ok = width > 0 and h.gn_channels_per_group > 0 and width % h.gn_channels_per_group == 0

@@ -7,6 +7,8 @@ loads into it with ``strict=True``): BGR Caffe input, FrozenBN without eps, sema
 stride 8, the "tri" box score with sigma 0.4, pre-NMS threshold 0.06, class-agnostic NMS 0.97.
 Its paper variant is the same model with overrides (``head.semantic_stride=4`` changes the
 weights' meaning, so only the inference options are meant to be switched on the released file).
+Its release-exact variant: ``inference.mask_mode=release`` (the release's bilinear masks, see
+:class:`~rtpanoptic.model.config.InferenceConfig`); the preset keeps the default ``"grid"``.
 """
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ from .mask_loss import mask_loss
 from .panoptic import PanopticSegments, panoptic_from_dense
 from .select import select_queries
 from .upsample import upsample_argmax
+from .panoptic_release import panoptic_from_dense_release
 
 if _extension.load():
     registry.register(registry.CPP_NAMESPACE)  # fakes and autograd of the C++/CUDA ops
@@ -35,4 +36,5 @@ __all__ = [
     "panoptic_from_dense",
     "select_queries",
     "upsample_argmax",
+    "panoptic_from_dense_release",
 ]

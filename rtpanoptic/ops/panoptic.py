@@ -71,7 +71,27 @@ def panoptic_from_dense(
     Returns:
         :class:`PanopticSegments`.  No ``[Q, H, W]`` float tensor is built by the fast backends.
     """
-    op = "panoptic_from_dense"
+    query_classes, query_scores, is_thing, sigma, score_threshold, overlap_threshold, device = checked_fusion_args(
+        "panoptic_from_dense", dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
+        sigma, score, score_threshold, overlap_threshold, stuff_area_limit,
+    )
+    fn = _dispatch.select("panoptic_from_dense", backend, device)
+    return PanopticSegments(
+        *fn(
+            dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
+            sigma, score, score_threshold, overlap_threshold, stuff_area_limit,
+        )
+    )
+
+
+def checked_fusion_args(
+    op: str, dense_boxes: Tensor, sem_probs: Tensor, query_boxes: Tensor, query_classes: Tensor,
+    query_scores: Tensor, is_thing: Tensor | Sequence[bool], sigma: float, score: str, score_threshold: float,
+    overlap_threshold: float, stuff_area_limit: int,
+) -> tuple:
+    """Validate the arguments of :func:`panoptic_from_dense` (as ``op``) and return them canonical:
+    ``(query_classes int64, query_scores in dense_boxes' dtype, is_thing on the device, sigma,
+    score_threshold, overlap_threshold, device)``."""
     _validate.tensor(op, "dense_boxes", dense_boxes, shape=(4, None, None), floating=True)
     _, h, w = dense_boxes.shape
     _validate.tensor(op, "sem_probs", sem_probs, shape=(None, h, w), floating=True)
@@ -105,10 +125,4 @@ def panoptic_from_dense(
         if lo < 0 or hi >= n_classes:
             raise ValueError(f"{op}: query_classes must lie in [0, {n_classes}), got values in [{lo}, {hi}]")
     query_scores = query_scores.to(dense_boxes.dtype)
-    fn = _dispatch.select(op, backend, device)
-    return PanopticSegments(
-        *fn(
-            dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-            sigma, score, score_threshold, overlap_threshold, stuff_area_limit,
-        )
-    )
+    return query_classes, query_scores, is_thing, sigma, score_threshold, overlap_threshold, device

@@ -219,14 +219,32 @@ def panoptic_from_dense(
     index, -1 for stuff), ``segment_score`` float32 (query score, 1 for stuff) and
     ``segment_area`` int64 (pixels).  Things come first, in painting order.
     """
-    _, h, w = dense_boxes.shape
-    device = dense_boxes.device
+    masks = None
+    if query_boxes.shape[0] > 0:
+        masks = _score_map(dense_boxes, query_boxes, score) * _upcast(sem_probs)[query_classes] > sigma
+    semantic = sem_probs.argmax(dim=0)  # torch.argmax: a NaN probability counts as the maximum
+    return _fuse(masks, semantic, query_classes, query_scores, is_thing, score_threshold, overlap_threshold,
+                 stuff_area_limit)
+
+
+def _fuse(
+    masks: Tensor | None,
+    semantic: Tensor,
+    query_classes: Tensor,
+    query_scores: Tensor,
+    is_thing: Tensor,
+    score_threshold: float,
+    overlap_threshold: float,
+    stuff_area_limit: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Panoptic fusion of bool ``masks [Q,H,W]`` (None when Q = 0) and the semantic argmax
+    ``[H,W]``, as documented in :func:`panoptic_from_dense`."""
+    h, w = semantic.shape
+    device = semantic.device
     segment_map = torch.zeros(h, w, dtype=torch.int32, device=device)
     classes, queries, scores, areas = [], [], [], []
 
-    if query_boxes.shape[0] > 0:
-        loc = _score_map(dense_boxes, query_boxes, score)  # [Q, H, W]
-        masks = loc * _upcast(sem_probs)[query_classes] > sigma
+    if masks is not None:
         for j in torch.sort(query_scores, descending=True, stable=True).indices.tolist():
             if query_scores[j].item() < score_threshold:
                 continue
@@ -244,7 +262,6 @@ def panoptic_from_dense(
             scores.append(float(query_scores[j]))
             areas.append(free_area)
 
-    semantic = sem_probs.argmax(dim=0)  # torch.argmax: a NaN probability counts as the maximum
     for c in torch.nonzero(~is_thing).flatten().tolist():
         region = (semantic == c) & (segment_map == 0)
         area = int(region.sum())
@@ -330,3 +347,42 @@ def upsample_argmax(logits: Tensor, size: list[int], crop: list[int]) -> Tensor:
     """
     up = F.interpolate(_upcast(logits), size=tuple(size), mode="bilinear", align_corners=False)
     return up[:, :, : crop[0], : crop[1]].argmax(dim=1)
+
+
+# --------------------------------------- release-exact masks (bilinear x stride, >= sigma)
+def panoptic_from_dense_release(
+    dense_boxes: Tensor,
+    sem_probs: Tensor,
+    query_boxes: Tensor,
+    query_classes: Tensor,
+    query_scores: Tensor,
+    is_thing: Tensor,
+    stride: int,
+    height: int,
+    width: int,
+    sigma: float,
+    score: str,
+    score_threshold: float,
+    overlap_threshold: float,
+    stuff_area_limit: int,
+    fma: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The released TRI code's masks, then the fusion of :func:`panoptic_from_dense`, at full resolution.
+
+    Masks: the soft masks ``S_j = score(B(x,y), B_j) * P_sem(x, y, c_j)`` of the ``[h, w]`` grid
+    (as :func:`panoptic_from_dense`, float32 for float16/bfloat16 inputs) are upsampled by
+    ``stride`` with ``F.interpolate(mode="bilinear", align_corners=False)``, cropped to
+    ``[height, width]`` and thresholded ``>= sigma``.  Stuff: the grid's semantic argmax, each
+    output pixel taking the value of its grid cell (nearest).  ``stuff_area_limit`` counts output
+    pixels.  ``fma`` is ignored here: it tells the fused kernels whether this device's
+    ``F.interpolate`` rounds its multiply-adds once (ATen's AVX2/AVX512 CPU kernels do).
+    Returns ``segment_map`` int32 ``[height, width]`` and the segments as :func:`panoptic_from_dense`.
+    """
+    masks = None
+    if query_boxes.shape[0] > 0:
+        soft = _score_map(dense_boxes, query_boxes, score) * _upcast(sem_probs)[query_classes]  # [Q, h, w]
+        up = F.interpolate(soft[None], scale_factor=stride, mode="bilinear", align_corners=False)[0]
+        masks = up[:, :height, :width] >= sigma
+    semantic = sem_probs.argmax(dim=0).repeat_interleave(stride, 0).repeat_interleave(stride, 1)
+    return _fuse(masks, semantic[:height, :width], query_classes, query_scores, is_thing, score_threshold,
+                 overlap_threshold, stuff_area_limit)

@@ -124,15 +124,26 @@ def _panoptic_from_dense_fake(
     dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
     sigma, score, score_threshold, overlap_threshold, stuff_area_limit,
 ):
+    return _segments_fake(dense_boxes, dense_boxes.shape[1], dense_boxes.shape[2])
+
+
+def _segments_fake(like, h, w):
+    """(segment_map int32 [h, w], then class, query, score, area of a data-dependent count S)."""
     s = torch.library.get_ctx().new_dynamic_size()
-    _, h, w = dense_boxes.shape
     return (
-        dense_boxes.new_empty((h, w), dtype=torch.int32),
-        dense_boxes.new_empty((s,), dtype=torch.int64),
-        dense_boxes.new_empty((s,), dtype=torch.int64),
-        dense_boxes.new_empty((s,), dtype=torch.float32),
-        dense_boxes.new_empty((s,), dtype=torch.int64),
+        like.new_empty((h, w), dtype=torch.int32),
+        like.new_empty((s,), dtype=torch.int64),
+        like.new_empty((s,), dtype=torch.int64),
+        like.new_empty((s,), dtype=torch.float32),
+        like.new_empty((s,), dtype=torch.int64),
     )
+
+
+def _panoptic_from_dense_release_fake(
+    dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing, stride, height, width,
+    sigma, score, score_threshold, overlap_threshold, stuff_area_limit, fma,
+):
+    return _segments_fake(dense_boxes, height, width)
 
 
 def _mask_loss_fake(dense_boxes, query_boxes, gt_masks, beta, batch_index):
@@ -261,6 +272,14 @@ TABLE: tuple[Op, ...] = (
        "int stuff_area_limit) -> (Tensor segment_map, Tensor segment_class, Tensor segment_query, "
        "Tensor segment_score, Tensor segment_area)",
        _panoptic_from_dense_fake, _not_differentiable_autograd("panoptic_from_dense")),
+    # The release's masks (x stride bilinear, >= sigma) at [height, width], then the same fusion.
+    Op("panoptic_from_dense_release",
+       "(Tensor dense_boxes, Tensor sem_probs, Tensor query_boxes, Tensor query_classes, Tensor query_scores, "
+       "Tensor is_thing, int stride, int height, int width, float sigma, str score, float score_threshold, "
+       "float overlap_threshold, int stuff_area_limit, bool fma) -> (Tensor segment_map, Tensor segment_class, "
+       "Tensor segment_query, Tensor segment_score, Tensor segment_area)",
+       _panoptic_from_dense_release_fake, _not_differentiable_autograd("panoptic_from_dense_release"),
+       backends={"reference": Support(None), "cpp": Support(("cpu",))}),
     # Explicit mask loss (eqs. 16-18).
     Op("mask_loss", "(Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, Tensor batch_index) -> Tensor",
        _mask_loss_fake,

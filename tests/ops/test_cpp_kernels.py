@@ -455,9 +455,12 @@ def _op_samples():
         "mask_loss": (ldense, lq, masks, beta, bi),
         "select_queries": (boxes, torch.rand(30, dtype=torch.float64), torch.randint(0, 3, (30,)), 0.5, 0.3, 8),
         "upsample_argmax": (torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(0)), [20, 28], [18, 27]),
+        "panoptic_from_dense_release": (pdense, sem, pboxes, classes, scores, is_thing, 4, 30, 33, 0.2, "iou", 0.0,
+                                        0.5, 3, True),
     }
 
 
+DATA_DEPENDENT = ("nms", "batched_nms", "panoptic_from_dense", "panoptic_from_dense_release")  # output sizes
 DIFFERENTIABLE = {"decode_boxes": [0], "gather_levelness": [0], "iou_attention": [0, 1], "mask_loss": [0, 1]}
 
 
@@ -470,7 +473,7 @@ def test_opcheck(op):
             args[i] = [t.clone().requires_grad_() for t in args[i]] if isinstance(args[i], list) else \
                 args[i].clone().requires_grad_()
     utils = ("test_schema", "test_autograd_registration", "test_faketensor")
-    if op not in ("nms", "batched_nms", "panoptic_from_dense"):  # data-dependent output sizes
+    if op not in DATA_DEPENDENT:
         utils += ("test_aot_dispatch_dynamic",)
     torch.library.opcheck(getattr(C, op).default, tuple(args), test_utils=utils)
 
@@ -480,7 +483,7 @@ def test_compile_fullgraph(op):
     args = _op_samples()[op]
     fn = getattr(C, op)
     torch._dynamo.reset()
-    if op in ("nms", "batched_nms", "panoptic_from_dense"):
+    if op in DATA_DEPENDENT:
         torch._dynamo.config.capture_dynamic_output_shape_ops = True
     try:
         compiled = torch.compile(lambda *a: fn(*a), fullgraph=True, backend="aot_eager")
@@ -492,7 +495,8 @@ def test_compile_fullgraph(op):
         torch.testing.assert_close(a, b, equal_nan=True)
 
 
-CUDA_BUILT = torch.cuda.is_available() and all("cuda" in ops.available_backends("cuda")[op] for op in ops.OPS)
+CUDA_BUILT = torch.cuda.is_available() and all("cuda" in ops.available_backends("cuda")[op] for op in ops.OPS
+                                                 if "cuda" in ops.registry.ROWS[op].backends)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(

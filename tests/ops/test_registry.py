@@ -24,6 +24,8 @@ def _schema(namespace, name):
 @pytest.mark.parametrize("row", registry.TABLE, ids=lambda r: r.name)
 def test_every_row_is_registered_with_its_schema(namespace, row):
     """The C++ schemas (csrc/ops.cpp) and the Triton ones are the table's, backward ops included."""
+    if namespace == registry.TRITON_NAMESPACE and "triton" not in row.backends:
+        pytest.skip(f"{row.name} has no Triton kernel")
     assert _schema(namespace, row.name) == f"{namespace}::{row.name}{row.schema}"
     if row.autograd is not None and row.autograd.op is not None:
         assert row.autograd.op == f"_{row.name}_backward"
