@@ -157,6 +157,7 @@ def _config_for_checkpoint(args, checkpoint: str | None):
 
 
 def _cmd_evaluate(args) -> int:
+    from .evaluation.sharded import process_group
     from .pipeline import build_dataset, check_backend, evaluate_model, load_model, resolve_device, torch_threads
     from .report import format_table
     from .usage import prepare_output_dir, prepare_output_file
@@ -170,12 +171,16 @@ def _cmd_evaluate(args) -> int:
     if args.data_root:
         cfg.data.root = args.data_root
     split = args.split or cfg.data.val_split
-    dataset = build_dataset(cfg, split, train=False)
-    model, _ = load_model(args.checkpoint, cfg, dataset.description, device)
-    with torch_threads(args.threads):
-        metrics = evaluate_model(model, dataset, args.output_dir, backend=args.backend, max_images=args.max_images,
-                                 num_overlays=args.overlays, progress=not args.no_progress,
-                                 predictor_options=_predictor_options(args, device))
+    # under torchrun: each rank evaluates its share of the images, rank 0 writes and reports
+    with process_group(device, args.dist_timeout) as (shard, device):
+        dataset = shard.main_first(lambda: build_dataset(cfg, split, train=False), "opening the dataset")
+        model, _ = load_model(args.checkpoint, cfg, dataset.description, device)
+        with torch_threads(args.threads):
+            metrics = evaluate_model(model, dataset, args.output_dir, backend=args.backend, max_images=args.max_images,
+                                     num_overlays=args.overlays, progress=not args.no_progress and shard.is_main,
+                                     predictor_options=_predictor_options(args, device))
+    if not shard.is_main:
+        return 0
     print(format_table(metrics, title=f"{cfg.data.name} {split}:"))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
@@ -304,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", type=NON_NEGATIVE, default=8, help="overlay PNGs to write (default 8)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--dist-timeout", type=float, default=1800.0, metavar="S",
+                   help="under torchrun --nproc_per_node=N (images sharded over the ranks, gathered on rank 0): "
+                        "give up, with an error, when a rank does not answer within S seconds (default 1800)")
     _inference_args(p)
     p.set_defaults(func=_cmd_evaluate)
 

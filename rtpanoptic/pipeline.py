@@ -234,6 +234,7 @@ def evaluate_model(
     from tqdm import tqdm
 
     from .evaluation import InstanceAPEvaluator, SemanticEvaluator, has_pycocotools, pq_compute
+    from .evaluation.sharded import Shard
     from .inference import Predictor
     from .viz import write_coco_panoptic, write_coco_panoptic_json, write_overlay
 
@@ -255,33 +256,43 @@ def evaluate_model(
     n = len(dataset) if max_images is None else min(int(max_images), len(dataset))
     if n == 0:
         raise UsageError("the evaluation dataset is empty")
-    annotations, image_ids = [], []
+    records = []
     t0 = time.perf_counter()
     infer_s = 0.0
-    bar = tqdm(total=n, desc="evaluate", unit="img", disable=not progress)
-    for start in range(0, n, batch_size):
-        samples = [dataset[i] for i in range(start, min(n, start + batch_size))]
-        t1 = time.perf_counter()
-        results = predictor([s["image"] for s in samples])
-        infer_s += time.perf_counter() - t1
-        for sample, result in zip(samples, results):
-            image_id = sample["image_id"]
-            stem = Path(str(sample.get("file_name") or image_id)).stem
-            annotations.append(write_coco_panoptic(result, pred_dir / f"{stem}.png", image_id=image_id))
-            image_ids.append(image_id)
-            if len(image_ids) <= num_overlays:
-                write_overlay(sample["image"].permute(1, 2, 0).numpy(), result, out / "overlays" / f"{stem}.png")
-            sem_eval.update(result.semantic, sample["semantic"])
-            if ap_eval is not None:
-                things = result.thing_segments
-                crowd_masks, crowd_labels = _crowd_instances(sample, description)
-                ap_eval.update(
-                    sample["instance_masks"], sample["labels"], result.instance_masks,
-                    [thing_index[s["train_id"]] for s in things], [s["score"] for s in things],
-                    crowd_masks, crowd_labels,
-                )
-        bar.update(len(samples))
-    bar.close()
+    shard = Shard.current()  # under torchrun: this rank's images, its files staged, gathered on rank 0
+    indices = shard.indices(n)
+    bar = tqdm(total=len(indices), desc="evaluate", unit="img", disable=not progress)
+    with shard.output_dir(out) as staging:
+        with shard.guard("evaluation"):
+            for start in range(0, len(indices), batch_size):
+                batch = indices[start:start + batch_size]
+                samples = [dataset[i] for i in batch]
+                t1 = time.perf_counter()
+                results = predictor([s["image"] for s in samples])
+                infer_s += time.perf_counter() - t1
+                for index, sample, result in zip(batch, samples, results):
+                    image_id = sample["image_id"]
+                    stem = Path(str(sample.get("file_name") or image_id)).stem
+                    records.append({"index": index, "image_id": image_id, "annotation": write_coco_panoptic(
+                        result, staging / "predictions" / f"{stem}.png", image_id=image_id)})
+                    if index < num_overlays:
+                        write_overlay(sample["image"].permute(1, 2, 0).numpy(), result,
+                                      staging / "overlays" / f"{stem}.png")
+                    sem_eval.update(result.semantic, sample["semantic"])
+                    if ap_eval is not None:
+                        things = result.thing_segments
+                        crowd_masks, crowd_labels = _crowd_instances(sample, description)
+                        ap_eval.update(
+                            sample["instance_masks"], sample["labels"], result.instance_masks,
+                            [thing_index[s["train_id"]] for s in things], [s["score"] for s in things],
+                            crowd_masks, crowd_labels,
+                        )
+                bar.update(len(samples))
+            bar.close()
+        records = shard.gather(staging, out, records, sem_eval, ap_eval)
+    if not shard.is_main:
+        return shard.share(None)
+    annotations, image_ids = [r["annotation"] for r in records], [r["image_id"] for r in records]
     pred_json = out / "predictions.json"
     write_coco_panoptic_json(annotations, description, pred_json)
     gt_json = write_subset_gt(dataset, image_ids, out / "gt.json")
@@ -299,12 +310,12 @@ def evaluate_model(
     names = {c.id: c.name for c in description.categories}
     metrics["per_class_pq"] = {names[int(cid)]: 100.0 * float(v["pq"]) for cid, v in pq["per_class"].items()}
     metrics["per_class_iou"] = {name: 100.0 * float(v) for name, v in zip(description.class_names, sem["iou"])}
-    metrics["inference_ms_per_image"] = 1e3 * infer_s / n
+    metrics["inference_ms_per_image"] = 1e3 * infer_s / len(indices)
     metrics["eval_seconds"] = time.perf_counter() - t0
     metrics["files"] = {"predictions_json": str(pred_json), "predictions_dir": str(pred_dir), "gt_json": str(gt_json),
                         "gt_dir": str(dataset.panoptic_root)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return shard.share(metrics)
 
 
 # ----------------------------------------------------------------------------------- prediction
