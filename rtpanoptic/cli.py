@@ -173,7 +173,8 @@ def _cmd_evaluate(args) -> int:
     split = args.split or cfg.data.val_split
     # under torchrun: each rank evaluates its share of the images, rank 0 writes and reports
     with process_group(device, args.dist_timeout) as (shard, device):
-        dataset = shard.main_first(lambda: build_dataset(cfg, split, train=False), "opening the dataset")
+        dataset = shard.main_first(lambda: build_dataset(cfg, split, progress=not args.no_progress and shard.is_main),
+                                   "opening the dataset")
         model, _ = load_model(args.checkpoint, cfg, dataset.description, device)
         with torch_threads(args.threads):
             metrics = evaluate_model(model, dataset, args.output_dir, backend=args.backend, max_images=args.max_images,

@@ -4,6 +4,7 @@ import json
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -176,4 +177,127 @@ def test_pickle_that_would_run_code_is_refused_not_run(tmp_path, writer):
             pickle.dump(state, f)
     text = _error("tri-cityscapes-r50", weights=path)
     assert "evil.pth was not loaded" in text and "weights_only=True" in text
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------- training presets
+def _backbone(preset: str, *overrides: str):
+    from rtpanoptic.data import get_description
+    from rtpanoptic.engine import make_config
+    from rtpanoptic.engine.trainer import build_model_from_config
+
+    cfg = make_config(preset, None, list(overrides))
+    return build_model_from_config(cfg, get_description(cfg.data.name))
+
+
+@pytest.mark.parametrize("preset", ["cityscapes", "coco"])
+def test_training_presets_without_pretrained_warn_naming_the_fix(preset):
+    from rtpanoptic.weights import frozen_random_layers, warn_frozen_random_layers
+
+    model = _backbone(preset)
+    assert frozen_random_layers(model.cfg.backbone) == ["stem (conv1) convs", "layer1 convs",
+                                                        "every BatchNorm (frozen_bn)"]
+    assert not model.backbone.body.conv1.weight.requires_grad  # what the warning is about
+    with pytest.warns(UserWarning, match=r"set model.overrides=\[backbone.pretrained=PATH\] to a local torchvision "
+                                         r"ResNet-50 file.*backbone.norm=bn,backbone.freeze_at=0"):
+        warn_frozen_random_layers(model.cfg.backbone)
+
+
+def test_local_torchvision_resnet_file_as_backbone_pretrained(tmp_path, recwarn):
+    """The README's recipe: a torchvision ResNet state dict on disk, named in model.overrides."""
+    import torchvision
+
+    from rtpanoptic.weights import frozen_random_layers, warn_frozen_random_layers
+
+    torch.manual_seed(5)
+    resnet = torchvision.models.resnet50()
+    path = tmp_path / "resnet50-0676ba61.pth"
+    torch.save(resnet.state_dict(), path)  # with fc.*, as torchvision's files are
+    model = _backbone("cityscapes", f"model.overrides=[backbone.pretrained={path}]")
+    body = model.backbone.body
+    for name, tensor in resnet.state_dict().items():
+        if not name.startswith("fc.") and "num_batches_tracked" not in name:
+            assert torch.equal(body.state_dict()[name], tensor), name
+    assert frozen_random_layers(model.cfg.backbone) == []
+    warn_frozen_random_layers(model.cfg.backbone)
+    assert not [w for w in recwarn if "backbone.pretrained" in str(w.message)]
+
+
+def _train_one_step(tmp_path, model_overrides: str):
+    from rtpanoptic.engine import train
+    from rtpanoptic.pipeline import build_dataset, train_config
+
+    cfg = train_config("synthetic", None, [
+        f"data.root={tmp_path / 'data'}", "data.synthetic_num_train=2", "data.synthetic_num_val=1",
+        f"runtime.output_dir={tmp_path / 'run'}", "schedule.max_steps=1", "schedule.warmup_steps=1",
+        "schedule.milestones=[]", "runtime.progress=false", "runtime.batch_size=2", f"model.overrides={model_overrides}"])
+    train(cfg, train_set=build_dataset(cfg, cfg.data.train_split, train=True, progress=False))
+
+
+def test_train_warns_once_when_it_freezes_random_layers(tmp_path):
+    with pytest.warns(UserWarning, match="backbone.pretrained is not set") as record:
+        _train_one_step(tmp_path / "frozen", "[fpn.channels=16,head.loc_channels=16,head.sem_channels=16,head.num_convs=1]")
+    assert sum("backbone.pretrained is not set" in str(w.message) for w in record) == 1
+
+
+def test_train_from_scratch_does_not_warn(tmp_path, recwarn):
+    _train_one_step(tmp_path / "scratch", "[backbone.norm=bn,backbone.freeze_at=0,fpn.channels=16,"
+                                          "head.loc_channels=16,head.sem_channels=16,head.num_convs=1]")
+    assert not [w for w in recwarn if "backbone.pretrained" in str(w.message)]
+
+
+# ----------------------------------------------------------------------------------- command line
+def _cli_error(capsys, argv, match):
+    from rtpanoptic.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert match in err, err
+    return err
+
+
+def test_predict_with_the_released_file(released_files, tmp_path):
+    from PIL import Image
+
+    from rtpanoptic.cli import main
+    from rtpanoptic.data.panoptic_format import rgb2id
+    from rtpanoptic.inference import Predictor
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (96, 160, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "street.png")
+    out = tmp_path / "out"
+    assert main(["predict", "--weights", str(released_files[1]), "--model", "tri-cityscapes-r50", "-i",
+                 str(tmp_path / "street.png"), "--output-dir", str(out), "--device", "cpu", "--no-progress",
+                 "--no-overlays"]) == 0
+    want = Predictor(build_model("tri-cityscapes-r50", weights=released_files[0]))(image)[0]
+    assert np.array_equal(rgb2id(np.array(Image.open(out / "panoptic" / "street.png"))), want.panoptic.numpy())
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "benchmark", "export"])
+def test_every_command_loads_weights_strictly(capsys, released_files, tmp_path, command):
+    argv = [command, "--weights", str(released_files[0]), "--model", "r18-fpn"]
+    if command == "predict":
+        argv += ["-i", str(tmp_path)]
+    if command == "export":
+        argv += ["--output", str(tmp_path / "m.onnx")]
+    classes = 19
+    if command == "evaluate":  # a dataset that exists here: the synthetic one, 6 classes
+        argv += ["--preset", "synthetic", f"data.root={tmp_path / 'data'}", "data.synthetic_num_train=1",
+                 "data.synthetic_num_val=1", "--output-dir", str(tmp_path / "eval"), "--no-progress"]
+        classes = 6
+    _cli_error(capsys, argv, f"is for another architecture than model 'r18-fpn' [] with {classes} classes: 0 missing, "
+                             f"165 unexpected (first: backbone.body.layer1.0.conv3.weight)")
+
+
+def test_cli_weights_errors(capsys, released_files, tmp_path):
+    argv = ["predict", "-i", str(tmp_path), "--weights"]
+    _cli_error(capsys, [*argv, str(released_files[0])],
+               "holds no training config; name its network with --model NAME (e.g. tri-cityscapes-r50)")
+    _cli_error(capsys, [*argv, str(released_files[0]), "--model", "r99-fpn"], "unknown model preset 'r99-fpn'")
+    marker = tmp_path / "pwned"
+    _Payload.marker = str(marker)
+    torch.save({"model": {"payload": _Payload()}}, tmp_path / "evil.pt")
+    _cli_error(capsys, [*argv, str(tmp_path / "evil.pt")], "evil.pt was not loaded")
     assert not marker.exists()
