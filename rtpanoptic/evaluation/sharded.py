@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from ..engine.distributed import _env_int
 from ..usage import UsageError
 
 T = TypeVar("T")
@@ -36,13 +37,6 @@ DEFAULT_TIMEOUT_S = 1800.0
 
 class ShardError(UsageError):
     """A rank of a sharded evaluation failed, or did not answer in time (one-line message)."""
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name) or default)
-    except ValueError:
-        raise UsageError(f"environment variable {name} must be an integer, got {os.environ[name]!r}") from None
 
 
 @dataclass
@@ -180,7 +174,10 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) ->
     """Join the process group that ``torchrun`` describes (``WORLD_SIZE`` > 1; gloo, whose
     collectives give up after ``timeout_s``) for an evaluation, and leave it at the end.
     Yields ``(shard, device)``: a CUDA device becomes ``cuda:LOCAL_RANK``.  Alone: ``(Shard(), device)``."""
-    world = _env_int("WORLD_SIZE", 1)
+    try:
+        world, rank, local_rank = (_env_int(k, d) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if world <= 1 or (dist.is_available() and dist.is_initialized()):
         yield Shard.current(), device
         return
@@ -189,9 +186,9 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) ->
     if not dist.is_available():
         raise UsageError("WORLD_SIZE > 1 but torch.distributed is not available in this build of torch")
     if device.type == "cuda":
-        device = torch.device("cuda", _env_int("LOCAL_RANK", 0))
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("gloo", rank=_env_int("RANK", 0), world_size=world,
+    dist.init_process_group("gloo", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s))
     global _timeout_s
     _timeout_s = float(timeout_s)
