@@ -5,7 +5,7 @@ architecture, CUDA without a GPU, an unknown preset); the CLI prints it as one l
 
 - :func:`train_config` -> a :class:`~rtpanoptic.engine.TrainConfig` from a preset, a YAML file and
   ``key.sub=value`` overrides;
-- :func:`load_model` -> the network of a training checkpoint;
+- :func:`load_model` -> the network of a weights file (training checkpoint, state dict, released file);
 - :func:`evaluate_model` -> PQ / SQ / RQ (from COCO-panoptic files written next to the
   ground truth), mIoU and mask AP of a model on a dataset, with overlays;
 - :func:`predict_images` -> panoptic PNG + JSON and overlays for image files.
@@ -114,17 +114,6 @@ def build_dataset(cfg, split: str, train: bool = False, progress: bool = True):
 
 
 # ----------------------------------------------------------------------------------- models
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint's content, loaded with ``weights_only=True`` (never executed); UsageError otherwise."""
-    from .engine.checkpoint import CheckpointError
-    from .engine.checkpoint import read_checkpoint as read
-
-    try:
-        return read(path)
-    except CheckpointError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def checkpoint_config(state: dict, path: str):
     """The TrainConfig saved in a checkpoint."""
     from .config import ConfigError, from_dict
@@ -230,6 +219,10 @@ def evaluate_model(
     mask AP (pycocotools) from the thing segments of the panoptic output, scored by their
     query score (NaN, with a warning, when pycocotools is not installed).  ``predictor_options``:
     Predictor keyword arguments (``precision``, ``channels_last``, ``compile``).  Returns the metrics (percent).
+
+    In an initialised process group (``torchrun``; :mod:`rtpanoptic.evaluation.sharded`) each rank
+    predicts its share of the images and rank 0 writes every file and computes the metrics, equal
+    to one process's; every rank returns them.
     """
     from tqdm import tqdm
 
