@@ -64,6 +64,17 @@ def _common(p: argparse.ArgumentParser, preset_default: str | None = "synthetic"
                         "data.root=PATH")
 
 
+def _weights_args(p: argparse.ArgumentParser, required: bool) -> None:
+    what = "the network's weights" + ("" if required else " (default: the preset's, random weights)")
+    p.add_argument("--weights", "--checkpoint", dest="checkpoint", metavar="PATH", required=required,
+                   help=f"{what}: a checkpoint written by train / demo (last.pt), a state_dict file, or the "
+                        f"authors' released cvpr_realtime_pano_cityscapes_standalone_no_prefix.pth (with "
+                        f"--model tri-cityscapes-r50); read with weights_only=True, loaded strictly")
+    p.add_argument("--model", metavar="NAME",
+                   help="model preset of a plain state dict (r18-fpn, r34-fpn, r50-fpn, tri-cityscapes-r50); the "
+                        "training preset then defaults to its dataset's (cityscapes, coco)")
+
+
 def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="network precision (autocast; post-processing stays fp32). bf16: ~2x on CPUs with "
@@ -119,16 +130,24 @@ def _cmd_train(args) -> int:
     return 0
 
 
-def _config_for_checkpoint(args, checkpoint: str):
-    """The checkpoint's own config (plus overrides), or --preset/--config when given."""
+def _config_for_checkpoint(args, checkpoint: str | None):
+    """The weights file's own config (plus overrides), or --preset/--config/--model when given."""
     from .config import ConfigError, load_config
     from .engine import TrainConfig
     from .engine.config import validate_train_config
-    from .pipeline import UsageError, checkpoint_config, read_checkpoint, train_config
+    from .pipeline import UsageError, checkpoint_config, train_config
+    from .weights import WeightsError, model_train_config, read_weights
 
-    if args.preset is not None or args.config is not None:
-        return train_config(args.preset or "synthetic", args.config, args.overrides)
-    base = checkpoint_config(read_checkpoint(checkpoint), checkpoint)
+    if args.preset is not None or args.config is not None or args.model is not None or checkpoint is None:
+        try:
+            preset, extra = model_train_config(args.model, args.preset)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        return train_config(preset, args.config, extra + list(args.overrides))
+    try:
+        base = checkpoint_config({"config": read_weights(checkpoint).config}, checkpoint)
+    except WeightsError as exc:
+        raise UsageError(str(exc)) from None
     try:
         cfg = load_config(TrainConfig, None, list(args.overrides), base=base)
         validate_train_config(cfg)
@@ -138,6 +157,7 @@ def _config_for_checkpoint(args, checkpoint: str):
 
 
 def _cmd_evaluate(args) -> int:
+    from .evaluation.sharded import process_group
     from .pipeline import build_dataset, check_backend, evaluate_model, load_model, resolve_device, torch_threads
     from .report import format_table
     from .usage import prepare_output_dir, prepare_output_file
@@ -151,12 +171,17 @@ def _cmd_evaluate(args) -> int:
     if args.data_root:
         cfg.data.root = args.data_root
     split = args.split or cfg.data.val_split
-    dataset = build_dataset(cfg, split, train=False)
-    model, _ = load_model(args.checkpoint, cfg, dataset.description, device)
-    with torch_threads(args.threads):
-        metrics = evaluate_model(model, dataset, args.output_dir, backend=args.backend, max_images=args.max_images,
-                                 num_overlays=args.overlays, progress=not args.no_progress,
-                                 predictor_options=_predictor_options(args, device))
+    # under torchrun: each rank evaluates its share of the images, rank 0 writes and reports
+    with process_group(device, args.dist_timeout) as (shard, device):
+        dataset = shard.main_first(lambda: build_dataset(cfg, split, progress=not args.no_progress and shard.is_main),
+                                   "opening the dataset")
+        model, _ = load_model(args.checkpoint, cfg, dataset.description, device)
+        with torch_threads(args.threads):
+            metrics = evaluate_model(model, dataset, args.output_dir, backend=args.backend, max_images=args.max_images,
+                                     num_overlays=args.overlays, progress=not args.no_progress and shard.is_main,
+                                     predictor_options=_predictor_options(args, device))
+    if not shard.is_main:
+        return 0
     print(format_table(metrics, title=f"{cfg.data.name} {split}:"))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
@@ -196,12 +221,11 @@ def _cmd_predict(args) -> int:
 
 
 def _model_for(args, device):
-    from .pipeline import build_network, load_model, train_config
+    from .pipeline import build_network, load_model
 
+    cfg = _config_for_checkpoint(args, args.checkpoint)
     if args.checkpoint:
-        cfg = _config_for_checkpoint(args, args.checkpoint)
         return load_model(args.checkpoint, cfg, None, device)[0]
-    cfg = train_config(args.preset or "synthetic", args.config, args.overrides)
     return build_network(cfg).to(device).eval()
 
 
@@ -278,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate a training checkpoint on a dataset split: writes COCO-panoptic "
                                    "predictions, overlays and metrics.json; prints the table.")
     _common(p, preset_default=None)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by train / demo (last.pt)")
+    _weights_args(p, required=True)
     p.add_argument("--data-root", help="dataset folder (data.root; default: the checkpoint's)")
     p.add_argument("--split", help="split to evaluate (default data.val_split)")
     p.add_argument("--output-dir", default="runs/eval", help="where predictions and metrics go (default runs/eval)")
@@ -286,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", type=NON_NEGATIVE, default=8, help="overlay PNGs to write (default 8)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--dist-timeout", type=float, default=1800.0, metavar="S",
+                   help="under torchrun --nproc_per_node=N (images sharded over the ranks, gathered on rank 0): "
+                        "give up, with an error, when a rank does not answer within S seconds (default 1800)")
     _inference_args(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -295,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "panoptic PNGs, per-stage latency printed and saved as JSON; needs PyAV: "
                                    "pip install 'rtpanoptic[video]').")
     _common(p, preset_default=None)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by train / demo (last.pt)")
+    _weights_args(p, required=True)
     p.add_argument("-i", "--input", action="append", metavar="PATH",
                    help="an image file or a folder of images (repeatable)")
     p.add_argument("--output-dir", default="runs/predict", help="default runs/predict")
@@ -320,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Time the network, the post-processing and the ops of the pipeline on random "
                                    "images (a checkpoint's network or a preset's, untrained). The full suite: make bench.")
     _common(p, preset_default=None)
-    p.add_argument("--checkpoint", help="time this checkpoint's network (default: the preset's, random weights)")
+    _weights_args(p, required=False)
     p.add_argument("--image-size", type=POSITIVE, nargs=2, default=(256, 512), metavar=("H", "W"))
     p.add_argument("--batch", type=POSITIVE, default=1)
     p.add_argument("--iters", type=POSITIVE, default=5)
@@ -334,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "onnxruntime, or to a torch.export program (.pt2) of the whole predictor for one image "
                                    "(rtpanoptic.export.PanopticProgram).")
     _common(p, preset_default=None, backend=False)
-    p.add_argument("--checkpoint", help="export this checkpoint's network (default: the preset's, random weights)")
+    _weights_args(p, required=False)
     p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx")
     p.add_argument("--output", help="output file (default model.onnx / model.pt2)")
     p.add_argument("--image-size", type=POSITIVE, nargs=2, default=(256, 256), metavar=("H", "W"),

@@ -463,6 +463,10 @@ def train(
         description = train_set.description
         if model is None:
             model = build_model_from_config(cfg, description)
+            if info.is_main:
+                from ..weights import warn_frozen_random_layers
+
+                warn_frozen_random_layers(model.cfg.backbone)
         model.to(info.device)
         if r.channels_last and info.device.type == "cuda":
             model.to(memory_format=torch.channels_last)

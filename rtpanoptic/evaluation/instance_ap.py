@@ -91,6 +91,26 @@ class InstanceAPEvaluator:
                 "image_id": image_id, "category_id": int(lab) + 1, "segmentation": _rle(m), "score": float(sc),
             })
 
+    def image_records(self) -> list[dict]:
+        """What :meth:`update` stored, per image in order: ``{"image", "gt", "dt"}`` without the
+        image and annotation ids; :meth:`extend` adds such records to another evaluator."""
+        records = [{"image": {k: v for k, v in im.items() if k != "id"}, "gt": [], "dt": []} for im in self.images]
+        for key in ("gt", "dt"):
+            for entry in getattr(self, key):
+                records[entry["image_id"] - 1][key].append({k: v for k, v in entry.items()
+                                                            if k not in ("id", "image_id")})
+        return records
+
+    def extend(self, records: Sequence[dict]) -> None:
+        """Add the images of :meth:`image_records` after those already here, numbered as
+        :meth:`update` would have numbered them."""
+        for rec in records:
+            image_id = len(self.images) + 1
+            self.images.append({"id": image_id, **rec["image"]})
+            for g in rec["gt"]:
+                self.gt.append({"id": len(self.gt) + 1, "image_id": image_id, **g})
+            self.dt.extend({"image_id": image_id, **d} for d in rec["dt"])
+
     def compute(self, verbose: bool = False) -> dict:
         from pycocotools.coco import COCO
         from pycocotools.cocoeval import COCOeval

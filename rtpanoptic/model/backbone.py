@@ -97,14 +97,17 @@ class FPN(nn.Module):
             nn.init.zeros_(conv.bias)
         self.extra_blocks = LastLevelP6P7(ch if cfg.p6_from == "p5" else in_channels[-1], ch)
 
+    def state_dict_aliases(self) -> dict[str, str]:
+        """``{other name: own name}`` of the tensors a state dict may name differently (relative to
+        this module): torchvision >= 0.13 names the convs ``inner_blocks.i.0.weight``."""
+        return {f"{block}.{i}.0.{param}": f"{block}.{i}.{param}"
+                for block in ("inner_blocks", "layer_blocks") for i in range(len(getattr(self, block)))
+                for param in ("weight", "bias")}
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # torchvision >= 0.13 names these convs ``inner_blocks.i.0.weight``: accept both forms.
-        for block in ("inner_blocks", "layer_blocks"):
-            for i in range(len(getattr(self, block))):
-                for param in ("weight", "bias"):
-                    new = f"{prefix}{block}.{i}.0.{param}"
-                    if new in state_dict:
-                        state_dict[f"{prefix}{block}.{i}.{param}"] = state_dict.pop(new)
+        for other, own in self.state_dict_aliases().items():
+            if prefix + other in state_dict:
+                state_dict[prefix + own] = state_dict.pop(prefix + other)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, feats: list[Tensor]) -> list[Tensor]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from collections.abc import Iterable, Mapping
 
 from ..config import merge, parse_override
@@ -68,6 +69,7 @@ def build_model(
     name_or_config: str | ModelConfig,
     description: str | DatasetDescription | None = None,
     overrides: Iterable[str] | Mapping | None = None,
+    weights: str | os.PathLike | None = None,
     **kwargs,
 ) -> PanopticNet:
     """Build a :class:`PanopticNet` from a preset name or a :class:`ModelConfig`.
@@ -77,6 +79,10 @@ def build_model(
         description: a :class:`DatasetDescription` or the name of a registered one; default
             ``cfg.description``.  It sets the numbers of classes C and thing classes K.
         overrides: ``["head.loc_channels=32", ...]`` strings or a nested mapping.
+        weights: a weights file loaded strictly with ``weights_only=True``
+            (:func:`rtpanoptic.weights.load_weights`): the authors' released state dict, a
+            ``state_dict()`` of this network, or an rtpanoptic training checkpoint.  A file for
+            another network raises :class:`rtpanoptic.weights.WeightsError`.
         **kwargs: any field of the config's sections by its bare name (``pretrained="r18.pth"``,
             ``depth=18``, ``norm="bn"``, ``freeze_at=0``, ``loc_channels=32``, ``sigma=0.4``,
             ``input_format=...``), plus ``channels=`` (FPN and both towers) and ``fpn_channels=``.
@@ -104,4 +110,10 @@ def build_model(
         raise TypeError(f"build_model: description must be a DatasetDescription or a name, "
                         f"got {type(description).__name__}")
     cfg = dataclasses.replace(cfg, description=description.name)
-    return PanopticNet(cfg, description)
+    model = PanopticNet(cfg, description)
+    if weights is not None:
+        from ..weights import load_weights
+
+        name = name_or_config if isinstance(name_or_config, str) else "this ModelConfig"
+        load_weights(model, weights, network=f"model {name!r} ({description.num_classes} classes)")
+    return model

@@ -14,9 +14,9 @@ from .boxes import batched_nms, box_iou, nms
 from .dense import decode_boxes, gather_levelness
 from .mask_loss import mask_loss
 from .panoptic import PanopticSegments, panoptic_from_dense
+from .panoptic_release import panoptic_from_dense_release
 from .select import select_queries
 from .upsample import upsample_argmax
-from .panoptic_release import panoptic_from_dense_release
 
 if _extension.load():
     registry.register(registry.CPP_NAMESPACE)  # fakes and autograd of the C++/CUDA ops
@@ -34,7 +34,7 @@ __all__ = [
     "mask_loss",
     "nms",
     "panoptic_from_dense",
+    "panoptic_from_dense_release",
     "select_queries",
     "upsample_argmax",
-    "panoptic_from_dense_release",
 ]

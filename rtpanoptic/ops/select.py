@@ -81,4 +81,7 @@ def select_queries(
         keep, count = impl(boxes, scores, labels.to(torch.int64), thr, max(global_thr, -1.0), top_n)
     if padded:
         return keep, count
-    return keep[: int(count)]
+    k = count.item()  # traced (torch.export / compile): an unbacked size, bounded by the padded length
+    torch._check(k >= 0)
+    torch._check(k <= keep.shape[0])
+    return keep[:k]

@@ -11,7 +11,7 @@ the CLI prints it as one line and exits 2.
 - :mod:`.predict`: :func:`predict_images` -> panoptic PNG + JSON and overlays for image files.
 """
 from ..usage import UsageError
-from .checkpoints import build_network, checkpoint_config, load_model, read_checkpoint
+from .checkpoints import build_network, checkpoint_config, load_model
 from .config import build_dataset, check_data_root, train_config
 from .device import check_backend, resolve_device, torch_threads
 from .evaluate import evaluate_model, write_subset_gt
@@ -30,7 +30,6 @@ __all__ = [
     "load_model",
     "output_names",
     "predict_images",
-    "read_checkpoint",
     "resolve_device",
     "torch_threads",
     "train_config",

@@ -1,22 +1,10 @@
-"""Networks from training checkpoints (read with ``weights_only=True``), errors as :class:`UsageError`."""
+"""Networks from weights files (training checkpoints, state dicts, the released file; read with
+``weights_only=True``), errors as :class:`UsageError`."""
 from __future__ import annotations
-
-import os
 
 import torch
 
 from ..usage import UsageError
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict:
-    """A checkpoint's content, loaded with ``weights_only=True`` (never executed); UsageError otherwise."""
-    from ..engine.checkpoint import CheckpointError
-    from ..engine.checkpoint import read_checkpoint as read
-
-    try:
-        return read(path)
-    except CheckpointError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def checkpoint_config(state: dict, path: str):
@@ -25,7 +13,8 @@ def checkpoint_config(state: dict, path: str):
     from ..engine import TrainConfig
 
     if not isinstance(state.get("config"), dict):
-        raise UsageError(f"{path} holds no training config; pass --preset / --config to describe its network")
+        raise UsageError(f"{path} holds no training config; name its network with --model NAME (e.g. "
+                         f"tri-cityscapes-r50) or --preset / --config")
     try:
         return from_dict(TrainConfig, state["config"], where=f"{path} config")
     except ConfigError as exc:
@@ -49,20 +38,21 @@ def build_network(cfg, description=None):
 
 
 def load_model(checkpoint: str, cfg=None, description=None, device: torch.device | str = "cpu"):
-    """``(network in eval mode on device, TrainConfig)`` of a training checkpoint.
+    """``(network in eval mode on device, TrainConfig)`` of a weights file: a training checkpoint,
+    a plain state dict or the authors' released file (:func:`rtpanoptic.weights.read_weights`).
 
     ``cfg`` None: the network described by the checkpoint's own config.  Otherwise ``cfg.model``
-    must describe the checkpoint's network; a mismatch is a :class:`UsageError`.
+    must describe the file's network; a mismatch is a :class:`UsageError`.
     """
-    from ..engine.checkpoint import CheckpointError, load_model_state
+    from ..weights import WeightsError, load_weights, read_weights
 
-    state = read_checkpoint(checkpoint)
-    if cfg is None:
-        cfg = checkpoint_config(state, checkpoint)
-    model = build_network(cfg, description)
     try:
-        load_model_state(model, state["model"], checkpoint)
-    except CheckpointError as exc:
-        raise UsageError(f"{exc}; the network: model {cfg.model.preset!r} {list(cfg.model.overrides)} with "
-                         f"{model.num_classes} classes") from None
+        weights = read_weights(checkpoint)
+        if cfg is None:
+            cfg = checkpoint_config({"config": weights.config}, checkpoint)
+        model = build_network(cfg, description)
+        load_weights(model, weights, network=f"model {cfg.model.preset!r} {list(cfg.model.overrides)} "
+                                             f"with {model.num_classes} classes")
+    except WeightsError as exc:
+        raise UsageError(str(exc)) from None
     return model.to(device).eval(), cfg

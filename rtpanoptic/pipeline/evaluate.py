@@ -70,9 +70,14 @@ def evaluate_model(
     mask AP (pycocotools) from the thing segments of the panoptic output, scored by their
     query score (NaN, with a warning, when pycocotools is not installed).  ``predictor_options``:
     Predictor keyword arguments (``precision``, ``channels_last``, ``compile``).  Returns the metrics (percent).
+
+    In an initialised process group (``torchrun``; :mod:`rtpanoptic.evaluation.sharded`) each rank
+    predicts its share of the images and rank 0 writes every file and computes the metrics, equal
+    to one process's; every rank returns them.
     """
     from ..engine.evaluate import predict_samples
     from ..evaluation import InstanceAPEvaluator, SemanticEvaluator, has_pycocotools
+    from ..evaluation.sharded import Shard
     from ..inference import Predictor
     from ..viz import write_coco_panoptic, write_overlay
 
@@ -94,15 +99,17 @@ def evaluate_model(
     n = len(dataset) if max_images is None else min(int(max_images), len(dataset))
     if n == 0:
         raise UsageError("the evaluation dataset is empty")
-    annotations, image_ids = [], []
+    records = []
+    shard = Shard.current()  # under torchrun: this rank's images, its files staged, gathered on rank 0
+    indices = shard.indices(n)
 
     def write(index: int, sample: dict, result) -> None:
         image_id = sample["image_id"]
         stem = Path(str(sample.get("file_name") or image_id)).stem
-        annotations.append(write_coco_panoptic(result, pred_dir / f"{stem}.png", image_id=image_id))
-        image_ids.append(image_id)
-        if len(image_ids) <= num_overlays:
-            write_overlay(sample["image"].permute(1, 2, 0).numpy(), result, out / "overlays" / f"{stem}.png")
+        records.append({"index": index, "image_id": image_id, "annotation": write_coco_panoptic(
+            result, staging / "predictions" / f"{stem}.png", image_id=image_id)})
+        if index < num_overlays:
+            write_overlay(sample["image"].permute(1, 2, 0).numpy(), result, staging / "overlays" / f"{stem}.png")
 
     def semantic(index: int, sample: dict, result) -> None:
         sem_eval.update(result.semantic, sample["semantic"])
@@ -118,7 +125,13 @@ def evaluate_model(
 
     t0 = time.perf_counter()
     consumers = [write, semantic] + ([mask_ap] if ap_eval is not None else [])
-    infer_s = predict_samples(predictor, dataset, range(n), consumers, batch_size, progress)
+    with shard.output_dir(out) as staging:
+        with shard.guard("evaluation"):
+            infer_s = predict_samples(predictor, dataset, indices, consumers, batch_size, progress)
+        records = shard.gather(staging, out, records, sem_eval, ap_eval)
+    if not shard.is_main:
+        return shard.share(None)
+    annotations, image_ids = [r["annotation"] for r in records], [r["image_id"] for r in records]
     pred_json = out / "predictions.json"
     from ..evaluation import pq_compute
     from ..viz import write_coco_panoptic_json
@@ -136,9 +149,9 @@ def evaluate_model(
     names = {c.id: c.name for c in description.categories}
     metrics["per_class_pq"] = {names[int(cid)]: 100.0 * float(v["pq"]) for cid, v in pq["per_class"].items()}
     metrics["per_class_iou"] = {name: 100.0 * float(v) for name, v in zip(description.class_names, sem["iou"])}
-    metrics["inference_ms_per_image"] = 1e3 * infer_s / n
+    metrics["inference_ms_per_image"] = 1e3 * infer_s / len(indices)
     metrics["eval_seconds"] = time.perf_counter() - t0
     metrics["files"] = {"predictions_json": str(pred_json), "predictions_dir": str(pred_dir), "gt_json": str(gt_json),
                         "gt_dir": str(dataset.panoptic_root)}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+    return shard.share(metrics)
