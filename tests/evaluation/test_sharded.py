@@ -111,7 +111,8 @@ def test_a_failing_rank_is_a_one_line_error_on_every_rank(setup):
     line = "rtpanoptic evaluate: error: evaluation failed on rank 1 of 2: RuntimeError: injected failure"
     # both ranks print it (their stderr share one pipe, so the lines may run into each other)
     assert proc.stderr.count(line) == 2 and proc.stderr.count("rtpanoptic evaluate: error") == 2, proc.stderr[-3000:]
-    assert proc.stderr.count("exitcode  : 2") == 2  # torchrun's report: both ranks exited with status 2
+    # torchrun's report: the failed worker(s) exited with status 2 (torchrun may stop the other one first)
+    assert proc.stderr.count("exitcode  : 2") >= 1
     # the only traceback is torchrun's own report of the failed workers, not one of rtpanoptic's
     assert 'raise RuntimeError("injected failure")' not in proc.stderr
     assert not (out / "metrics.json").exists()
