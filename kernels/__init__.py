@@ -17,12 +17,13 @@ from . import (
     mask_loss,
     nms,
     panoptic_from_dense,
+    panoptic_from_dense_release,
     select_queries,
     upsample_argmax,
 )
 
 MODULES = (box_iou, decode_boxes, gather_levelness, iou_attention, mask_loss, nms, panoptic_from_dense,
-           select_queries, upsample_argmax)
+           panoptic_from_dense_release, select_queries, upsample_argmax)
 IMPLEMENTATIONS = {
     "nms": nms.nms,
     "batched_nms": nms.batched_nms,
@@ -33,6 +34,7 @@ IMPLEMENTATIONS = {
     "iou_attention": iou_attention.iou_attention,
     "_iou_attention_backward": iou_attention._iou_attention_backward,
     "panoptic_from_dense": panoptic_from_dense.panoptic_from_dense,
+    "panoptic_from_dense_release": panoptic_from_dense_release.panoptic_from_dense_release,
     "mask_loss": mask_loss.mask_loss,
     "_mask_loss_backward": mask_loss._mask_loss_backward,
     "select_queries": select_queries.select_queries,

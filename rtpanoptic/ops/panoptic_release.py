@@ -14,7 +14,11 @@ def _fused_multiply_add(device: torch.device) -> bool:
     """Whether ``F.interpolate(mode="bilinear")`` on ``device`` rounds ``a * w0 + b * w1`` once (fma).
 
     ATen's CPU kernel does in its AVX2/AVX512 builds (the compiler contracts it) and not in its
-    DEFAULT build; nvcc contracts by default, and the CUDA kernel is taken to do the same."""
+    DEFAULT build.  Its CUDA kernel (aten/src/ATen/native/cuda/UpSampleBilinear2d.cu,
+    ``upsample_bilinear2d_out_frame``: ``h0lambda * (w0lambda * v00 + w1lambda * v01) + h1lambda *
+    (...)``) is compiled by nvcc with contraction on: the machine code of torch 2.14.1's
+    libtorch_cuda.so (sm_80, sm_90, sm_100, sm_120; float32 FFMA/FMUL, float64 DFMA/DMUL) is
+    ``fma(h0, fma(w0, v00, w1 * v01), h1 * fma(w0, v10, w1 * v11))``, the fma form of upsample_math.h."""
     if device.type == "cpu":
         return torch.backends.cpu.get_cpu_capability() != "DEFAULT"
     return True
@@ -45,10 +49,12 @@ def panoptic_from_dense_release(
     The fused backends never build the ``[Q, H, W]`` upsampled masks: an output pixel whose 4 grid
     neighbours all lie clearly above (below) sigma is in (out of) the mask, and only the others get the
     interpolated value, computed with the float operations of this device's ``F.interpolate`` so that
-    every decision equals the reference's (on the CPU, for upsampled planes ``(h * stride) x (w * stride)``
-    of more than 4096 pixels, i.e. any image of at least 64 x 64 pixels: ATen rounds smaller planes
-    otherwise, so there a value within rounding of sigma may be decided differently).  Fusion as :func:`panoptic_from_dense` (the release has
-    none); stuff takes the grid's semantic argmax, nearest-upsampled.
+    every decision equals the reference's on the same device (cpp and Triton's interpreter: the CPU
+    reference; cuda and compiled Triton: the CUDA one; on the CPU, for upsampled planes
+    ``(h * stride) x (w * stride)`` of more than 4096 pixels, i.e. any image of at least 64 x 64
+    pixels: ATen rounds smaller planes otherwise, so there a value within rounding of sigma may be
+    decided differently).  Fusion as :func:`panoptic_from_dense` (the release has none); stuff takes
+    the grid's semantic argmax, nearest-upsampled.
 
     Args:
         dense_boxes: ``[4, h, w]`` xyxy box per grid cell (input pixels); pass the grid cells beyond

@@ -273,13 +273,16 @@ TABLE: tuple[Op, ...] = (
        "Tensor segment_score, Tensor segment_area)",
        _panoptic_from_dense_fake, _not_differentiable_autograd("panoptic_from_dense")),
     # The release's masks (x stride bilinear, >= sigma) at [height, width], then the same fusion.
+    # fma: whether the device's F.interpolate rounds its multiply-adds once (panoptic_release.py).
+    # The Triton kernel takes no float64 (the interpreter cannot round a float64 fma once).
     Op("panoptic_from_dense_release",
        "(Tensor dense_boxes, Tensor sem_probs, Tensor query_boxes, Tensor query_classes, Tensor query_scores, "
        "Tensor is_thing, int stride, int height, int width, float sigma, str score, float score_threshold, "
        "float overlap_threshold, int stuff_area_limit, bool fma) -> (Tensor segment_map, Tensor segment_class, "
        "Tensor segment_query, Tensor segment_score, Tensor segment_area)",
        _panoptic_from_dense_release_fake, _not_differentiable_autograd("panoptic_from_dense_release"),
-       backends={"reference": Support(None), "cpp": Support(("cpu",))}),
+       backends={**_default_backends(),
+                 "triton": Support(("cuda", "cpu"), (torch.float16, torch.bfloat16, torch.float32))}),
     # Explicit mask loss (eqs. 16-18).
     Op("mask_loss", "(Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, Tensor batch_index) -> Tensor",
        _mask_loss_fake,

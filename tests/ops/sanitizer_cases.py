@@ -38,7 +38,7 @@ def _dense(h: int, w: int, seed: int, dtype=torch.float32) -> torch.Tensor:
 
 
 def cases():
-    """(name, op, positional args on the CPU, indices of the differentiable args)."""
+    """(name, op, positional args on the CPU (a trailing dict: keyword args), indices of the differentiable args)."""
     out = []
     for n in (1, 63, 64, 65, 130):
         g = _gen(n)
@@ -72,6 +72,20 @@ def cases():
         args = (dense.contiguous(), sem, qb, torch.randint(2, c, (q,), generator=g), torch.rand(q, generator=g),
                 torch.arange(c) >= 2)
         out.append((f"panoptic_from_dense q={q}", "panoptic_from_dense", args, ()))
+    for q, stride, (h, w), size in ((0, 4, (17, 29), (66, 113)), (1, 4, (17, 29), (68, 116)), (40, 4, (17, 29), (66, 113)),
+                                    (25, 2, (23, 41), (45, 81)), (12, 1, (30, 37), (29, 37))):
+        # ragged output rows (partial last words), rectangles cut by the crop; stride 1: NaN cells
+        g = _gen(70 + q + stride)
+        c = 6
+        qb = _boxes(max(q, 1), 71)[:q] * (8 / stride)
+        dense = (qb if q else _boxes(1, 71))[torch.randint(0, max(q, 1), (h, w), generator=g)].permute(2, 0, 1)
+        dense = dense + torch.randn(4, h, w, generator=g)
+        sem = torch.softmax(torch.randn(c, h, w, generator=g) * 3, 0)
+        if stride == 1:
+            sem[:, 5:8, 9:12] = float("nan")
+        args = (dense.contiguous(), sem, qb, torch.randint(2, c, (q,), generator=g), torch.rand(q, generator=g),
+                torch.arange(c) >= 2, dict(stride=stride, size=size, sigma=0.3, stuff_area_limit=3))
+        out.append((f"panoptic_from_dense_release q={q} stride={stride}", "panoptic_from_dense_release", args, ()))
     out.append(("upsample_argmax", "upsample_argmax", (torch.randn(2, 19, 9, 17, generator=_gen(60)), (72, 136),
                                                          (70, 133)), ()))
     return out
@@ -86,7 +100,8 @@ def _to(x, device):
 
 
 def _run(op: str, backend: str, device: str, args, grad_at) -> list[torch.Tensor]:
-    args = [_to(a, device) for a in args]
+    kwargs = dict(args[-1]) if args and isinstance(args[-1], dict) else {}
+    args = [_to(a, device) for a in (args[:-1] if kwargs else args)]
     leaves = []
     for i in grad_at:
         if isinstance(args[i], list):
@@ -95,7 +110,8 @@ def _run(op: str, backend: str, device: str, args, grad_at) -> list[torch.Tensor
         else:
             args[i] = args[i].requires_grad_()
             leaves.append(args[i])
-    kwargs = {"sigma": 0.1, "stuff_area_limit": 3} if op == "panoptic_from_dense" else {}
+    if op == "panoptic_from_dense":
+        kwargs = {"sigma": 0.1, "stuff_area_limit": 3}
     out = getattr(ops, op)(*args, backend=backend, **kwargs)
     outs = list(out) if isinstance(out, tuple) else [out]
     if leaves:

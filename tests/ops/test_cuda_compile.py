@@ -80,3 +80,48 @@ def test_box_math_compiles_without_fma_with_the_build_flags(tmp_path):
     assert "div.rn.f32" in ptx and "div.rn.f64" in ptx  # the probe did instantiate both dtypes
     fused = re.findall(r"\bfma\.r[nzmp][.\w]*", ptx)
     assert not fused, f"{len(fused)} fused multiply-adds ({sorted(set(fused))}) with flags {_build_nvcc_flags()}"
+
+
+def _torch_cuda_includes() -> list[str]:
+    """Include folders for a .cu file using ATen: torch's, the toolkit's, the nvidia/cu* wheels' (as setup.py)."""
+    import glob
+    import importlib.util
+
+    from torch.utils import cpp_extension
+
+    dirs = list(cpp_extension.include_paths()) + [os.path.join(os.path.dirname(os.path.dirname(NVCC)), "include")]
+    spec = importlib.util.find_spec("nvidia")
+    for base in (spec.submodule_search_locations or []) if spec is not None else []:
+        dirs += sorted(glob.glob(os.path.join(base, "cu*", "include")))
+    return dirs
+
+
+def test_release_kernel_fuses_only_the_bilinear_value(tmp_path):
+    """csrc/cuda/panoptic_from_dense_release_kernel.cu, compiled as setup.py compiles it (its nvcc flags,
+    torch's macros) for sm_90: exactly 3 fused multiply-adds per bits_kernel instantiation -- the
+    explicit fma of upsample_math.h's bilinear_value, which reproduces ATen's contracted CUDA
+    F.interpolate -- and none anywhere else (no contraction by nvcc)."""
+    from torch.utils import cpp_extension
+
+    src = ROOT / "csrc" / "cuda" / "panoptic_from_dense_release_kernel.cu"
+    flags = [*_build_nvcc_flags(), *cpp_extension.COMMON_NVCC_FLAGS, "-DWITH_CUDA", "-DTORCH_API_INCLUDE_EXTENSION_H",
+             "-DTORCH_EXTENSION_NAME=_C"]
+    includes = [arg for d in [str(ROOT / "csrc"), *_torch_cuda_includes()] for arg in ("-I", d)]
+    cmd = [NVCC, "-ptx", "-arch=sm_90", "-std=c++20", *flags, *includes, str(src), "-o", str(tmp_path / "k.ptx")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    ptx = (tmp_path / "k.ptx").read_text()
+    entries = re.split(r"(?=^(?:\.visible |\.weak )?\.entry )", ptx, flags=re.M)[1:]
+    fused = {}
+    for entry in entries:
+        mangled = re.search(r"\.entry (\w+)", entry).group(1)
+        name = subprocess.run(["c++filt", mangled], capture_output=True, text=True).stdout.strip() \
+            if shutil.which("c++filt") else mangled
+        fused[name] = re.findall(r"\bfma\.r[nzmp][.\w]*", entry)
+    assert len(fused) >= 12, sorted(fused)  # every kernel and dtype instantiation was found
+    bits = {n: f for n, f in fused.items() if "bits_kernel" in n}
+    assert len(bits) == 2, sorted(fused)  # float (for float16/bfloat16/float32) and double
+    for name, found in bits.items():
+        assert sorted(found) == ["fma.rn.f64"] * 3 if "double" in name else ["fma.rn.f32"] * 3, (name, found)
+    others = {n: f for n, f in fused.items() if "bits_kernel" not in n and f}
+    assert not others, others

@@ -1,27 +1,41 @@
 """ops.panoptic_from_dense_release: the release's masks (x stride bilinear, >= sigma) and fusion,
-every backend against the reference (F.interpolate of every soft mask).
+every backend against the reference (F.interpolate of every soft mask) on the same device.
 
-ATen's CPU bilinear kernel rounds differently for output planes of at most 4096 pixels (a grid of
-at most 256 cells at stride 4); the kernels reproduce the larger planes' arithmetic, so the tests
-that put values within rounding of sigma use larger grids."""
+The kernels reproduce the arithmetic of their device's F.interpolate (the fma flag), so a kernel
+equals the reference on its own device: cpp and interpreted Triton the CPU reference, cuda and
+compiled Triton the CUDA one.  ATen's CPU bilinear kernel rounds differently for output planes of
+at most 4096 pixels (a grid of at most 256 cells at stride 4); the kernels reproduce the larger
+planes' arithmetic, so the tests that put values within rounding of sigma use larger grids.
+Triton's interpreter runs ~0.4 ms per program: its cases are scaled down (64 x 96 images, boxes of
+10-60 px, few queries)."""
 from __future__ import annotations
 
+from fractions import Fraction
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from rtpanoptic import ops
 from rtpanoptic.ops import reference as ref
+from rtpanoptic.ops import registry
 from rtpanoptic.ops.panoptic_release import _fused_multiply_add
 
-FAST = [b for b in ("cpp",) if b in ops.available_backends("cpu")["panoptic_from_dense_release"]]
+OP = "panoptic_from_dense_release"
+BACKENDS = pytest.mark.backends(OP, reference=False)
+HAS_CPP = "cpp" in ops.available_backends("cpu")[OP]
+HAS_GPU = torch.cuda.is_available()
+TRITON_CPU = "triton" in ops.available_backends("cpu")[OP]
+GPU_BACKENDS = [b for b in (ops.available_backends("cuda")[OP] if HAS_GPU else []) if b != "reference"]
 
 
-def scene(seed: int, hg: int, wg: int, q: int, stride: int = 4, n_c: int = 5, dtype=torch.float32):
-    """Dense boxes that jitter around q objects of 10-200 px (so masks have soft borders), queries near them."""
+def scene(seed: int, hg: int, wg: int, q: int, stride: int = 4, n_c: int = 5, dtype=torch.float32,
+          sizes=(10, 201)):
+    """Dense boxes that jitter around q objects of ``sizes`` px (10-200: soft mask borders), queries near them."""
     g = torch.Generator().manual_seed(seed)
     hi, wi = hg * stride, wg * stride
-    size = torch.randint(10, 201, (q, 2), generator=g).float()
+    size = torch.randint(sizes[0], sizes[1], (q, 2), generator=g).float()
     x0 = torch.rand(q, generator=g) * (wi - 10)
     y0 = torch.rand(q, generator=g) * (hi - 10)
     obj = torch.stack([x0, y0, x0 + size[:, 0], y0 + size[:, 1]], 1)
@@ -42,7 +56,15 @@ def scene(seed: int, hg: int, wg: int, q: int, stride: int = 4, n_c: int = 5, dt
     classes = torch.randint(0, 2, (q,), generator=g)  # classes 0, 1 are things
     scores = torch.rand(q, generator=g)
     is_thing = torch.tensor([True, True] + [False] * (n_c - 2))
-    return (dense.to(dtype), probs.to(dtype), query_boxes.to(dtype), classes, scores.to(dtype), is_thing)
+    return [dense.to(dtype), probs.to(dtype), query_boxes.to(dtype), classes, scores.to(dtype), is_thing]
+
+
+def interpreted(backend: str, device: str) -> bool:
+    return backend == "triton" and device == "cpu"
+
+
+def on(args, device):
+    return [a.to(device) if isinstance(a, torch.Tensor) else a for a in args]
 
 
 def run(args, backend, **kw):
@@ -65,15 +87,32 @@ def release_masks(args, stride, size, sigma, score):
     return up[:, : size[0], : size[1]] >= sigma
 
 
-@pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("seed,hg,wg,q,size,score,sigma", [
+SCENES = [  # seed, grid h, grid w, queries, output size, score, sigma
     (0, 30, 41, 12, (118, 161), "tri", 0.4),
     (1, 25, 33, 20, (99, 130), "iou", 0.3),
     (2, 17, 50, 8, (68, 200), "tri", 0.4),
     (3, 40, 23, 30, (157, 91), "tri", 0.2),
-])
-def test_equals_reference_per_mask(backend, seed, hg, wg, q, size, score, sigma):
-    args = scene(seed, hg, wg, q)
+]
+SMALL_SCENES = [  # for the interpreter: 64 x 96 outputs (6144 pixels > 4096), boxes of 10-60 px
+    (0, 16, 24, 8, (64, 96), "tri", 0.4),
+    (1, 16, 24, 8, (61, 90), "iou", 0.3),
+    (3, 17, 25, 10, (67, 97), "tri", 0.2),
+]
+
+
+def _scene_for(backend, device, case):
+    seed, hg, wg, q, size, score, sigma = case
+    sizes = (10, 61) if interpreted(backend, device) else (10, 201)
+    return on(scene(seed, hg, wg, q, sizes=sizes), device), size, score, sigma
+
+
+@BACKENDS
+@pytest.mark.parametrize("case", range(4))
+def test_equals_reference_per_mask(backend, device, case):
+    cases = SMALL_SCENES if interpreted(backend, device) else SCENES
+    if case >= len(cases):
+        pytest.skip("the interpreter runs fewer scenes")
+    args, size, score, sigma = _scene_for(backend, device, cases[case])
     # overlap 1 and threshold -inf: every non-empty mask is painted, so each segment is one whole mask
     kw = dict(size=size, sigma=sigma, score=score, overlap_threshold=1.0, score_threshold=float("-inf"))
     want, got = run(args, "reference", **kw), run(args, backend, **kw)
@@ -89,18 +128,41 @@ def test_equals_reference_per_mask(backend, seed, hg, wg, q, size, score, sigma)
             assert bool(masks[j][got.segment_map == k + 1].all())
 
 
-@pytest.mark.parametrize("backend", FAST)
+@BACKENDS
+@pytest.mark.parametrize("case", range(2))
+def test_each_mask_alone_is_the_release_mask(backend, device, case):
+    """Query by query (alone, so nothing overlaps it): its segment is exactly the release's mask."""
+    cases = SMALL_SCENES if interpreted(backend, device) else SCENES
+    args, size, score, sigma = _scene_for(backend, device, cases[case])
+    masks = release_masks(args, 4, size, sigma, score)
+    n_q = args[2].shape[0] if not interpreted(backend, device) else 5
+    for j in range(n_q):
+        one = [args[0], args[1], args[2][j:j + 1], args[3][j:j + 1], args[4][j:j + 1], args[5]]
+        got = run(one, backend, size=size, sigma=sigma, score=score, score_threshold=float("-inf"))
+        things = [k + 1 for k, q in enumerate(got.queries.tolist()) if q == 0]
+        assert things == ([1] if bool(masks[j].any()) else [])
+        if things:
+            assert torch.equal(got.segment_map == 1, masks[j])
+
+
+@BACKENDS
 @pytest.mark.parametrize("seed", range(4))
-def test_default_fusion_equals_reference(backend, seed):
-    args = scene(10 + seed, 21, 27, 15)
-    kw = dict(size=(81, 105), stuff_area_limit=37, score_threshold=0.2)
+def test_default_fusion_equals_reference(backend, device, seed):
+    if interpreted(backend, device):
+        if seed >= 2:
+            pytest.skip("the interpreter runs fewer seeds")
+        args, kw = scene(10 + seed, 16, 24, 10, sizes=(10, 61)), dict(size=(63, 95))
+    else:
+        args, kw = scene(10 + seed, 21, 27, 15), dict(size=(81, 105))
+    args = on(args, device)
+    kw.update(stuff_area_limit=37, score_threshold=0.2)
     assert_same(run(args, backend, **kw), run(args, "reference", **kw))
 
 
-@pytest.mark.parametrize("backend", FAST)
-def test_probabilities_exactly_at_sigma(backend):
+@BACKENDS
+def test_probabilities_exactly_at_sigma(backend, device):
     """Soft values exactly sigma (and one ulp either side): the >= decision at full resolution."""
-    args = list(scene(5, 17, 20, 4, n_c=3))  # planes of 68 x 80 > 4096 output pixels (see the module)
+    args = scene(5, 17, 20, 4, n_c=3)  # planes of 68 x 80 > 4096 output pixels (see the module)
     dense, probs, qb = args[0], args[1], args[2]
     dense[:] = qb[0][:, None, None]  # every cell's box is query 0's box: tri score exactly 1
     sigma = 0.4
@@ -109,56 +171,160 @@ def test_probabilities_exactly_at_sigma(backend):
     g = torch.Generator().manual_seed(0)
     probs[0] = vals[torch.randint(0, 3, (17, 20), generator=g)]
     args[3] = torch.zeros(4, dtype=torch.int64)
+    args = on(args, device)
     kw = dict(sigma=sigma, score="tri", overlap_threshold=1.0, size=(67, 77))
     want = run(args, "reference", **kw)
     assert_same(run(args, backend, **kw), want)
     assert 0 < int((want.segment_map == 1).sum()) < 67 * 77  # both sides of sigma occur
 
 
-@pytest.mark.parametrize("backend", FAST)
-def test_nan_and_inf(backend):
-    args = list(scene(6, 20, 22, 10))
+@BACKENDS
+def test_ties_between_queries(backend, device):
+    """Equal scores keep input order (stable), NaN scores come first, as the reference's sort."""
+    args = scene(15, 16, 24, 8, sizes=(10, 61))
+    args[4] = torch.tensor([0.5, 0.9, 0.5, float("nan"), 0.9, 0.5, float("nan"), 0.1])
+    args[2][5] = args[2][2]  # two queries with the same box and score: the first one wins
+    args = on(args, device)
+    for thr in (0.0, 0.3, 1.0):
+        kw = dict(size=(64, 96), sigma=0.3, overlap_threshold=thr, score_threshold=0.2)
+        assert_same(run(args, backend, **kw), run(args, "reference", **kw))
+
+
+@BACKENDS
+def test_nan_and_inf(backend, device):
+    args = scene(6, 20, 22, 10, sizes=(10, 61) if interpreted(backend, device) else (10, 201))
     args[0][:, 3, 4] = float("nan")
     args[0][0, 10, 10:15] = float("inf")
     args[1][0, 7, 7] = float("nan")
     args[1][1, 12:14, 3] = float("nan")
+    args[1][0, 15, 15] = float("inf")
     args[2][3, 1] = float("nan")
     args[4][2] = float("nan")
+    args = on(args, device)
     for score in ("iou", "tri"):
         kw = dict(score=score, sigma=0.3, size=(77, 88))
         assert_same(run(args, backend, **kw), run(args, "reference", **kw))
 
 
-@pytest.mark.parametrize("backend", FAST)
+@BACKENDS
+def test_nan_logits(backend, device):
+    """NaN logits (softmax: NaN probabilities of every class at those cells) mask and fuse as the
+    reference: a NaN cell is in no mask, and NaN wins the semantic argmax (class 0)."""
+    args = scene(16, 16, 24, 8, sizes=(10, 61))
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(5, 16, 24, generator=g) * 2
+    logits[:, 4:7, 5:9] = float("nan")
+    logits[2, 10, 10:20] = float("nan")
+    args[1] = logits.softmax(0)
+    args = on(args, device)
+    for score in ("iou", "tri"):
+        kw = dict(score=score, sigma=0.3, size=(64, 96), stuff_area_limit=5)
+        assert_same(run(args, backend, **kw), run(args, "reference", **kw))
+
+
+@BACKENDS
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
-def test_dtypes(backend, dtype):
-    args = scene(7, 19, 23, 9, dtype=dtype)
+def test_dtypes(backend, device, dtype):
+    args = on(scene(7, 19, 23, 9, dtype=dtype, sizes=(10, 81)), device)
     kw = dict(size=(73, 90), sigma=0.35)
+    if backend == "triton" and dtype == torch.float64:
+        with pytest.raises(TypeError, match="the triton kernel takes float16, bfloat16 and float32, not torch.float64"):
+            run(args, backend, **kw)
+        return
     assert_same(run(args, backend, **kw), run(args, "reference", **kw))
 
 
-@pytest.mark.parametrize("backend", FAST)
+@BACKENDS
 @pytest.mark.parametrize("stride,hg,wg,size", [(8, 9, 13, (70, 100)), (1, 15, 12, (15, 11)), (2, 1, 1, (2, 1)),
-                                               (4, 10, 10, (0, 40)), (4, 10, 10, (40, 0))])
-def test_strides_and_edge_sizes(backend, stride, hg, wg, size):
-    args = scene(8, hg, wg, 5, stride=stride)
+                                               (4, 10, 10, (0, 40)), (4, 10, 10, (40, 0)), (2, 33, 47, (66, 93))])
+def test_strides_and_edge_sizes(backend, device, stride, hg, wg, size):
+    args = on(scene(8, hg, wg, 5, stride=stride, sizes=(4, 41)), device)
     kw = dict(stride=stride, size=size, sigma=0.3)
     assert_same(run(args, backend, **kw), run(args, "reference", **kw))
 
 
-@pytest.mark.parametrize("backend", FAST)
-def test_no_queries(backend):
-    args = scene(9, 10, 12, 0)
+@BACKENDS
+@pytest.mark.parametrize("seed", range(2))
+def test_stride_one_with_nan_and_inf(backend, device, seed):
+    """At stride 1 F.interpolate does not interpolate: the CPU kernel takes both taps on the pixel
+    itself (a +-inf cell gives NaN, a NaN neighbour does not spread), the CUDA one copies."""
+    args = scene(30 + seed, 15, 12, 5, stride=1, sizes=(2, 12))
+    args[1][0, 3:6, 4:7] = float("nan")
+    args[1][1, 3:6, 4:7] = float("nan")
+    args[1][0, 8, 8] = float("inf")
+    args[1][1, 8, 8] = float("inf")
+    args[1][0, 2, 2] = float("-inf")
+    args = on(args, device)
+    kw = dict(stride=1, size=(15, 12), sigma=0.3, overlap_threshold=1.0, score_threshold=float("-inf"))
+    assert_same(run(args, backend, **kw), run(args, "reference", **kw))
+
+
+@BACKENDS
+def test_no_queries(backend, device):
+    args = on(scene(9, 10, 12, 0), device)
     assert_same(run(args, backend, size=(37, 45)), run(args, "reference", size=(37, 45)))
 
 
-def test_fused_kernel_arithmetic_matches_interpolate():
-    """The fma flag describes this machine's F.interpolate: the fused value formula equals it bit for bit
-    (for outputs of more than 4096 elements; ATen takes another path below, see panoptic_release.py)."""
+@pytest.mark.skipif(not TRITON_CPU, reason="needs Triton's interpreter (TRITON_INTERPRET=1)")
+def test_triton_gpu_block_sizes_in_the_interpreter(monkeypatch):
+    """The GPU launch sizes (many programs per pass: per-program maxima and rectangles reduced
+    across programs, several 8-query and 32-word blocks) give the same result."""
+    from rtpanoptic.kernels import _common
+
+    monkeypatch.setattr(_common, "GPU_BLOCKS_IN_INTERPRETER", True)
+    args = scene(17, 18, 27, 10, sizes=(10, 61))
+    kw = dict(size=(71, 105), sigma=0.3, stuff_area_limit=20)
+    assert_same(run(args, "triton", **kw), run(args, "reference", **kw))
+
+
+if TRITON_CPU:
+    import triton
+    import triton.language as tl
+
+    from rtpanoptic.kernels.panoptic_from_dense_release import _fma
+
+    @triton.jit
+    def _fma_kernel(a_ptr, b_ptr, c_ptr, out_ptr, N: tl.constexpr):
+        i = tl.arange(0, N)
+        tl.store(out_ptr + i, _fma(tl.load(a_ptr + i), tl.load(b_ptr + i), tl.load(c_ptr + i), True))
+
+
+@pytest.mark.skipif(not TRITON_CPU, reason="needs Triton's interpreter (TRITON_INTERPRET=1)")
+def test_interpreter_fma_rounds_once():
+    """The interpreter's stand-in for tl.fma rounds a * b + c once, also where a float64 sum
+    rounded to nearest would land on a float32 tie (double rounding)."""
+    from rtpanoptic.kernels._common import launch
+
     g = torch.Generator().manual_seed(0)
-    fma = _fused_multiply_add(torch.device("cpu"))
-    for shape, dtype in (((1, 17, 16), torch.float32), ((30, 37, 53), torch.float32)):
-        s = torch.rand(shape, generator=g, dtype=dtype)
+    n = 256
+    a, b = torch.rand(n, generator=g) * 2 - 0.5, torch.rand(n, generator=g)
+    c = (torch.rand(n, generator=g) - 0.5) * torch.exp2(-torch.randint(0, 60, (n,), generator=g).float())
+    # ties: a * b = 1 + 2^-11 + 2^-24 lies halfway between two float32; c = +-2^-60 breaks the tie
+    a[:4], b[:4] = 1 + 2.0**-12, 1 + 2.0**-12
+    c[:4] = torch.tensor([2.0**-60, -(2.0**-60), 2.0**-70, -(2.0**-40)])
+    out = torch.empty(n)
+    launch(_fma_kernel, (1,), a, b, c, out, N=n)
+
+    def exact(x, y, z):  # the exact a * b + c, rounded to the nearest float32 (ties to even)
+        v = Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z))
+        f = np.float32(float(v))
+        cands = [np.nextafter(f, np.float32(-np.inf)), f, np.nextafter(f, np.float32(np.inf))]
+        return min(cands, key=lambda t: (abs(Fraction(float(t)) - v), int(np.array(t).view(np.int32)) & 1))
+
+    want = torch.tensor([float(exact(x, y, z)) for x, y, z in zip(a.tolist(), b.tolist(), c.tolist())])
+    assert torch.equal(out, want)
+    assert float(out[0]) == float(np.float32(1 + 2.0**-11 + 2.0**-23))  # rounded up: the naive way rounds down
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not HAS_GPU,
+                                                                                          reason="needs a GPU"))])
+def test_fused_kernel_arithmetic_matches_interpolate(device):
+    """The fma flag describes this device's F.interpolate: the fused value formula equals it bit for bit
+    (on the CPU for outputs of more than 4096 elements; ATen takes another path below, see panoptic_release.py)."""
+    g = torch.Generator().manual_seed(0)
+    fma = _fused_multiply_add(torch.device(device))
+    for shape, dtype in (((1, 17, 16), torch.float32), ((30, 37, 53), torch.float32), ((2, 17, 18), torch.float64)):
+        s = torch.rand(shape, generator=g, dtype=dtype).to(device)
         up = F.interpolate(s[None], scale_factor=4, mode="bilinear", align_corners=False)[0]
         assert torch.equal(up, _emulate(s, 4, fma))
 
@@ -166,7 +332,7 @@ def test_fused_kernel_arithmetic_matches_interpolate():
 def _emulate(s, stride, fma):
     """F.interpolate's value as the kernels compute it (upsample_math.h), in torch, float64-exact fma."""
     def taps(n_out, n_in):
-        d = torch.arange(n_out, dtype=s.dtype)
+        d = torch.arange(n_out, dtype=s.dtype, device=s.device)
         src = ((d + 0.5) * (1.0 / stride) - 0.5).clamp(min=0)
         i0 = src.floor().long()
         lam = src - i0.to(s.dtype)
@@ -175,6 +341,10 @@ def _emulate(s, stride, fma):
     def pair(a, b, c, d):  # a * b + c * d, rounded like the kernel
         if not fma:
             return a * b + c * d
+        if a.dtype == torch.float64:  # exact in fractions, rounded once by float()
+            x, y, z = (t.cpu().flatten().tolist() for t in torch.broadcast_tensors(a, b, c * d))
+            out = [float(Fraction(p) * Fraction(q) + Fraction(r)) for p, q, r in zip(x, y, z)]
+            return torch.tensor(out, dtype=a.dtype).reshape(torch.broadcast_shapes(a.shape, b.shape)).to(a.device)
         # float32 inputs: the product is exact in float64, then one rounding (no double rounding here)
         return (a.double() * b.double() + (c * d).double()).float()
 
@@ -210,7 +380,23 @@ def test_validation_shares_panoptic_from_dense_checks():
         ops.panoptic_from_dense_release(dense, probs, qb, cls + 5, scores, is_thing, stride=4, size=(40, 48))
 
 
-@pytest.mark.skipif(not FAST, reason="no C++ kernel built")
+@BACKENDS
+@pytest.mark.parametrize("change,error,message", [
+    (lambda a: a.__setitem__(0, a[0].int()), TypeError, "dense_boxes must be a floating-point tensor"),
+    (lambda a: a.__setitem__(1, a[1].double()), TypeError, "tensors must share one dtype"),
+    (lambda a: a.__setitem__(3, a[3].float()), TypeError, "query_classes must be an integer tensor"),
+    (lambda a: a.__setitem__(5, a[5].int()), TypeError, "is_thing must be a bool tensor"),
+    (lambda a: a.__setitem__(1, a[1][:, :5]), ValueError, r"sem_probs must have shape \[\*, 10, 12\], got \[5, 5, 12\]"),
+    (lambda a: a.__setitem__(4, a[4][:2]), ValueError, "query_scores has 2 entries but query_boxes has 3"),
+])
+def test_bad_inputs_raise_the_same_errors_on_every_backend(backend, device, change, error, message):
+    args = on(scene(13, 10, 12, 3), device)
+    change(args)
+    with pytest.raises(error, match=message):
+        run(args, backend, size=(40, 48))
+
+
+@pytest.mark.skipif(not HAS_CPP, reason="no C++ kernel built")
 def test_cpp_kernel_checks_its_arguments():
     args = scene(13, 10, 12, 3)
     with pytest.raises(RuntimeError, match="panoptic_from_dense_release: stride must be a power of two, got 3"):
@@ -219,16 +405,49 @@ def test_cpp_kernel_checks_its_arguments():
         torch.ops.rtpanoptic.panoptic_from_dense_release(*args, 4, 41, 36, 0.4, "tri", 0.0, 0.5, 0, True)
 
 
-@pytest.mark.skipif(not FAST, reason="no C++ kernel built")
-def test_opcheck_and_fake():
+@pytest.mark.skipif(not (HAS_GPU and "cuda" in GPU_BACKENDS), reason="needs a GPU and the CUDA kernel")
+def test_cuda_kernel_checks_its_arguments():
+    args = on(scene(13, 10, 12, 3), "cuda")
+    with pytest.raises(RuntimeError, match="panoptic_from_dense_release: stride must be a power of two, got 3"):
+        torch.ops.rtpanoptic.panoptic_from_dense_release(*args, 3, 30, 36, 0.4, "tri", 0.0, 0.5, 0, True)
+    with pytest.raises(RuntimeError, match=r"panoptic_from_dense_release: size must lie in \[0, 40\] x \[0, 48\]"):
+        torch.ops.rtpanoptic.panoptic_from_dense_release(*args, 4, 41, 36, 0.4, "tri", 0.0, 0.5, 0, True)
+    with pytest.raises(RuntimeError, match="panoptic_from_dense_release: sem_probs must be on"):
+        torch.ops.rtpanoptic.panoptic_from_dense_release(args[0], args[1].cpu(), *args[2:], 4, 40, 48, 0.4, "tri",
+                                                         0.0, 0.5, 0, True)
+
+
+def _namespaces():
+    out = [registry.CPP_NAMESPACE] if HAS_CPP else []
+    return out + ([registry.TRITON_NAMESPACE] if TRITON_CPU else [])
+
+
+@pytest.mark.parametrize("namespace", _namespaces())
+def test_opcheck_and_fake(namespace):
     args = scene(14, 9, 11, 4)
     call = (*args, 4, 33, 42, 0.4, "tri", 0.0, 0.5, 0, _fused_multiply_add(torch.device("cpu")))
-    torch.library.opcheck(torch.ops.rtpanoptic.panoptic_from_dense_release, call,
-                          test_utils=("test_schema", "test_faketensor"))
+    fn = getattr(getattr(torch.ops, namespace), OP)
+    torch.library.opcheck(fn, call, test_utils=("test_schema", "test_faketensor"))
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     with FakeTensorMode(shape_env=ShapeEnv()) as mode:
         fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in call]
-        seg = torch.ops.rtpanoptic.panoptic_from_dense_release(*fake)
+        seg = fn(*fake)
     assert tuple(seg[0].shape) == (33, 42) and seg[0].dtype == torch.int32
+
+
+# ------------------------------------------------------------------------ on a GPU
+@pytest.mark.skipif(not GPU_BACKENDS, reason="needs a GPU")
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gpu_runs_twice_bitwise_and_matches_the_cpu_kernel(backend):
+    """Deterministic (no float atomics), and, both kernels fusing the multiply-adds as their
+    F.interpolate does (AVX2/AVX-512 CPUs), equal to the C++ kernel on the same scene."""
+    args = scene(20, 40, 56, 30)
+    kw = dict(size=(157, 221), sigma=0.4, stuff_area_limit=10)
+    first, second = run(on(args, "cuda"), backend, **kw), run(on(args, "cuda"), backend, **kw)
+    assert_same(first, second)
+    assert_same(first, run(on(args, "cuda"), "reference", **kw))
+    if HAS_CPP and _fused_multiply_add(torch.device("cpu")):
+        cpu = run(args, "cpp", **kw)
+        assert torch.equal(first.segment_map.cpu(), cpu.segment_map)
