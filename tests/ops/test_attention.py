@@ -1,33 +1,32 @@
 """iou_attention: P_loc(x, y, j) = IoU(B(x, y), B_j) (eq. 6), and the TRI score, on every
-(backend, device) pair that runs here (``@pytest.mark.backends``, tests/conftest.py)."""
+(backend, device) pair that runs here (``@pytest.mark.backends``, tests/conftest.py): hand-computed
+values, bit-for-bit parity with the reference in every dtype (random, hard, special, large and
+NaN boxes), gradients at ties and NaN, gradcheck, strided and empty inputs."""
 import pytest
 import torch
 import torchvision
 
 from rtpanoptic import ops
 from rtpanoptic.ops import _dispatch, reference
+from rtpanoptic.ops.reference import _upcast
 
 OP = "iou_attention"
+F64 = torch.float64
 HALF = [torch.float16, torch.bfloat16]
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, F64]
 NAN = float("nan")
+BOX = dict(size=60.0, max_wh=30.0)  # boxes of the small cases: corners in [0, 60)², sides up to 30
 
 
-def _dense(h, w, seed=0, dtype=torch.float32, size=60.0, max_wh=30.0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    xy = torch.rand(2, h, w, generator=g, dtype=torch.float64) * size
-    wh = torch.rand(2, h, w, generator=g, dtype=torch.float64) * max_wh
-    return torch.cat([xy, xy + wh]).to(dtype).to(device)
-
-
-def _queries(q, seed=0, dtype=torch.float32, size=60.0, max_wh=30.0, device="cpu"):
-    return _dense(1, q, seed, torch.float64, size, max_wh).reshape(4, q).t().to(dtype).to(device)
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
 
 
 @pytest.mark.backends(OP)
 @pytest.mark.parametrize("q", [1, 7, 64])
-def test_iou_attention_is_box_iou(backend, device, q):
-    dense = _dense(6, 9, seed=q, device=device)
-    queries = _queries(q, seed=q, device=device)
+def test_iou_attention_is_box_iou(backend, device, q, make):
+    dense = make.dense(6, 9, q, **BOX, device=device)
+    queries = make.boxes(q, seed=q, **BOX, device=device)
     out = ops.iou_attention(dense, queries, backend=backend)
     expected = torchvision.ops.box_iou(queries, dense.reshape(4, -1).t()).reshape(q, 6, 9)
     torch.testing.assert_close(out, expected)
@@ -42,8 +41,8 @@ def test_iou_attention_degenerate_is_zero_not_nan(backend, device):
 
 @pytest.mark.backends(OP)
 def test_tri_score_hand_computed(backend, device):
-    dense = torch.tensor([0.0, 0.0, 2.0, 2.0], dtype=torch.float64, device=device).view(4, 1, 1)
-    queries = torch.tensor([[1.0, 1.0, 3.0, 3.0]], dtype=torch.float64, device=device)
+    dense = torch.tensor([0.0, 0.0, 2.0, 2.0], dtype=F64, device=device).view(4, 1, 1)
+    queries = torch.tensor([[1.0, 1.0, 3.0, 3.0]], dtype=F64, device=device)
     # I=1, U=7, C=9 (+1e-7): (2/8) - (2/9)
     c = 9 + reference.TRI_EPS
     expected = 2 / 8 - (c - 7) / c
@@ -53,60 +52,154 @@ def test_tri_score_hand_computed(backend, device):
 
 @pytest.mark.backends(OP)
 @pytest.mark.parametrize("score", ["iou", "tri"])
-def test_iou_attention_grad_matches_reference(backend, device, score):
-    dense = _dense(4, 5, seed=3, dtype=torch.float64, device=device).requires_grad_()
-    queries = _queries(3, seed=3, dtype=torch.float64, device=device).requires_grad_()
+def test_iou_attention_grad_matches_reference(backend, device, score, make):
+    dense = make.dense(4, 5, 3, **BOX, dtype=F64, device=device).requires_grad_()
+    queries = make.boxes(3, seed=3, **BOX, dtype=F64, device=device).requires_grad_()
     out = ops.iou_attention(dense, queries, score=score, backend=backend)
-    w = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
+    w = torch.randn(out.shape, dtype=F64, generator=torch.Generator().manual_seed(1)).to(device)
     grads = torch.autograd.grad((out * w).sum(), (dense, queries))
     ref = reference.iou_attention(dense, queries, score)
     ref_grads = torch.autograd.grad((ref * w).sum(), (dense, queries))
     for a, b in zip(grads, ref_grads):
         torch.testing.assert_close(a, b)
-    torch.autograd.gradcheck(lambda d, q: ops.iou_attention(d, q, score=score, backend=backend), (dense, queries))
+
+
+@pytest.mark.backends(OP)
+@pytest.mark.parametrize("score", ["iou", "tri"])
+@pytest.mark.parametrize("q,h,w", [(1, 2, 3), (3, 4, 5)])
+def test_gradcheck(backend, device, score, q, h, w, make):
+    dense = make.dense(h, w, q, size=20.0, dtype=F64, device=device).requires_grad_()
+    queries = make.boxes(q, size=20.0, seed=q + 3, dtype=F64, device=device).requires_grad_()
+    torch.autograd.gradcheck(lambda d, qq: ops.iou_attention(d, qq, score=score, backend=backend), (dense, queries))
+
+
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("score", ["iou", "tri"])
+@pytest.mark.parametrize("case", ["identical", "touching", "zero_union", "shared_edges"])
+def test_gradient_at_ties_matches_reference(backend, device, score, case, make, assert_close_in):
+    """Where PyTorch's min/max tie (autograd splits the gradient in half) and its clamp sits at
+    exactly 0 (no gradient passes), the kernels' backward does what the reference's autograd does."""
+    dense, queries = make.dense(3, 4, 7, dtype=F64), make.boxes(5, seed=8, dtype=F64)
+    if case == "identical":  # min/max ties everywhere
+        dense = queries[1].view(4, 1, 1).expand(4, 3, 4).clone()
+    elif case == "touching":  # zero-width intersections
+        dense[0] = queries[0, 2]
+    elif case == "zero_union":  # where(union != 0): zero gradient
+        queries[2] = torch.tensor([5.0, 5.0, 5.0, 5.0], dtype=F64)
+        dense[:, 0, 0] = queries[2]
+    else:  # shared edges, identical, touching and nested boxes
+        dense = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 1.0, 4.0, 3.0], [4.0, 0.0, 6.0, 4.0], [2.0, 2.0, 2.0, 5.0],
+                              [1.0, 0.0, 4.0, 4.0], [-1.0, -1.0, 5.0, 5.0]], dtype=F64).t().reshape(4, 2, 3)
+        queries = torch.tensor([[0.0, 0.0, 4.0, 4.0], [2.0, 2.0, 6.0, 5.0]], dtype=F64)
+    dense = dense.contiguous().to(device).requires_grad_()
+    queries = queries.to(device).requires_grad_()
+    out = ops.iou_attention(dense, queries, score, backend=backend)
+    w = torch.randn(out.shape, dtype=F64, generator=_gen(2)).to(device)
+    grads = torch.autograd.grad((out * w).sum(), (dense, queries))
+    ref_grads = torch.autograd.grad((reference.iou_attention(dense, queries, score) * w).sum(), (dense, queries))
+    for a, b in zip(grads, ref_grads):
+        assert_close_in(a, b)
+    if case == "zero_union" and score == "iou":
+        assert grads[1][2].abs().sum().item() == 0.0
+
+
+# ------------------------------------------------------------------- random, special
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("score", ["iou", "tri"])
+@pytest.mark.parametrize("q,h,w", [(1, 1, 1), (1, 7, 5), (13, 16, 33), (19, 9, 13), (256, 5, 6)])
+def test_random_is_bitwise_the_reference(backend, device, dtype, score, q, h, w, make, assert_bitwise):
+    """Q = 1 and Q = 256, grids of one pixel and of 528, in every dtype (float16/bfloat16:
+    computed in float32 and rounded once, as the reference)."""
+    dense, queries = make.dense(h, w, q, dtype=dtype, device=device), make.boxes(q, seed=q + 1, dtype=dtype, device=device)
+    out = ops.iou_attention(dense, queries, score, backend=backend)
+    assert out.shape == (q, h, w)
+    assert_bitwise(out, reference.iou_attention(dense, queries, score), backend, device)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # the NaN pixel
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("score", ["iou", "tri"])
+@pytest.mark.parametrize("q", [1, 20, 256])
+def test_large_boxes_nan_and_zero_union_with_grads(backend, device, dtype, score, q, make, assert_bitwise,
+                                                   assert_close_in, skip_interpreted):
+    """Boxes of up to 1100 px (areas above float16's 65504), a zero-union pixel and a NaN pixel:
+    values bit for bit; gradients (NaN at the NaN pixel although its upstream gradient is 0)
+    within the dtype's rounding."""
+    if q > 20:
+        skip_interpreted(backend, device, f"{q} queries over 960 pixels, forward and backward")
+    dense = make.dense(24, 40, q, size=600.0, max_wh=500.0, dtype=dtype)
+    queries = make.boxes(q, size=600.0, seed=q + 1, max_wh=500.0, dtype=dtype)
+    dense[:, 0, 0] = torch.tensor([5.0, 5.0, 5.0, 5.0])  # zero union with the query below
+    queries[0] = torch.tensor([5.0, 5.0, 5.0, 5.0])
+    dense[:, 0, 1] = NAN
+    dense, queries = dense.to(device).requires_grad_(), queries.to(device).requires_grad_()
+    out = ops.iou_attention(dense, queries, score, backend=backend)
+    rd, rq = dense.detach().clone().requires_grad_(), queries.detach().clone().requires_grad_()
+    ref = reference.iou_attention(rd, rq, score)
+    assert_bitwise(out, ref.detach(), backend, device)
+    w = torch.randn(out.shape, generator=_gen(0)).to(device)
+    w[:, 0, 1] = 0  # no upstream gradient at the NaN pixel: its gradients are NaN all the same
+    grads = torch.autograd.grad((_upcast(out) * w.to(_upcast(out).dtype)).nan_to_num().sum(), (dense, queries))
+    ref_grads = torch.autograd.grad((_upcast(ref) * w.to(_upcast(ref).dtype)).nan_to_num().sum(), (rd, rq))
+    for a, b in zip(grads, ref_grads):
+        assert a.dtype == dtype
+        assert_close_in(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # inf - inf in the interpreter
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("score", ["iou", "tri"])
+def test_special_boxes(backend, device, score, make, assert_close_in):
+    s = make.special(device=device)
+    dense = s.t().reshape(4, 2, 5)
+    assert_close_in(ops.iou_attention(dense, s, score, backend=backend), reference.iou_attention(dense, s, score))
+    # union == 0 (two identical points) gives 0, not NaN
+    assert ops.iou_attention(dense, s, "iou", backend=backend)[0, 0, 0].item() == 0.0
 
 
 # ------------------------------------------------------------- exactness (float32)
-def _hard_case(device, dtype=torch.float32):
+def _hard_case(make, device, dtype=torch.float32):
     """Random boxes plus shared edges, identical boxes, touching boxes, a point and coordinates
     large enough that every product rounds (where a fused multiply-add would round differently)."""
-    dense = _dense(9, 13, seed=11, dtype=torch.float64, size=3000.0, max_wh=900.0)
-    queries = _queries(17, seed=12, dtype=torch.float64, size=3000.0, max_wh=900.0)
+    dense = make.dense(9, 13, 11, size=3000.0, max_wh=900.0, dtype=F64)
+    queries = make.boxes(17, size=3000.0, seed=12, max_wh=900.0, dtype=F64)
     dense[:, 0, :4] = queries[0].view(4, 1)  # identical
     dense[:, 1, :3] = torch.tensor([queries[1, 2], queries[1, 1], queries[1, 2] + 7.25, queries[1, 3]]).view(4, 1)
     dense[:, 2, 0] = torch.tensor([5.0, 5.0, 5.0, 5.0])  # a point
-    third = torch.tensor([1 / 3, 1 / 7, 2 / 3, 5 / 7], dtype=torch.float64)
+    third = torch.tensor([1 / 3, 1 / 7, 2 / 3, 5 / 7], dtype=F64)
     dense[:, 3] += third.view(4, 1)  # inexact binary fractions
     return dense.to(dtype).to(device), queries.to(dtype).to(device)
 
 
 @pytest.mark.backends(OP, reference=False)
 @pytest.mark.parametrize("score", ["iou", "tri"])
-def test_float32_is_bitwise_the_reference(backend, device, score, assert_bitwise):
+def test_float32_is_bitwise_the_reference(backend, device, score, assert_bitwise, make):
     """Promised for every backend: the same operations in the same order, rounded after each
     one (no fused multiply-add), so float32 results equal the reference's bit for bit."""
-    dense, queries = _hard_case(device)
+    dense, queries = _hard_case(make, device)
     out = ops.iou_attention(dense, queries, score, backend=backend)
     assert_bitwise(out, reference.iou_attention(dense, queries, score), backend, device)
 
 
 # ------------------------------------------------------------------ half precision
-def _large_half_case(dtype, device):
+def _large_half_case(make, dtype, device):
     """Boxes of 300-700 px: areas above float16's largest finite value (65504)."""
-    dense = _dense(5, 7, seed=2, dtype=torch.float64, size=400.0, max_wh=400.0) + 300 * torch.tensor(
-        [0.0, 0.0, 1.0, 1.0], dtype=torch.float64).view(4, 1, 1)
-    queries = _queries(6, seed=3, dtype=torch.float64, size=400.0, max_wh=400.0) + 300 * torch.tensor(
-        [0.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    dense = make.dense(5, 7, 2, size=400.0, max_wh=400.0, dtype=F64) + 300 * torch.tensor(
+        [0.0, 0.0, 1.0, 1.0], dtype=F64).view(4, 1, 1)
+    queries = make.boxes(6, size=400.0, seed=3, max_wh=400.0, dtype=F64) + 300 * torch.tensor(
+        [0.0, 0.0, 1.0, 1.0], dtype=F64)
     return dense.to(dtype).to(device), queries.to(dtype).to(device)
 
 
 @pytest.mark.backends(OP)
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("score", ["iou", "tri"])
-def test_half_is_float32_rounded_once(backend, device, dtype, score, assert_bitwise):
+def test_half_is_float32_rounded_once(backend, device, dtype, score, assert_bitwise, make):
     """float16/bfloat16: computed in float32 and rounded once, as box_iou (torchvision) does;
     native half arithmetic would overflow on these areas (inf / NaN scores)."""
-    dense, queries = _large_half_case(dtype, device)
+    dense, queries = _large_half_case(make, dtype, device)
     out = ops.iou_attention(dense, queries, score, backend=backend)
     assert out.dtype == dtype
     want = reference.iou_attention(dense.float(), queries.float(), score).to(dtype)
@@ -117,10 +210,10 @@ def test_half_is_float32_rounded_once(backend, device, dtype, score, assert_bitw
 @pytest.mark.backends(OP)
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("score", ["iou", "tri"])
-def test_half_gradient_is_computed_in_float32(backend, device, dtype, score):
+def test_half_gradient_is_computed_in_float32(backend, device, dtype, score, make):
     """The backward of half inputs is the float32 gradient rounded once to the dtype: within one
     unit in the last place of the dtype (the summation order over queries/pixels may differ)."""
-    dense, queries = _large_half_case(dtype, device)
+    dense, queries = _large_half_case(make, dtype, device)
     w = torch.randn(6, 5, 7, generator=torch.Generator().manual_seed(0)).to(device)
     d, q = dense.clone().requires_grad_(), queries.clone().requires_grad_()
     got = torch.autograd.grad((ops.iou_attention(d, q, score, backend=backend).float() * w).sum(), (d, q))
@@ -135,13 +228,13 @@ def test_half_gradient_is_computed_in_float32(backend, device, dtype, score):
 # ------------------------------------------------------------------- layouts, NaN
 @pytest.mark.backends(OP)
 @pytest.mark.parametrize("score", ["iou", "tri"])
-def test_gradients_of_non_contiguous_inputs(backend, device, score):
+def test_gradients_of_non_contiguous_inputs(backend, device, score, make):
     """Strided inputs (a transposed grid, every other query): the same values and gradients as
     their contiguous copies."""
-    dense = _dense(9, 7, seed=4, dtype=torch.float64, device=device).transpose(1, 2).requires_grad_()  # [4, 7, 9]
-    queries = _queries(10, seed=5, dtype=torch.float64, device=device)[::2].requires_grad_()
+    dense = make.dense(9, 7, 4, **BOX, dtype=F64, device=device).transpose(1, 2).requires_grad_()  # [4, 7, 9]
+    queries = make.boxes(10, seed=5, **BOX, dtype=F64, device=device)[::2].requires_grad_()
     assert not dense.is_contiguous() and not queries.is_contiguous()
-    w = torch.randn(5, 7, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
+    w = torch.randn(5, 7, 9, dtype=F64, generator=torch.Generator().manual_seed(1)).to(device)
     out = ops.iou_attention(dense, queries, score, backend=backend)
     got = torch.autograd.grad((out * w).sum(), (dense, queries))
     dc, qc = dense.detach().contiguous().requires_grad_(), queries.detach().contiguous().requires_grad_()
@@ -155,13 +248,13 @@ def test_gradients_of_non_contiguous_inputs(backend, device, score):
 @pytest.mark.backends(OP)
 @pytest.mark.parametrize("score", ["iou", "tri"])
 @pytest.mark.parametrize("nan_in", ["dense", "query"])
-def test_nan_boxes_give_the_reference_nan_gradients(backend, device, score, nan_in):
+def test_nan_boxes_give_the_reference_nan_gradients(backend, device, score, nan_in, make):
     """NaN coordinates propagate into every gradient that depends on them, also where the
     upstream gradient is 0 (autograd's 0 * NaN = NaN): the rule of rtpanoptic.ops.reference.
     A NaN pixel makes every query's gradient NaN and only its own; a NaN query the reverse."""
-    dense = _dense(4, 5, seed=6, dtype=torch.float64)
-    queries = _queries(4, seed=7, dtype=torch.float64)
-    w = torch.randn(4, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    dense = make.dense(4, 5, 6, **BOX, dtype=F64)
+    queries = make.boxes(4, seed=7, **BOX, dtype=F64)
+    w = torch.randn(4, 4, 5, dtype=F64, generator=torch.Generator().manual_seed(2))
     w[0, 0, :] = 0
     if nan_in == "dense":
         dense[0, 1, 2] = NAN
@@ -181,11 +274,22 @@ def test_nan_boxes_give_the_reference_nan_gradients(backend, device, score, nan_
 
 
 @pytest.mark.backends(OP)
-def test_empty_inputs_reach_the_kernel(backend, device):
+def test_empty_inputs_reach_the_kernel(backend, device, make):
     """Q = 0 and H*W = 0 straight into the backend (the public wrapper returns early)."""
     impl = _dispatch.select(OP, backend, torch.device(device))
-    queries = _queries(3, seed=0, device=device)
+    queries = make.boxes(3, seed=0, **BOX, device=device)
     for score in ("iou", "tri"):
-        assert impl(_dense(3, 4, device=device), queries[:0], score).shape == (0, 3, 4)
-        assert impl(_dense(0, 4, device=device), queries, score).shape == (3, 0, 4)
-    assert ops.iou_attention(_dense(3, 4, device=device), queries[:0], backend=backend).shape == (0, 3, 4)
+        assert impl(make.dense(3, 4, **BOX, device=device), queries[:0], score).shape == (0, 3, 4)
+        assert impl(make.dense(0, 4, **BOX, device=device), queries, score).shape == (3, 0, 4)
+    assert ops.iou_attention(make.dense(3, 4, **BOX, device=device), queries[:0], backend=backend).shape == (0, 3, 4)
+
+
+@pytest.mark.backends(OP, reference=False)
+def test_empty_inputs_reach_the_backward_kernel(backend, device, make, kernels):
+    queries = make.boxes(3, seed=0, device=device)
+    gd, gq = kernels(backend)._iou_attention_backward(torch.zeros(3, 0, 5, device=device), torch.zeros(4, 0, 5, device=device), queries,
+                                   "iou")
+    assert gd.shape == (4, 0, 5) and torch.equal(gq, torch.zeros(3, 4, device=device))
+    gd, gq = kernels(backend)._iou_attention_backward(torch.zeros(0, 2, 5, device=device), make.dense(2, 5, device=device), queries[:0],
+                                   "tri")
+    assert torch.equal(gd, torch.zeros(4, 2, 5, device=device)) and gq.shape == (0, 4)

@@ -1,12 +1,21 @@
 """decode_boxes and gather_levelness: hand-computed values, every (backend, device) pair against
-the reference, gradients, NaN logits, strided inputs, empty inputs."""
+the reference (in every dtype; non-finite offsets, tied and NaN logits), gradients and gradcheck,
+strided inputs, empty inputs."""
 import pytest
 import torch
 
 from rtpanoptic import ops
 from rtpanoptic.ops import _dispatch, reference
+from rtpanoptic.ops.reference import _upcast
 
-NAN = float("nan")
+F64 = torch.float64
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+NAN, INF = float("nan"), float("inf")
+SIGN = (-1.0, -1.0, 1.0, 1.0)  # d(x - l)/dl, d(y - t)/dt, d(x + r)/dr, d(y + b)/db
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
 
 
 @pytest.mark.backends("decode_boxes")
@@ -23,16 +32,35 @@ def test_decode_hand_computed(backend, device):
 
 
 @pytest.mark.backends("decode_boxes")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_decode_matches_reference_and_grad(backend, device, dtype):
-    g = torch.Generator().manual_seed(0)
-    offsets = (torch.rand(2, 4, 5, 7, generator=g, dtype=dtype) * 30).to(device).requires_grad_()
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_decode_matches_reference_and_grad(backend, device, dtype, assert_bitwise, skip_interpreted_bfloat16):
+    skip_interpreted_bfloat16(backend, device, dtype)
+    g = _gen(0)
+    offsets = (torch.rand(2, 4, 5, 7, generator=g, dtype=F64) * 30).to(dtype).to(device).requires_grad_()
     out = ops.decode_boxes(offsets, 16, backend=backend)
-    assert torch.equal(out, reference.decode_boxes(offsets, 16))  # promised bit for bit
-    weights = torch.randn(out.shape, generator=g, dtype=dtype).to(device)
+    assert_bitwise(out, reference.decode_boxes(offsets, 16), backend, device)  # promised bit for bit
+    weights = torch.randn(out.shape, generator=g, dtype=F64).to(dtype).to(device)
     (grad,) = torch.autograd.grad((out * weights).sum(), offsets)
-    sign = torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=dtype, device=device).view(1, 4, 1, 1)
-    assert torch.equal(grad, weights * sign)
+    assert grad.dtype == dtype
+    assert torch.equal(grad, weights * torch.tensor(SIGN, dtype=dtype, device=device).view(1, 4, 1, 1))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # inf - inf in the interpreter
+@pytest.mark.backends("decode_boxes", reference=False)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("stride", [1, 5, 8, 128])
+def test_decode_random_and_nonfinite(backend, device, dtype, stride, assert_bitwise, skip_interpreted_bfloat16):
+    skip_interpreted_bfloat16(backend, device, dtype)
+    off = torch.rand(2, 4, 6, 9, generator=_gen(stride), dtype=F64) * 50
+    off[0, 1, 2, 3], off[1, 2, 0, 0], off[1, 3, 5, 8] = NAN, INF, -INF
+    off = off.to(dtype).to(device)
+    assert_bitwise(ops.decode_boxes(off, stride, backend=backend), reference.decode_boxes(off, stride), backend, device)
+
+
+@pytest.mark.backends("decode_boxes")
+def test_decode_gradcheck(backend, device):
+    off = torch.rand(1, 4, 3, 4, generator=_gen(0), dtype=F64).to(device).requires_grad_()
+    torch.autograd.gradcheck(lambda o: ops.decode_boxes(o, 8, backend=backend), (off,))
 
 
 @pytest.mark.backends("decode_boxes")
@@ -121,17 +149,72 @@ def test_gather_levelness_bilinear_convention_hand_computed(backend, device):
         torch.testing.assert_close(boxes.cpu(), expected, rtol=1e-12, atol=1e-12)
 
 
+# (level sizes, levelness grid, out_stride): one level; coarser levels at integer and non-integer
+# scales; a level finer than the grid in one axis; the grid of the first level itself
+LEVELS = [
+    ([(8, 12)], (16, 24), 4),
+    ([(8, 12), (4, 6), (2, 3)], (16, 24), 3),
+    ([(7, 9), (4, 5), (2, 3), (1, 2), (1, 1)], (14, 18), 4),
+    ([(3, 3), (5, 7)], (6, 6), 3),
+    ([(16, 20), (5, 7), (3, 3)], (16, 20), 4),
+    ([(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)], (32, 40), 4),
+]
+
+
 @pytest.mark.backends("gather_levelness", reference=False)
-@pytest.mark.parametrize("seed", [0, 1])
-def test_gather_levelness_random_matches_reference(backend, device, seed):
-    g = torch.Generator().manual_seed(seed)
-    sizes = [(16, 20), (8, 10), (4, 5), (2, 3), (1, 2)]
-    offsets = [(torch.rand(2, 4, h, w, generator=g, dtype=torch.float64) * 50).to(device) for h, w in sizes]
-    levelness = torch.randn(2, 6, 32, 40, generator=g, dtype=torch.float64).to(device)
-    boxes, fg = ops.gather_levelness(offsets, levelness, 4, backend=backend)
-    rb, rfg = reference.gather_levelness(offsets, levelness, 4)
-    torch.testing.assert_close(boxes, rb)
-    assert torch.equal(fg, rfg)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("case", range(len(LEVELS)))
+@pytest.mark.parametrize("ties", [None, 2])
+def test_gather_levelness_random_matches_reference(backend, device, dtype, case, ties, make, assert_close_in,
+                                                   skip_interpreted_bfloat16):
+    """Random offsets; normal or integer levelness logits (``ties=2``: exact ties between levels
+    and with the background, where the first maximum wins).  float16/bfloat16 against the
+    reference of the float32 inputs, within the dtype's rounding."""
+    skip_interpreted_bfloat16(backend, device, dtype)
+    sizes, grid, out_stride = LEVELS[case]
+    offsets, levelness = make.levels(case, sizes, grid, dtype=dtype, device=device, scale=50.0, ties=ties)
+    boxes, fg = ops.gather_levelness(offsets, levelness, out_stride, backend=backend)
+    want, want_fg = reference.gather_levelness([_upcast(o) for o in offsets], _upcast(levelness), out_stride)
+    assert boxes.dtype == dtype
+    assert torch.equal(fg, want_fg)
+    assert_close_in(boxes, want)
+
+
+@pytest.mark.backends("gather_levelness", reference=False)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("ties", [None, 2])
+def test_gather_levelness_grad_matches_reference(backend, device, dtype, ties, make, assert_close_in):
+    """The gradient w.r.t. the offsets goes to the level each pixel chose, bilinearly; half
+    offsets get the float32 gradient rounded once."""
+    sizes = [(8, 12), (4, 6), (2, 3), (1, 2), (1, 1)]
+    offsets, levelness = make.levels(3, sizes, dtype=dtype, device=device, ties=ties)
+    offsets = [o.requires_grad_() for o in offsets]
+    up = [_upcast(o.detach()).requires_grad_() for o in offsets]
+    w = torch.randn(2, 4, 16, 24, generator=_gen(4), dtype=F64).to(_upcast(levelness).dtype).to(device)
+    got = torch.autograd.grad((_upcast(ops.gather_levelness(offsets, levelness, 4, backend=backend)[0]) * w).sum(),
+                              offsets)
+    want = torch.autograd.grad((reference.gather_levelness(up, _upcast(levelness), 4)[0] * w).sum(), up)
+    for a, b in zip(got, want):
+        assert a.dtype == dtype
+        assert_close_in(a, b)
+
+
+@pytest.mark.backends("gather_levelness")
+@pytest.mark.parametrize("ties", [None, 2])
+def test_gather_levelness_gradcheck(backend, device, ties, make, skip_interpreted):
+    skip_interpreted(backend, device, "gradcheck's 350 evaluations")
+    offsets, levelness = make.levels(5, [(3, 3), (5, 7)], b=1, device=device, ties=ties)
+    offsets = [o.requires_grad_() for o in offsets]
+    torch.autograd.gradcheck(lambda *o: ops.gather_levelness(list(o), levelness, 4, backend=backend)[0],
+                             tuple(offsets))
+
+
+@pytest.mark.backends("gather_levelness")
+def test_gather_levelness_levelness_gets_no_gradient(backend, device, make):
+    offsets, levelness = make.levels(6, [(8, 12)], device=device)
+    levelness.requires_grad_()
+    boxes, _ = ops.gather_levelness([o.requires_grad_() for o in offsets], levelness, 4, backend=backend)
+    assert torch.autograd.grad(boxes.sum(), levelness, allow_unused=True)[0] is None
 
 
 @pytest.mark.backends("gather_levelness")
@@ -185,10 +268,3 @@ def test_gather_levelness_empty_inputs_reach_the_kernel(backend, device):
     assert boxes.shape == (2, 4, 0, 3) and fg.shape == (2, 0, 3) and fg.dtype == torch.bool
     boxes, fg = impl([torch.zeros(0, 4, 2, 2, device=device)], torch.zeros(0, 2, 4, 4, device=device), 4)
     assert boxes.shape == (0, 4, 4, 4) and fg.shape == (0, 4, 4)
-
-
-def test_gather_levelness_gradcheck_reference():
-    g = torch.Generator().manual_seed(0)
-    offsets = [torch.rand(1, 4, 3, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
-    levelness = torch.randn(1, 3, 6, 8, generator=g, dtype=torch.float64)
-    torch.autograd.gradcheck(lambda a, b: reference.gather_levelness([a, b], levelness, 4)[0], offsets)

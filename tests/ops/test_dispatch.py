@@ -31,14 +31,14 @@ def test_extension_is_built_in_ci():
 
 
 @pytest.mark.skipif(not HAS_CPP_NMS, reason="C++ extension not built")
-def test_cpp_nms_opcheck(make_boxes):
-    boxes = make_boxes(64, seed=1)
+def test_cpp_nms_opcheck(make):
+    boxes = make.boxes(64, seed=1)
     scores = torch.rand(64, generator=torch.Generator().manual_seed(1))
     torch.library.opcheck(torch.ops.rtpanoptic.nms.default, (boxes, scores, 0.5))
 
 
 @pytest.mark.skipif(not HAS_CPP_NMS, reason="C++ extension not built")
-def test_cpp_nms_under_torch_compile_fullgraph(make_boxes):
+def test_cpp_nms_under_torch_compile_fullgraph(make):
     torch._dynamo.reset()
 
     def select_boxes(boxes, scores):
@@ -46,7 +46,7 @@ def test_cpp_nms_under_torch_compile_fullgraph(make_boxes):
         return boxes[keep]
 
     compiled = torch.compile(select_boxes, fullgraph=True, backend="eager")
-    boxes = make_boxes(100, seed=2)
+    boxes = make.boxes(100, seed=2)
     scores = torch.rand(100, generator=torch.Generator().manual_seed(2))
     expected = boxes[torchvision.ops.nms(boxes, scores, 0.5)]
     torch.testing.assert_close(compiled(boxes, scores), expected)

@@ -1,5 +1,10 @@
 """panoptic_from_dense: mask construction (eqs. 5-7) + fusion on hand-built scenes, and every
-(backend, device) pair against the reference, bit for bit."""
+(backend, device) pair against the reference, bit for bit: random scenes in every dtype, every
+parameter at its edges, score ties, NaN / inf / inverted inputs, and scenes built to break the
+kernels' fast paths (csrc/cpu/simd.h's 64-pixel words and 8-lane chunks, Triton's 32-pixel words):
+grids around the word size, products exactly at sigma, sigma at its signs, query boxes touching a
+word's bounds, every query rejected.  tests/ops/test_cpp_simd.py runs the cpp cases once more on
+the scalar path."""
 import pytest
 import torch
 
@@ -7,7 +12,9 @@ from rtpanoptic import ops
 from rtpanoptic.ops import _dispatch, reference
 
 OP = "panoptic_from_dense"
-NAN = float("nan")
+F64 = torch.float64
+FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+NAN, INF = float("nan"), float("inf")
 BOX_A = [0.0, 0.0, 4.0, 8.0]
 BOX_B = [4.0, 0.0, 8.0, 8.0]
 
@@ -80,61 +87,74 @@ def test_sigma_controls_the_mask(backend, device):
     assert out.queries.tolist() == [-1]  # only stuff left
 
 
-def _random_scene(seed, h=24, w=32, c=6, q=12, dtype=torch.float32, device="cpu", box_scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.rand(q, 2, generator=g) * torch.tensor([w, h]) * 4 * box_scale
-    sizes = (8 + torch.rand(q, 2, generator=g) * 40) * box_scale
-    boxes = torch.cat([centres - sizes / 2, centres + sizes / 2], 1)
-    owner = torch.randint(0, q, (h, w), generator=g)
-    dense = boxes[owner].permute(2, 0, 1) + torch.randn(4, h, w, generator=g) * box_scale
-    sem = torch.softmax(torch.randn(c, h, w, generator=g) * 3, 0)
-    is_thing = torch.tensor([i >= 2 for i in range(c)])
-    classes = torch.randint(2, c, (q,), generator=g)
-    scores = torch.rand(q, generator=g)
-    cast = lambda t: t.to(dtype).to(device)
-    return cast(dense), cast(sem), cast(boxes), classes.to(device), cast(scores), is_thing.to(device)
-
-
 def _assert_identical(out, ref):
+    """The five outputs equal, bit for bit (a NaN query score where the reference has one)."""
     for name, a, b in zip(("segment_map", "classes", "queries", "scores", "areas"), out, ref):
-        assert a.dtype == b.dtype and torch.equal(a.cpu(), b.cpu()), name
+        assert a.dtype == b.dtype, name
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+SETTINGS = dict(sigma=0.2, score="iou", score_threshold=0.0, overlap_threshold=0.5, stuff_area_limit=5)
+
+
+def _check(backend, device, args, **kw):
+    """The backend's kernel itself (no argument checks: any sigma) against the reference on
+    ``args`` (moved to ``device``), with :data:`SETTINGS` updated by ``kw``."""
+    kw = {**SETTINGS, **kw}
+    args = [t.to(device) for t in args]
+    values = (kw["sigma"], kw["score"], kw["score_threshold"], kw["overlap_threshold"], kw["stuff_area_limit"])
+    out = _dispatch.select(OP, backend, torch.device(device))(*args, *values)
+    _assert_identical(out, reference.panoptic_from_dense(*args, *values))
+    return ops.PanopticSegments(*(t.cpu() for t in out))
+
+
+# (seed, h, w, q, c): one query; Q beyond a word of queries; 256 queries; a 40 x 56 grid of 8 classes
+RANDOM = [(0, 9, 13, 1, 6), (1, 24, 32, 12, 6), (2, 24, 32, 12, 6), (3, 20, 20, 40, 6), (4, 30, 17, 256, 6),
+          (5, 40, 56, 100, 8)]
 
 
 @pytest.mark.backends(OP, reference=False)
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("score", ["iou", "tri"])
-def test_random_is_bitwise_the_reference(backend, device, seed, score):
-    """float32: the masks are computed operation by operation like the reference's (no fused
-    multiply-add), so segment maps and segment lists are identical."""
-    dense, sem, boxes, classes, scores, is_thing = _random_scene(seed, device=device)
+@pytest.mark.parametrize("case", RANDOM, ids=lambda c: "x".join(map(str, c[1:])))
+@pytest.mark.parametrize("score_levels", [None, 4])
+def test_random_is_bitwise_the_reference(backend, device, dtype, score, case, score_levels, make, skip_interpreted):
+    """float32/float64: the masks are computed operation by operation like the reference's (no
+    fused multiply-add), so segment maps and segment lists are identical; ``score_levels=4``:
+    many tied scores, where the stable order decides."""
+    seed, h, w, q, c = case
+    if q > 100:
+        skip_interpreted(backend, device, f"{q} queries")
+    scene = make.scene(seed, h, w, q, c, dtype=dtype, device=device, score_levels=score_levels)
     kw = dict(sigma=0.2, score=score, stuff_area_limit=5)
-    out = ops.panoptic_from_dense(dense, sem, boxes, classes, scores, is_thing, backend=backend, **kw)
-    ref = reference.panoptic_from_dense(dense, sem, boxes, classes, scores, is_thing, 0.2, score, 0.0, 0.5, 5)
-    _assert_identical(out, ref)
-    assert len(out.classes) > 2  # the scene is non-trivial
+    out = ops.panoptic_from_dense(*scene, backend=backend, **kw)
+    _assert_identical(out, reference.panoptic_from_dense(*scene, 0.2, score, 0.0, 0.5, 5))
+    assert len(out.classes) > (2 if q > 1 else 1)  # the scene is non-trivial
 
 
 @pytest.mark.backends(OP)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("score", ["iou", "tri"])
-def test_half_is_computed_in_float32(backend, device, dtype, score):
+@pytest.mark.parametrize("q", [1, 12, 100])
+def test_half_is_computed_in_float32(backend, device, dtype, score, q, make):
     """float16/bfloat16 inputs: scores, products and the sigma threshold in float32 (as the
     float32 reference on the same rounded inputs), so boxes of hundreds of pixels (areas above
     float16's 65504) still give masks."""
-    dense, sem, boxes, classes, scores, is_thing = _random_scene(4, dtype=dtype, device=device, box_scale=12.0)
+    dense, sem, boxes, classes, scores, is_thing = make.scene(4, q=q, dtype=dtype, device=device, box_scale=12.0,
+                                                              score_levels=4)
     kw = dict(sigma=0.2, score=score, stuff_area_limit=5)
     out = ops.panoptic_from_dense(dense, sem, boxes, classes, scores, is_thing, backend=backend, **kw)
     up = [t.float() for t in (dense, sem, boxes)]
     ref = reference.panoptic_from_dense(*up, classes, scores.float(), is_thing, 0.2, score, 0.0, 0.5, 5)
     _assert_identical(out, ref)
-    assert (out.queries >= 0).sum() >= 3  # things were found
+    assert (out.queries >= 0).sum() >= min(q, 3)  # things were found
 
 
 @pytest.mark.backends(OP)
-def test_nan_semantic_probabilities_follow_torch_argmax(backend, device):
+def test_nan_semantic_probabilities_follow_torch_argmax(backend, device, make):
     """A NaN probability is the maximum of its pixel's argmax (torch.argmax: first NaN wins) and
     never passes the mask threshold; a NaN box never passes it either."""
-    dense, sem, boxes, classes, scores, is_thing = _random_scene(5, device="cpu")
+    dense, sem, boxes, classes, scores, is_thing = make.scene(5)
     sem[0, 0, :] = NAN  # stuff class 0 wins these pixels
     sem[3, 1, :] = NAN  # thing class 3 wins: no stuff there, and no query of class 3 takes them
     sem[1, 2, :5] = NAN
@@ -152,12 +172,12 @@ def test_nan_semantic_probabilities_follow_torch_argmax(backend, device):
 
 
 @pytest.mark.backends(OP, reference=False)
-def test_coco_133_classes(backend, device):
+def test_coco_133_classes(backend, device, make):
     """COCO panoptic's 133 classes (80 things, 53 stuff), on a grid whose pixel count is not a
     multiple of 32 or 64."""
     g = torch.Generator().manual_seed(6)
     c, h, w, q = 133, 37, 45, 40
-    dense, _, boxes, _, scores, _ = _random_scene(6, h=h, w=w, q=q)
+    dense, _, boxes, _, scores, _ = make.scene(6, h=h, w=w, q=q)
     sem = torch.softmax(torch.randn(c, h, w, generator=g) * 4, 0)
     is_thing = torch.arange(c) < 80
     classes = torch.randint(0, 80, (q,), generator=g)
@@ -186,3 +206,269 @@ def test_empty_grid_reaches_the_kernel(backend, device):
                torch.ones(1, dtype=torch.int64, device=device), torch.ones(1, device=device),
                torch.tensor([False, True], device=device), 0.3, "iou", 0.0, 0.5, 0)
     assert out[0].shape == (0, 5) and out[0].dtype == torch.int32 and all(len(t) == 0 for t in out[1:])
+
+
+@pytest.mark.backends(OP)
+def test_empty_grid_through_the_public_op(backend, device, make):
+    dense, sem, boxes, classes, scores, is_thing = make.scene(6, 0, 7, 3, device=device)
+    out = ops.panoptic_from_dense(dense, sem, boxes, classes, scores, is_thing, backend=backend)
+    assert out.segment_map.shape == (0, 7) and len(out.classes) == 0
+
+
+@pytest.mark.backends(OP, reference=False)
+def test_no_queries_and_one_query_match_the_reference(backend, device, make):
+    dense, sem, boxes, classes, scores, is_thing = make.scene(3, h=5, w=7, q=4, c=7, things=[1, 3, 4, 6])
+    for k in (0, 1):
+        _check(backend, device, (dense, sem, boxes[:k], classes[:k], scores[:k], is_thing), sigma=0.1,
+               stuff_area_limit=0)
+
+
+@pytest.mark.backends(OP)
+def test_threshold_is_strict_and_exact(backend, device):
+    # IoU exactly 1 and P_sem exactly sigma: loc * P_sem == sigma is not > sigma
+    dense = torch.tensor([0.0, 0.0, 8.0, 8.0], device=device).view(4, 1, 1).expand(4, 3, 5).contiguous()
+    sem = torch.full((2, 3, 5), 0.5, device=device)
+    sem[1, :, :2] = 0.25  # == sigma: excluded
+    sem[0, :, :2] = 0.75
+    box = torch.tensor([[0.0, 0.0, 8.0, 8.0]], device=device)
+    args = (dense, sem, box, torch.tensor([1], device=device), torch.tensor([0.9], device=device),
+            torch.tensor([False, True], device=device))
+    out = ops.panoptic_from_dense(*args, sigma=0.25, backend=backend)
+    _assert_identical(out, reference.panoptic_from_dense(*args, 0.25, "iou", 0.0, 0.5, 0))
+    assert out.areas.tolist() == [9, 6]  # the thing: 3 columns; stuff (class 0 on ties) the rest
+
+
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("kw", [dict(score_threshold=0.5), dict(overlap_threshold=0.0), dict(overlap_threshold=1.0),
+                                dict(stuff_area_limit=0), dict(stuff_area_limit=10**6), dict(sigma=-1.0),
+                                dict(sigma=2.0)], ids=lambda kw: "{}={}".format(*next(iter(kw.items()))))
+def test_parameters_at_their_edges(backend, device, kw, make):
+    _check(backend, device, make.scene(4, 16, 20, 10, dtype=F64), **kw)
+
+
+def _interleaved_scene(make, seed, h=13, w=37, q=15, dtype=torch.float32, score_levels=None):
+    """Thing and stuff classes interleaved (1, 3, 4, 6 of 7 are things) on P = 481 pixels (not a
+    multiple of 32: a partial last word); a row of exact copies of a query box (IoU exactly 1) and
+    a row where every class ties (the argmax is class 0)."""
+    dense, sem, boxes, classes, scores, is_thing = make.scene(seed, h, w, q, c=7, things=[1, 3, 4, 6], dtype=F64,
+                                                              score_levels=score_levels)
+    dense[:, 0, :5] = boxes[0].view(4, 1)
+    sem[:, 1, :6] = 1.0 / 7
+    return [t.to(dtype) if t.is_floating_point() else t for t in (dense, sem, boxes, classes, scores, is_thing)]
+
+
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("score", ["iou", "tri"])
+@pytest.mark.parametrize("score_levels", [None, 3])
+def test_interleaved_classes_ties_and_settings(backend, device, dtype, score, score_levels, make):
+    scene = _interleaved_scene(make, 0 if score_levels is None else 1, dtype=dtype, score_levels=score_levels)
+    for sigma, score_thr, overlap, limit in [(0.2, 0.0, 0.5, 5), (0.1, 0.3, 0.0, 0), (0.05, 0.0, 1.0, 40)]:
+        out = _check(backend, device, scene, sigma=sigma, score=score, score_threshold=score_thr,
+                     overlap_threshold=overlap, stuff_area_limit=limit)
+        assert len(out.classes) >= 2
+
+
+@pytest.mark.backends(OP, reference=False)
+def test_score_ties_identical_boxes_and_nonfinite(backend, device, make):
+    dense, sem, boxes, classes, scores, is_thing = make.scene(5, 16, 16, 8, dtype=F64, score_levels=3)
+    _check(backend, device, (dense, sem, boxes, classes, scores, is_thing))
+    same = boxes[:1].repeat(8, 1)  # all query boxes identical, equal scores: input order decides
+    _check(backend, device, (dense, sem, same, classes, torch.full_like(scores, 0.5), is_thing), overlap_threshold=1.0)
+    dense = dense.clone()
+    dense[:, 0, :5] = NAN
+    dense[:, 1, :3] = torch.tensor([-INF, -INF, INF, INF], dtype=dense.dtype).view(4, 1)
+    _check(backend, device, (dense, sem, boxes, classes, scores, is_thing))
+    sem = sem.clone()
+    sem[:, 2, 2] = NAN
+    scores = scores.clone()
+    scores[3] = NAN
+    _check(backend, device, (dense, sem, boxes, classes, scores, is_thing))
+
+
+@pytest.mark.backends(OP, reference=False)
+def test_non_contiguous_inputs(backend, device, make):
+    dense, sem, boxes, classes, scores, is_thing = make.scene(2, h=8, w=11, q=6, c=7, things=[1, 3, 4, 6])
+    args = (dense.transpose(1, 2), sem.transpose(1, 2), boxes.flip(0), classes.flip(0), scores.flip(0), is_thing)
+    assert not args[0].is_contiguous() and not args[1].is_contiguous()
+    args = [t.to(device) for t in args]
+    _assert_identical(ops.panoptic_from_dense(*args, sigma=0.1, backend=backend),
+                      reference.panoptic_from_dense(*args, 0.1, "iou", 0.0, 0.5, 0))
+
+
+@pytest.mark.backends(OP, reference=False)
+def test_float16_sigma_is_compared_in_float32(backend, device, make):
+    """The masks compare the float32 product with float32 sigma, as the reference: a product
+    between half(sigma) and sigma decides the same everywhere."""
+    args = make.scene(7, 40, 56, 30, c=8, things=range(3, 8), dtype=torch.float16, device=device)
+    sigma = 0.2 + 2e-5  # half(sigma) = 0.20007: a threshold rounded to half would move the boundary
+    want = ops.panoptic_from_dense(*args, sigma=sigma, backend="reference")
+    _assert_identical(ops.panoptic_from_dense(*args, sigma=sigma, backend=backend), want)
+
+
+@pytest.mark.backends(OP, reference=False)
+def test_large_scene(backend, device, make):
+    if device == "cpu":
+        pytest.skip("a GPU-sized scene (200 x 336 pixels, 100 queries): the reference takes seconds on the CPU")
+    args = make.scene(0, h=200, w=336, q=100, device=device)
+    out = ops.panoptic_from_dense(*args, backend=backend)
+    _assert_identical(out, reference.panoptic_from_dense(*args, 0.3, "iou", 0.0, 0.5, 0))
+
+
+@pytest.mark.backends(OP, reference=False)
+def test_backward_raises_instead_of_a_silent_zero(backend, device, make):
+    dense, sem, boxes, classes, scores, is_thing = make.scene(0, 6, 7, 3, dtype=F64, device=device)
+    out = ops.panoptic_from_dense(dense.requires_grad_(), sem, boxes, classes, scores, is_thing, backend=backend)
+    which = "triton" if backend == "triton" else "cpp/cuda"
+    if out.scores.requires_grad:
+        with pytest.raises(RuntimeError, match=f"panoptic_from_dense: the {which} kernels have no backward"):
+            out.scores.sum().backward()
+
+
+# ------------------------------------------------------------- the kernels' fast paths
+def _next_up(x: float, dtype=torch.float32) -> float:
+    return float(torch.nextafter(torch.tensor(x, dtype=dtype), torch.tensor(INF, dtype=dtype)))
+
+
+def _next_down(x: float, dtype=torch.float32) -> float:
+    return float(torch.nextafter(torch.tensor(x, dtype=dtype), torch.tensor(-INF, dtype=dtype)))
+
+
+def _word_scene(make, seed, h, w, q, c=5, dtype=torch.float32, spread=1.0):
+    """Dense boxes repeating the query boxes with noise, softmax probabilities, score ties."""
+    return make.scene(seed, h, w, q, c, dtype=dtype, min_size=4.0, spread=spread, score_levels=4)
+
+
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("score,sigma", [("iou", 0.2), ("iou", 0.0), ("iou", -0.1), ("tri", 0.3), ("tri", -0.5)])
+@pytest.mark.parametrize("h,w,q", [(1, 1, 1), (1, 63, 7), (1, 64, 8), (1, 65, 9), (3, 37, 17), (5, 100, 33),
+                                   (16, 64, 100)])
+def test_shapes_around_words_and_chunks(backend, device, h, w, q, score, sigma, dtype, make):
+    _check(backend, device, _word_scene(make, h * 1000 + w + q, h, w, q, dtype=dtype), sigma=sigma, score=score,
+           stuff_area_limit=3)
+
+
+def _one_query_scene(probs, dense_box, query_box, dtype=torch.float32):
+    """One row of len(probs) pixels, every dense box = dense_box, one thing query of class 1,
+    class-1 probabilities `probs` (class 0, stuff, gets 1 - probs)."""
+    w = len(probs)
+    prob = torch.tensor(probs, dtype=F64)
+    sem = torch.stack([1 - prob, prob]).view(2, 1, w).to(dtype)
+    dense = torch.tensor(dense_box, dtype=F64).view(4, 1, 1).expand(4, 1, w).contiguous().to(dtype)
+    boxes = torch.tensor([query_box], dtype=dtype)
+    return dense, sem, boxes, torch.tensor([1]), torch.tensor([0.9], dtype=dtype), torch.tensor([False, True])
+
+
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("sigma", [0.0, -0.0, 0.25, 0.5, 1e-45, 1e-300, -1e-300])
+def test_product_exactly_at_sigma(backend, device, sigma, dtype):
+    # dense box == query box: IoU exactly 1, so the product is the probability.  Probabilities
+    # exactly sigma (not > sigma), one ulp above, one ulp below, at every lane of two words and a tail.
+    s = float(torch.tensor(sigma, dtype=dtype))
+    pattern = [s, _next_up(s, dtype), _next_down(s, dtype), 0.0]
+    probs = [pattern[k % 4] for k in range(64 * 2 + 5)]
+    box = [2.0, 2.0, 10.0, 10.0]
+    out = _check(backend, device, _one_query_scene(probs, box, box, dtype), sigma=sigma, stuff_area_limit=10**9)
+    assert torch.equal(out.segment_map[0], (torch.tensor(probs, dtype=dtype) > s).to(torch.int32))
+
+
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("sigma", [0.0, -0.0, -1e-50, 1e-50, -1e-30])
+def test_zero_scores_at_the_sign_of_sigma(backend, device, sigma):
+    # Dense boxes far from the query: IoU +0, product +0, and "+0 > sigma" holds only for sigma < 0
+    # (as float32: -1e-50 rounds to -0.0, -1e-30 does not).  The rejections must not fire for sigma < 0.
+    args = _one_query_scene([0.5] * 70, [100.0, 100.0, 110.0, 110.0], [0.0, 0.0, 10.0, 10.0])
+    out = _check(backend, device, args, sigma=sigma, stuff_area_limit=10**9)
+    expected_all = float(torch.tensor(sigma, dtype=torch.float32)) < 0
+    assert bool((out.segment_map == 1).all()) == expected_all
+    assert bool((out.segment_map == 0).all()) != expected_all
+
+
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("score,sigma", [("iou", 0.1), ("iou", 0.0), ("iou", -0.2), ("tri", 0.1), ("tri", -0.2)])
+def test_query_box_touching_the_word_bounds(backend, device, score, sigma):
+    # Every dense box lies in x in [0, 10]; queries start exactly at 10 (touching: inter 0),
+    # one ulp left of 10 (overlapping by an ulp), or end exactly at 0.
+    w = 64 + 7
+    x0 = torch.rand(w, generator=torch.Generator().manual_seed(0), dtype=F64) * 5
+    dense = torch.stack([x0, torch.zeros(w, dtype=F64), x0 + 5, torch.full((w,), 10.0, dtype=F64)])
+    dense = dense.view(4, 1, w).float()
+    dense[2, 0, 3] = 10.0  # the word's max x2 is exactly 10
+    dense[0, 0, 5] = 0.0  # its min x1 exactly 0
+    queries = torch.tensor([[10.0, 0.0, 20.0, 10.0], [_next_down(10.0), 0.0, 20.0, 10.0], [-10.0, 0.0, 0.0, 10.0],
+                            [-10.0, 0.0, _next_up(0.0), 10.0], [0.0, 10.0, 10.0, 20.0], [0.0, -5.0, 10.0, 0.0]])
+    q = len(queries)
+    args = (dense, torch.full((2, 1, w), 0.5), queries, torch.ones(q, dtype=torch.long), torch.linspace(1, 0.5, q),
+            torch.tensor([False, True]))
+    _check(backend, device, args, sigma=sigma, score=score, overlap_threshold=1.0, stuff_area_limit=3)
+
+
+def _nonfinite_scene(make, dtype):
+    dense, sem, boxes, classes, scores, is_thing = _word_scene(make, 11, 6, 80, 12, dtype=dtype)
+    dense[:, 0, :64] = NAN  # a whole word of NaN boxes
+    dense[0, 1, 3:9] = NAN
+    dense[3, 1, 20] = NAN
+    dense[:, 2, :5] = torch.tensor([-INF, -INF, INF, INF], dtype=dtype).view(4, 1)
+    dense[:, 2, 5:9] = torch.tensor([0, 0, INF, 30], dtype=dtype).view(4, 1)
+    dense[:, 2, 9:12] = torch.tensor([INF, 0, INF, 30], dtype=dtype).view(4, 1)
+    dense[:, 3, :30] = dense[[2, 3, 0, 1], 3, :30]  # inverted boxes
+    dense[:, 3, 30:40] = dense[[2, 1, 0, 3], 3, 30:40]  # inverted in x only (negative area)
+    dense[:, 4, 40:50] = torch.tensor([-1e30, -1e30, 1e30, 1e30], dtype=dtype).view(4, 1)
+    sem[:, 5, 0:4] = NAN
+    sem[2:, 5, 10:14] = INF
+    sem[2:, 5, 20:24] = -INF
+    sem[2:, 4, :] = -0.5  # negative "probabilities"
+    boxes[0] = torch.tensor([NAN, 0, 10, 10], dtype=dtype)
+    boxes[1] = boxes[1, [2, 3, 0, 1]]  # an inverted query
+    boxes[2] = torch.tensor([-INF, -INF, INF, INF], dtype=dtype)
+    boxes[3, 2] = boxes[3, 0]  # zero width
+    scores[4] = NAN
+    return dense, sem, boxes, classes, scores, is_thing
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered", "ignore:overflow encountered")
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("score,sigma", [("iou", 0.2), ("iou", 0.0), ("iou", -0.3), ("tri", 0.2), ("tri", -0.3)])
+def test_nonfinite_inverted_and_negative_inputs(backend, device, score, sigma, dtype, make):
+    _check(backend, device, _nonfinite_scene(make, dtype), sigma=sigma, score=score, stuff_area_limit=3)
+
+
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_every_query_rejected(backend, device, dtype, make):
+    dense, sem, boxes, classes, scores, is_thing = _word_scene(make, 5, 4, 70, 9, dtype=dtype)
+    far = boxes + 10_000  # no query meets any dense box
+    out = _check(backend, device, (dense, sem, far, classes, scores, is_thing), sigma=0.1, stuff_area_limit=3)
+    assert (out.queries == -1).all() and len(out.classes) > 0
+    low = sem.clone()
+    low[2:] = low[2:].clamp(max=0.1)  # no thing probability above sigma
+    out = _check(backend, device, (dense, low, boxes, classes, scores, is_thing), sigma=0.1, stuff_area_limit=3)
+    assert (out.queries == -1).all()
+    out = _check(backend, device, (dense, low, boxes, classes, scores, is_thing), sigma=0.05, stuff_area_limit=3)
+    assert (out.queries >= 0).any()  # control: masks appear
+
+
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("c,w", [(1, 13), (3, 64), (19, 71)])
+def test_stuff_argmax_ties_and_nan(backend, device, c, w, dtype):
+    g = torch.Generator().manual_seed(c + w)
+    sem = (torch.rand(c, 3, w, generator=g) * 3).floor().to(dtype) / 3  # many exact ties
+    sem[:, 1, 5] = NAN
+    if c > 1:
+        sem[c - 1, 1, 8] = NAN
+        sem[1, 2, 0:9] = NAN
+        sem[0, 2, 0:3] = NAN  # the first NaN wins
+    args = (torch.zeros(4, 3, w, dtype=dtype), sem, torch.zeros(0, 4, dtype=dtype), torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, dtype=dtype), torch.zeros(c, dtype=torch.bool))
+    _check(backend, device, args, sigma=0.2, stuff_area_limit=0)
+
+
+@pytest.mark.backends(OP, reference=False)
+def test_benchmark_like_scene(backend, device, make):
+    # the benchmark's construction (dense boxes of random owners: no spatial coherence), smaller
+    out = _check(backend, device, _word_scene(make, 7, 32, 96, 100, c=19, spread=4.0), sigma=0.05, stuff_area_limit=3)
+    assert (out.queries >= 0).sum() > 5

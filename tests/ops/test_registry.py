@@ -73,3 +73,17 @@ def test_not_differentiable_ops_raise_on_backward(namespace):
     which = "cpp/cuda" if namespace == registry.CPP_NAMESPACE else "triton"
     with pytest.raises(RuntimeError, match=f"{namespace}::box_iou: the {which} kernels have no backward"):
         out.sum().backward()
+
+
+def test_every_triton_row_runs_on_the_triton_device():
+    """Every row with a Triton kernel is registered and selectable: on CUDA tensors, or on CPU
+    tensors under TRITON_INTERPRET=1."""
+    if not registry.load_triton():
+        pytest.skip(registry.triton_error())
+    device = "cpu" if registry.triton_interpreting() else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+    for row in registry.TABLE:
+        if "triton" in row.backends:
+            assert hasattr(torch.ops.rtpanoptic_triton, row.name), row.name
+            assert "triton" in ops.available_backends(device)[row.name], row.name

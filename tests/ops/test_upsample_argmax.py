@@ -1,6 +1,6 @@
 """ops.upsample_argmax: every backend against the reference (F.interpolate + torch.argmax) on
 random inputs, integer and non-integer scales, 1-pixel inputs, crops, batches, near ties, exact
-ties and NaN; validation errors.  opcheck and torch.compile: tests/ops/test_cpp_kernels.py."""
+ties and NaN; validation errors.  opcheck and torch.compile: tests/ops/test_opcheck.py."""
 import pytest
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,135 @@
+"""The Triton kernels' own mechanics (rtpanoptic.kernels), beyond what the per-op tests check on
+every backend: the NaN rule of their min/max helpers, the streamed scan of panoptic_from_dense,
+the GPU block sizes (several programs per launch: tiles, partial sums, tails) forced under the
+interpreter, and double backward, which raises instead of being wrong."""
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from rtpanoptic import ops
+from rtpanoptic.ops import reference
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+pytestmark = pytest.mark.skipif(
+    not HAS_TRITON or not (INTERPRET or torch.cuda.is_available()),
+    reason="needs triton, and a GPU or TRITON_INTERPRET=1",
+)
+# the interpreter runs on CPU tensors; with a GPU (and no interpreter) the kernels run there
+DEV = "cpu" if INTERPRET else "cuda"
+TRITON = dict(backend="triton")
+BOX = dict(size=60.0, max_wh=30.0, min_wh=1.0, device=DEV)
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+    from rtpanoptic.kernels._box_score import nan_max, nan_min
+
+    @triton.jit
+    def _min_max_kernel(a_ptr, b_ptr, lo_ptr, hi_ptr, N: tl.constexpr):
+        i = tl.arange(0, N)
+        a = tl.load(a_ptr + i)
+        b = tl.load(b_ptr + i)
+        tl.store(lo_ptr + i, nan_min(a, b))
+        tl.store(hi_ptr + i, nan_max(a, b))
+
+
+def test_nan_min_max_propagate_nan_as_torch():
+    """box_math.h's rule: the box formulas' min/max/clamp propagate NaN as torch.minimum/maximum
+    (Triton's default minimum/maximum return the non-NaN operand)."""
+    from rtpanoptic.kernels._common import launch
+
+    a = torch.tensor([1.0, float("nan"), 2.0, float("nan"), -0.0, 3.0, float("inf"), 0.0], device=DEV)
+    b = torch.tensor([2.0, 1.0, float("nan"), float("nan"), 0.0, -1.0, 1.0, float("-inf")], device=DEV)
+    lo, hi = torch.empty_like(a), torch.empty_like(a)
+    launch(_min_max_kernel, (1,), a, b, lo, hi, N=8)
+    assert torch.equal(lo.isnan(), torch.minimum(a, b).isnan())
+    assert torch.equal(hi.isnan(), torch.maximum(a, b).isnan())
+    finite = ~a.isnan() & ~b.isnan()
+    assert torch.equal(lo[finite], torch.minimum(a, b)[finite])
+    assert torch.equal(hi[finite], torch.maximum(a, b)[finite])
+
+
+def _assert_identical(out, ref):
+    for name, a, b in zip(("segment_map", "classes", "queries", "scores", "areas"), out, ref):
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+
+
+def _scene(make, seed, h, w, q):
+    """Interleaved thing and stuff classes, few distinct scores."""
+    return make.scene(seed, h, w, q, c=7, things=[1, 3, 4, 6], device=DEV, score_levels=3)
+
+
+def test_panoptic_streamed_scan_matches_register_scan(monkeypatch, make):
+    """Large grids stream the taken-pixel bitmap through global memory: same result."""
+    from rtpanoptic.kernels import panoptic_from_dense as kernel
+
+    scene = _scene(make, 5, h=17, w=40, q=12)
+    args = dict(sigma=0.1, overlap_threshold=0.3, stuff_area_limit=4)
+    resident = ops.panoptic_from_dense(*scene, **args, **TRITON)
+    monkeypatch.setattr(kernel, "RESIDENT_WORDS", 0)
+    streamed = ops.panoptic_from_dense(*scene, **args, **TRITON)
+    _assert_identical(streamed, resident)
+    _assert_identical(streamed, reference.panoptic_from_dense(*scene, 0.1, "iou", 0.0, 0.3, 4))
+
+
+def test_iou_attention_double_backward_raises_instead_of_being_wrong(make):
+    dense = make.dense(2, 2, 0, dtype=torch.float64, **BOX).requires_grad_()
+    queries = make.boxes(1, seed=1, dtype=torch.float64, **BOX)
+    (g,) = torch.autograd.grad(ops.iou_attention(dense, queries, **TRITON).sum(), dense, create_graph=True)
+    with pytest.raises(RuntimeError, match="autograd"):
+        torch.autograd.grad(g.sum(), dense)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="checks the GPU block sizes under the interpreter")
+def test_gpu_block_sizes_multi_program(monkeypatch, make):
+    """Under the interpreter every op normally runs as one big program; here the GPU block
+    sizes are forced, so every launch has several programs (tiles, partial sums, tails)."""
+    from rtpanoptic.kernels import _common
+
+    monkeypatch.setattr(_common, "GPU_BLOCKS_IN_INTERPRETER", True)
+    dense = make.dense(13, 50, 0, **BOX)  # 650 pixels: 3 blocks of 256, 21 words
+    queries = make.boxes(20, seed=1, **BOX)  # 2 query tiles of 16
+    got = ops.iou_attention(dense, queries, "tri", **TRITON)
+    torch.testing.assert_close(got, reference.iou_attention(dense, queries, "tri"))
+    a, b = make.boxes(40, seed=2, **BOX), make.boxes(70, seed=3, **BOX)
+    torch.testing.assert_close(ops.box_iou(a, b, **TRITON), reference.box_iou(a, b))
+    offsets = torch.rand(2, 4, 13, 50, generator=_gen(1)).to(DEV) * 30
+    assert torch.equal(ops.decode_boxes(offsets, 8, **TRITON), reference.decode_boxes(offsets, 8))
+    lv_offsets, levelness = make.levels(2, [(20, 30), (10, 15), (5, 8)], (20, 30), dtype=torch.float32, device=DEV,
+                                        scale=50.0, ties=3)
+    got = ops.gather_levelness(lv_offsets, levelness, 4, **TRITON)
+    want = reference.gather_levelness(lv_offsets, levelness, 4)
+    torch.testing.assert_close(got[0], want[0])
+    assert torch.equal(got[1], want[1])
+
+    d, q, m, beta, bi = make.loss_case(5, b=3, h=20, w=30, q=6, device=DEV, size=20.0, max_wh=12.0, min_wh=1.0,
+                                       density=0.5, empty=(1,))  # 600 pixels: 3 programs per image
+    d.requires_grad_()
+    q.requires_grad_()
+    loss = ops.mask_loss(d, q, m, beta, bi, **TRITON)
+    ref = reference.mask_loss(d, q, m, beta, bi)
+    torch.testing.assert_close(loss, ref)
+    for x, y in zip(torch.autograd.grad(loss, (d, q)), torch.autograd.grad(ref, (d, q))):
+        torch.testing.assert_close(x, y)
+    w = torch.randn(20, 13, 50, generator=_gen(2), dtype=torch.float64).to(DEV)
+    d64, q64 = dense.double().requires_grad_(), queries.double().requires_grad_()
+    got = torch.autograd.grad((ops.iou_attention(d64, q64, **TRITON) * w).sum(), (d64, q64))
+    want = torch.autograd.grad((reference.iou_attention(d64, q64, "iou") * w).sum(), (d64, q64))
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y)
+
+    scene = _scene(make, 6, h=13, w=100, q=20)  # 41 words: 2 programs of 32 words; 3 query groups of 8
+    out = ops.panoptic_from_dense(*scene, sigma=0.1, stuff_area_limit=3, **TRITON)
+    _assert_identical(out, reference.panoptic_from_dense(*scene, 0.1, "iou", 0.0, 0.5, 3))
+    boxes = make.boxes(150, size=80.0, seed=7, max_wh=40.0, min_wh=1.0, device=DEV)
+    scores = torch.rand(150, generator=_gen(7)).to(DEV)
+    assert torch.equal(ops.nms(boxes, scores, 0.5, **TRITON), reference.nms(boxes, scores, 0.5))
