@@ -24,12 +24,20 @@ inline void check_nms_args(const char* op, const at::Tensor& boxes, const at::Te
   }
 }
 
+// decode_boxes: offsets [B, 4, h, w] float, stride > 0.
+inline void check_decode_boxes_args(const char* op, const at::Tensor& offsets, int64_t stride,
+                                    c10::DeviceType device) {
+  check_float(op, "offsets", offsets);
+  check_shape(op, "offsets", offsets, {-1, 4, -1, -1});
+  check_device(op, "offsets", offsets, device);
+  check_positive(op, "stride", stride);
+}
+
 // iou_attention / _iou_attention_backward: dense_boxes [4, H, W], query_boxes [Q, 4].
 inline void check_iou_attention_args(const char* op, const at::Tensor& dense, const at::Tensor& query,
                                      c10::DeviceType device) {
-  TORCH_CHECK(dense.dim() == 3 && dense.size(0) == 4, op, ": dense_boxes must have shape [4, H, W], got ",
-              dense.sizes());
   check_float(op, "dense_boxes", dense);
+  check_shape(op, "dense_boxes", dense, {4, -1, -1});
   check_boxes(op, "query_boxes", query);
   check_same_dtype(op, "query_boxes", query, "dense_boxes", dense);
   check_device(op, "dense_boxes", dense, device);
@@ -38,9 +46,7 @@ inline void check_iou_attention_args(const char* op, const at::Tensor& dense, co
 // _iou_attention_backward: grad [Q, H, W] of the forward output.
 inline void check_iou_attention_grad(const char* op, const at::Tensor& grad, const at::Tensor& dense,
                                      const at::Tensor& query) {
-  const int64_t n_q = query.size(0), h = dense.size(1), w = dense.size(2);
-  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == n_q && grad.size(1) == h && grad.size(2) == w, op,
-              ": grad must have shape [Q=", n_q, ", H=", h, ", W=", w, "], got ", grad.sizes());
+  check_shape(op, "grad", grad, {query.size(0), dense.size(1), dense.size(2)});
 }
 
 // mask_loss / _mask_loss_backward: dense_boxes [B, 4, H, W], query_boxes [Q, 4], gt_masks bool
@@ -49,28 +55,24 @@ inline void check_iou_attention_grad(const char* op, const at::Tensor& grad, con
 inline void check_mask_loss_args(const char* op, const at::Tensor& dense, const at::Tensor& query,
                                  const at::Tensor& masks, const at::Tensor& beta, const at::Tensor& batch_index,
                                  c10::DeviceType device) {
-  TORCH_CHECK(dense.dim() == 4 && dense.size(1) == 4, op, ": dense_boxes must have shape [B, 4, H, W], got ",
-              dense.sizes());
   check_float(op, "dense_boxes", dense);
+  check_shape(op, "dense_boxes", dense, {-1, 4, -1, -1});
   check_device(op, "dense_boxes", dense, device);
   check_boxes(op, "query_boxes", query);
-  check_same_dtype(op, "query_boxes", query, "dense_boxes", dense);
   const int64_t q = query.size(0);
-  TORCH_CHECK(masks.dim() == 3 && masks.size(0) == q && masks.size(1) == dense.size(2) && masks.size(2) == dense.size(3),
-              op, ": gt_masks must have shape [Q=", q, ", H=", dense.size(2), ", W=", dense.size(3), "], got ",
-              masks.sizes());
-  TORCH_CHECK(masks.scalar_type() == at::kBool, op, ": gt_masks must be a bool tensor, got ", masks.scalar_type());
-  TORCH_CHECK(beta.dim() == 1 && beta.size(0) == q, op, ": beta must have shape [Q=", q, "], got ", beta.sizes());
+  check_bool(op, "gt_masks", masks);
+  check_shape(op, "gt_masks", masks, {q, dense.size(2), dense.size(3)});
   check_float(op, "beta", beta);
-  TORCH_CHECK(batch_index.dim() == 1 && batch_index.size(0) == q, op, ": batch_index must have shape [Q=", q,
-              "], got ", batch_index.sizes());
-  TORCH_CHECK(batch_index.scalar_type() == at::kLong || batch_index.scalar_type() == at::kInt, op,
-              ": batch_index must be int64 or int32, got ", batch_index.scalar_type());
+  check_shape(op, "beta", beta, {q});
+  check_same_dtype(op, "query_boxes", query, "dense_boxes", dense);
+  TORCH_CHECK_TYPE(batch_index.scalar_type() == at::kLong || batch_index.scalar_type() == at::kInt, op,
+                   ": batch_index must be an int64 or int32 tensor, got ", dtype_name(batch_index.scalar_type()));
+  check_shape(op, "batch_index", batch_index, {q});
 }
 
 // _mask_loss_backward: the incoming gradient of the scalar loss.
 inline void check_mask_loss_grad(const char* op, const at::Tensor& grad) {
-  TORCH_CHECK(grad.numel() == 1, op, ": grad must be a scalar, got shape ", grad.sizes());
+  TORCH_CHECK_VALUE(grad.numel() == 1, op, ": grad must be a scalar, got shape ", grad.sizes());
 }
 
 // gather_levelness / _gather_levelness_backward: levelness [B, L+1, H, W] float, L offsets
@@ -78,80 +80,118 @@ inline void check_mask_loss_grad(const char* op, const at::Tensor& grad) {
 // out_stride > 0.
 inline void check_gather_levelness_args(const char* op, const at::TensorList& offsets, const at::Tensor& levelness,
                                         int64_t out_stride, c10::DeviceType device) {
-  TORCH_CHECK(levelness.dim() == 4, op, ": levelness must have shape [B, L+1, H, W], got ", levelness.sizes());
   check_float(op, "levelness", levelness);
+  check_dim(op, "levelness", levelness, 4, "4-D");
   check_device(op, "levelness", levelness, device);
   const int64_t n_levels = levelness.size(1) - 1;
-  TORCH_CHECK(n_levels >= 1 && static_cast<int64_t>(offsets.size()) == n_levels, op, ": levelness has ",
-              levelness.size(1), " channels, so offsets must hold ", n_levels, " tensors, got ", offsets.size());
-  TORCH_CHECK(out_stride > 0, op, ": out_stride must be a positive int, got ", out_stride);
+  TORCH_CHECK_VALUE(n_levels >= 1 && static_cast<int64_t>(offsets.size()) == n_levels, op, ": levelness has ",
+                    levelness.size(1), " channels, so it needs ", n_levels,
+                    " levels of offsets (channel 0 is background), got ", offsets.size());
   const bool nonempty = levelness.size(0) > 0 && levelness.size(2) > 0 && levelness.size(3) > 0;
   for (size_t i = 0; i < offsets.size(); ++i) {
     const auto& o = offsets[i];
-    TORCH_CHECK(o.dim() == 4 && o.size(0) == levelness.size(0) && o.size(1) == 4, op, ": offsets[", i,
-                "] must have shape [B=", levelness.size(0), ", 4, h, w], got ", o.sizes());
-    TORCH_CHECK(o.scalar_type() == levelness.scalar_type(), op, ": offsets[", i, "] must have the dtype of levelness (",
-                levelness.scalar_type(), "), got ", o.scalar_type());
-    TORCH_CHECK(o.device() == levelness.device(), op, ": offsets[", i, "] must be on ", levelness.device(), ", got ",
-                o.device());
-    TORCH_CHECK(!nonempty || (o.size(2) > 0 && o.size(3) > 0), op, ": offsets[", i, "] is empty ", o.sizes(),
-                " but the levelness grid is not");
+    const std::string name = "offsets[" + std::to_string(i) + "]";
+    check_float(op, name.c_str(), o);
+    check_shape(op, name.c_str(), o, {levelness.size(0), 4, -1, -1});
+    TORCH_CHECK_TYPE(o.scalar_type() == levelness.scalar_type(), op, ": ", name, " is ", dtype_name(o.scalar_type()),
+                     " but levelness is ", dtype_name(levelness.scalar_type()));
+    TORCH_CHECK_VALUE(!nonempty || (o.size(2) > 0 && o.size(3) > 0), op, ": ", name, " is empty (", o.sizes(),
+                      ") but the levelness grid is not");
+    check_same_device(op, name.c_str(), o, levelness);
   }
+  check_positive(op, "out_stride", out_stride);
 }
 
 // _gather_levelness_backward: grad_boxes [B, 4, H, W] of the forward's boxes.
 inline void check_gather_levelness_grad(const char* op, const at::Tensor& grad_boxes, const at::Tensor& levelness) {
-  TORCH_CHECK(grad_boxes.dim() == 4 && grad_boxes.size(0) == levelness.size(0) && grad_boxes.size(1) == 4 &&
-                  grad_boxes.size(2) == levelness.size(2) && grad_boxes.size(3) == levelness.size(3),
-              op, ": grad_boxes must have shape [B, 4, H, W] of levelness, got ", grad_boxes.sizes());
+  check_shape(op, "grad_boxes", grad_boxes, {levelness.size(0), 4, levelness.size(2), levelness.size(3)});
 }
 
-// panoptic_from_dense: dense_boxes [4, H, W] float, sem_probs [C>=1, H, W], query_boxes [Q, 4]
-// (both of dense_boxes' dtype), query_classes [Q] integer, query_scores [Q] float, is_thing [C]
-// bool.  The scalar arguments (score, overlap_threshold, stuff_area_limit) are checked by
-// check_panoptic_from_dense_scalars, after the backend's device checks.
+// panoptic_from_dense(_release): dense_boxes [4, H, W] float, sem_probs [C>=1, H, W], query_boxes
+// [Q, 4] (all three of one dtype), query_classes [Q] integer, query_scores [Q] float, is_thing
+// [C] bool: the order and words of ops.panoptic.checked_fusion_args.  The scalar arguments
+// (score, overlap_threshold, stuff_area_limit) are checked by check_panoptic_from_dense_scalars,
+// after the backend's device checks; query_classes' range by checked_indices (on the host).
 inline void check_panoptic_from_dense_args(const char* op, const at::Tensor& dense_boxes, const at::Tensor& sem_probs,
                                            const at::Tensor& query_boxes, const at::Tensor& query_classes,
                                            const at::Tensor& query_scores, const at::Tensor& is_thing,
                                            c10::DeviceType device) {
-  TORCH_CHECK(dense_boxes.dim() == 3 && dense_boxes.size(0) == 4, op,
-              ": dense_boxes must have shape [4, H, W], got ", dense_boxes.sizes());
   check_float(op, "dense_boxes", dense_boxes);
+  check_shape(op, "dense_boxes", dense_boxes, {4, -1, -1});
   check_device(op, "dense_boxes", dense_boxes, device);
-  const int64_t h = dense_boxes.size(1), w = dense_boxes.size(2);
-  TORCH_CHECK(sem_probs.dim() == 3 && sem_probs.size(0) >= 1 && sem_probs.size(1) == h && sem_probs.size(2) == w, op,
-              ": sem_probs must have shape [C>=1, H=", h, ", W=", w, "], got ", sem_probs.sizes());
-  check_same_dtype(op, "sem_probs", sem_probs, "dense_boxes", dense_boxes);
+  check_float(op, "sem_probs", sem_probs);
+  check_shape(op, "sem_probs", sem_probs, {-1, dense_boxes.size(1), dense_boxes.size(2)});
   check_boxes(op, "query_boxes", query_boxes);
-  check_same_dtype(op, "query_boxes", query_boxes, "dense_boxes", dense_boxes);
-  const int64_t n_q = query_boxes.size(0), n_c = sem_probs.size(0);
-  TORCH_CHECK(query_classes.dim() == 1 && query_classes.size(0) == n_q, op, ": query_classes must have shape [Q=",
-              n_q, "], got ", query_classes.sizes());
-  TORCH_CHECK(!at::isFloatingType(query_classes.scalar_type()) && query_classes.scalar_type() != at::kBool, op,
-              ": query_classes must be an integer tensor, got ", query_classes.scalar_type());
-  TORCH_CHECK(query_scores.dim() == 1 && query_scores.size(0) == n_q, op, ": query_scores must have shape [Q=", n_q,
-              "], got ", query_scores.sizes());
+  check_integer(op, "query_classes", query_classes);
+  check_dim(op, "query_classes", query_classes, 1, "1-D");
   check_float(op, "query_scores", query_scores);
-  TORCH_CHECK(is_thing.dim() == 1 && is_thing.size(0) == n_c && is_thing.scalar_type() == at::kBool, op,
-              ": is_thing must be a bool tensor of shape [C=", n_c, "], got ", is_thing.scalar_type(), " ",
-              is_thing.sizes());
+  check_same_length(op, "query_classes", query_classes, "query_boxes", query_boxes);
+  check_same_length(op, "query_scores", query_scores, "query_boxes", query_boxes);
+  TORCH_CHECK_TYPE(sem_probs.scalar_type() == dense_boxes.scalar_type() &&
+                       query_boxes.scalar_type() == dense_boxes.scalar_type(),
+                   op, ": tensors must share one dtype, got dense_boxes: ", dtype_name(dense_boxes.scalar_type()),
+                   ", sem_probs: ", dtype_name(sem_probs.scalar_type()), ", query_boxes: ",
+                   dtype_name(query_boxes.scalar_type()));
+  check_bool(op, "is_thing", is_thing);
+  check_dim(op, "is_thing", is_thing, 1, "1-D");
+  const int64_t n_c = sem_probs.size(0);
+  TORCH_CHECK_VALUE(is_thing.size(0) == n_c, op, ": is_thing has ", is_thing.size(0), " entries but sem_probs has ",
+                    n_c, " classes");
+  TORCH_CHECK_VALUE(n_c > 0, op, ": sem_probs must have at least one class");
 }
 
 inline void check_panoptic_from_dense_scalars(const char* op, const std::string& score, double overlap_threshold,
                                               int64_t stuff_area_limit) {
   check_score(op, score);
-  TORCH_CHECK(overlap_threshold >= 0 && overlap_threshold <= 1, op, ": overlap_threshold must lie in [0, 1], got ",
-              overlap_threshold);
-  TORCH_CHECK(stuff_area_limit >= 0, op, ": stuff_area_limit must be >= 0, got ", stuff_area_limit);
+  TORCH_CHECK_VALUE(overlap_threshold >= 0, op, ": overlap_threshold must be >= 0.0, got ", overlap_threshold);
+  TORCH_CHECK_VALUE(overlap_threshold <= 1, op, ": overlap_threshold must be <= 1.0, got ", overlap_threshold);
+  TORCH_CHECK_VALUE(stuff_area_limit >= 0, op, ": stuff_area_limit must be a non-negative int, got ",
+                    stuff_area_limit);
 }
 
 // panoptic_from_dense_release: stride a power of two, output [height, width] inside the upsampled grid.
 inline void check_release_size(const char* op, const at::Tensor& dense_boxes, int64_t stride, int64_t height,
                                int64_t width) {
-  TORCH_CHECK(stride >= 1 && (stride & (stride - 1)) == 0, op, ": stride must be a power of two, got ", stride);
+  TORCH_CHECK_VALUE(stride >= 1 && (stride & (stride - 1)) == 0, op, ": stride must be a power of two (1, 2, 4, ...), got ",
+                    stride);
   const int64_t h = dense_boxes.size(1), w = dense_boxes.size(2);
-  TORCH_CHECK(height >= 0 && height <= h * stride && width >= 0 && width <= w * stride, op, ": size must lie in [0, ",
-              h * stride, "] x [0, ", w * stride, "], got (", height, ", ", width, ")");
+  TORCH_CHECK_VALUE(height >= 0 && height <= h * stride && width >= 0 && width <= w * stride, op,
+                    ": size must lie in [0, ", h * stride, "] x [0, ", w * stride, "] (the grid ", h, "x", w,
+                    " times stride ", stride, "), got (", height, ", ", width, ")");
+}
+
+// select_queries: boxes [N, 4] float, scores [N] of boxes' dtype and device, labels [N] int64
+// (the public op converts), top_n >= 0.
+inline void check_select_queries_args(const char* op, const at::Tensor& boxes, const at::Tensor& scores,
+                                      const at::Tensor& labels, int64_t top_n, c10::DeviceType device) {
+  check_boxes(op, "boxes", boxes);
+  check_device(op, "boxes", boxes, device);
+  check_float(op, "scores", scores);
+  TORCH_CHECK_TYPE(labels.scalar_type() == at::kLong, op, ": labels must be an int64 tensor, got ",
+                   dtype_name(labels.scalar_type()));
+  check_same_length(op, "scores", scores, "boxes", boxes);
+  check_same_length(op, "labels", labels, "boxes", boxes);
+  check_same_dtype(op, "scores", scores, "boxes", boxes);
+  check_same_device(op, "scores", scores, boxes);
+  check_same_device(op, "labels", labels, boxes);
+  TORCH_CHECK_VALUE(top_n >= 0, op, ": top_n must be a non-negative int, got ", top_n);
+}
+
+// upsample_argmax: logits [B, C>=1, h>=1, w>=1] float, size (H, W) and crop (H', W') <= size positive.
+inline void check_upsample_argmax_args(const char* op, const at::Tensor& logits, at::IntArrayRef size,
+                                       at::IntArrayRef crop, c10::DeviceType device) {
+  check_float(op, "logits", logits);
+  check_dim(op, "logits", logits, 4, "4-D");
+  check_device(op, "logits", logits, device);
+  for (const auto& [name, pair] : {std::pair{"size", size}, std::pair{"crop", crop}}) {
+    TORCH_CHECK_TYPE(pair.size() == 2, op, ": ", name, " must be a pair of ints (H, W), got ", pair);
+    check_positive(op, (std::string(name) + "[0]").c_str(), pair[0]);
+    check_positive(op, (std::string(name) + "[1]").c_str(), pair[1]);
+  }
+  TORCH_CHECK_VALUE(crop[0] <= size[0] && crop[1] <= size[1], op, ": crop (", crop[0], ", ", crop[1],
+                    ") must not exceed size (", size[0], ", ", size[1], ")");
+  TORCH_CHECK_VALUE(logits.size(1) > 0 && logits.size(2) > 0 && logits.size(3) > 0, op,
+                    ": logits must have at least one class and one pixel, got ", logits.sizes());
 }
 
 }  // namespace rtpanoptic

@@ -6,7 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "checks.h"
+#include "op_checks.h"
 
 namespace rtpanoptic {
 namespace {
@@ -34,11 +34,7 @@ void decode_impl(const T* in, T* out, int64_t batch, int64_t h, int64_t w, int64
 
 at::Tensor decode_boxes_cpu(const at::Tensor& offsets, int64_t stride) {
   const char* op = "decode_boxes";
-  TORCH_CHECK(offsets.dim() == 4 && offsets.size(1) == 4, op, ": offsets must have shape [B, 4, h, w], got ",
-              offsets.sizes());
-  check_float(op, "offsets", offsets);
-  check_device(op, "offsets", offsets, c10::kCPU);
-  TORCH_CHECK(stride > 0, op, ": stride must be a positive int, got ", stride);
+  check_decode_boxes_args(op, offsets, stride, c10::kCPU);
   const auto acc = acc_type(offsets);
   auto in = offsets.to(acc).contiguous();
   auto out = at::empty_like(in);

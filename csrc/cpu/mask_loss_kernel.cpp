@@ -30,12 +30,7 @@ void check_inputs(const char* op, const at::Tensor& dense, const at::Tensor& que
 }
 
 std::vector<int64_t> checked_batch_index(const char* op, const at::Tensor& batch_index, int64_t batch) {
-  auto bi = batch_index.to(at::kLong).contiguous();
-  std::vector<int64_t> out(bi.data_ptr<int64_t>(), bi.data_ptr<int64_t>() + bi.numel());
-  for (int64_t v : out) {
-    TORCH_CHECK(v >= 0 && v < batch, op, ": batch_index must lie in [0, ", batch, "), got ", v);
-  }
-  return out;
+  return checked_indices(op, "batch_index", batch_index, batch);
 }
 
 template <typename T>

@@ -433,9 +433,7 @@ Result panoptic_from_dense_cpu(const at::Tensor& dense_boxes, const at::Tensor& 
   }
   check_panoptic_from_dense_scalars(op, score, overlap_threshold, stuff_area_limit);
 
-  auto qc = query_classes.to(at::kLong).contiguous();
-  std::vector<int64_t> qcls(qc.data_ptr<int64_t>(), qc.data_ptr<int64_t>() + n_q);
-  for (int64_t c : qcls) TORCH_CHECK(c >= 0 && c < n_c, op, ": query_classes must lie in [0, ", n_c, "), got ", c);
+  const std::vector<int64_t> qcls = checked_indices(op, "query_classes", query_classes, n_c);
   auto it = is_thing.contiguous();
   std::vector<uint8_t> thing(it.data_ptr<bool>(), it.data_ptr<bool>() + n_c);
 

@@ -36,6 +36,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "op_checks.h"
 #include "simd.h"
 
 namespace rtpanoptic {
@@ -167,20 +168,8 @@ std::tuple<at::Tensor, at::Tensor> select_queries_cpu(const at::Tensor& boxes, c
                                                       const at::Tensor& labels, double nms_thresh,
                                                       double global_nms_thresh, int64_t top_n) {
   const char* op = "select_queries";
-  TORCH_CHECK(boxes.device().is_cpu(), op, ": boxes must be a CPU tensor, got ", boxes.device());
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, op, ": boxes must have shape [N, 4], got ", boxes.sizes());
-  TORCH_CHECK(at::isFloatingType(boxes.scalar_type()), op, ": boxes must be floating point, got ",
-              boxes.scalar_type());
+  check_select_queries_args(op, boxes, scores, labels, top_n, c10::kCPU);
   const int64_t n = boxes.size(0);
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == n, op, ": scores must have shape [N] with N = boxes.size(0) = ",
-              n, ", got ", scores.sizes());
-  TORCH_CHECK(scores.scalar_type() == boxes.scalar_type(), op, ": boxes and scores must have the same dtype, got ",
-              boxes.scalar_type(), " and ", scores.scalar_type());
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == n, op, ": labels must have shape [N] with N = ", n, ", got ",
-              labels.sizes());
-  TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
-  TORCH_CHECK(scores.device().is_cpu() && labels.device().is_cpu(), op, ": scores and labels must be CPU tensors");
-  TORCH_CHECK(top_n >= 0, op, ": top_n must be >= 0, got ", top_n);
   auto keep = at::full({std::min(top_n, n)}, -1, boxes.options().dtype(at::kLong));
   const auto lab = labels.contiguous();
   const bool global = global_nms_thresh >= 0;

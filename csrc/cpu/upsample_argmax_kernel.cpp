@@ -23,7 +23,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "checks.h"
+#include "op_checks.h"
 #include "simd.h"
 
 #if RTP_HAVE_AVX2_PATH
@@ -211,14 +211,7 @@ void upsample_argmax_impl(const T* in, int64_t* out, int64_t batch, const Shape&
 
 at::Tensor upsample_argmax_cpu(const at::Tensor& logits, at::IntArrayRef size, at::IntArrayRef crop) {
   const char* op = "upsample_argmax";
-  check_dim(op, "logits", logits, 4, "[B, C, h, w]");
-  check_float(op, "logits", logits);
-  check_device(op, "logits", logits, c10::kCPU);
-  TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0, op, ": size must be two positive ints, got ", size);
-  TORCH_CHECK(crop.size() == 2 && crop[0] > 0 && crop[1] > 0 && crop[0] <= size[0] && crop[1] <= size[1], op,
-              ": crop must be two positive ints <= size ", size, ", got ", crop);
-  TORCH_CHECK(logits.size(1) > 0 && logits.size(2) > 0 && logits.size(3) > 0, op,
-              ": logits must have at least one class and one pixel, got ", logits.sizes());
+  check_upsample_argmax_args(op, logits, size, crop, c10::kCPU);
   TORCH_CHECK(logits.size(1) <= INT32_MAX, op, ": at most 2^31 - 1 classes, got ", logits.size(1));
   const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto in = logits.to(acc).contiguous();

@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
+#include "op_checks.h"
 
 namespace rtpanoptic {
 namespace {
@@ -27,11 +28,7 @@ __global__ void decode_kernel(const scalar_t* __restrict__ in, scalar_t* __restr
 
 at::Tensor decode_boxes_cuda(const at::Tensor& offsets, int64_t stride) {
   const char* op = "decode_boxes";
-  TORCH_CHECK(offsets.dim() == 4 && offsets.size(1) == 4, op, ": offsets must have shape [B, 4, h, w], got ",
-              offsets.sizes());
-  check_float(op, "offsets", offsets);
-  cuda::check_cuda(op, "offsets", offsets);
-  TORCH_CHECK(stride > 0, op, ": stride must be a positive int, got ", stride);
+  check_decode_boxes_args(op, offsets, stride, c10::kCUDA);
   c10::cuda::CUDAGuard guard(offsets.device());
   auto in = offsets.contiguous();
   auto out = at::empty_like(in);

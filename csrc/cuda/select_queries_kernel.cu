@@ -16,6 +16,7 @@
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
+#include "op_checks.h"
 
 namespace rtpanoptic {
 namespace {
@@ -79,18 +80,8 @@ std::tuple<at::Tensor, at::Tensor> select_queries_cuda(const at::Tensor& boxes, 
                                                        const at::Tensor& labels, double nms_thresh,
                                                        double global_nms_thresh, int64_t top_n) {
   const char* op = "select_queries";
-  check_boxes(op, "boxes", boxes);
-  cuda::check_cuda(op, "boxes", boxes);
+  check_select_queries_args(op, boxes, scores, labels, top_n, c10::kCUDA);
   const int64_t n = boxes.size(0);
-  TORCH_CHECK(scores.dim() == 1 && scores.size(0) == n, op, ": scores must have shape [N=", n, "], got ",
-              scores.sizes());
-  check_same_dtype(op, "scores", scores, "boxes", boxes);
-  check_same_device(op, "scores", scores, boxes);
-  TORCH_CHECK(labels.dim() == 1 && labels.size(0) == n, op, ": labels must have shape [N=", n, "], got ",
-              labels.sizes());
-  TORCH_CHECK(labels.scalar_type() == at::kLong, op, ": labels must be int64, got ", labels.scalar_type());
-  check_same_device(op, "labels", labels, boxes);
-  TORCH_CHECK(top_n >= 0, op, ": top_n must be >= 0, got ", top_n);
   c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t kept_max = std::min(top_n, n);
   auto keep = at::full({kept_max}, -1, boxes.options().dtype(at::kLong));

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
+#include "op_checks.h"
 
 namespace rtpanoptic {
 namespace {
@@ -74,14 +75,7 @@ __global__ void upsample_argmax_kernel(const scalar_t* __restrict__ in, int64_t*
 
 at::Tensor upsample_argmax_cuda(const at::Tensor& logits, at::IntArrayRef size, at::IntArrayRef crop) {
   const char* op = "upsample_argmax";
-  check_dim(op, "logits", logits, 4, "[B, C, h, w]");
-  check_float(op, "logits", logits);
-  cuda::check_cuda(op, "logits", logits);
-  TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0, op, ": size must be two positive ints, got ", size);
-  TORCH_CHECK(crop.size() == 2 && crop[0] > 0 && crop[1] > 0 && crop[0] <= size[0] && crop[1] <= size[1], op,
-              ": crop must be two positive ints <= size ", size, ", got ", crop);
-  TORCH_CHECK(logits.size(1) > 0 && logits.size(2) > 0 && logits.size(3) > 0, op,
-              ": logits must have at least one class and one pixel, got ", logits.sizes());
+  check_upsample_argmax_args(op, logits, size, crop, c10::kCUDA);
   c10::cuda::CUDAGuard guard(logits.device());
   auto in = logits.contiguous();
   auto out = at::empty({in.size(0), crop[0], crop[1]}, in.options().dtype(at::kLong));

@@ -54,6 +54,7 @@ def test_unavailable_backend_explains_why():
 
 
 _CPP = "cpp" in ops.available_backends("cpu")["nms"]
+C = torch.ops.rtpanoptic if _CPP else None
 _SAME_WORDS = [
     ("nms", (B.long(), S.long(), 0.5)),
     ("nms", (B[:, :3], S, 0.5)),
@@ -64,18 +65,76 @@ _SAME_WORDS = [
     ("box_iou", (B[:, :3], B)),
     ("box_iou", (B, B.double())),
     ("decode_boxes", (torch.zeros(1, 4, 2, 2, dtype=torch.int32), 8)),
+    ("decode_boxes", (torch.zeros(1, 3, 2, 2), 8)),
+    ("decode_boxes", (torch.zeros(1, 4, 2, 2), 0)),
     ("iou_attention", (torch.zeros(4, 2, 2), B.double(), "iou")),
+    ("iou_attention", (torch.zeros(3, 2, 2), B, "iou")),
+    ("iou_attention", (torch.zeros(4, 2, 2), B, "giou")),
+    ("gather_levelness", ([torch.zeros(1, 4, 2, 2)], torch.zeros(1, 3, 2, 2), 4)),
+    ("gather_levelness", ([torch.zeros(1, 4, 2, 2)], torch.zeros(1, 2, 2), 4)),
+    ("gather_levelness", ([torch.zeros(1, 4, 2, 2).double()], torch.zeros(1, 2, 2, 2), 4)),
+    ("gather_levelness", ([torch.zeros(1, 3, 2, 2)], torch.zeros(1, 2, 2, 2), 4)),
+    ("gather_levelness", ([torch.zeros(1, 4, 0, 2)], torch.zeros(1, 2, 2, 2), 4)),
+    ("gather_levelness", ([torch.zeros(1, 4, 2, 2)], torch.zeros(1, 2, 2, 2), 0)),
+    ("mask_loss", (torch.zeros(1, 4, 2, 2), B, torch.zeros(1, 2, 3, dtype=torch.bool), torch.ones(1),
+                   torch.zeros(1, dtype=torch.long))),
+    ("mask_loss", (torch.zeros(1, 4, 2, 2), B, torch.zeros(1, 2, 2), torch.ones(1), torch.zeros(1, dtype=torch.long))),
+    ("mask_loss", (torch.zeros(1, 4, 2, 2), B, torch.zeros(1, 2, 2, dtype=torch.bool), torch.ones(2),
+                   torch.zeros(1, dtype=torch.long))),
+    ("mask_loss", (torch.zeros(1, 4, 2, 2), B, torch.zeros(1, 2, 2, dtype=torch.bool), torch.ones(1),
+                   torch.ones(1, dtype=torch.long))),
+    ("select_queries", (B.long(), S, torch.zeros(1, dtype=torch.long), 0.5, 0.9, 10)),
+    ("select_queries", (B, torch.rand(2), torch.zeros(1, dtype=torch.long), 0.5, 0.9, 10)),
+    ("select_queries", (B, S.double(), torch.zeros(1, dtype=torch.long), 0.5, 0.9, 10)),
+    ("select_queries", (B, S, torch.zeros(1, dtype=torch.long), 0.5, 0.9, -1)),
+    ("upsample_argmax", (torch.zeros(1, 3, 2, 2, dtype=torch.int32), (4, 4), (4, 4))),
+    ("upsample_argmax", (torch.zeros(3, 2, 2), (4, 4), (4, 4))),
+    ("upsample_argmax", (torch.zeros(1, 3, 2, 2), (0, 4), (4, 4))),
+    ("upsample_argmax", (torch.zeros(1, 3, 2, 2), (4, 4), (5, 4))),
+    ("upsample_argmax", (torch.zeros(1, 0, 2, 2), (4, 4), (4, 4))),
+]
+
+# panoptic_from_dense: the public op takes the scalars as keywords, the C++ op positionally.
+_SCENE = (torch.zeros(4, 2, 2), torch.zeros(3, 2, 2), B, torch.tensor([1]), S, torch.ones(3, dtype=torch.bool))
+_PANOPTIC = [
+    {"query_classes": torch.tensor([5])},
+    {"query_classes": torch.tensor([1.0])},
+    {"is_thing": torch.ones(2, dtype=torch.bool)},
+    {"is_thing": torch.ones(3)},
+    {"sem_probs": torch.zeros(3, 2, 3)},
+    {"sem_probs": torch.zeros(3, 2, 2).double()},
+    {"query_scores": torch.ones(2)},
+    {"dense_boxes": torch.zeros(3, 2, 2)},
+    {"score": "giou"},
+    {"stuff_area_limit": -1},
 ]
 
 
 @pytest.mark.skipif(not _CPP, reason="the C++ extension is not built")
 @pytest.mark.parametrize("op,args", _SAME_WORDS, ids=lambda v: v if isinstance(v, str) else "")
 def test_cpp_checks_use_the_python_wording(op, args):
-    """A direct torch.ops.rtpanoptic caller reads the words of the public op (ops/_validate.py)."""
+    """A direct torch.ops.rtpanoptic caller gets the exception type and the words of the public op
+    (ops/_validate.py)."""
     with pytest.raises((TypeError, ValueError)) as py:
         getattr(ops, op)(*args)
-    with pytest.raises(RuntimeError) as cpp:
-        getattr(torch.ops.rtpanoptic, op)(*args)
+    with pytest.raises((TypeError, ValueError)) as cpp:
+        getattr(C, op)(*args)
+    assert type(cpp.value) is type(py.value)
+    assert str(cpp.value).splitlines()[0] == str(py.value)
+
+
+@pytest.mark.skipif(not _CPP, reason="the C++ extension is not built")
+@pytest.mark.parametrize("change", _PANOPTIC, ids=lambda c: next(iter(c)))
+def test_cpp_panoptic_checks_use_the_python_wording(change):
+    names = ("dense_boxes", "sem_probs", "query_boxes", "query_classes", "query_scores", "is_thing")
+    scalars = {"sigma": 0.3, "score": "iou", "score_threshold": 0.0, "overlap_threshold": 0.5, "stuff_area_limit": 0}
+    tensors = {**dict(zip(names, _SCENE)), **{k: v for k, v in change.items() if k in names}}
+    scalars.update({k: v for k, v in change.items() if k in scalars})
+    with pytest.raises((TypeError, ValueError)) as py:
+        ops.panoptic_from_dense(*tensors.values(), **scalars)
+    with pytest.raises((TypeError, ValueError)) as cpp:
+        C.panoptic_from_dense(*tensors.values(), *scalars.values())
+    assert type(cpp.value) is type(py.value)
     assert str(cpp.value).splitlines()[0] == str(py.value)
 
 
