@@ -233,6 +233,21 @@ def _not_differentiable(kernels, ctx, *grads):
                        f"rtpanoptic.ops.{name} with backend='reference' to differentiate it")
 
 
+def _no_double_backward(kernels, ctx, *grads):
+    """The autograd of the backward ops (``_<op>_backward``): differentiating a gradient raises
+    (without it the C++ backward ops would fall through autograd with a warning and the second
+    derivative would silently lack their term)."""
+    raise RuntimeError(f"{kernels.name}::{ctx.op_name}: double backward is not supported; use "
+                       "backend='reference' for higher-order gradients")
+
+
+def _remember_name(name: str) -> Callable:
+    def setup(ctx, inputs, output):
+        ctx.op_name = name
+
+    return setup
+
+
 def _not_differentiable_autograd(name: str) -> Autograd:
     def setup(ctx, inputs, output):
         ctx.op_name = name
@@ -330,6 +345,9 @@ def register(namespace: str, implementations: dict[str, Callable] | None = None)
         if grad is not None:
             torch.library.register_autograd(f"{namespace}::{row.name}", _bind(grad.backward, kernels),
                                             setup_context=grad.setup)
+        if grad is not None and grad.op is not None:  # double backward: an error, never a missing term
+            torch.library.register_autograd(f"{namespace}::{grad.op}", _bind(_no_double_backward, kernels),
+                                            setup_context=_remember_name(grad.op))
 
 
 def _bind(backward: Callable, kernels) -> Callable:

@@ -103,6 +103,17 @@ def test_gradient_at_ties_matches_reference(backend, device, score, case, make, 
         assert grads[1][2].abs().sum().item() == 0.0
 
 
+
+@pytest.mark.backends(OP, reference=False)
+def test_double_backward_raises_instead_of_being_wrong(backend, device, make):
+    """The kernels' backward op has no derivative of its own: a second derivative raises (on cpp it
+    used to fall through autograd with a warning and silently lose the attention term)."""
+    dense = make.dense(2, 2, 0, dtype=F64).to(device).requires_grad_()
+    queries = make.boxes(1, seed=1, dtype=F64).to(device)
+    (g,) = torch.autograd.grad(ops.iou_attention(dense, queries, backend=backend).sum(), dense, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(g.sum(), dense)
+
 # ------------------------------------------------------------------- random, special
 @pytest.mark.backends(OP, reference=False)
 @pytest.mark.parametrize("dtype", FLOATS)

@@ -138,37 +138,47 @@ def test_cpp_panoptic_checks_use_the_python_wording(change):
     assert str(cpp.value).splitlines()[0] == str(py.value)
 
 
-C = torch.ops.rtpanoptic
-
 
 @pytest.mark.skipif(not _CPP, reason="the C++ extension is not built")
 @pytest.mark.parametrize(
-    "call,match",
+    "call,exc,match",
     [
-        (lambda: C.box_iou(torch.zeros(2, 3), torch.zeros(2, 4)), r"box_iou: boxes1 must have shape \[\*, 4\], got \[2, 3\]"),
-        (lambda: C.box_iou(torch.zeros(2, 4), torch.zeros(2, 4).double()), "box_iou: tensors must share one dtype, got boxes1: torch.float32, boxes2: torch.float64"),
-        (lambda: C.decode_boxes(torch.zeros(1, 3, 2, 2), 8), r"decode_boxes: offsets must have shape \[B, 4, h, w\]"),
-        (lambda: C.decode_boxes(torch.zeros(1, 4, 2, 2), 0), "decode_boxes: stride must be a positive int"),
-        (lambda: C.decode_boxes(torch.zeros(1, 4, 2, 2, dtype=torch.int32), 8), "decode_boxes: offsets must be a floating-point tensor, got torch.int32"),
-        (lambda: C.gather_levelness([torch.zeros(1, 4, 2, 2)], torch.zeros(1, 3, 4, 4), 4), "offsets must hold 2"),
-        (lambda: C.gather_levelness([torch.zeros(2, 4, 2, 2)], torch.zeros(1, 2, 4, 4), 4), r"offsets\[0\] must have"),
-        (lambda: C.iou_attention(torch.zeros(3, 2, 2), torch.zeros(1, 4), "iou"), r"dense_boxes must have shape \[4"),
-        (lambda: C.iou_attention(torch.zeros(4, 2, 2), torch.zeros(1, 4), "giou"), "score must be"),
+        (lambda: C.box_iou(torch.zeros(2, 3), torch.zeros(2, 4)), ValueError,
+         r"^box_iou: boxes1 must have shape \[\*, 4\], got \[2, 3\]"),
+        (lambda: C.box_iou(torch.zeros(2, 4), torch.zeros(2, 4).double()), TypeError,
+         "^box_iou: tensors must share one dtype, got boxes1: torch.float32, boxes2: torch.float64"),
+        (lambda: C.decode_boxes(torch.zeros(1, 3, 2, 2), 8), ValueError,
+         r"^decode_boxes: offsets must have shape \[\*, 4, \*, \*\], got \[1, 3, 2, 2\]"),
+        (lambda: C.decode_boxes(torch.zeros(1, 4, 2, 2), 0), ValueError, "^decode_boxes: stride must be a positive int"),
+        (lambda: C.decode_boxes(torch.zeros(1, 4, 2, 2, dtype=torch.int32), 8), TypeError,
+         "^decode_boxes: offsets must be a floating-point tensor, got torch.int32"),
+        (lambda: C.gather_levelness([torch.zeros(1, 4, 2, 2)], torch.zeros(1, 3, 4, 4), 4), ValueError,
+         "so it needs 2 levels of offsets"),
+        (lambda: C.gather_levelness([torch.zeros(2, 4, 2, 2)], torch.zeros(1, 2, 4, 4), 4), ValueError,
+         r"offsets\[0\] must have shape \[1, 4, \*, \*\]"),
+        (lambda: C.iou_attention(torch.zeros(3, 2, 2), torch.zeros(1, 4), "iou"), ValueError,
+         r"dense_boxes must have shape \[4, \*, \*\]"),
+        (lambda: C.iou_attention(torch.zeros(4, 2, 2), torch.zeros(1, 4), "giou"), ValueError, "score must be one of"),
         (lambda: C._iou_attention_backward(torch.zeros(2, 2, 2), torch.zeros(4, 2, 2), torch.zeros(1, 4), "iou"),
-         r"grad must have shape \[Q=1"),
+         ValueError, r"grad must have shape \[1, 2, 2\], got \[2, 2, 2\]"),
+        (lambda: C._gather_levelness_backward(torch.zeros(1, 4, 3, 4), [torch.zeros(1, 4, 2, 2)], torch.zeros(1, 2, 4, 4),
+                                              4), ValueError, r"grad_boxes must have shape \[1, 4, 4, 4\]"),
         (lambda: C.mask_loss(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4), torch.zeros(1, 2, 3, dtype=torch.bool),
-                             torch.ones(1), torch.zeros(1, dtype=torch.long)), r"gt_masks must have shape \[Q=1, H=2"),
+                             torch.ones(1), torch.zeros(1, dtype=torch.long)), ValueError,
+         r"gt_masks must have shape \[1, 2, 2\]"),
         (lambda: C.mask_loss(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4), torch.zeros(1, 2, 2, dtype=torch.bool),
-                             torch.ones(1), torch.ones(1, dtype=torch.long)), r"batch_index must lie in \[0, 1\)"),
+                             torch.ones(1), torch.ones(1, dtype=torch.long)), ValueError,
+         r"batch_index must lie in \[0, 1\), got values in \[1, 1\]"),
         (lambda: C.panoptic_from_dense(torch.zeros(4, 2, 2), torch.zeros(3, 2, 2), torch.zeros(1, 4),
                                        torch.tensor([5]), torch.ones(1), torch.ones(3, dtype=torch.bool), 0.3, "iou",
-                                       0.0, 0.5, 0), r"query_classes must lie in \[0, 3\)"),
+                                       0.0, 0.5, 0), ValueError, r"query_classes must lie in \[0, 3\)"),
         (lambda: C.panoptic_from_dense(torch.zeros(4, 2, 2), torch.zeros(3, 2, 2), torch.zeros(1, 4),
                                        torch.tensor([1]), torch.ones(1), torch.ones(2, dtype=torch.bool), 0.3, "iou",
-                                       0.0, 0.5, 0), r"is_thing must be a bool tensor of shape \[C=3\]"),
+                                       0.0, 0.5, 0), ValueError, "is_thing has 2 entries but sem_probs has 3 classes"),
     ],
 )
-def test_cpp_argument_checks(call, match):
-    """The C++ kernels' own checks (TORCH_CHECK), for callers of torch.ops.rtpanoptic that skip the wrappers."""
-    with pytest.raises(RuntimeError, match=match):
+def test_cpp_argument_checks(call, exc, match):
+    """The C++ kernels' own checks, for callers of torch.ops.rtpanoptic that skip the wrappers: the
+    public ops' exception types (TypeError for a dtype, ValueError for a shape or value)."""
+    with pytest.raises(exc, match=match):
         call()
