@@ -107,6 +107,10 @@ C = torch.ops.rtpanoptic
         (lambda: C.panoptic_from_dense(torch.zeros(4, 2, 2), torch.zeros(3, 2, 2), torch.zeros(1, 4),
                                        torch.tensor([1]), torch.ones(1), torch.ones(2, dtype=torch.bool), 0.3, "iou",
                                        0.0, 0.5, 0), r"is_thing must be a bool tensor of shape \[C=3\]"),
+        (lambda: C.panoptic_from_dense(torch.zeros(4, 2, 2), torch.zeros(3, 2, 2), torch.zeros(1, 4),
+                                       torch.tensor([1]), torch.ones(1), torch.ones(3, dtype=torch.bool), 0.3, "iou",
+                                       0.0, 0.5, 0, torch.tensor([1])),
+         r"num_queries must be a 0-d int64 tensor, got torch.int64 of shape \[1\]"),
     ],
 )
 def test_cpp_argument_checks(call, match):
