@@ -8,16 +8,22 @@ Pipeline of :class:`Predictor` (every box/mask stage goes through :mod:`rtpanopt
    exactly as it would alone, so a result never depends on the other images of a batch;
 2. per level: ``p = sigmoid(class logits)``, candidates ``p > pre_nms_thresh`` at locations
    inside the image (not in the padding), score
-   ``p * sigmoid(centerness)``, the ``pre_nms_top_n`` best per level, boxes from
-   :func:`ops.decode_boxes` clipped to the image;
-3. class-aware NMS (:func:`ops.batched_nms`), optionally class-agnostic NMS
-   (:func:`ops.nms`, the release's 0.97), the ``post_nms_top_n`` best: the queries B_query;
+   ``p * sigmoid(centerness)``, the ``pre_nms_top_n`` best per level (a fixed-size top-k: slots
+   without a candidate score ``NO_CANDIDATE``), boxes from :func:`ops.decode_boxes` clipped to the
+   image (:func:`clip_boxes`);
+3. class-aware NMS, optionally class-agnostic NMS (the release's 0.97), the ``post_nms_top_n``
+   best: the queries B_query (:func:`ops.select_queries`, fixed-size, the count on the device);
 4. dense boxes B(x, y) from :func:`ops.gather_levelness` (eq. 14), semantic probabilities on
    the same grid, masks and fusion by :func:`ops.panoptic_from_dense` (eqs. 5-7) on the
    image's part of the grid;
 5. the segment-id map (not the Q float masks) is upsampled (nearest) to the input size; segment
    areas and boxes follow from the grid; the semantic map is :func:`ops.upsample_argmax` of the
    semantic logits (no ``C x H x W`` or ``Q x H x W`` tensor at input resolution).
+
+Steps 2-5 are the device stage (:class:`DevicePostprocess`, :meth:`Predictor.postprocess_device`):
+fixed shapes for fixed input sizes, nothing read back to the host, so it can be captured in a
+CUDA graph (:meth:`Predictor.capture_postprocess`); the host stage (:meth:`Predictor.to_results`)
+reads the counts and builds the :class:`PanopticResult` s.
 
 With the ``tri-cityscapes-r50`` preset the options follow the authors' release (threshold 0.06
 on p before the centerness product, 1000 per level, class NMS 0.6 then class-agnostic 0.97,
@@ -27,8 +33,9 @@ bilinear upsampling of the soft masks, here by default (``mask_mode="grid"``) ``
 the stride-4 grid and the id map is upsampled — ``mask_mode="release"`` reproduces the release's
 masks exactly (:func:`ops.panoptic_from_dense_release`, mask boxes clipped to ``[0, W-1] x [0, H-1]``);
 it has no panoptic fusion (masks may overlap), here masks are fused (overlap 0.5);
-boxes are clipped to ``[0, W] x [0, H]`` (no -1); the top 100 are taken exactly (no kthvalue
-ties); candidates in the padding are dropped.
+by default boxes are clipped to ``[0, W] x [0, H]`` (no -1; ``mask_mode="release"`` clips the
+candidates to ``[0, W-1] x [0, H-1]`` before NMS, as the release); the top 100 are taken exactly
+(no kthvalue ties); candidates in the padding are dropped.
 """
 from __future__ import annotations
 

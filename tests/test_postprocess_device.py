@@ -60,9 +60,8 @@ def _data_dependent_nodes(gm: torch.fx.GraphModule) -> list[str]:
         value = node.meta.get("example_value")
         leaves = [v for v in _leaves(value) if isinstance(v, (torch.Tensor, torch.SymInt, torch.SymFloat,
                                                               torch.SymBool))]
-        if any(free_unbacked_symbols(v) for v in leaves):
-            bad.append(node.format_node())
-        elif node.op == "call_method" and node.target in ("item", "tolist", "cpu", "numpy"):
+        host_read = node.op == "call_method" and node.target in ("item", "tolist", "cpu", "numpy")
+        if host_read or any(free_unbacked_symbols(v) for v in leaves):
             bad.append(node.format_node())
     return bad
 

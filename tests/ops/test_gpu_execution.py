@@ -140,8 +140,8 @@ def test_non_default_stream(op, backend, make):
 
 
 # ------------------------------------------------------------------- CUDA graphs
-# nms, batched_nms and panoptic_from_dense size their outputs from the data (one device-to-host
-# copy): they cannot be captured.  The fixed-shape ops can, after one eager (warm-up) call that
+# nms and batched_nms size their outputs from the data (one device-to-host copy): they cannot be
+# captured; panoptic_from_dense and select_queries can in their padded form (below).  The fixed-shape ops can, after one eager (warm-up) call that
 # makes their constants, as the backends themselves (the public mask_loss checks batch_index's
 # range on the host first).
 @pytest.mark.parametrize("op,backend", _params("box_iou", "decode_boxes", "iou_attention", "mask_loss",
@@ -168,6 +168,43 @@ def test_cuda_graph_capture_and_replay(op, backend, make):
     torch.cuda.synchronize()
     want = fn(*_to(new_args, "cuda"))
     _assert_equal(outs, list(want) if isinstance(want, tuple) else [want])
+
+
+@pytest.mark.parametrize("backend", gpu_backends("panoptic_from_dense"))
+def test_padded_panoptic_from_dense_and_select_queries_capture_and_replay(backend, make):
+    """select_queries(padded=True) into panoptic_from_dense(padded=True, num_queries=count), captured
+    in one CUDA graph and replayed on a new scene: what eager gives, padding and counts included;
+    the default (trimmed) form refuses to run inside a capture."""
+    def scene(seed):
+        dense, sem, boxes, classes, scores, is_thing = (t.cuda() for t in _scene(make, seed, q=60))
+        return [dense, sem, boxes, classes, scores], is_thing
+
+    def pipeline(dense, sem, boxes, classes, scores):
+        keep, count = ops.select_queries(boxes, scores, classes, 0.5, 0.8, 40, padded=True, backend=backend)
+        slot = keep.clamp(min=0)
+        return (keep, count, *ops.panoptic_from_dense(dense, sem, boxes[slot], classes[slot], scores[slot], is_thing,
+                                                      sigma=0.1, stuff_area_limit=3, num_queries=count, padded=True,
+                                                      backend=backend))
+
+    static, is_thing = scene(1)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        pipeline(*static)  # warm-up: compiled kernels, cached constants
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = pipeline(*static)
+    new, _ = scene(2)
+    for dst, src in zip(static, new):
+        dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    want = pipeline(*new)
+    _assert_equal(list(outs), list(want))
+    assert 0 < int(want[1]) < 40 and int(want[-1]) > 3
+    with pytest.raises(RuntimeError, match="pass padded=True"), torch.cuda.graph(torch.cuda.CUDAGraph()):
+        ops.panoptic_from_dense(*static[:2], static[2][:3], static[3][:3], static[4][:3], is_thing, backend=backend)
 
 
 # --------------------------------------------------------------- torch.compile
