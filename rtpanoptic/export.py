@@ -135,8 +135,8 @@ class DensePredictor(nn.Module):
     and the detection scores ``sigmoid(class) * sigmoid(centerness)`` ``[B, K, h_i, w_i]``, then the
     global dense boxes ``[B, 4, H/s, W/s]`` and foreground mask of ``ops.gather_levelness``
     (eq. 14) and the semantic probabilities on the same grid ``[B, C, H/s, W/s]``.  What the
-    Predictor does after this (per-image thresholds and top-k with data-dependent counts, NMS,
-    ``panoptic_from_dense``) is not part of the program.
+    Predictor does after this (per-image thresholds and top-k, NMS, ``panoptic_from_dense``) is not
+    part of the program (:class:`PanopticProgram` has it).
     """
 
     def __init__(self, model: nn.Module, backend=None):

@@ -209,6 +209,9 @@ class Predictor:
             model's defaults (``model.cfg.inference``): ``sigma``, ``score``,
             ``pre_nms_thresh``, ``pre_nms_top_n``, ``nms_thresh``, ``global_nms_thresh``,
             ``post_nms_top_n``, ``score_threshold``, ``overlap_threshold``, ``stuff_area_limit``.
+
+    ``postprocess`` = ``to_results(postprocess_device(...))``: the device stage is ``self.stage``
+    (:class:`DevicePostprocess`, capturable with :meth:`capture_postprocess`).
     """
 
     def __init__(self, model, backend: str | None = None, precision: str = "fp32",
