@@ -103,7 +103,12 @@ def panoptic_rows(new, old, rev: str, q: int, score: str, rounds: int, sigma: fl
 
     dense, sem, queries, classes, qscores, is_thing = _scene(q, 256, 512, "cpu")
     call = (dense, sem, queries, classes, qscores, is_thing, sigma, score, 0.0, 0.5, 64)
-    for a, b in zip(new.panoptic_from_dense(*call), old.panoptic_from_dense(*call)):
+    got, want = new.panoptic_from_dense(*call), old.panoptic_from_dense(*call)
+    if len(got) != len(want):  # a revision with the fixed-size form (Q + C slots and the count) against one without
+        from rtpanoptic.ops import PaddedPanopticSegments
+
+        got, want = (o if len(o) == 5 else PaddedPanopticSegments(*o).trimmed() for o in (got, want))
+    for a, b in zip(got, want):
         assert torch.equal(a, b)
     report(f"panoptic_from_dense Q={q} {score}", interleaved({
         "new": lambda: new.panoptic_from_dense(*call),

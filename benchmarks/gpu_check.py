@@ -20,7 +20,8 @@ ends within 8 minutes):
   bench-ops  benchmarks/test_bench_gpu.py: every op, triton / cuda / reference / torchvision
   bench-e2e  the ``tri-cityscapes-r50`` preset (random weights, heavy post-processing load) at
              1024x2048 and 512x1024, batch 1: fp32, bf16 autocast, channels_last, torch.compile,
-             and network + post-processing captured in one CUDA graph (or why it cannot be)
+             network + post-processing captured in one CUDA graph, and the post-processing's
+             device stage alone captured (``Predictor.capture_postprocess``), or why they cannot be
 
 Files written into the results folder (``--out``, else ``$GPU_CHECK_OUT``, else gpu_check_out/),
 rewritten after every step so that a run cut short still leaves them: gpu_check.json (every
@@ -542,8 +543,13 @@ def goals(ops_rows: list[dict], e2e_rows: list[dict], gpu: bool) -> list[dict]:
     big = [r for r in e2e_rows if r.get("size") == "1024x2048" and r.get("device") == "cuda"]
     out = []
     post = best([r for r in big if r.get("kind") == "eager"], "postprocess_ms")
-    out.append({"goal": GOALS["post"], "measured": None if post is None else f"{post:.3f} ms",
-                "met": None if post is None else post <= 1.0})
+    graph_post = best([r for r in big if r.get("kind") == "graph"], "postprocess_ms")  # replay + host stage
+    measured = [f"{post:.3f} ms"] if post is not None else []
+    if graph_post is not None:
+        measured.append(f"{graph_post:.3f} ms from a CUDA graph")
+    fastest = min((v for v in (post, graph_post) if v is not None), default=None)
+    out.append({"goal": GOALS["post"], "measured": ", ".join(measured) or None,
+                "met": None if fastest is None else fastest <= 1.0})
     pfd = {_impl(r): op_time(r) for r in ops_rows if r.get("group") == "panoptic_from_dense Q=100 256x512"
            and r.get("device") == "cuda"}
     fast = {k: v for k, v in pfd.items() if k in ("cuda", "triton") and v is not None}
@@ -654,13 +660,20 @@ def _e2e_table(rows: list[dict], gpu: bool) -> list[str]:
                    f"{_fmt(r.get('peak_mem_mb'), 0)} | {_fmt(r.get('first_call_s'), 1)} |")
     graph = [r for r in rows if r.get("kind") == "graph"]
     if graph:
-        out += ["", "CUDA graph (one fixed-size image, `rtpanoptic.export.PanopticProgram` captured whole; then the"
-                " network alone):", "", "| size | mode | network + post-processing | network |", "|---|---|---|---|"]
+        out += ["", "CUDA graphs (one fixed-size image): `rtpanoptic.export.PanopticProgram` captured whole, the"
+                " network alone, the post-processing's device stage (`Predictor.capture_postprocess`: the replay, and"
+                " the replay + host stage, results on the host):", "",
+                "| size | mode | network + post-processing | network | post-processing replay | + host stage |",
+                "|---|---|---|---|---|---|"]
         for r in graph:
             whole = _fmt(r.get("end_to_end_ms")) + (f" ms ({r['fps']:.1f} FPS)" if r.get("fps") else "") \
                 if "end_to_end_ms" in r else (r.get("end_to_end_error") or r.get("error") or r.get("skipped") or "—")
             net = f"{_fmt(r.get('network_ms'))} ms" if "network_ms" in r else (r.get("network_error") or "—")
-            out.append(f"| {r['size']} | {r['mode']} | {whole.replace('|', '/')[:300]} | {net.replace('|', '/')[:300]} |")
+            post = f"{_fmt(r.get('postprocess_device_ms'), 3)} ms" if "postprocess_device_ms" in r else \
+                (r.get("postprocess_error") or "—")
+            host = f"{_fmt(r.get('postprocess_ms'), 3)} ms" if "postprocess_ms" in r else "—"
+            cells = [whole, net, post, host]
+            out.append(f"| {r['size']} | {r['mode']} | " + " | ".join(c.replace("|", "/")[:300] for c in cells) + " |")
     return out
 
 

@@ -119,8 +119,6 @@ def _stage_setup(size):
     """(predictor, head outputs, sizes, stage inputs) for one size, cached."""
     global _SETUP
     if _SETUP is None or _SETUP[0] != size:
-        import math
-
         import rtpanoptic.inference as inference
 
         torch.manual_seed(0)
@@ -134,21 +132,20 @@ def _stage_setup(size):
         captured = {}
         real = inference.nms_queries
 
-        def capture(*args):
-            captured["args"] = args
-            return real(*args)
+        def capture(*args, **kwargs):
+            captured["args"] = (args, kwargs)
+            return real(*args, **kwargs)
 
         inference.nms_queries = capture
         try:
-            (det,) = predictor.detect(outputs, sizes)
+            (det,) = predictor.stage.queries(outputs, sizes)  # the padded queries
         finally:
             inference.nms_queries = real
-        ls, (h, w) = model.levelness_stride, size
-        hv, wv = math.ceil(h / ls), math.ceil(w / ls)
+        ls = model.levelness_stride
         dense, _ = ops.gather_levelness(list(outputs.box_offsets), outputs.levelness, out_stride=ls)
         probs = inference.semantic_probs_on(outputs.semantic, dense.shape[-2:])
-        dense, probs = dense[0, :, :hv, :wv], probs[0, :, :hv, :wv]
-        seg, _ = predictor._fuse(dense, probs, det, size)
+        dense, probs = dense[0], probs[0]  # the padded grid: _fuse crops it to the image
+        seg, _ = predictor.stage._fuse(dense, probs, det, size)
         _SETUP = (size, predictor, batch, outputs, sizes, captured["args"], det, dense, probs, seg)
     return _SETUP
 
@@ -158,7 +155,7 @@ def _stage_setup(size):
                                    "segment_stats", "postprocess"])
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_postprocess_stage_cpu(benchmark, bench_run, size, stage, impl):
-    from rtpanoptic.inference import nms_queries, segment_areas_and_boxes, upsample_ids
+    from rtpanoptic.inference import nms_queries, segment_stats, upsample_ids
 
     if impl == "old" and stage in ("network", "detect", "queries", "panoptic_from_dense"):
         pytest.skip("unchanged: the same code in both")
@@ -168,17 +165,17 @@ def test_postprocess_stage_cpu(benchmark, bench_run, size, stage, impl):
     ls, ss = model.levelness_stride, model.semantic_stride
     h, w = size
     sem = outputs.semantic
-    grid, n = seg.segment_map, int(seg.classes.numel())
+    grid, n = seg.segment_map, int(seg.classes.numel())  # n: the Q + C segment slots
     fns = {
         ("network", "new"): lambda: predictor.network(batch),
         ("detect", "new"): lambda: predictor.detect(outputs, sizes),
-        ("queries", "new"): lambda: nms_queries(*q_args),
-        ("panoptic_from_dense", "new"): lambda: predictor._fuse(dense, probs, det, size),
+        ("queries", "new"): lambda: nms_queries(*q_args[0], **q_args[1]),
+        ("panoptic_from_dense", "new"): lambda: predictor.stage._fuse(dense, probs, det, size),
         ("semantic", "old"): lambda: prev.old_upsample_argmax(sem[0], ss, size),
         ("semantic", "new"): lambda: ops.upsample_argmax(sem, (sem.shape[2] * ss, sem.shape[3] * ss), size),
         ("segment_stats", "old"): lambda: prev.old_areas_and_boxes(
             grid.repeat_interleave(ls, 0).repeat_interleave(ls, 1)[:h, :w], n),
-        ("segment_stats", "new"): lambda: (segment_areas_and_boxes(grid, n, ls, size), upsample_ids(grid, ls, size)),
+        ("segment_stats", "new"): lambda: (segment_stats(grid, n, ls, size), upsample_ids(grid, ls, size)),
         ("postprocess", "old"): lambda: prev.old_postprocess(predictor, outputs, sizes),
         ("postprocess", "new"): lambda: predictor.postprocess(outputs, sizes),
     }

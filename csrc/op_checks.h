@@ -140,6 +140,18 @@ inline void check_panoptic_from_dense_args(const char* op, const at::Tensor& den
   TORCH_CHECK_VALUE(n_c > 0, op, ": sem_probs must have at least one class");
 }
 
+// panoptic_from_dense: num_queries, when given, a 0-d int64 tensor on dense_boxes' device (its value,
+// clamped to [0, Q], is read by the kernels: on the host by the CPU kernel, on the device by the CUDA one).
+inline void check_num_queries(const char* op, const c10::optional<at::Tensor>& num_queries,
+                              const at::Tensor& dense_boxes) {
+  if (!num_queries.has_value()) return;
+  const at::Tensor& n = *num_queries;
+  check_dim(op, "num_queries", n, 0, "0-D");
+  TORCH_CHECK_TYPE(n.scalar_type() == at::kLong, op, ": num_queries must be an int64 tensor, got ",
+                   dtype_name(n.scalar_type()));
+  check_same_device(op, "num_queries", n, dense_boxes);
+}
+
 inline void check_panoptic_from_dense_scalars(const char* op, const std::string& score, double overlap_threshold,
                                               int64_t stuff_area_limit) {
   check_score(op, score);

@@ -19,12 +19,15 @@ TORCH_LIBRARY(rtpanoptic, m) {
   m.def("gather_levelness(Tensor[] offsets, Tensor levelness, int out_stride) -> (Tensor, Tensor)");
   // dense boxes [4,H,W], query boxes [Q,4] -> P_loc [Q,H,W], eq. 6.  score: "iou" | "tri".
   m.def("iou_attention(Tensor dense_boxes, Tensor query_boxes, str score) -> Tensor");
-  // Mask construction (eqs. 5, 7) and panoptic fusion.
+  // Mask construction (eqs. 5, 7) and panoptic fusion.  Queries at or beyond num_queries (0-d int64;
+  // None: all) are absent.  Fixed size: Q + C segment slots padded with class -1, query -1, score 0,
+  // area 0, and the segment count (0-d int64), computed on the device.
   m.def(
       "panoptic_from_dense(Tensor dense_boxes, Tensor sem_probs, Tensor query_boxes, Tensor query_classes, "
       "Tensor query_scores, Tensor is_thing, float sigma, str score, float score_threshold, "
-      "float overlap_threshold, int stuff_area_limit) -> "
-      "(Tensor segment_map, Tensor segment_class, Tensor segment_query, Tensor segment_score, Tensor segment_area)");
+      "float overlap_threshold, int stuff_area_limit, Tensor? num_queries=None) -> "
+      "(Tensor segment_map, Tensor segment_class, Tensor segment_query, Tensor segment_score, Tensor segment_area, "
+      "Tensor segment_count)");
   // The release's masks (x stride bilinear, >= sigma) at [height, width], then the same fusion.
   m.def(
       "panoptic_from_dense_release(Tensor dense_boxes, Tensor sem_probs, Tensor query_boxes, Tensor query_classes, "

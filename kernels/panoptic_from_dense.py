@@ -6,17 +6,24 @@ float tensor.  Four passes:
 1. ``_masks_kernel`` (parallel over pixels x queries): ``score(B(x,y), B_j) * P_sem(x,y,c_j) > sigma``
    computed operation by operation like the reference (in float32 for float16/bfloat16 inputs),
    bit-packed into int32 words ``[Q, ceil(HW / 32)]`` with the queries in painting order
-   (decreasing score, stable), plus per-program popcounts of each mask.
+   (decreasing score, stable), plus per-program popcounts of each mask.  Absent queries
+   (``j >= num_queries``) and classes outside ``[0, C)`` get empty masks.
 2. ``_fusion_resident_kernel`` (bitmap in registers) / ``_fusion_kernel`` (streamed; one program,
-   the sequential part): for each query in order, the overlap with the pixels taken so far is a popcount of ``mask & taken`` over the words; the
-   reference's tests (score threshold, empty mask, ``overlap / area > overlap_threshold``
-   in float64, no free pixel) decide, and an accepted mask is OR-ed into ``taken``.
+   the sequential part): for each query in order, the overlap with the pixels taken so far is a
+   popcount of ``mask & taken`` over the words; the reference's tests (score threshold, empty
+   mask, ``overlap / area > overlap_threshold`` in float64, no free pixel) decide, and an
+   accepted mask is OR-ed into ``taken``; the accepted ranks, their free areas and their count
+   are written compacted (on the device).
 3. ``_paint_kernel`` (parallel over pixels): the first accepted mask covering a pixel gives its
    segment (accepted masks are visited in painting order); free pixels whose semantic argmax
    (torch.argmax: first maximum, NaN counts as the maximum) is a stuff class are marked for
    step 4, with per-program class histograms.
 4. ``_stuff_kernel``: stuff pixels take their class's segment id when the class's free area is
    non-zero and ``>= stuff_area_limit`` (decided from the summed histograms).
+
+Every size and count stays on the device (nothing waits for the GPU, so the op can be captured in
+a CUDA graph): the segments are written into ``Q + C`` slots (padded with class -1, query -1,
+score 0, area 0) with their count as a 0-d tensor.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ from rtpanoptic.ops.reference import TRI_EPS
 from rtpanoptic.ops.registry import SCORE_IDS
 
 from ._box_score import box_score, load_box, load_dense
-from ._common import TL_DTYPES, argmax_better, large_blocks, launch, opmath, scalars
+from ._common import TL_DTYPES, argmax_better, constant, large_blocks, launch, opmath, scalars
 
 # Up to this many 32-pixel words (262144 pixels, e.g. 256x1024) the sequential scan keeps the
 # taken-pixel bitmap in registers; larger grids stream it through global memory.
@@ -53,8 +60,8 @@ def _popcount(words):
 
 
 @triton.jit
-def _masks_kernel(dense_ptr, sem_ptr, query_ptr, class_ptr, order_ptr, params_ptr, masks_ptr, area_ptr,
-                  Q, P, NW, TRI: tl.constexpr, OPMATH: tl.constexpr, QB: tl.constexpr, WB: tl.constexpr):
+def _masks_kernel(dense_ptr, sem_ptr, query_ptr, class_ptr, order_ptr, present_ptr, params_ptr, masks_ptr, area_ptr,
+                  Q, C, P, NW, TRI: tl.constexpr, OPMATH: tl.constexpr, QB: tl.constexpr, WB: tl.constexpr):
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     word = pid * WB + tl.arange(0, WB)
@@ -64,14 +71,17 @@ def _masks_kernel(dense_ptr, sem_ptr, query_ptr, class_ptr, order_ptr, params_pt
     dx1, dy1, dx2, dy2 = load_dense(dense_ptr, P, p, pm, OPMATH)
     sigma = tl.load(params_ptr)
     eps = tl.load(params_ptr + 1)
+    n_present = tl.load(present_ptr)
     t0 = tl.program_id(1) * QB
     for t in range(t0, tl.minimum(t0 + QB, Q)):
         j = tl.load(order_ptr + t)
         qx1, qy1, qx2, qy2 = load_box(query_ptr, j, OPMATH)
         c = tl.load(class_ptr + j).to(tl.int64)
+        # an absent query, or a class outside [0, C) (unchecked on a GPU in the padded form): no bit
+        used = (j < n_present) & (c >= 0) & (c < C)
         s = box_score(dx1, dy1, dx2, dy2, qx1, qy1, qx2, qy2, eps, TRI)
-        sem = tl.load(sem_ptr + c * P + p, mask=pm, other=0).to(OPMATH)
-        bit = ((s * sem > sigma) & pm).to(tl.int32)
+        sem = tl.load(sem_ptr + c * P + p, mask=pm & used, other=0).to(OPMATH)
+        bit = ((s * sem > sigma) & pm & used).to(tl.int32)
         # distinct powers of two: their sum is their OR
         words = tl.sum(bit.to(tl.int64) << lane.to(tl.int64)[None, :], axis=1).to(tl.int32)
         t64 = tl.cast(t, tl.int64)
@@ -80,10 +90,11 @@ def _masks_kernel(dense_ptr, sem_ptr, query_ptr, class_ptr, order_ptr, params_pt
 
 
 @triton.jit
-def _fusion_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, taken_ptr, accepted_ptr, free_ptr, Q, NW,
+def _fusion_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, taken_ptr, accepted_ptr, free_ptr, count_ptr, Q, NW,
                    WB: tl.constexpr):
     overlap_threshold = tl.load(thr_ptr)
     offs = tl.arange(0, WB)
+    n_accepted = 0
     for t in range(Q):
         area = tl.load(area_ptr + t)
         if (tl.load(eligible_ptr + t) != 0) & (area > 0):
@@ -103,13 +114,15 @@ def _fusion_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, taken_ptr, accept
                     words = tl.load(row + w0 + offs, mask=wm, other=0)
                     taken = tl.load(taken_ptr + w0 + offs, mask=wm, other=0)
                     tl.store(taken_ptr + w0 + offs, taken | words, mask=wm)
-                tl.store(accepted_ptr + t, 1)
-                tl.store(free_ptr + t, free)
+                tl.store(accepted_ptr + n_accepted, t)
+                tl.store(free_ptr + n_accepted, free)
+                n_accepted += 1
                 tl.debug_barrier()
+    tl.store(count_ptr, n_accepted)
 
 
 @triton.jit
-def _fusion_resident_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, accepted_ptr, free_ptr, Q, NW,
+def _fusion_resident_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, accepted_ptr, free_ptr, count_ptr, Q, NW,
                             NWB: tl.constexpr):
     """``_fusion_kernel`` with the taken-pixel bitmap held in registers (NW <= NWB words):
     one load of each candidate mask, no global round trips for the bitmap."""
@@ -117,6 +130,7 @@ def _fusion_resident_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, accepted
     offs = tl.arange(0, NWB)
     wm = offs < NW
     taken = tl.zeros([NWB], dtype=tl.int32)
+    n_accepted = 0
     for t in range(Q):
         area = tl.load(area_ptr + t)
         if (tl.load(eligible_ptr + t) != 0) & (area > 0):
@@ -126,12 +140,14 @@ def _fusion_resident_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, accepted
             ratio = n_overlap.to(tl.float64) / area.to(tl.float64)
             if (free > 0) & (ratio <= overlap_threshold):
                 taken = taken | words
-                tl.store(accepted_ptr + t, 1)
-                tl.store(free_ptr + t, free)
+                tl.store(accepted_ptr + n_accepted, t)
+                tl.store(free_ptr + n_accepted, free)
+                n_accepted += 1
+    tl.store(count_ptr, n_accepted)
 
 
 @triton.jit
-def _paint_kernel(masks_ptr, accepted_ptr, sem_ptr, is_thing_ptr, seg_ptr, hist_ptr, K, C, P, NW,
+def _paint_kernel(masks_ptr, accepted_ptr, count_ptr, sem_ptr, is_thing_ptr, seg_ptr, hist_ptr, C, P, NW,
                   WB: tl.constexpr, CB: tl.constexpr):
     pid = tl.program_id(0)
     word = pid * WB + tl.arange(0, WB)
@@ -140,7 +156,8 @@ def _paint_kernel(masks_ptr, accepted_ptr, sem_ptr, is_thing_ptr, seg_ptr, hist_
     pm = p < P
     wm = word < NW
     seg = tl.zeros([WB, 32], dtype=tl.int32)
-    for k in range(K):
+    n_accepted = tl.load(count_ptr)
+    for k in range(n_accepted):
         t = tl.load(accepted_ptr + k).to(tl.int64)
         words = tl.load(masks_ptr + t * NW + word, mask=wm, other=0)
         bit = ((words[:, None] >> lane[None, :]) & 1) != 0
@@ -171,67 +188,81 @@ def _stuff_kernel(seg_ptr, lut_ptr, P, BLOCK: tl.constexpr):
 
 
 def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-                        sigma, score, score_threshold, overlap_threshold, stuff_area_limit):
+                        sigma, score, score_threshold, overlap_threshold, stuff_area_limit, num_queries=None):
     device = dense_boxes.device
     _, h, w = dense_boxes.shape
     n_classes = sem_probs.shape[0]
     q, p = query_boxes.shape[0], h * w
+    slots = q + n_classes
     n_words = triton.cdiv(p, 32)
     wb, scan_wb = _sizes(n_words)
     n_prog = triton.cdiv(n_words, wb) if p else 0
     dense = dense_boxes.contiguous()
     sem = sem_probs.contiguous()
     i32 = dict(dtype=torch.int32, device=device)
+    i64 = dict(dtype=torch.int64, device=device)
 
+    # Every count below is a device tensor and every launch has a host-known grid: nothing is
+    # read back, so the op can be captured in a CUDA graph.
+    present = torch.full((), q, **i64) if num_queries is None else num_queries.clamp(0, q)
     order = torch.sort(query_scores, descending=True, stable=True).indices
     masks = torch.zeros((q, n_words), **i32)
-    accepted_flags = torch.zeros(q, **i32)
-    free_area = torch.zeros(q, dtype=torch.int64, device=device)
+    accepted = torch.zeros(q, **i32)  # ranks (painting order) of the accepted masks, compacted
+    free_area = torch.zeros(q, **i64)
+    n_things = torch.zeros((), **i32)
     if q and p:
         qb = q if large_blocks() else 8  # dense boxes are loaded once per 8 queries
         area_parts = torch.empty((q, n_prog), **i32)
         math = opmath(dense.dtype)
         launch(_masks_kernel, (n_prog, triton.cdiv(q, qb)), dense, sem, query_boxes.contiguous(),
-               query_classes.to(torch.int32), order.to(torch.int32), scalars(math, dense, sigma, TRI_EPS), masks,
-               area_parts, q, p, n_words, TRI=SCORE_IDS[score] == 1, OPMATH=TL_DTYPES[math], QB=qb, WB=wb)
-        areas = area_parts.sum(1, dtype=torch.int64)
+               query_classes.to(torch.int32), order.to(torch.int32), present, scalars(math, dense, sigma, TRI_EPS),
+               masks, area_parts, q, n_classes, p, n_words, TRI=SCORE_IDS[score] == 1, OPMATH=TL_DTYPES[math],
+               QB=qb, WB=wb)
+        areas = area_parts.sum(1, dtype=torch.int64)  # 0 for the absent queries: never accepted
         # the reference skips query j when float(score_j) < score_threshold (float64 compare)
         eligible = (~(query_scores[order].double() < score_threshold)).to(torch.int32)
-        thr = torch.tensor([overlap_threshold], dtype=torch.float64, device=device)
+        thr = constant((float(overlap_threshold),), torch.float64, dense)
         if n_words <= RESIDENT_WORDS:
-            launch(_fusion_resident_kernel, (1,), masks, areas, eligible, thr, accepted_flags, free_area, q, n_words,
-                   NWB=max(16, triton.next_power_of_2(n_words)), num_warps=8)
+            launch(_fusion_resident_kernel, (1,), masks, areas, eligible, thr, accepted, free_area, n_things, q,
+                   n_words, NWB=max(16, triton.next_power_of_2(n_words)), num_warps=8)
         else:
             taken = torch.zeros(n_words, **i32)
-            launch(_fusion_kernel, (1,), masks, areas, eligible, thr, taken, accepted_flags, free_area, q, n_words,
-                   WB=scan_wb, num_warps=8)
-    accepted = torch.nonzero(accepted_flags).flatten()  # ranks in painting order
-    k = accepted.numel()
+            launch(_fusion_kernel, (1,), masks, areas, eligible, thr, taken, accepted, free_area, n_things, q,
+                   n_words, WB=scan_wb, num_warps=8)
 
     seg = torch.zeros((h, w), **i32)
     cb = max(16, triton.next_power_of_2(n_classes))
     hist = torch.zeros((max(n_prog, 1), cb), **i32)
     if p:
-        launch(_paint_kernel, (n_prog,), masks, accepted.to(torch.int32), sem, is_thing.to(torch.int8), seg, hist, k,
+        launch(_paint_kernel, (n_prog,), masks, accepted, n_things, sem, is_thing.to(torch.int8), seg, hist,
                n_classes, p, n_words, WB=wb, CB=cb)
     stuff_area = hist.sum(0, dtype=torch.int64)[:n_classes]
     keep_stuff = (~is_thing) & (stuff_area > 0) & (stuff_area >= stuff_area_limit)
-    stuff_classes = torch.nonzero(keep_stuff).flatten()
-    if p and stuff_classes.numel():
-        lut = torch.zeros(n_classes, **i32)
-        lut[stuff_classes] = torch.arange(k + 1, k + 1 + stuff_classes.numel(), **i32)
+    stuff_rank = keep_stuff.cumsum(0)  # 1-based among the kept stuff classes, in increasing class
+    things = n_things.to(torch.int64)
+    if p:  # marked stuff pixels take their class's id (0: void, where the class was not kept)
+        lut = torch.where(keep_stuff, things + stuff_rank, 0).to(torch.int32)
         block = 1024 if not large_blocks() else max(16, min(triton.next_power_of_2(p), 65536))
         launch(_stuff_kernel, (triton.cdiv(p, block),), seg, lut, p, BLOCK=block)
-    elif p:
-        seg.clamp_(min=0)
 
-    thing_queries = order[accepted]
-    n_stuff = stuff_classes.numel()
+    # Slots: things 0 .. K-1 in painting order, kept stuff classes next, then padding.  Each entry
+    # goes to its own slot (unused entries to distinct slots past the end, cut off): no collisions.
+    ranks = torch.arange(q, **i64)
+    classes = torch.arange(n_classes, **i64)
+    thing_queries = order[accepted.to(torch.int64)]
+    slot = torch.cat([torch.where(ranks < things, ranks, slots + ranks),
+                      torch.where(keep_stuff, things + stuff_rank - 1, slots + q + classes)])
+
+    def place(thing_values, stuff_values, fill):
+        values = torch.cat([thing_values, stuff_values])
+        out = torch.full((2 * slots,), fill, dtype=values.dtype, device=device)
+        return out.scatter_(0, slot, values)[:slots]
+
     return (
         seg,
-        torch.cat([query_classes[thing_queries].to(torch.int64), stuff_classes]),
-        torch.cat([thing_queries, torch.full((n_stuff,), -1, dtype=torch.int64, device=device)]),
-        torch.cat([query_scores[thing_queries].to(torch.float32), torch.ones(n_stuff, device=device)]),
-        torch.cat([free_area[accepted], stuff_area[stuff_classes]]),
+        place(query_classes[thing_queries].to(torch.int64), classes, -1),
+        place(thing_queries, torch.full((n_classes,), -1, **i64), -1),
+        place(query_scores[thing_queries].to(torch.float32), torch.ones(n_classes, device=device), 0.0),
+        place(free_area, stuff_area, 0),
+        things + keep_stuff.sum(),
     )
-

@@ -129,11 +129,15 @@ def stage_timings(model, image_size: Sequence[int], mode: RunMode = FP32, iters:
 
 
 def graph_timings(model, image_size: Sequence[int], mode: RunMode = FP32, iters: int = 20) -> dict:
-    """The network + post-processing of one fixed-size image (:class:`rtpanoptic.export.PanopticProgram`)
-    captured in one CUDA graph and replayed: ``{"end_to_end_ms", "fps"}``, or ``end_to_end_error``
-    with the reason the capture failed; then the network alone: ``network_ms`` or ``network_error``.
-    CUDA only; ``mode.compile`` is ignored."""
+    """CUDA graphs for one fixed-size image, each captured and replayed: the network +
+    post-processing (:class:`rtpanoptic.export.PanopticProgram`, padded outputs) ->
+    ``{"end_to_end_ms", "fps"}``; the network alone -> ``network_ms``; the post-processing's device
+    stage (:meth:`Predictor.capture_postprocess <rtpanoptic.inference.Predictor.capture_postprocess>`)
+    -> ``postprocess_device_ms`` (the replay) and ``postprocess_ms`` (the replay and the host stage:
+    results copied to the host, as :meth:`Predictor.postprocess` returns them).  Where a capture
+    fails, ``<key>_error`` holds the reason instead.  CUDA only; ``mode.compile`` is ignored."""
     from .export import PanopticProgram
+    from .inference import Predictor
 
     device = next(model.parameters()).device
     net = copy.deepcopy(model).eval()
@@ -141,7 +145,7 @@ def graph_timings(model, image_size: Sequence[int], mode: RunMode = FP32, iters:
     h, w = int(image_size[0]), int(image_size[1])
     image = torch.randint(0, 256, (1, 3, h, w), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     image = image.to(device)
-    program = PanopticProgram(net, network=runner).eval()
+    program = PanopticProgram(net, network=runner, padded=True).eval()
     x = runner.prepare(net.normalize(image))
     report: dict = {}
     with torch.no_grad():
@@ -152,6 +156,15 @@ def graph_timings(model, image_size: Sequence[int], mode: RunMode = FP32, iters:
             except Exception as exc:  # the reason is the result
                 report[f"{key}_error"] = exception_summary(exc)
                 torch.cuda.synchronize(device)
+        try:
+            predictor = Predictor(net, precision=mode.precision, channels_last=mode.channels_last)
+            outputs = runner(x)
+            captured = predictor.capture_postprocess(outputs, [(h, w)])
+            report["postprocess_device_ms"] = time_ms(captured.graph.replay, iters, device)
+            report["postprocess_ms"] = time_ms(lambda: captured(outputs), iters, device)
+        except Exception as exc:
+            report["postprocess_error"] = exception_summary(exc)
+            torch.cuda.synchronize(device)
     if "end_to_end_ms" in report:
         report["fps"] = 1e3 / report["end_to_end_ms"]
     return report

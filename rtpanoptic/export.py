@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .candidates import select_candidates
-from .inference import nms_queries, semantic_probs_on
+from .inference import DevicePostprocess, semantic_probs_on
+from .ops._padded import count_on_host
 
 
 class ExportError(RuntimeError):
@@ -135,8 +135,8 @@ class DensePredictor(nn.Module):
     and the detection scores ``sigmoid(class) * sigmoid(centerness)`` ``[B, K, h_i, w_i]``, then the
     global dense boxes ``[B, 4, H/s, W/s]`` and foreground mask of ``ops.gather_levelness``
     (eq. 14) and the semantic probabilities on the same grid ``[B, C, H/s, W/s]``.  What the
-    Predictor does after this (per-image thresholds and top-k with data-dependent counts, NMS,
-    ``panoptic_from_dense``) is not part of the program.
+    Predictor does after this (per-image thresholds and top-k, NMS, ``panoptic_from_dense``) is not
+    part of the program (:class:`PanopticProgram` has it).
     """
 
     def __init__(self, model: nn.Module, backend=None):
@@ -194,44 +194,33 @@ class PanopticProgram(nn.Module):
     (0 void, k the k-th segment), ``classes`` int64 ``[S]`` (semantic train ids), ``queries``
     int64 ``[S]`` (query index, -1 for stuff), ``scores [S])``.
 
-    Same result as the Predictor: the per-level candidates are a fixed ``pre_nms_top_n`` top-k
-    (:func:`~rtpanoptic.candidates.select_candidates` with ``fixed_count``) whose entries below
-    ``pre_nms_thresh`` get score -1; those sort after every real candidate,
-    so they suppress nothing in NMS and are dropped after the ``post_nms_top_n`` cut.  The
-    data-dependent sizes (NMS survivors, segments) are unbacked sizes of the ops' fake kernels.
+    The post-processing is the Predictor's device stage
+    (:class:`~rtpanoptic.inference.DevicePostprocess`: fixed-count candidates, padded queries and
+    segments, counts on the device), so the result is the Predictor's.  The segments are trimmed
+    to their count, an unbacked size of the exported program; ``padded=True`` returns the ``S``
+    segment slots and the count (int64 0-d) instead, ``(panoptic, classes, queries, scores,
+    count)``: nothing is read on the host, so the module can be captured in a CUDA graph.
     ``network``: how the network runs (a :class:`~rtpanoptic.execution.NetworkRunner` for another
     precision or memory format); default ``model`` itself.
     """
 
-    def __init__(self, model: nn.Module, network: Callable[[Tensor], object] | None = None):
+    def __init__(self, model: nn.Module, network: Callable[[Tensor], object] | None = None, padded: bool = False):
         super().__init__()
         self.model = model
         self.network = model if network is None else network
         self.options = model.cfg.inference
-        d = model.description
-        self.register_buffer("is_thing", torch.tensor(d.is_thing, dtype=torch.bool), persistent=False)
-        self.register_buffer("thing_train_ids", torch.tensor(d.thing_train_ids, dtype=torch.int64), persistent=False)
+        self.padded = padded
+        self.postprocess = DevicePostprocess(model, self.options)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        from . import ops
-
-        m, o = self.model, self.options
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        m = self.model
         h, w = images.shape[-2], images.shape[-1]
-        out = self.network(m.normalize(images))
-        decoded = [ops.decode_boxes(offsets, stride) for offsets, stride in zip(out.box_offsets, m.strides)]
-        boxes, scores, labels = select_candidates(decoded, out.class_logits, out.centerness, m.strides,
-                                                  o.pre_nms_thresh, o.pre_nms_top_n, fixed_count=True)[0]
-        boxes, keep = nms_queries(boxes, scores, labels, (h, w), o)
-        keep = keep[scores[keep] >= 0]  # the slots that hold no candidate score NO_CANDIDATE < 0
-        ls = m.levelness_stride
-        dense, _ = ops.gather_levelness(list(out.box_offsets), out.levelness, out_stride=ls)
-        seg = ops.panoptic_from_dense(
-            dense[0], semantic_probs_on(out.semantic, dense.shape[-2:])[0], boxes[keep], self.thing_train_ids[labels[keep]], scores[keep],
-            self.is_thing, sigma=o.sigma, score=o.score, score_threshold=o.score_threshold,
-            overlap_threshold=o.overlap_threshold, stuff_area_limit=o.stuff_area_limit // (ls * ls),
-        )
-        panoptic = seg.segment_map.repeat_interleave(ls, 0).repeat_interleave(ls, 1)[:h, :w]
-        return panoptic, seg.classes, seg.queries, seg.scores
+        (r,) = self.postprocess(self.network(m.normalize(images)), [(h, w)])
+        segments = (r.segment_class, r.segment_query, r.segment_score)
+        if self.padded:
+            return (r.panoptic, *segments, r.segment_count)
+        k = count_on_host(r.segment_count, r.segment_class.shape[0])
+        return (r.panoptic, *(t[:k] for t in segments))
 
 
 def export_panoptic_program(model: nn.Module, image_size: Sequence[int] = (256, 512), check: bool = True,

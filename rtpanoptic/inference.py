@@ -8,16 +8,22 @@ Pipeline of :class:`Predictor` (every box/mask stage goes through :mod:`rtpanopt
    exactly as it would alone, so a result never depends on the other images of a batch;
 2. per level: ``p = sigmoid(class logits)``, candidates ``p > pre_nms_thresh`` at locations
    inside the image (not in the padding), score
-   ``p * sigmoid(centerness)``, the ``pre_nms_top_n`` best per level, boxes from
-   :func:`ops.decode_boxes` clipped to the image;
-3. class-aware NMS (:func:`ops.batched_nms`), optionally class-agnostic NMS
-   (:func:`ops.nms`, the release's 0.97), the ``post_nms_top_n`` best: the queries B_query;
+   ``p * sigmoid(centerness)``, the ``pre_nms_top_n`` best per level (a fixed-size top-k: slots
+   without a candidate score ``NO_CANDIDATE``), boxes from :func:`ops.decode_boxes` clipped to the
+   image (:func:`clip_boxes`);
+3. class-aware NMS, optionally class-agnostic NMS (the release's 0.97), the ``post_nms_top_n``
+   best: the queries B_query (:func:`ops.select_queries`, fixed-size, the count on the device);
 4. dense boxes B(x, y) from :func:`ops.gather_levelness` (eq. 14), semantic probabilities on
    the same grid, masks and fusion by :func:`ops.panoptic_from_dense` (eqs. 5-7) on the
    image's part of the grid;
 5. the segment-id map (not the Q float masks) is upsampled (nearest) to the input size; segment
    areas and boxes follow from the grid; the semantic map is :func:`ops.upsample_argmax` of the
    semantic logits (no ``C x H x W`` or ``Q x H x W`` tensor at input resolution).
+
+Steps 2-5 are the device stage (:class:`DevicePostprocess`, :meth:`Predictor.postprocess_device`):
+fixed shapes for fixed input sizes, nothing read back to the host, so it can be captured in a
+CUDA graph (:meth:`Predictor.capture_postprocess`); the host stage (:meth:`Predictor.to_results`)
+reads the counts and builds the :class:`PanopticResult` s.
 
 With the ``tri-cityscapes-r50`` preset the options follow the authors' release (threshold 0.06
 on p before the centerness product, 1000 per level, class NMS 0.6 then class-agnostic 0.97,
@@ -27,8 +33,9 @@ bilinear upsampling of the soft masks, here by default (``mask_mode="grid"``) ``
 the stride-4 grid and the id map is upsampled — ``mask_mode="release"`` reproduces the release's
 masks exactly (:func:`ops.panoptic_from_dense_release`, mask boxes clipped to ``[0, W-1] x [0, H-1]``);
 it has no panoptic fusion (masks may overlap), here masks are fused (overlap 0.5);
-boxes are clipped to ``[0, W] x [0, H]`` (no -1); the top 100 are taken exactly (no kthvalue
-ties); candidates in the padding are dropped.
+by default boxes are clipped to ``[0, W] x [0, H]`` (no -1; ``mask_mode="release"`` clips the
+candidates to ``[0, W-1] x [0, H-1]`` before NMS, as the release); the top 100 are taken exactly
+(no kthvalue ties); candidates in the padding are dropped.
 """
 from __future__ import annotations
 
@@ -36,6 +43,7 @@ import dataclasses
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -43,9 +51,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
-from .candidates import select_candidates
+from .candidates import NO_CANDIDATE, select_candidates
 from .data.description import DatasetDescription
-from .execution import NetworkRunner
+from .execution import NetworkRunner, capture_cuda_graph
 from .model.config import InferenceConfig, validate_config
 from .model.outputs import HeadOutputs
 from .stream import StageTimer, stream_results
@@ -63,6 +71,36 @@ class Detections:
     boxes: Tensor  # float32 [Q, 4] xyxy input pixels
     scores: Tensor  # float32 [Q]
     labels: Tensor  # int64 [Q] thing index 0..K-1
+
+
+class PaddedQueries(NamedTuple):
+    """The queries of one image in fixed-size form (:meth:`DevicePostprocess.queries`): ``Qm`` slots,
+    ``Qm = min(post_nms_top_n, N)`` with ``N`` the fixed number of candidate slots, so ``Qm`` depends
+    on the input size only.  Slots ``0 .. count-1`` hold the queries in decreasing score order
+    (:class:`Detections`); the others hold a harmless copy of some candidate slot."""
+
+    boxes: Tensor  # float32 [Qm, 4] xyxy input pixels, clipped to the image
+    scores: Tensor  # float32 [Qm]
+    labels: Tensor  # int64 [Qm] thing index 0..K-1
+    count: Tensor  # int64 0-d: the number of queries
+
+
+class DeviceResult(NamedTuple):
+    """One image's post-processing as device tensors of fixed shapes (:meth:`Predictor.postprocess_device`):
+    for a fixed input size every shape is fixed and every count is a 0-d tensor, so the stage that
+    computes them can be captured in a CUDA graph.  ``S = Qm + C`` segment slots: slots
+    ``0 .. segment_count-1`` are the segments of :class:`PanopticResult` (``id = slot + 1``), the
+    others hold class -1, query -1, score 0, area 0, box ``[0, 0, 0, 0]``."""
+
+    panoptic: Tensor  # int32 [H, W]: 0 void, k the segment in slot k - 1
+    semantic: Tensor  # int64 [H, W] semantic train ids
+    queries: PaddedQueries
+    segment_class: Tensor  # int64 [S] semantic train id
+    segment_query: Tensor  # int64 [S] query slot, -1 for stuff
+    segment_score: Tensor  # float32 [S]
+    segment_area: Tensor  # int64 [S] pixels of panoptic
+    segment_box: Tensor  # int64 [S, 4] COCO [x, y, w, h] in input pixels
+    segment_count: Tensor  # int64 0-d
 
 
 @dataclass
@@ -171,6 +209,9 @@ class Predictor:
             model's defaults (``model.cfg.inference``): ``sigma``, ``score``,
             ``pre_nms_thresh``, ``pre_nms_top_n``, ``nms_thresh``, ``global_nms_thresh``,
             ``post_nms_top_n``, ``score_threshold``, ``overlap_threshold``, ``stuff_area_limit``.
+
+    ``postprocess`` = ``to_results(postprocess_device(...))``: the device stage is ``self.stage``
+    (:class:`DevicePostprocess`, capturable with :meth:`capture_postprocess`).
     """
 
     def __init__(self, model, backend: str | None = None, precision: str = "fp32",
@@ -197,8 +238,8 @@ class Predictor:
                     f"(see rtpanoptic.ops.available_backends()); use backend=None for the fastest per op"
                 )
         self.description: DatasetDescription = model.description
-        self._thing_train_ids = torch.tensor(self.description.thing_train_ids, dtype=torch.int64)
-        self._is_thing = torch.tensor(self.description.is_thing, dtype=torch.bool)
+        self.stage = DevicePostprocess(self.model, self.options, backend)
+        self._thing_train_ids, self._is_thing = self.stage.thing_train_ids, self.stage.is_thing  # CPU copies
         self.network = NetworkRunner(self.model, precision, channels_last, compile)
 
     @property
@@ -250,92 +291,245 @@ class Predictor:
     @torch.no_grad()
     def detect(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[Detections]:
         """Per-level thresholds and top-k (:func:`~rtpanoptic.candidates.select_candidates`, candidates
-        in the padding dropped), decoding, NMS: the queries of every image."""
+        in the padding dropped), decoding, NMS: the queries of every image (the query part of the
+        device stage, :meth:`DevicePostprocess.queries`, trimmed on the host)."""
+        return [_detections(q) for q in self.stage.queries(outputs, sizes)]
+
+    @torch.no_grad()
+    def postprocess(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[PanopticResult]:
+        """Network outputs of a padded batch + the input sizes -> one result per image:
+        :meth:`to_results` of :meth:`postprocess_device`.
+
+        Nothing of size ``C x H x W`` or ``Q x H x W`` at input resolution is built: masks and
+        fusion run on the levelness grid, the semantic map comes from :func:`ops.upsample_argmax`,
+        the segment areas and boxes from the grid (:func:`segment_stats`)."""
+        return self.to_results(self.postprocess_device(outputs, sizes))
+
+    @torch.no_grad()
+    def postprocess_device(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[DeviceResult]:
+        """The device stage of :meth:`postprocess` (:class:`DevicePostprocess`): fixed shapes for
+        fixed input sizes, nothing read back to the host (with ``mask_mode="grid"``)."""
+        return self.stage(outputs, sizes)
+
+    def to_results(self, results: Sequence[DeviceResult]) -> list[PanopticResult]:
+        """The host stage of :meth:`postprocess`: device results -> :class:`PanopticResult` s on the
+        CPU.  The only place the post-processing reads values (copies to the host: on a GPU it
+        waits for the device)."""
+        return [self._result(_to_cpu(r)) for r in results]
+
+    def capture_postprocess(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> CapturedPostprocess:
+        """The device stage captured in a CUDA graph for head outputs of ``outputs``' shapes and
+        these input ``sizes`` (``outputs`` also serves for the warm-up runs).  Call the returned
+        :class:`CapturedPostprocess` with new outputs of the same shapes: one ``graph.replay()``
+        and the host stage.  CUDA and ``mask_mode="grid"`` only."""
+        return CapturedPostprocess(self, outputs, sizes)
+
+    def _result(self, r: DeviceResult) -> PanopticResult:
+        k = int(r.segment_count)
+        fields = (r.segment_class, r.segment_query, r.segment_score, r.segment_area, r.segment_box)
+        infos = []
+        for i, (c, q, score, area, box) in enumerate(zip(*(t[:k].tolist() for t in fields))):
+            infos.append({
+                "id": i + 1,
+                "category_id": self.description.categories[c].id,
+                "train_id": c,
+                "isthing": q >= 0,
+                "score": float(score),
+                "area": area,
+                "bbox": box,
+            })
+        return PanopticResult(r.panoptic, infos, r.semantic, _detections(r.queries), self.description)
+
+
+class DevicePostprocess:
+    """The device stage of :meth:`Predictor.postprocess`, on one padded batch: candidates, queries,
+    masks and fusion, the id map, segment areas and boxes, the semantic map (:class:`DeviceResult`).
+
+    For fixed input sizes every shape is fixed and nothing is read back to the host (no ``.item()``,
+    no boolean-mask indexing, no data-dependent size), so on a GPU the stage can be captured in a
+    CUDA graph (cuda and triton backends; :meth:`Predictor.capture_postprocess`) and it traces
+    under ``torch.compile(fullgraph=True)``:
+
+    * candidates: :func:`~rtpanoptic.candidates.select_candidates` with ``fixed_count`` (slots that
+      hold no candidate score :data:`~rtpanoptic.candidates.NO_CANDIDATE`, below every candidate:
+      they sort after all of them, so they suppress nothing and are decided after every candidate);
+    * queries: :func:`ops.select_queries` ``padded=True``, gathers at the kept slots (-1 read as
+      slot 0), the count of kept slots that hold candidates (a prefix of the kept ones);
+    * masks and fusion: :func:`ops.panoptic_from_dense` ``padded=True`` with that count as
+      ``num_queries``;
+    * the id map upsampled from the grid, areas and boxes from the grid (:func:`segment_stats`),
+      :func:`ops.upsample_argmax` of the semantic logits.
+
+    ``mask_mode="release"`` runs :func:`ops.panoptic_from_dense_release`, whose outputs have
+    data-dependent sizes: it reads the query count on the host and pads its segments, so that mode
+    cannot be captured.  Also used by :class:`rtpanoptic.export.PanopticProgram`.
+    """
+
+    def __init__(self, model, options: InferenceConfig, backend: str | None = None):
+        self.model = model
+        self.options = options
+        self.backend = backend
+        description = model.description
+        self.thing_train_ids = torch.tensor(description.thing_train_ids, dtype=torch.int64)  # [K], CPU
+        self.is_thing = torch.tensor(description.is_thing, dtype=torch.bool)  # [C], CPU
+        self._on_device: dict[torch.device, tuple[Tensor, Tensor]] = {}
+
+    def constants(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``(is_thing bool [C], thing_train_ids int64 [K])`` on ``device``, copied there once (a
+        copy from the host inside a CUDA graph capture is not allowed)."""
+        if device not in self._on_device:
+            self._on_device[device] = (self.is_thing.to(device), self.thing_train_ids.to(device))
+        return self._on_device[device]
+
+    def queries(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[PaddedQueries]:
+        """Candidates (padding dropped), decoding, NMS: the queries of every image, fixed-size."""
         o, be = self.options, self.backend
         boxes = [ops.decode_boxes(offsets, stride, backend=be)
                  for offsets, stride in zip(outputs.box_offsets, self.model.strides)]
         candidates = select_candidates(boxes, outputs.class_logits, outputs.centerness, self.model.strides,
-                                       o.pre_nms_thresh, o.pre_nms_top_n, image_sizes=sizes)
+                                       o.pre_nms_thresh, o.pre_nms_top_n, image_sizes=sizes, fixed_count=True)
         results = []
         for (boxes, scores, labels), size in zip(candidates, sizes):
-            boxes, keep = nms_queries(boxes, scores, labels, size, o, be)
-            results.append(Detections(boxes[keep], scores[keep], labels[keep]))
+            boxes, keep, _ = nms_queries(boxes, scores, labels, size, o, be, padded=True)
+            slot = keep.clamp(min=0)
+            kept_scores = scores[slot]
+            count = ((keep >= 0) & (kept_scores != NO_CANDIDATE)).sum()
+            results.append(PaddedQueries(boxes[slot], kept_scores, labels[slot], count))
         return results
 
-    @torch.no_grad()
-    def postprocess(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[PanopticResult]:
-        """Network outputs of a padded batch + the input sizes -> one result per image.
-
-        Nothing of size ``C x H x W`` or ``Q x H x W`` at input resolution is built: masks and
-        fusion run on the levelness grid, the semantic map comes from :func:`ops.upsample_argmax`,
-        the segment areas and boxes from the grid (:func:`segment_areas_and_boxes`)."""
-        be = self.backend
-        detections = self.detect(outputs, sizes)
-        ls, ss = self.model.levelness_stride, self.model.semantic_stride
+    def __call__(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[DeviceResult]:
+        be, m = self.backend, self.model
+        queries = self.queries(outputs, sizes)
+        ls, ss = m.levelness_stride, m.semantic_stride
         dense, _ = ops.gather_levelness(list(outputs.box_offsets), outputs.levelness, out_stride=ls, backend=be)
         sem_logits = outputs.semantic
         sem_probs = semantic_probs_on(sem_logits, dense.shape[-2:])
         semantic_size = (sem_logits.shape[2] * ss, sem_logits.shape[3] * ss)
         results = []
         for b, (h, w) in enumerate(sizes):
-            seg, map_stride = self._fuse(dense[b], sem_probs[b], detections[b], (h, w))
+            seg, map_stride = self._fuse(dense[b], sem_probs[b], queries[b], (h, w))
+            areas, boxes = segment_stats(seg.segment_map, seg.classes.shape[0], map_stride, (h, w))
             semantic = ops.upsample_argmax(sem_logits[b : b + 1], semantic_size, (h, w), backend=be)[0]
-            results.append(self._result(seg, map_stride, (h, w), semantic, detections[b]))
+            panoptic = upsample_ids(seg.segment_map, map_stride, (h, w))
+            results.append(DeviceResult(panoptic, semantic, queries[b], seg.classes, seg.queries, seg.scores,
+                                        areas, boxes, seg.count))
         return results
 
-    def _fuse(self, dense: Tensor, sem_probs: Tensor, det: Detections,
-              size: tuple[int, int]) -> tuple[ops.PanopticSegments, int]:
+    def _fuse(self, dense: Tensor, sem_probs: Tensor, q: PaddedQueries,
+              size: tuple[int, int]) -> tuple[ops.PaddedPanopticSegments, int]:
         """Masks and panoptic fusion of one image from its padded levelness grid ``dense [4, h, w]``,
-        ``sem_probs [C, h, w]`` -> the segments and the stride of their segment map (the grid's for
-        ``mask_mode="grid"``; 1 for ``"release"``, whose map is at input resolution)."""
+        ``sem_probs [C, h, w]`` -> the segments (``Qm + C`` slots) and the stride of their segment
+        map (the grid's for ``mask_mode="grid"``; 1 for ``"release"``, whose map is at input resolution)."""
         o, ls = self.options, self.model.levelness_stride
         h, w = size
         hv, wv = math.ceil(h / ls), math.ceil(w / ls)
-        is_thing = self._is_thing.to(dense.device)
-        classes = self._thing_train_ids.to(dense.device)[det.labels]
+        is_thing, thing_train_ids = self.constants(dense.device)
+        classes = thing_train_ids[q.labels]
         common = dict(sigma=o.sigma, score=o.score, score_threshold=o.score_threshold,
                       overlap_threshold=o.overlap_threshold, backend=self.backend)
         if o.mask_mode == "release":  # one grid cell of padding: the bilinear upsampling reads it
             hr, wr = min(hv + 1, dense.shape[-2]), min(wv + 1, dense.shape[-1])
-            boxes = torch.minimum(det.boxes, det.boxes.new_tensor([w - 1, h - 1, w - 1, h - 1]))
+            n = int(q.count)  # the release op takes the queries alone (and has data-dependent outputs)
             seg = ops.panoptic_from_dense_release(
-                dense[:, :hr, :wr].contiguous(), sem_probs[:, :hr, :wr].contiguous(), boxes, classes, det.scores,
-                is_thing, stride=ls, size=(h, w), stuff_area_limit=o.stuff_area_limit, **common)
-            return seg, 1
+                dense[:, :hr, :wr].contiguous(), sem_probs[:, :hr, :wr].contiguous(), q.boxes[:n], classes[:n],
+                q.scores[:n], is_thing, stride=ls, size=(h, w), stuff_area_limit=o.stuff_area_limit, **common)
+            return _padded_segments(seg, q.boxes.shape[0] + is_thing.shape[0]), 1
         seg = ops.panoptic_from_dense(
-            dense[:, :hv, :wv].contiguous(), sem_probs[:, :hv, :wv].contiguous(), det.boxes, classes, det.scores,
-            is_thing, stuff_area_limit=o.stuff_area_limit // (ls * ls), **common)
+            dense[:, :hv, :wv].contiguous(), sem_probs[:, :hv, :wv].contiguous(), q.boxes, classes, q.scores,
+            is_thing, stuff_area_limit=o.stuff_area_limit // (ls * ls), num_queries=q.count, padded=True, **common)
         return seg, ls
 
-    def _result(self, seg: ops.PanopticSegments, ls: int, size: tuple[int, int], semantic: Tensor,
-                det: Detections):
-        grid = seg.segment_map.cpu()
-        n = int(seg.classes.numel())
-        areas, bboxes = segment_areas_and_boxes(grid, n, ls, size)
-        infos = []
-        for k, (c, q, s) in enumerate(zip(seg.classes.tolist(), seg.queries.tolist(), seg.scores.tolist())):
-            infos.append({
-                "id": k + 1,
-                "category_id": self.description.categories[c].id,
-                "train_id": c,
-                "isthing": q >= 0,
-                "score": float(s),
-                "area": areas[k],
-                "bbox": bboxes[k],
-            })
-        det = Detections(det.boxes.cpu(), det.scores.cpu(), det.labels.cpu())
-        panoptic = upsample_ids(grid, ls, size)
-        return PanopticResult(panoptic, infos, semantic.cpu(), det, self.description)
+
+class CapturedPostprocess:
+    """:meth:`Predictor.postprocess` with its device stage replayed from a CUDA graph, for head
+    outputs of one set of shapes and fixed input sizes (:meth:`Predictor.capture_postprocess`).
+
+    ``captured(outputs)`` copies ``outputs`` into the graph's input buffers, replays the graph and
+    runs the host stage (:meth:`Predictor.to_results`) -> ``list[PanopticResult]``;
+    :meth:`device_results` stops before the host stage (its tensors are rewritten by the next call).
+    """
+
+    def __init__(self, predictor: Predictor, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]):
+        if predictor.options.mask_mode != "grid":
+            raise ValueError("capture_postprocess: mask_mode='release' cannot be captured in a CUDA graph "
+                             "(ops.panoptic_from_dense_release has data-dependent output sizes); use mask_mode='grid'")
+        device = outputs.levelness.device
+        if device.type != "cuda":
+            raise ValueError(f"capture_postprocess: CUDA graphs need head outputs on a CUDA device, got {device}")
+        self.predictor = predictor
+        self.sizes = [(int(h), int(w)) for h, w in sizes]
+        self.inputs = _map_tensors(outputs, lambda t: t.detach().clone())
+        with torch.no_grad():
+            self.graph, self.outputs = capture_cuda_graph(lambda: predictor.stage(self.inputs, self.sizes), device)
+
+    def device_results(self, outputs: HeadOutputs) -> list[DeviceResult]:
+        """Replay the device stage on ``outputs`` (same shapes as at capture)."""
+        for dst, src in zip(_tensors(self.inputs), _tensors(outputs)):
+            if dst.shape != src.shape:
+                raise ValueError(f"captured postprocess: expected head outputs of shape {list(dst.shape)}, "
+                                 f"got {list(src.shape)} (capture another graph for this size)")
+            dst.copy_(src)
+        self.graph.replay()
+        return self.outputs
+
+    def __call__(self, outputs: HeadOutputs) -> list[PanopticResult]:
+        return self.predictor.to_results(self.device_results(outputs))
 
 
-def nms_queries(boxes: Tensor, scores: Tensor, labels: Tensor, size: tuple[int, int], options, backend=None):
-    """Candidates of one image -> ``(boxes clipped to [0, W] x [0, H], kept indices)``: class-aware NMS,
-    then the optional class-agnostic NMS, then the ``post_nms_top_n`` best (the queries)."""
+def _tensors(outputs: HeadOutputs) -> list[Tensor]:
+    return [t for f in outputs for t in (f if isinstance(f, (list, tuple)) else [f])]
+
+
+def _map_tensors(outputs: HeadOutputs, fn) -> HeadOutputs:
+    return HeadOutputs(*[[fn(t) for t in f] if isinstance(f, (list, tuple)) else fn(f) for f in outputs])
+
+
+def _to_cpu(r: DeviceResult) -> DeviceResult:
+    return DeviceResult(*(PaddedQueries(*(t.cpu() for t in v)) if isinstance(v, PaddedQueries) else v.cpu()
+                          for v in r))
+
+
+def _detections(q: PaddedQueries) -> Detections:
+    """The queries alone (reads ``count`` on the host)."""
+    n = int(q.count)
+    return Detections(q.boxes[:n], q.scores[:n], q.labels[:n])
+
+
+def _padded_segments(seg: ops.PanopticSegments, slots: int) -> ops.PaddedPanopticSegments:
+    """Segments of data-dependent count laid out as :class:`ops.PaddedPanopticSegments` with ``slots`` slots."""
+    count = seg.classes.shape[0]
+    pad = slots - count
+    return ops.PaddedPanopticSegments(
+        seg.segment_map, F.pad(seg.classes, (0, pad), value=-1), F.pad(seg.queries, (0, pad), value=-1),
+        F.pad(seg.scores, (0, pad)), F.pad(seg.areas, (0, pad)),
+        torch.full((), count, dtype=torch.int64, device=seg.classes.device))
+
+
+def clip_boxes(boxes: Tensor, size: tuple[int, int], mask_mode: str = "grid") -> Tensor:
+    """xyxy boxes ``[N, 4]`` clipped to the image ``(H, W)``: to ``[0, W] x [0, H]``, or with
+    ``mask_mode="release"`` to ``[0, W-1] x [0, H-1]`` as the release (maskrcnn-benchmark's
+    ``clip_to_image``).  A new tensor; NaN stays NaN."""
     h, w = size
-    boxes = torch.minimum(boxes.clamp(min=0), boxes.new_tensor([w, h, w, h]))
-    keep = ops.select_queries(boxes, scores, labels, options.nms_thresh, options.global_nms_thresh,
-                              options.post_nms_top_n, backend=backend)
-    return boxes, keep
+    inset = 1 if mask_mode == "release" else 0
+    out = boxes.clamp(min=0)
+    out[:, 0::2] = out[:, 0::2].clamp(max=w - inset)
+    out[:, 1::2] = out[:, 1::2].clamp(max=h - inset)
+    return out
+
+
+def nms_queries(boxes: Tensor, scores: Tensor, labels: Tensor, size: tuple[int, int], options, backend=None,
+                padded: bool = False):
+    """Candidates of one image -> ``(boxes clipped to the image, kept indices)``: class-aware NMS,
+    then the optional class-agnostic NMS, then the ``post_nms_top_n`` best (the queries).
+
+    Boxes are clipped by :func:`clip_boxes`: to ``[0, W] x [0, H]``, and with
+    ``options.mask_mode == "release"`` to ``[0, W-1] x [0, H-1]`` (the release's NMS sees those).
+    ``padded``: ``(boxes, keep, count)`` with the fixed-size ``keep`` of :func:`ops.select_queries`
+    (-1 after the ``count`` kept indices; nothing read on the host)."""
+    boxes = clip_boxes(boxes, size, options.mask_mode)
+    selected = ops.select_queries(boxes, scores, labels, options.nms_thresh, options.global_nms_thresh,
+                                  options.post_nms_top_n, padded=padded, backend=backend)
+    return (boxes, *selected) if padded else (boxes, selected)
 
 
 def semantic_probs_on(logits: Tensor, grid) -> Tensor:
@@ -353,27 +547,35 @@ def upsample_ids(grid: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
     return grid[:, None, :, None].expand(hv, stride, wv, stride).reshape(hv * stride, wv * stride)[: size[0], : size[1]]
 
 
-def segment_areas_and_boxes(grid: Tensor, n: int, stride: int, size: tuple[int, int]
-                            ) -> tuple[list[int], list[list[int]]]:
+def segment_stats(grid: Tensor, n: int, stride: int, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """Pixel count and COCO ``[x, y, w, h]`` box of segments 1..n of ``upsample_ids(grid, stride, size)``,
-    from the grid alone (O(hw)): a cell covers ``stride x stride`` pixels, the last row and column
+    from the grid alone (O(hw)), as tensors on the grid's device: int64 ``[n]`` and ``[n, 4]`` (no
+    value is read on the host).  A cell covers ``stride x stride`` pixels, the last row and column
     of cells only what is left of ``size``.  Segments without pixels get area 0 and ``[0, 0, 0, 0]``."""
     hv, wv = grid.shape
     h, w = size
+    device = grid.device
+    i64 = dict(dtype=torch.int64, device=device)
     flat = grid.reshape(-1).long()
-    cell_h = torch.full((hv,), stride, dtype=torch.int64)
-    cell_w = torch.full((wv,), stride, dtype=torch.int64)
+    cell_h = torch.full((hv,), stride, **i64)
+    cell_w = torch.full((wv,), stride, **i64)
     cell_h[-1], cell_w[-1] = h - (hv - 1) * stride, w - (wv - 1) * stride
     cells = (cell_h[:, None] * cell_w[None, :]).reshape(-1)
-    areas = torch.zeros(n + 1, dtype=torch.int64).index_add_(0, flat, cells)[1:]
-    ys = torch.arange(hv).repeat_interleave(wv)
-    xs = torch.arange(wv).repeat(hv)
-    big = torch.full((n + 1,), max(hv, wv), dtype=torch.int64)
-    none = torch.full((n + 1,), -1, dtype=torch.int64)
+    areas = torch.zeros(n + 1, **i64).index_add_(0, flat, cells)[1:]
+    ys = torch.arange(hv, **i64)[:, None].expand(hv, wv).reshape(-1)
+    xs = torch.arange(wv, **i64)[None, :].expand(hv, wv).reshape(-1)
+    big = torch.full((n + 1,), max(hv, wv), **i64)
+    none = torch.full((n + 1,), -1, **i64)
     x0 = big.scatter_reduce(0, flat, xs, "amin")[1:] * stride
     y0 = big.scatter_reduce(0, flat, ys, "amin")[1:] * stride
     x1 = torch.clamp((none.scatter_reduce(0, flat, xs, "amax")[1:] + 1) * stride, max=w)  # exclusive
     y1 = torch.clamp((none.scatter_reduce(0, flat, ys, "amax")[1:] + 1) * stride, max=h)
     boxes = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1)
-    boxes[areas == 0] = 0
+    return areas, torch.where((areas == 0)[:, None], 0, boxes)
+
+
+def segment_areas_and_boxes(grid: Tensor, n: int, stride: int, size: tuple[int, int]
+                            ) -> tuple[list[int], list[list[int]]]:
+    """:func:`segment_stats` as Python lists (read on the host)."""
+    areas, boxes = segment_stats(grid, n, stride, size)
     return areas.tolist(), boxes.tolist()

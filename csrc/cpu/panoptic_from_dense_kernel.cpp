@@ -14,6 +14,8 @@
 //    increasing order take their still-free pixels when there are >= stuff_area_limit of them
 //    (stuff regions are disjoint, so their areas are counted in one pass).
 // NaN coordinates give NaN scores, which never pass "> sigma": such pixels join no mask.
+// Output: the fixed-size form (Q + C segment slots, padded; the count as a 0-d tensor); queries at
+// or beyond num_queries are left out before 1.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -33,7 +35,7 @@
 namespace rtpanoptic {
 namespace {
 
-using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 constexpr int64_t kWordBits = 64;
 constexpr int kChunk = 8;  // pixels per chunk (the AVX2 float width); 8 chunks per word
@@ -330,7 +332,7 @@ template <typename T>
 Result panoptic_impl(const at::Tensor& dense, const at::Tensor& sem, const at::Tensor& query,
                      const std::vector<int64_t>& qcls, const at::Tensor& qscore, const std::vector<uint8_t>& thing,
                      double sigma, Score score, double score_threshold, double overlap_threshold,
-                     int64_t stuff_area_limit) {
+                     int64_t stuff_area_limit, int64_t n_slots) {
   const int64_t h = dense.size(1), w = dense.size(2), n_p = h * w, n_q = query.size(0), n_c = sem.size(0);
   const int64_t words = (n_p + 63) / 64;
   const T* sp = sem.data_ptr<T>();
@@ -406,46 +408,53 @@ Result panoptic_impl(const at::Tensor& dense, const at::Tensor& sem, const at::T
     if (seg[p] == 0) seg[p] = stuff_id[semantic[p]];
   }
 
+  // n_slots segment slots (Q + C), the unused ones padded: class -1, query -1, score 0, area 0
   const int64_t n_s = static_cast<int64_t>(classes.size());
   auto opts = dense.options();
-  auto to_tensor = [&](const std::vector<int64_t>& v) {
-    auto t = at::empty({n_s}, opts.dtype(at::kLong));
+  auto to_tensor = [&](const std::vector<int64_t>& v, int64_t fill) {
+    auto t = at::full({n_slots}, fill, opts.dtype(at::kLong));
     std::copy(v.begin(), v.end(), t.data_ptr<int64_t>());
     return t;
   };
-  auto score_t = at::empty({n_s}, opts.dtype(at::kFloat));
+  auto score_t = at::zeros({n_slots}, opts.dtype(at::kFloat));
   std::copy(scores.begin(), scores.end(), score_t.data_ptr<float>());
-  return {segment_map, to_tensor(classes), to_tensor(queries), score_t, to_tensor(areas)};
+  return {segment_map, to_tensor(classes, -1), to_tensor(queries, -1), score_t, to_tensor(areas, 0),
+          at::scalar_tensor(n_s, opts.dtype(at::kLong))};
 }
 
 Result panoptic_from_dense_cpu(const at::Tensor& dense_boxes, const at::Tensor& sem_probs,
                                const at::Tensor& query_boxes, const at::Tensor& query_classes,
                                const at::Tensor& query_scores, const at::Tensor& is_thing, double sigma,
                                c10::string_view score_sv, double score_threshold, double overlap_threshold,
-                               int64_t stuff_area_limit) {
+                               int64_t stuff_area_limit, const c10::optional<at::Tensor>& num_queries) {
   const char* op = "panoptic_from_dense";
   const std::string score(score_sv);
   check_panoptic_from_dense_args(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
                                  c10::kCPU);
-  const int64_t n_q = query_boxes.size(0), n_c = sem_probs.size(0);
+  const int64_t n_c = sem_probs.size(0), n_slots = query_boxes.size(0) + n_c;
   for (const auto* t : {&sem_probs, &query_boxes, &query_classes, &query_scores, &is_thing}) {
     check_device(op, "every argument", *t, c10::kCPU);
   }
+  check_num_queries(op, num_queries, dense_boxes);
   check_panoptic_from_dense_scalars(op, score, overlap_threshold, stuff_area_limit);
 
-  const std::vector<int64_t> qcls = checked_indices(op, "query_classes", query_classes, n_c);
+  // queries at or beyond num_queries are absent: the op on the first n_q queries alone
+  const int64_t n_q = num_queries.has_value()
+                          ? std::clamp<int64_t>(num_queries->item<int64_t>(), 0, query_boxes.size(0))
+                          : query_boxes.size(0);
+  const std::vector<int64_t> qcls = checked_indices(op, "query_classes", query_classes.narrow(0, 0, n_q), n_c);
   auto it = is_thing.contiguous();
   std::vector<uint8_t> thing(it.data_ptr<bool>(), it.data_ptr<bool>() + n_c);
 
   const auto acc = acc_type(dense_boxes);
   auto d = dense_boxes.to(acc).contiguous();
   auto s = sem_probs.to(acc).contiguous();
-  auto q = query_boxes.to(acc).contiguous();
-  auto qs = query_scores.to(acc).contiguous();
+  auto q = query_boxes.narrow(0, 0, n_q).to(acc).contiguous();
+  auto qs = query_scores.narrow(0, 0, n_q).to(acc).contiguous();
   Result out;
   AT_DISPATCH_FLOATING_TYPES(acc, "panoptic_from_dense_cpu", [&] {
     out = panoptic_impl<scalar_t>(d, s, q, qcls, qs, thing, sigma, score == "iou" ? Score::kIoU : Score::kTri,
-                                  score_threshold, overlap_threshold, stuff_area_limit);
+                                  score_threshold, overlap_threshold, stuff_area_limit, n_slots);
   });
   return out;
 }

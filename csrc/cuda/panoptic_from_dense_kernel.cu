@@ -8,9 +8,12 @@
 //      per query the block reduces area and free area with popcounts, applies the skip rules
 //      of the reference (score < score_threshold, empty, overlap > overlap_threshold, free == 0)
 //      and paints the free bits.
-//   3. semantic argmax + per-stuff-class free-area counts (atomics), a one-thread kernel
+//   3. semantic argmax + per-stuff-class free-area counts (integer atomics), a one-thread kernel
 //      numbering the stuff segments, and a paint kernel.
-// Only the segment count is copied to the host (to size the outputs).
+// Nothing is copied to the host: the outputs have the fixed size of Q + C segment slots (the unused
+// ones padded: class -1, query -1, score 0, area 0) and the segment count stays on the device (0-d),
+// so the op can be captured in a CUDA graph.  Queries at or beyond num_queries (read on the device)
+// are absent: they get no mask bits and the fusion skips them.
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
@@ -21,11 +24,16 @@ namespace {
 
 constexpr int kFusionThreads = 1024;
 
+// The number of present queries: num_queries clamped to [0, n_q], or n_q without one.
+__device__ __forceinline__ int64_t present_queries(const int64_t* __restrict__ num_queries, int64_t n_q) {
+  return num_queries == nullptr ? n_q : min(max(*num_queries, int64_t{0}), n_q);
+}
+
 template <typename scalar_t>
 __global__ void mask_kernel(const scalar_t* __restrict__ d, const scalar_t* __restrict__ sem,
                             const scalar_t* __restrict__ qb, const int64_t* __restrict__ qcls, int64_t n_q,
-                            int64_t n_c, int64_t n_p, int64_t words, Score score, double sigma,
-                            uint32_t* __restrict__ masks) {
+                            const int64_t* __restrict__ num_queries, int64_t n_c, int64_t n_p, int64_t words,
+                            Score score, double sigma, uint32_t* __restrict__ masks) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const bool valid = p < n_p;
@@ -39,7 +47,8 @@ __global__ void mask_kernel(const scalar_t* __restrict__ d, const scalar_t* __re
   const acc_t sig = static_cast<acc_t>(sigma);  // not rounded to a float16/bfloat16 input's dtype
   const int lane = threadIdx.x % 32;
   const int64_t word = p / 32;
-  for (int64_t j = 0; j < n_q; ++j) {
+  const int64_t n_present = present_queries(num_queries, n_q);  // the absent queries' words are never read
+  for (int64_t j = 0; j < n_present; ++j) {
     bool in = false;
     const int64_t cj = qcls[j];
     if (valid && cj >= 0 && cj < n_c) {  // an out-of-range class (unchecked here) gives an empty mask
@@ -54,13 +63,16 @@ __global__ void mask_kernel(const scalar_t* __restrict__ d, const scalar_t* __re
 template <typename scalar_t>
 __global__ void fusion_kernel(const uint32_t* __restrict__ masks, const int64_t* __restrict__ order,
                               const scalar_t* __restrict__ qscore, const int64_t* __restrict__ qcls, int64_t n_q,
-                              int64_t words, double score_threshold, double overlap_threshold,
+                              const int64_t* __restrict__ num_queries, int64_t words, double score_threshold,
+                              double overlap_threshold,
                               uint32_t* __restrict__ taken, int32_t* __restrict__ seg, int64_t* __restrict__ seg_class,
                               int64_t* __restrict__ seg_query, float* __restrict__ seg_score,
                               int64_t* __restrict__ seg_area, int64_t* __restrict__ n_segments) {
   int64_t n_things = 0;  // identical in every thread
+  const int64_t n_present = present_queries(num_queries, n_q);
   for (int64_t k = 0; k < n_q; ++k) {
-    const int64_t j = order[k];
+    const int64_t j = order[k];  // all Q queries sorted; the absent ones are skipped
+    if (j >= n_present) continue;
     const double sc = static_cast<double>(static_cast<at::opmath_type<scalar_t>>(qscore[j]));
     if (sc < score_threshold) continue;
     const uint32_t* mj = masks + j * words;
@@ -143,13 +155,13 @@ __global__ void stuff_paint_kernel(const int32_t* __restrict__ semantic, const i
   if (p < n_p && seg[p] == 0) seg[p] = stuff_id[semantic[p]];
 }
 
-using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor& sem_probs,
                                 const at::Tensor& query_boxes, const at::Tensor& query_classes,
                                 const at::Tensor& query_scores, const at::Tensor& is_thing, double sigma,
                                 c10::string_view score_sv, double score_threshold, double overlap_threshold,
-                                int64_t stuff_area_limit) {
+                                int64_t stuff_area_limit, const c10::optional<at::Tensor>& num_queries) {
   const char* op = "panoptic_from_dense";
   const std::string score(score_sv);
   check_panoptic_from_dense_args(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
@@ -161,6 +173,7 @@ Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor&
   check_same_device(op, "query_classes", query_classes, dense_boxes);
   check_same_device(op, "query_scores", query_scores, dense_boxes);
   check_same_device(op, "is_thing", is_thing, dense_boxes);
+  check_num_queries(op, num_queries, dense_boxes);
   check_panoptic_from_dense_scalars(op, score, overlap_threshold, stuff_area_limit);
   // query_classes range: checked by rtpanoptic.ops.panoptic_from_dense (a device check would need a
   // sync); the kernel gives a query with an out-of-range class an empty mask instead of reading out of bounds.
@@ -175,11 +188,13 @@ Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor&
   auto opts = d.options();
   const int64_t words = (n_p + 31) / 32;
   auto seg = at::zeros({h, w}, opts.dtype(at::kInt));
-  auto seg_class = at::empty({n_q + n_c}, opts.dtype(at::kLong));
-  auto seg_query = at::empty({n_q + n_c}, opts.dtype(at::kLong));
-  auto seg_score = at::empty({n_q + n_c}, opts.dtype(at::kFloat));
-  auto seg_area = at::empty({n_q + n_c}, opts.dtype(at::kLong));
-  auto n_segments = at::zeros({1}, opts.dtype(at::kLong));
+  // Q + C segment slots, padded (the kernels overwrite slots 0 .. count-1)
+  auto seg_class = at::full({n_q + n_c}, -1, opts.dtype(at::kLong));
+  auto seg_query = at::full({n_q + n_c}, -1, opts.dtype(at::kLong));
+  auto seg_score = at::zeros({n_q + n_c}, opts.dtype(at::kFloat));
+  auto seg_area = at::zeros({n_q + n_c}, opts.dtype(at::kLong));
+  auto n_segments = at::zeros({}, opts.dtype(at::kLong));
+  const int64_t* n_present = num_queries.has_value() ? num_queries->data_ptr<int64_t>() : nullptr;
   const Score sc = score == "iou" ? Score::kIoU : Score::kTri;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "panoptic_from_dense_cuda", [&] {
     if (n_q > 0 && n_p > 0) {
@@ -187,12 +202,12 @@ Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor&
       auto taken = at::zeros({words}, opts.dtype(at::kInt));
       auto* masks_p = reinterpret_cast<uint32_t*>(masks.data_ptr<int32_t>());
       mask_kernel<scalar_t><<<cuda::blocks_for(n_p), cuda::kThreads, 0, stream>>>(
-          d.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), qc.data_ptr<int64_t>(), n_q, n_c,
-          n_p, words, sc, sigma, masks_p);
+          d.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), q.data_ptr<scalar_t>(), qc.data_ptr<int64_t>(), n_q,
+          n_present, n_c, n_p, words, sc, sigma, masks_p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       auto order = std::get<1>(qs.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();
       fusion_kernel<scalar_t><<<1, kFusionThreads, 0, stream>>>(
-          masks_p, order.data_ptr<int64_t>(), qs.data_ptr<scalar_t>(), qc.data_ptr<int64_t>(), n_q, words,
+          masks_p, order.data_ptr<int64_t>(), qs.data_ptr<scalar_t>(), qc.data_ptr<int64_t>(), n_q, n_present, words,
           score_threshold, overlap_threshold, reinterpret_cast<uint32_t*>(taken.data_ptr<int32_t>()),
           seg.data_ptr<int32_t>(), seg_class.data_ptr<int64_t>(), seg_query.data_ptr<int64_t>(),
           seg_score.data_ptr<float>(), seg_area.data_ptr<int64_t>(), n_segments.data_ptr<int64_t>());
@@ -217,9 +232,7 @@ Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor&
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  const int64_t n = n_segments.item<int64_t>();  // the one host sync: output sizes
-  return {seg, seg_class.narrow(0, 0, n).clone(), seg_query.narrow(0, 0, n).clone(),
-          seg_score.narrow(0, 0, n).clone(), seg_area.narrow(0, 0, n).clone()};
+  return {seg, seg_class, seg_query, seg_score, seg_area, n_segments};
 }
 
 }  // namespace

@@ -13,7 +13,7 @@ from .attention import iou_attention
 from .boxes import batched_nms, box_iou, nms
 from .dense import decode_boxes, gather_levelness
 from .mask_loss import mask_loss
-from .panoptic import PanopticSegments, panoptic_from_dense
+from .panoptic import PaddedPanopticSegments, PanopticSegments, panoptic_from_dense
 from .panoptic_release import panoptic_from_dense_release
 from .select import select_queries
 from .upsample import upsample_argmax
@@ -24,6 +24,7 @@ if _extension.load():
 __all__ = [
     "BACKENDS",
     "OPS",
+    "PaddedPanopticSegments",
     "PanopticSegments",
     "available_backends",
     "batched_nms",

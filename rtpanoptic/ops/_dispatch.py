@@ -43,25 +43,31 @@ def select(op: str, backend: str | None, device: torch.device) -> Callable:
         ValueError: ``backend`` is not one of :data:`BACKENDS`.
         RuntimeError: ``backend`` cannot run here (the message says why), or no backend can.
     """
+    backend = choose(op, backend, device.type)
+    if backend == "reference":
+        return getattr(reference, op)
+    namespace = registry.TRITON_NAMESPACE if backend == "triton" else registry.CPP_NAMESPACE
+    return getattr(getattr(torch.ops, namespace), op)
+
+
+# Under torch.compile, dynamo runs this once while tracing and keeps its answer as a constant: the
+# checks behind it (the extension's dispatch table, Triton's import) cannot be traced, and the
+# answer depends only on its arguments for the life of the process.
+@torch.compiler.assume_constant_result
+def choose(op: str, backend: str | None, device_type: str) -> str:
+    """The backend :func:`select` runs ``op`` with on ``device_type`` tensors (raises as it does)."""
     if backend is not None and backend not in BACKENDS:
         raise ValueError(f"{op}: backend must be one of {BACKENDS} or None, got {backend!r}")
-    device_type = device.type
     if backend is None:
         rejected = {}
         for candidate in PRIORITY.get(device_type, ("reference",)):
             reasons = registry.not_supported_reasons(op, candidate, device_type)
             if not reasons:
-                backend = candidate
-                break
+                return candidate
             rejected[candidate] = reasons
-        else:
-            listing = "; ".join(f"{b}: {', '.join(r)}" for b, r in rejected.items())
-            raise RuntimeError(f"{op}: no backend can run on {device_type} tensors ({listing})")
-    else:
-        reasons = registry.not_supported_reasons(op, backend, device_type)
-        if reasons:
-            raise RuntimeError(f"{op}: backend {backend!r} cannot run on {device_type} tensors: {'; '.join(reasons)}")
-    if backend == "reference":
-        return getattr(reference, op)
-    namespace = registry.TRITON_NAMESPACE if backend == "triton" else registry.CPP_NAMESPACE
-    return getattr(getattr(torch.ops, namespace), op)
+        listing = "; ".join(f"{b}: {', '.join(r)}" for b, r in rejected.items())
+        raise RuntimeError(f"{op}: no backend can run on {device_type} tensors ({listing})")
+    reasons = registry.not_supported_reasons(op, backend, device_type)
+    if reasons:
+        raise RuntimeError(f"{op}: backend {backend!r} cannot run on {device_type} tensors: {'; '.join(reasons)}")
+    return backend

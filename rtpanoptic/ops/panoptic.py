@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import torch
 from torch import Tensor
 
 from . import _dispatch, _validate
+from ._padded import capturing, count_on_host
 from .reference import SCORES
 
 
@@ -35,6 +36,40 @@ class PanopticSegments(NamedTuple):
         return out
 
 
+class PaddedPanopticSegments(NamedTuple):
+    """Output of :func:`panoptic_from_dense` with ``padded=True``: fixed sizes, the count on the device.
+
+    ``S = Q + C`` segment slots (the most segments there can be): slots ``0 .. count-1`` are the
+    segments of :class:`PanopticSegments`, the others hold class -1, query -1, score 0, area 0.
+    """
+
+    segment_map: Tensor  # int32 [H, W], as PanopticSegments.segment_map
+    classes: Tensor  # int64 [S]
+    queries: Tensor  # int64 [S]
+    scores: Tensor  # float32 [S]
+    areas: Tensor  # int64 [S]
+    count: Tensor  # int64 0-d: the number of segments
+
+    def trimmed(self) -> PanopticSegments:
+        """The segments alone (reads ``count`` on the host: one synchronisation on a GPU)."""
+        k = count_on_host(self.count, self.classes.shape[0])
+        return PanopticSegments(self.segment_map, self.classes[:k], self.queries[:k], self.scores[:k], self.areas[:k])
+
+
+@overload
+def panoptic_from_dense(dense_boxes: Tensor, sem_probs: Tensor, query_boxes: Tensor, query_classes: Tensor,
+                        query_scores: Tensor, is_thing: Tensor | Sequence[bool], *, sigma: float = ...,
+                        score: str = ..., score_threshold: float = ..., overlap_threshold: float = ...,
+                        stuff_area_limit: int = ..., num_queries: Tensor | None = ...,
+                        padded: Literal[False] = ..., backend: str | None = ...) -> PanopticSegments: ...
+@overload
+def panoptic_from_dense(dense_boxes: Tensor, sem_probs: Tensor, query_boxes: Tensor, query_classes: Tensor,
+                        query_scores: Tensor, is_thing: Tensor | Sequence[bool], *, sigma: float = ...,
+                        score: str = ..., score_threshold: float = ..., overlap_threshold: float = ...,
+                        stuff_area_limit: int = ..., num_queries: Tensor | None = ..., padded: Literal[True],
+                        backend: str | None = ...) -> PaddedPanopticSegments: ...
+
+
 def panoptic_from_dense(
     dense_boxes: Tensor,
     sem_probs: Tensor,
@@ -48,8 +83,10 @@ def panoptic_from_dense(
     score_threshold: float = 0.0,
     overlap_threshold: float = 0.5,
     stuff_area_limit: int = 0,
+    num_queries: Tensor | None = None,
+    padded: bool = False,
     backend: str | None = None,
-) -> PanopticSegments:
+) -> PanopticSegments | PaddedPanopticSegments:
     """Instance masks from box attention, then panoptic fusion, for one image.
 
     Mask of query j: ``score(B(x, y), B_j) * P_sem(x, y, c_j) > sigma`` (eqs. 5-7).  Fusion:
@@ -67,31 +104,56 @@ def panoptic_from_dense(
         is_thing: bool ``[C]`` (or a sequence), True for thing classes.
         sigma: mask threshold σ (0.3 in the paper; 0.4 with the "tri" score of the release).
         stuff_area_limit: minimum stuff segment area, in pixels of this grid.
+        num_queries: int64 0-d tensor on the device (e.g. ``select_queries(..., padded=True)``'s
+            count): queries ``j >= num_queries`` are absent, as if only the first ``num_queries``
+            had been passed (their boxes, classes and scores may hold anything).  None: all Q.
+        padded: return the fixed-size :class:`PaddedPanopticSegments` (``Q + C`` segment slots
+            and the count, computed on the device) instead of :class:`PanopticSegments`.
 
     Returns:
-        :class:`PanopticSegments`.  No ``[Q, H, W]`` float tensor is built by the fast backends.
+        :class:`PanopticSegments`; the default form reads the segment count on the host (one
+        synchronisation on a GPU).  With ``padded=True``, :class:`PaddedPanopticSegments`: on a
+        GPU (cuda, triton) nothing waits for the device, so the call can be captured in a CUDA
+        graph.  No ``[Q, H, W]`` float tensor is built by the fast backends.
+
+    Checks that read tensor values (``query_classes`` in ``[0, C)``, ``num_queries`` in
+    ``[0, Q]``: :class:`ValueError`) run where they cost no synchronisation: on CPU tensors,
+    and on a GPU in the default form, which synchronises anyway; not in the padded form on a GPU
+    nor while a CUDA stream is capturing.  There the kernels clamp ``num_queries`` to ``[0, Q]``
+    and give a present query with a class outside ``[0, C)`` an empty mask.
     """
+    op = "panoptic_from_dense"
+    in_capture = capturing(_validate.tensor(op, "dense_boxes", dense_boxes).device)
+    if in_capture and not padded:
+        raise RuntimeError(f"{op}: the default form reads the segment count on the host, which a CUDA graph "
+                           "capture cannot do; pass padded=True")
     query_classes, query_scores, is_thing, sigma, score_threshold, overlap_threshold, device = checked_fusion_args(
-        "panoptic_from_dense", dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
+        op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
         sigma, score, score_threshold, overlap_threshold, stuff_area_limit,
+        num_queries=num_queries, read_values=not in_capture and (not padded or dense_boxes.device.type == "cpu"),
     )
-    fn = _dispatch.select("panoptic_from_dense", backend, device)
-    return PanopticSegments(
+    if num_queries is not None:
+        num_queries = num_queries.to(torch.int64)
+    fn = _dispatch.select(op, backend, device)
+    out = PaddedPanopticSegments(
         *fn(
             dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-            sigma, score, score_threshold, overlap_threshold, stuff_area_limit,
+            sigma, score, score_threshold, overlap_threshold, stuff_area_limit, num_queries,
         )
     )
+    return out if padded else out.trimmed()
 
 
 def checked_fusion_args(
     op: str, dense_boxes: Tensor, sem_probs: Tensor, query_boxes: Tensor, query_classes: Tensor,
     query_scores: Tensor, is_thing: Tensor | Sequence[bool], sigma: float, score: str, score_threshold: float,
-    overlap_threshold: float, stuff_area_limit: int,
+    overlap_threshold: float, stuff_area_limit: int, *, num_queries: Tensor | None = None, read_values: bool = True,
 ) -> tuple:
     """Validate the arguments of :func:`panoptic_from_dense` (as ``op``) and return them canonical:
     ``(query_classes int64, query_scores in dense_boxes' dtype, is_thing on the device, sigma,
-    score_threshold, overlap_threshold, device)``."""
+    score_threshold, overlap_threshold, device)``.  ``read_values``: also check the values of
+    ``query_classes`` (of the present queries) and ``num_queries``, which reads them on the host
+    (skipped under ``torch.compile`` tracing)."""
     _validate.tensor(op, "dense_boxes", dense_boxes, shape=(4, None, None), floating=True)
     _, h, w = dense_boxes.shape
     _validate.tensor(op, "sem_probs", sem_probs, shape=(None, h, w), floating=True)
@@ -119,10 +181,20 @@ def checked_fusion_args(
     overlap_threshold = _validate.number(op, "overlap_threshold", overlap_threshold, low=0.0, high=1.0)
     if isinstance(stuff_area_limit, bool) or not isinstance(stuff_area_limit, int) or stuff_area_limit < 0:
         raise ValueError(f"{op}: stuff_area_limit must be a non-negative int, got {stuff_area_limit!r}")
+    if num_queries is not None:
+        _validate.tensor(op, "num_queries", num_queries, ndim=0, integer=True)
+        _validate.same_device(op, dense_boxes=dense_boxes, num_queries=num_queries)
     query_classes = query_classes.to(torch.int64)
-    if not torch.compiler.is_compiling() and query_classes.numel():
-        lo, hi = int(query_classes.min()), int(query_classes.max())
-        if lo < 0 or hi >= n_classes:
-            raise ValueError(f"{op}: query_classes must lie in [0, {n_classes}), got values in [{lo}, {hi}]")
+    if read_values and not torch.compiler.is_compiling():
+        present = query_classes
+        if num_queries is not None:
+            n, n_q = int(num_queries), query_classes.shape[0]
+            if not 0 <= n <= n_q:
+                raise ValueError(f"{op}: num_queries must lie in [0, {n_q}] (the number of queries), got {n}")
+            present = query_classes[:n]
+        if present.numel():
+            lo, hi = int(present.min()), int(present.max())
+            if lo < 0 or hi >= n_classes:
+                raise ValueError(f"{op}: query_classes must lie in [0, {n_classes}), got values in [{lo}, {hi}]")
     query_scores = query_scores.to(dense_boxes.dtype)
     return query_classes, query_scores, is_thing, sigma, score_threshold, overlap_threshold, device

@@ -33,6 +33,8 @@ from torch import Tensor
 SCORES = ("iou", "tri")
 # Added to the enclosing-box area of the "tri" score (the released TRI code's value).
 TRI_EPS = 1e-7
+# Values of the unused segment slots of panoptic_from_dense: class, query, score, area.
+SEGMENT_PADDING = (-1, -1, 0.0, 0)
 
 
 def _upcast(t: Tensor) -> Tensor:
@@ -202,7 +204,8 @@ def panoptic_from_dense(
     score_threshold: float,
     overlap_threshold: float,
     stuff_area_limit: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    num_queries: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Mask construction (eqs. 5, 7) and panoptic fusion, sequentially.
 
     Masks: ``M_j = score(B(x,y), B_j) * P_sem(x, y, c_j) > sigma`` (in float32 for
@@ -214,17 +217,29 @@ def panoptic_from_dense(
     pixels where ``argmax_c P_sem == c`` if there are at least ``stuff_area_limit``
     of them.  Everything else is void.
 
-    Returns ``segment_map`` int32 ``[H,W]`` (0 = void, k = k-th segment), and per
-    segment: ``segment_class`` int64 (semantic class), ``segment_query`` int64 (query
-    index, -1 for stuff), ``segment_score`` float32 (query score, 1 for stuff) and
-    ``segment_area`` int64 (pixels).  Things come first, in painting order.
+    Queries ``j >= num_queries`` (a 0-d integer tensor, clamped to ``[0, Q]``; None: Q) are
+    absent: the result is the one of the first ``num_queries`` queries alone (their boxes, classes
+    and scores are never read).
+
+    Returns the fixed-size form: ``segment_map`` int32 ``[H,W]`` (0 = void, k = k-th segment),
+    per segment slot (``S = Q + C`` of them, the most there can be) ``segment_class`` int64
+    (semantic class), ``segment_query`` int64 (query index, -1 for stuff), ``segment_score``
+    float32 (query score, 1 for stuff), ``segment_area`` int64 (pixels), and ``segment_count``
+    int64 0-d, the number of segments K.  Slots ``0 .. K-1`` hold the segments, things first
+    in painting order; slots ``K .. S-1`` hold class -1, query -1, score 0, area 0.
     """
+    slots = query_boxes.shape[0] + sem_probs.shape[0]
+    n = query_boxes.shape[0] if num_queries is None else min(max(int(num_queries), 0), query_boxes.shape[0])
+    query_boxes, query_classes, query_scores = query_boxes[:n], query_classes[:n], query_scores[:n]
     masks = None
-    if query_boxes.shape[0] > 0:
+    if n > 0:
         masks = _score_map(dense_boxes, query_boxes, score) * _upcast(sem_probs)[query_classes] > sigma
     semantic = sem_probs.argmax(dim=0)  # torch.argmax: a NaN probability counts as the maximum
-    return _fuse(masks, semantic, query_classes, query_scores, is_thing, score_threshold, overlap_threshold,
-                 stuff_area_limit)
+    segment_map, *segments = _fuse(masks, semantic, query_classes, query_scores, is_thing, score_threshold,
+                                   overlap_threshold, stuff_area_limit)
+    count = segments[0].shape[0]
+    padded = [torch.cat([t, t.new_full((slots - count,), fill)]) for t, fill in zip(segments, SEGMENT_PADDING)]
+    return (segment_map, *padded, torch.tensor(count, dtype=torch.int64, device=segment_map.device))
 
 
 def _fuse(

@@ -9,8 +9,8 @@ backend the devices and dtypes it supports.  :func:`register` walks the table on
   tests/ops/test_registry.py checks that both spell every schema the same.
 * ``rtpanoptic_triton`` (:data:`TRITON_NAMESPACE`): the Triton kernels of ``rtpanoptic.kernels``,
   defined here with ``torch.library.custom_op`` from the row's schema.  ``custom_op`` rather than
-  ``triton_op``: ``nms``, ``batched_nms`` and ``panoptic_from_dense`` have data-dependent output
-  sizes and host-side decisions that ``triton_op``'s trace-through cannot represent, and with one
+  ``triton_op``: ``nms`` and ``batched_nms`` have data-dependent output sizes, and the kernels'
+  launch wrappers make host-side decisions that ``triton_op``'s trace-through cannot represent, and with one
   mechanism every Triton op is, like its C++ twin, opaque to ``torch.compile`` with the row's fake.
 
 Backward ops are named ``_<op>_backward`` in both namespaces; one formula per op calls the
@@ -122,9 +122,19 @@ def _iou_attention_fake(dense_boxes, query_boxes, score):
 
 def _panoptic_from_dense_fake(
     dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-    sigma, score, score_threshold, overlap_threshold, stuff_area_limit,
+    sigma, score, score_threshold, overlap_threshold, stuff_area_limit, num_queries=None,
 ):
-    return _segments_fake(dense_boxes, dense_boxes.shape[1], dense_boxes.shape[2])
+    # fixed size (no data-dependent shape): segment_map [h, w], S = Q + C segment slots, the count
+    slots = query_boxes.shape[0] + sem_probs.shape[0]
+    like = dense_boxes
+    return (
+        like.new_empty(dense_boxes.shape[1:], dtype=torch.int32),
+        like.new_empty((slots,), dtype=torch.int64),
+        like.new_empty((slots,), dtype=torch.int64),
+        like.new_empty((slots,), dtype=torch.float32),
+        like.new_empty((slots,), dtype=torch.int64),
+        like.new_empty((), dtype=torch.int64),
+    )
 
 
 def _segments_fake(like, h, w):
@@ -280,12 +290,14 @@ TABLE: tuple[Op, ...] = (
        Autograd(_attention_setup, _attention_backward, "_iou_attention_backward",
                 f"(Tensor grad, Tensor dense_boxes, Tensor query_boxes, str score) -> {_GRAD_BOXES}",
                 _box_pair_grads_fake)),
-    # Mask construction (eqs. 5, 7) and panoptic fusion.
+    # Mask construction (eqs. 5, 7) and panoptic fusion.  Queries at or beyond num_queries (0-d int64;
+    # None: all) are absent.  Fixed size on every backend: Q + C segment slots padded with class -1,
+    # query -1, score 0, area 0, and the segment count (0-d int64), computed on the device.
     Op("panoptic_from_dense",
        "(Tensor dense_boxes, Tensor sem_probs, Tensor query_boxes, Tensor query_classes, Tensor query_scores, "
        "Tensor is_thing, float sigma, str score, float score_threshold, float overlap_threshold, "
-       "int stuff_area_limit) -> (Tensor segment_map, Tensor segment_class, Tensor segment_query, "
-       "Tensor segment_score, Tensor segment_area)",
+       "int stuff_area_limit, Tensor? num_queries=None) -> (Tensor segment_map, Tensor segment_class, "
+       "Tensor segment_query, Tensor segment_score, Tensor segment_area, Tensor segment_count)",
        _panoptic_from_dense_fake, _not_differentiable_autograd("panoptic_from_dense")),
     # The release's masks (x stride bilinear, >= sigma) at [height, width], then the same fusion.
     # fma: whether the device's F.interpolate rounds its multiply-adds once (panoptic_release.py).

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from . import _dispatch, _validate
+from ._padded import count_on_host
 
 
 @overload
@@ -81,7 +82,4 @@ def select_queries(
         keep, count = impl(boxes, scores, labels.to(torch.int64), thr, max(global_thr, -1.0), top_n)
     if padded:
         return keep, count
-    k = count.item()  # traced (torch.export / compile): an unbacked size, bounded by the padded length
-    torch._check(k >= 0)
-    torch._check(k <= keep.shape[0])
-    return keep[:k]
+    return keep[: count_on_host(count, keep.shape[0])]

@@ -64,9 +64,18 @@ def _case(make, op: str, seed: int = 0):
         q = 37
         return (dense, make.boxes(q, seed=seed + 3, **BOX), torch.rand(q, 24, 40, generator=g) > 0.6, torch.rand(q, generator=g),
                 torch.randint(0, 2, (q,), generator=g)), (0, 1)
-    if op == "panoptic_from_dense":
+    if op in ("panoptic_from_dense", "panoptic_from_dense_release"):
         return _scene(make, seed), ()
+    if op == "select_queries":
+        boxes, scores = make.boxes(500, seed=seed, **BOX), torch.rand(500, generator=g)
+        return (boxes, scores, torch.randint(0, 5, (500,), generator=g), 0.5, 0.9, 100), ()
+    if op == "upsample_argmax":
+        return (torch.randn(2, 8, 24, 40, generator=g), (96, 160), (90, 150)), ()
     raise KeyError(op)
+
+
+# keyword arguments of the public op beside _case's positional ones (the scene's grid is 40 x 56)
+KWARGS = {"panoptic_from_dense_release": dict(stride=4, size=(160, 224))}
 
 
 def _to(x, device):
@@ -88,7 +97,7 @@ def _run(op, backend, args, grad_at=()):
         else:
             args[i] = args[i].detach().clone().requires_grad_()
             leaves.append(args[i])
-    out = getattr(ops, op)(*args, backend=backend)
+    out = getattr(ops, op)(*args, backend=backend, **KWARGS.get(op, {}))
     outs = list(out) if isinstance(out, tuple) else [out]
     if leaves:
         first = outs[0]
@@ -104,8 +113,10 @@ def _assert_equal(a, b):
         assert torch.equal(x.cpu().isnan(), y.cpu().isnan()) and torch.equal(x.cpu().nan_to_num(), y.cpu().nan_to_num())
 
 
-ALL = ("nms", "batched_nms", "box_iou", "decode_boxes", "gather_levelness", "iou_attention", "mask_loss",
+# ops whose raw torch.ops schema takes _case's arguments as they are (torch.compile test)
+RAW = ("nms", "batched_nms", "box_iou", "decode_boxes", "gather_levelness", "iou_attention", "mask_loss",
        "panoptic_from_dense")
+ALL = (*RAW, "select_queries", "upsample_argmax", "panoptic_from_dense_release")
 
 
 # --------------------------------------------------------------- devices, streams
@@ -140,8 +151,8 @@ def test_non_default_stream(op, backend, make):
 
 
 # ------------------------------------------------------------------- CUDA graphs
-# nms, batched_nms and panoptic_from_dense size their outputs from the data (one device-to-host
-# copy): they cannot be captured.  The fixed-shape ops can, after one eager (warm-up) call that
+# nms and batched_nms size their outputs from the data (one device-to-host copy): they cannot be
+# captured; panoptic_from_dense and select_queries can in their padded form (below).  The fixed-shape ops can, after one eager (warm-up) call that
 # makes their constants, as the backends themselves (the public mask_loss checks batch_index's
 # range on the host first).
 @pytest.mark.parametrize("op,backend", _params("box_iou", "decode_boxes", "iou_attention", "mask_loss",
@@ -170,8 +181,45 @@ def test_cuda_graph_capture_and_replay(op, backend, make):
     _assert_equal(outs, list(want) if isinstance(want, tuple) else [want])
 
 
+@pytest.mark.parametrize("backend", gpu_backends("panoptic_from_dense"))
+def test_padded_panoptic_from_dense_and_select_queries_capture_and_replay(backend, make):
+    """select_queries(padded=True) into panoptic_from_dense(padded=True, num_queries=count), captured
+    in one CUDA graph and replayed on a new scene: what eager gives, padding and counts included;
+    the default (trimmed) form refuses to run inside a capture."""
+    def scene(seed):
+        dense, sem, boxes, classes, scores, is_thing = (t.cuda() for t in _scene(make, seed, q=60))
+        return [dense, sem, boxes, classes, scores], is_thing
+
+    def pipeline(dense, sem, boxes, classes, scores):
+        keep, count = ops.select_queries(boxes, scores, classes, 0.5, 0.8, 40, padded=True, backend=backend)
+        slot = keep.clamp(min=0)
+        return (keep, count, *ops.panoptic_from_dense(dense, sem, boxes[slot], classes[slot], scores[slot], is_thing,
+                                                      sigma=0.1, stuff_area_limit=3, num_queries=count, padded=True,
+                                                      backend=backend))
+
+    static, is_thing = scene(1)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        pipeline(*static)  # warm-up: compiled kernels, cached constants
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = pipeline(*static)
+    new, _ = scene(2)
+    for dst, src in zip(static, new):
+        dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    want = pipeline(*new)
+    _assert_equal(list(outs), list(want))
+    assert 0 < int(want[1]) < 40 and int(want[-1]) > 3
+    with pytest.raises(RuntimeError, match="pass padded=True"), torch.cuda.graph(torch.cuda.CUDAGraph()):
+        ops.panoptic_from_dense(*static[:2], static[2][:3], static[3][:3], static[4][:3], is_thing, backend=backend)
+
+
 # --------------------------------------------------------------- torch.compile
-@pytest.mark.parametrize("op", [o for o in ALL if "cuda" in gpu_backends(o)])
+@pytest.mark.parametrize("op", [o for o in RAW if "cuda" in gpu_backends(o)])
 def test_torch_compile_over_the_cuda_ops(op, make):
     """torch.ops.rtpanoptic.<op> on CUDA tensors under torch.compile(fullgraph=True, inductor):
     the fake kernels trace, the compiled graph calls the CUDA kernels and agrees with eager,
@@ -216,7 +264,10 @@ def test_run_twice_bitwise(op, backend, make):
         _assert_equal(first, third)
 
 
-EXACT = ("nms", "batched_nms", "box_iou", "decode_boxes", "iou_attention", "panoptic_from_dense")
+# upsample_argmax and panoptic_from_dense_release follow ATen's bilinear rounding on their device
+# (fused multiply-adds on both, in different places), so their GPU results equal ATen's CUDA kernel's
+# (tests/ops/test_upsample_argmax.py, test_panoptic_release.py), not the CPU's.
+EXACT = ("nms", "batched_nms", "box_iou", "decode_boxes", "iou_attention", "panoptic_from_dense", "select_queries")
 
 
 @pytest.mark.parametrize("op,backend", _params(*EXACT))
@@ -224,9 +275,9 @@ def test_float32_bitwise_equal_to_the_cpu(op, backend, make):
     """Promised in float32: the GPU backends equal the reference (on the CPU) and the C++ kernels
     bit for bit, forward (no fused multiply-add in the compiled kernels)."""
     args, _ = _case(make, op, seed=6)
-    got = getattr(ops, op)(*_to(args, "cuda"), backend=backend)
+    got = getattr(ops, op)(*_to(args, "cuda"), backend=backend, **KWARGS.get(op, {}))
     for cpu_backend in ops.available_backends("cpu")[op]:
-        want = getattr(ops, op)(*args, backend=cpu_backend)
+        want = getattr(ops, op)(*args, backend=cpu_backend, **KWARGS.get(op, {}))
         _assert_equal(list(got) if isinstance(got, tuple) else [got], list(want) if isinstance(want, tuple) else [want])
 
 

@@ -9,7 +9,7 @@ from rtpanoptic import ops
 from rtpanoptic.ops import registry
 
 F64 = torch.float64
-DATA_DEPENDENT = ("nms", "batched_nms", "panoptic_from_dense", "panoptic_from_dense_release")  # output sizes
+DATA_DEPENDENT = ("nms", "batched_nms", "panoptic_from_dense_release")  # output sizes
 DIFFERENTIABLE = {"decode_boxes": [0], "gather_levelness": [0], "iou_attention": [0, 1], "mask_loss": [0, 1]}
 
 
@@ -56,6 +56,15 @@ def test_opcheck(op, backend, device, make, kernels):
     if op not in DATA_DEPENDENT:
         utils += ("test_aot_dispatch_dynamic",)
     torch.library.opcheck(getattr(kernels(backend), op).default, tuple(args), test_utils=utils)
+
+
+@pytest.mark.backends("panoptic_from_dense", reference=False)
+def test_opcheck_panoptic_from_dense_with_num_queries(backend, device, make, kernels):
+    """The optional num_queries (0-d int64): fixed-size outputs either way, AOT dispatch included."""
+    args = _samples(make, "panoptic_from_dense", backend, device)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(kernels(backend).panoptic_from_dense.default, (*args, torch.tensor(3, device=device)),
+                          test_utils=utils)
 
 
 @pytest.mark.backends(ops.OPS, reference=False)

@@ -88,9 +88,14 @@ def test_sigma_controls_the_mask(backend, device):
 
 
 def _assert_identical(out, ref):
-    """The five outputs equal, bit for bit (a NaN query score where the reference has one)."""
-    for name, a, b in zip(("segment_map", "classes", "queries", "scores", "areas"), out, ref):
-        assert a.dtype == b.dtype, name
+    """The outputs equal, bit for bit (a NaN query score where the reference has one): ``ref`` is the
+    reference's fixed-size form, trimmed to its count when ``out`` is the trimmed form (5 fields)."""
+    names = ("segment_map", "classes", "queries", "scores", "areas", "count")
+    if len(out) == 5 and len(ref) == 6:
+        ref = ops.PaddedPanopticSegments(*ref).trimmed()
+    assert len(out) == len(ref)
+    for name, a, b in zip(names, out, ref):
+        assert a.dtype == b.dtype and a.shape == b.shape, name
         torch.testing.assert_close(a.cpu(), b.cpu(), rtol=0, atol=0, equal_nan=True, msg=name)
 
 
@@ -104,8 +109,9 @@ def _check(backend, device, args, **kw):
     args = [t.to(device) for t in args]
     values = (kw["sigma"], kw["score"], kw["score_threshold"], kw["overlap_threshold"], kw["stuff_area_limit"])
     out = _dispatch.select(OP, backend, torch.device(device))(*args, *values)
+    assert len(out) == 6  # the fixed-size form: Q + C padded slots and the count, compared too
     _assert_identical(out, reference.panoptic_from_dense(*args, *values))
-    return ops.PanopticSegments(*(t.cpu() for t in out))
+    return ops.PaddedPanopticSegments(*(t.cpu() for t in out)).trimmed()
 
 
 # (seed, h, w, q, c): one query; Q beyond a word of queries; 256 queries; a 40 x 56 grid of 8 classes
@@ -205,7 +211,8 @@ def test_empty_grid_reaches_the_kernel(backend, device):
     out = impl(torch.zeros(4, 0, 5, device=device), torch.zeros(2, 0, 5, device=device), q,
                torch.ones(1, dtype=torch.int64, device=device), torch.ones(1, device=device),
                torch.tensor([False, True], device=device), 0.3, "iou", 0.0, 0.5, 0)
-    assert out[0].shape == (0, 5) and out[0].dtype == torch.int32 and all(len(t) == 0 for t in out[1:])
+    assert out[0].shape == (0, 5) and out[0].dtype == torch.int32 and out[5].shape == () and out[5].item() == 0
+    assert [len(t) for t in out[1:5]] == [3, 3, 3, 3] and out[1].tolist() == [-1, -1, -1]  # Q + C slots, padded
 
 
 @pytest.mark.backends(OP)
@@ -472,3 +479,106 @@ def test_benchmark_like_scene(backend, device, make):
     # the benchmark's construction (dense boxes of random owners: no spatial coherence), smaller
     out = _check(backend, device, _word_scene(make, 7, 32, 96, 100, c=19, spread=4.0), sigma=0.05, stuff_area_limit=3)
     assert (out.queries >= 0).sum() > 5
+
+
+# ------------------------------------------------------------------ the fixed-size form
+def _padded_reference(segments, slots):
+    """A trimmed reference result laid out as the fixed-size form with ``slots`` segment slots."""
+    seg_map, *fields = segments
+    count = fields[0].shape[0]
+    padded = [torch.cat([t, t.new_full((slots - count,), fill)]) for t, fill in zip(fields, reference.SEGMENT_PADDING)]
+    return (seg_map, *padded, torch.tensor(count))
+
+
+def _absent_garbage(n, boxes, classes, scores, n_classes):
+    """Queries ``n..`` overwritten with what the padded tail of a query list may hold, and that would
+    change the result if it were read: boxes covering the grid, scores that paint first or NaN,
+    classes outside [0, C)."""
+    boxes, classes, scores = boxes.clone(), classes.clone(), scores.clone()
+    boxes[n:] = torch.tensor([-1e4, -1e4, 1e4, 1e4], dtype=boxes.dtype)
+    scores[n:] = 2.0
+    scores[n::3] = NAN
+    classes[n::2] = n_classes + 7
+    return boxes, classes, scores
+
+
+@pytest.mark.backends(OP)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("score", ["iou", "tri"])
+def test_padded_form_with_absent_queries_is_the_reference_on_the_present_ones(backend, device, seed, score, make):
+    """Random scenes, num_queries = Q, 0 < num_queries < Q and 0: the fixed-size form (Q + C slots, the
+    count on the device) holds exactly the reference's segments of the present queries, then the
+    padding; the absent queries' boxes, classes and scores are never read."""
+    dense, sem, boxes, classes, scores, is_thing = make.scene(seed)
+    q, c = boxes.shape[0], sem.shape[0]
+    kw = dict(sigma=0.2, score=score, stuff_area_limit=5)
+    for n in (q, 5 + seed, 0):
+        want = reference.panoptic_from_dense(dense, sem, boxes[:n], classes[:n], scores[:n], is_thing, 0.2, score,
+                                             0.0, 0.5, 5)
+        want = ops.PaddedPanopticSegments(*want).trimmed()
+        args = [t.to(device) for t in (dense, sem, *_absent_garbage(n, boxes, classes, scores, c), is_thing)]
+        num = torch.tensor(n, device=device)
+        out = ops.panoptic_from_dense(*args, num_queries=num, padded=True, backend=backend, **kw)
+        assert isinstance(out, ops.PaddedPanopticSegments) and out.count.device == dense.to(device).device
+        _assert_identical(out, _padded_reference(want, q + c))
+        _assert_identical(ops.panoptic_from_dense(*args, num_queries=num, backend=backend, **kw), want)
+        assert (n == 0) or (want.queries >= 0).sum() >= 2  # the scenes have things to paint
+
+
+@pytest.mark.backends(OP)
+def test_padded_without_queries_and_with_no_segment(backend, device):
+    """Q = 0: C slots, the stuff segments first; no stuff class and no present query: count 0,
+    every slot padding, the map void."""
+    dense, sem, is_thing = _scene(device=device)
+    none = (torch.zeros(0, 4, device=device), torch.zeros(0, dtype=torch.int64, device=device),
+            torch.zeros(0, device=device))
+    out = ops.panoptic_from_dense(dense, sem, *none, is_thing, padded=True, backend=backend)
+    assert out.count.item() == 1 and out.classes.tolist() == [0, -1, -1] and out.queries.tolist() == [-1] * 3
+    assert out.scores.tolist() == [1.0, 0.0, 0.0] and out.areas.tolist() == [8, 0, 0]
+    boxes = torch.tensor([BOX_A, BOX_B], device=device)
+    things = torch.ones(3, dtype=torch.bool, device=device)
+    out = ops.panoptic_from_dense(dense, sem, boxes, torch.tensor([1, 2], device=device),
+                                  torch.tensor([0.9, 0.8], device=device), things,
+                                  num_queries=torch.tensor(0, device=device), padded=True, backend=backend)
+    assert out.count.item() == 0 and out.count.dtype == torch.int64 and out.count.shape == ()
+    assert out.classes.tolist() == [-1] * 5 and out.queries.tolist() == [-1] * 5
+    assert out.scores.tolist() == [0.0] * 5 and out.areas.tolist() == [0] * 5
+    assert (out.segment_map == 0).all()
+    assert ops.panoptic_from_dense(dense, sem, boxes, torch.tensor([1, 2], device=device),
+                                   torch.tensor([0.9, 0.8], device=device), things, backend=backend).classes.numel() == 2
+
+
+@pytest.mark.backends(OP)
+def test_kernels_clamp_num_queries(backend, device, make):
+    """The kernels (called directly: no value check before them) clamp num_queries to [0, Q]."""
+    impl = _dispatch.select(OP, backend, torch.device(device))
+    dense, sem, boxes, classes, scores, is_thing = (t.to(device) for t in make.scene(3))
+    args = (dense, sem, boxes, classes, scores, is_thing, 0.2, "iou", 0.0, 0.5, 5)
+    q = boxes.shape[0]
+    for given, meant in ((-4, 0), (q + 9, q)):
+        out = impl(*args, torch.tensor(given, device=device))
+        _assert_identical(out, impl(*args, torch.tensor(meant, device=device)))
+    _assert_identical(impl(*args, torch.tensor(q, device=device)), impl(*args))
+
+
+def test_num_queries_and_class_checks(make):
+    dense, sem, boxes, classes, scores, is_thing = make.scene(0)
+    args = (dense, sem, boxes, classes, scores, is_thing)
+    q, c = boxes.shape[0], sem.shape[0]
+    with pytest.raises(TypeError, match=r"^panoptic_from_dense: num_queries must be an integer tensor, got torch.float32$"):
+        ops.panoptic_from_dense(*args, num_queries=torch.tensor(3.0))
+    with pytest.raises(ValueError, match=r"^panoptic_from_dense: num_queries must have shape 0-D, got \[1\]$"):
+        ops.panoptic_from_dense(*args, num_queries=torch.tensor([3]))
+    for n in (-1, q + 1):
+        with pytest.raises(ValueError, match=rf"^panoptic_from_dense: num_queries must lie in \[0, {q}\] \(the number "
+                                             rf"of queries\), got {n}$"):
+            ops.panoptic_from_dense(*args, num_queries=torch.tensor(n), padded=True)
+    bad = classes.clone()
+    bad[7] = c
+    with pytest.raises(ValueError, match=rf"query_classes must lie in \[0, {c}\), got values in \[2, {c}\]"):
+        ops.panoptic_from_dense(dense, sem, boxes, bad, scores, is_thing, num_queries=torch.tensor(8), padded=True)
+    out = ops.panoptic_from_dense(dense, sem, boxes, bad, scores, is_thing, num_queries=torch.tensor(7), padded=True)
+    assert out.count.item() > 0  # query 7 is absent: its class is not checked
+    num = torch.tensor(7, dtype=torch.int32)  # any integer dtype
+    _assert_identical(ops.panoptic_from_dense(*args, num_queries=num),
+                      ops.panoptic_from_dense(*args, num_queries=num.long()))

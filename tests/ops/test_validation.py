@@ -175,6 +175,14 @@ def test_cpp_panoptic_checks_use_the_python_wording(change):
         (lambda: C.panoptic_from_dense(torch.zeros(4, 2, 2), torch.zeros(3, 2, 2), torch.zeros(1, 4),
                                        torch.tensor([1]), torch.ones(1), torch.ones(2, dtype=torch.bool), 0.3, "iou",
                                        0.0, 0.5, 0), ValueError, "is_thing has 2 entries but sem_probs has 3 classes"),
+        (lambda: C.panoptic_from_dense(torch.zeros(4, 2, 2), torch.zeros(3, 2, 2), torch.zeros(1, 4),
+                                       torch.tensor([1]), torch.ones(1), torch.ones(3, dtype=torch.bool), 0.3, "iou",
+                                       0.0, 0.5, 0, torch.tensor([1])), ValueError,
+         r"^panoptic_from_dense: num_queries must have shape 0-D, got \[1\]"),
+        (lambda: C.panoptic_from_dense(torch.zeros(4, 2, 2), torch.zeros(3, 2, 2), torch.zeros(1, 4),
+                                       torch.tensor([1]), torch.ones(1), torch.ones(3, dtype=torch.bool), 0.3, "iou",
+                                       0.0, 0.5, 0, torch.tensor(1, dtype=torch.int32)), TypeError,
+         r"^panoptic_from_dense: num_queries must be an int64 tensor, got torch.int32"),
     ],
 )
 def test_cpp_argument_checks(call, exc, match):
