@@ -4,10 +4,10 @@
 :mod:`rtpanoptic.ops.registry` to its function here; ``rtpanoptic.ops`` registers them as
 ``torch.ops.rtpanoptic_triton.<op>`` (``registry.load_triton()``, on first use) and selects them
 with ``backend="triton"``.  One module per op; ``_box_score`` holds the shared IoU / TRI score
-and its gradient; ``_common`` the launch helper and its options; ``_compile_check`` compiles
-every kernel for a GPU without one.  The kernels run on CUDA tensors, or on CPU tensors under
-``TRITON_INTERPRET=1``.  They depend only on ``rtpanoptic.ops.reference`` and
-``rtpanoptic.ops.registry``.
+and its gradient; ``_grid`` the cell centres; ``_common`` the launch helper and its options;
+``_compile_check`` compiles every kernel for a GPU without one.  The kernels run on CUDA
+tensors, or on CPU tensors under ``TRITON_INTERPRET=1``.  They depend only on
+``rtpanoptic.ops.reference`` and ``rtpanoptic.ops.registry``.
 """
 from . import (
     box_iou,

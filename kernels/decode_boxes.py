@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 
 from ._common import block_size, launch
+from ._grid import cell_centre
 
 
 @triton.jit
@@ -26,9 +27,9 @@ def _decode_boxes_kernel(off_ptr, out_ptr, H, W, stride, BLOCK: tl.constexpr):
     t = tl.load(off_ptr + base + P + p, mask=m, other=0)
     r = tl.load(off_ptr + base + 2 * P + p, mask=m, other=0)
     b = tl.load(off_ptr + base + 3 * P + p, mask=m, other=0)
-    # as the reference's arange(dtype) * stride + stride // 2, rounded in the offsets' dtype
-    x = (p % W).to(l.dtype) * stride + stride // 2
-    y = (p // W).to(l.dtype) * stride + stride // 2
+    # the centre of the location, rounded in the offsets' dtype
+    x = cell_centre(p % W, stride, l.dtype)
+    y = cell_centre(p // W, stride, l.dtype)
     x1, y1, x2, y2 = decode_block(x, y, l, t, r, b)
     tl.store(out_ptr + base + p, x1, mask=m)
     tl.store(out_ptr + base + P + p, y1, mask=m)

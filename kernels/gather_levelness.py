@@ -15,6 +15,7 @@ import triton.language as tl
 
 from ._box_score import div_rn
 from ._common import TL_DTYPES, argmax_better, block_size, constant, launch, opmath
+from ._grid import cell_centre
 from .decode_boxes import decode_block
 
 
@@ -83,9 +84,9 @@ def _gather_levelness_kernel(off_ptr, meta_ptr, lev_ptr, box_ptr, fg_ptr, H, W, 
     i10 = y1 * w_in + x0
     i11 = y1 * w_in + x1
     out_dtype = background.dtype
-    # centres of the output grid, as the reference's arange(dtype) * stride + stride // 2
-    cx = xx.to(out_dtype) * out_stride + out_stride // 2
-    cy = yy.to(out_dtype) * out_stride + out_stride // 2
+    # centres of the output grid, rounded in the levelness dtype
+    cx = cell_centre(xx, out_stride, out_dtype)
+    cy = cell_centre(yy, out_stride, out_dtype)
     l = _bilinear(off_ptr + level_img, i00, i01, i10, i11, ly0, ly, lx0, lx, m, OPMATH).to(out_dtype)
     t = _bilinear(off_ptr + level_img + p_in, i00, i01, i10, i11, ly0, ly, lx0, lx, m, OPMATH).to(out_dtype)
     r = _bilinear(off_ptr + level_img + 2 * p_in, i00, i01, i10, i11, ly0, ly, lx0, lx, m, OPMATH).to(out_dtype)

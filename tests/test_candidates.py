@@ -96,4 +96,7 @@ def test_cell_centres():
     assert cell_centres(4, 8).tolist() == [4, 12, 20, 28]
     assert cell_centres(3, 5, torch.float32).tolist() == [2.0, 7.0, 12.0]
     assert cell_centres(0, 8).shape == (0,)
-    assert torch.equal(cell_centres(6, 16, torch.float32), ops.reference.locations(6, 16, torch.float32, "cpu"))
+    # the reference decodes around these centres (zero offsets give the centres themselves)
+    centres = ops.reference.decode_boxes(torch.zeros(1, 4, 3, 6), 16)[0]
+    assert torch.equal(centres[0, 0], cell_centres(6, 16, torch.float32))
+    assert torch.equal(centres[1, :, 0], cell_centres(3, 16, torch.float32))

@@ -1,11 +1,12 @@
 // Dense box decoding (eq. 8) on the CPU: (l, t, r, b) at cell centres
-// c = floor(stride/2) + i*stride -> (x - l, y - t, x + r, y + b).  The backward is a sign
+// c = floor(stride/2) + i*stride (grid.h) -> (x - l, y - t, x + r, y + b).  The backward is a sign
 // flip of the incoming gradient and is written in Python (rtpanoptic/ops/registry.py).
 // NaN/inf offsets propagate into the boxes unchanged.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "grid.h"
 #include "op_checks.h"
 
 namespace rtpanoptic {
@@ -14,15 +15,14 @@ namespace {
 template <typename T>
 void decode_impl(const T* in, T* out, int64_t batch, int64_t h, int64_t w, int64_t stride) {
   const int64_t plane = h * w;
-  const int64_t half = stride / 2;
   at::parallel_for(0, batch * h, std::max<int64_t>(1, 16384 / std::max<int64_t>(w, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / h, y = row % h;
-      const T cy = static_cast<T>(y) * static_cast<T>(stride) + static_cast<T>(half);
+      const T cy = cell_centre<T>(y, stride);
       const T* src = in + b * 4 * plane + y * w;
       T* dst = out + b * 4 * plane + y * w;
       for (int64_t x = 0; x < w; ++x) {
-        const T cx = static_cast<T>(x) * static_cast<T>(stride) + static_cast<T>(half);
+        const T cx = cell_centre<T>(x, stride);
         dst[x] = cx - src[x];
         dst[plane + x] = cy - src[plane + x];
         dst[2 * plane + x] = cx + src[2 * plane + x];

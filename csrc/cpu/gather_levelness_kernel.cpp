@@ -1,7 +1,7 @@
 // Levelness gathering (eq. 14) on the CPU, fused: for each output location the level
 // argmax(levelness[1:]) is found first and only that level's offsets are bilinearly
 // sampled (align_corners=False, as F.interpolate) and decoded around the location's
-// centre floor(out_stride/2) + i*out_stride -- the [B, L, 4, H, W] stack of resampled
+// centre floor(out_stride/2) + i*out_stride (grid.h) -- the [B, L, 4, H, W] stack of resampled
 // levels that the reference builds never exists.  argmax follows torch.argmax: first
 // maximum, a NaN logit counts as the maximum.  foreground = argmax(levelness) != 0.
 //
@@ -18,6 +18,7 @@
 
 #include "box_math.h"
 #include "checks.h"
+#include "grid.h"
 #include "op_checks.h"
 
 namespace rtpanoptic {
@@ -87,11 +88,10 @@ void forward_impl(const std::vector<at::Tensor>& offs, const at::Tensor& lv, int
   const T* lvp = lv.data_ptr<T>();
   T* bp = boxes.data_ptr<T>();
   bool* fp = fg.data_ptr<bool>();
-  const int64_t half = out_stride / 2;
   at::parallel_for(0, batch * h, std::max<int64_t>(1, 4096 / std::max<int64_t>(w, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / h, y = row % h;
-      const T cy = static_cast<T>(y) * static_cast<T>(out_stride) + static_cast<T>(half);
+      const T cy = cell_centre<T>(y, out_stride);
       for (int64_t x = 0; x < w; ++x) {
         const int64_t p = y * w + x;
         int64_t level;
@@ -109,7 +109,7 @@ void forward_impl(const std::vector<at::Tensor>& offs, const at::Tensor& lv, int
           const T* s = src + c * hi * wi;
           v[c] = bilinear(s[y0 * wi + x0], s[y0 * wi + x1], s[y1 * wi + x0], s[y1 * wi + x1], wy0, wy1, wx0, wx1);
         }
-        const T cx = static_cast<T>(x) * static_cast<T>(out_stride) + static_cast<T>(half);
+        const T cx = cell_centre<T>(x, out_stride);
         T* dst = bp + b * 4 * plane + p;
         dst[0] = cx - v[0];
         dst[plane] = cy - v[1];

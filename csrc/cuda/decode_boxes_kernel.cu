@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
+#include "grid.h"
 #include "op_checks.h"
 
 namespace rtpanoptic {
@@ -16,8 +17,8 @@ __global__ void decode_kernel(const scalar_t* __restrict__ in, scalar_t* __restr
   const int64_t plane = h * w;
   if (t >= batch * plane) return;
   const int64_t b = t / plane, p = t % plane, y = p / w, x = p % w;
-  const acc_t cx = static_cast<acc_t>(x * stride + stride / 2);
-  const acc_t cy = static_cast<acc_t>(y * stride + stride / 2);
+  const acc_t cx = static_cast<acc_t>(cell_centre<int64_t>(x, stride));
+  const acc_t cy = static_cast<acc_t>(cell_centre<int64_t>(y, stride));
   const scalar_t* src = in + b * 4 * plane + p;
   scalar_t* dst = out + b * 4 * plane + p;
   dst[0] = static_cast<scalar_t>(cx - static_cast<acc_t>(src[0]));

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cuda_common.cuh"
+#include "grid.h"
 #include "op_checks.h"
 
 namespace rtpanoptic {
@@ -88,8 +89,8 @@ __global__ void gather_forward_kernel(Levels<scalar_t, const scalar_t*> levels, 
     v[c] = bilinear<acc_t>(s[k.y0 * wi + k.x0], s[k.y0 * wi + k.x1], s[k.y1 * wi + k.x0], s[k.y1 * wi + k.x1], k.wy0,
                            k.wy1, k.wx0, k.wx1);
   }
-  const acc_t cx = static_cast<acc_t>(k.x * out_stride + out_stride / 2);
-  const acc_t cy = static_cast<acc_t>(k.y * out_stride + out_stride / 2);
+  const acc_t cx = static_cast<acc_t>(cell_centre<int64_t>(k.x, out_stride));
+  const acc_t cy = static_cast<acc_t>(cell_centre<int64_t>(k.y, out_stride));
   scalar_t* dst = boxes + k.b * 4 * plane + k.p;
   dst[0] = static_cast<scalar_t>(cx - v[0]);
   dst[plane] = static_cast<scalar_t>(cy - v[1]);

@@ -1,11 +1,10 @@
 """Cell centres of a strided grid (paper §4.1): the one definition of where a location sits.
 
 Location ``i`` of a stride-``s`` map (an FPN level, the levelness or semantic grid) sits at image
-coordinate ``i * s + s // 2`` (``floor(s/2) + i*s``).  The device kernels compute the same
-formula inline (``csrc/cpu/decode_boxes_kernel.cpp``, ``csrc/cpu/gather_levelness_kernel.cpp``,
-``csrc/cuda/decode_boxes_kernel.cu``, ``csrc/cuda/gather_levelness_kernel.cu``,
-``kernels/decode_boxes.py``, ``kernels/gather_levelness.py``) and the executable specification
-keeps its own copy (:func:`rtpanoptic.ops.reference.locations`) so that it reads alone.
+coordinate ``i * s + s // 2`` (``floor(s/2) + i*s``).  The reference (``reference.decode_boxes``,
+hence ``gather_levelness``), the targets and the candidates take it from here; the kernels from
+its twins: ``cell_centre`` of ``csrc/grid.h`` (the CPU and CUDA ``decode_boxes`` and
+``gather_levelness`` kernels) and of ``kernels/_grid.py`` (the Triton ones).
 """
 from __future__ import annotations
 

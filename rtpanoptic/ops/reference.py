@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .grid import cell_centres
+
 # Score functions usable by the attention / mask-construction ops.
 SCORES = ("iou", "tri")
 # Added to the enclosing-box area of the "tri" score (the released TRI code's value).
@@ -119,16 +121,12 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
 
 
 # ------------------------------------------------------------------ dense boxes
-def locations(size: int, stride: int, dtype: torch.dtype, device) -> Tensor:
-    """Image coordinate of cell centres along one axis: ``floor(stride/2) + i*stride`` (§4.1)."""
-    return torch.arange(size, dtype=dtype, device=device) * stride + stride // 2
-
-
 def decode_boxes(offsets: Tensor, stride: int) -> Tensor:
-    """(l,t,r,b) offsets ``[B,4,h,w]`` at cell centres -> xyxy boxes ``[B,4,h,w]`` (eq. 8)."""
+    """(l,t,r,b) offsets ``[B,4,h,w]`` at cell centres -> xyxy boxes ``[B,4,h,w]`` (eq. 8), the
+    centres :func:`~rtpanoptic.ops.grid.cell_centres` in the offsets' dtype."""
     _, _, h, w = offsets.shape
-    xs = locations(w, stride, offsets.dtype, offsets.device).view(1, w)
-    ys = locations(h, stride, offsets.dtype, offsets.device).view(h, 1)
+    xs = cell_centres(w, stride, offsets.dtype, offsets.device).view(1, w)
+    ys = cell_centres(h, stride, offsets.dtype, offsets.device).view(h, 1)
     l, t, r, b = offsets.unbind(1)
     return torch.stack([xs - l, ys - t, xs + r, ys + b], dim=1)
 
