@@ -23,14 +23,14 @@ from ._common import TL_DTYPES, block_size, launch, opmath
 
 
 @triton.jit
-def _image_block(dense_ptr, start_ptr, P, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    """This program's BLOCK pixels p (mask m) of image program_id(1), their dense boxes, and the
-    image's range [first, last) in the query order."""
+def _image_block(dense, start, P, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's BLOCK pixels p (mask m) of image program_id(1), their boxes in the dense map
+    ``dense``, and the image's range [first, last) in the query order (``start``)."""
     img = tl.program_id(1)
     p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = p < P
-    dx1, dy1, dx2, dy2 = load_dense(dense_ptr + img.to(tl.int64) * 4 * P, P, p, m, ACC)
-    return p, m, dx1, dy1, dx2, dy2, tl.load(start_ptr + img), tl.load(start_ptr + img + 1)
+    dx1, dy1, dx2, dy2 = load_dense(dense + img.to(tl.int64) * 4 * P, P, p, m, ACC)
+    return p, m, dx1, dy1, dx2, dy2, tl.load(start + img), tl.load(start + img + 1)
 
 
 @triton.jit
