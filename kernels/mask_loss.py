@@ -23,16 +23,22 @@ from ._common import TL_DTYPES, block_size, launch, opmath
 
 
 @triton.jit
+def _image_block(dense, start, P, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's BLOCK pixels p (mask m) of image program_id(1), their boxes in the dense map
+    ``dense``, and the image's range [first, last) in the query order (``start``)."""
+    img = tl.program_id(1)
+    p = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = p < P
+    dx1, dy1, dx2, dy2 = load_dense(dense + img.to(tl.int64) * 4 * P, P, p, m, ACC)
+    return p, m, dx1, dy1, dx2, dy2, tl.load(start + img), tl.load(start + img + 1)
+
+
+@triton.jit
 def _mask_loss_fwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, err_ptr, count_ptr, Q, P,
                    ACC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    img = tl.program_id(1)
     n_prog = tl.num_programs(0)
-    p = pid * BLOCK + tl.arange(0, BLOCK)
-    m = p < P
-    dx1, dy1, dx2, dy2 = load_dense(dense_ptr + img.to(tl.int64) * 4 * P, P, p, m, ACC)
-    first = tl.load(start_ptr + img)
-    last = tl.load(start_ptr + img + 1)
+    p, m, dx1, dy1, dx2, dy2, first, last = _image_block(dense_ptr, start_ptr, P, ACC, BLOCK)
     for k in range(first, last):
         j = tl.load(order_ptr + k).to(tl.int64)
         qx1, qy1, qx2, qy2 = load_box(query_ptr, j, ACC)
@@ -48,17 +54,12 @@ def _mask_loss_fwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, err_ptr
 def _mask_loss_bwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, count_ptr, weight_ptr, gdense_ptr,
                    gquery_ptr, Q, P, ACC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
-    img = tl.program_id(1)
     n_prog = tl.num_programs(0)
-    p = pid * BLOCK + tl.arange(0, BLOCK)
-    m = p < P
-    dx1, dy1, dx2, dy2 = load_dense(dense_ptr + img.to(tl.int64) * 4 * P, P, p, m, ACC)
+    p, m, dx1, dy1, dx2, dy2, first, last = _image_block(dense_ptr, start_ptr, P, ACC, BLOCK)
     acc1 = tl.zeros([BLOCK], dtype=ACC)
     acc2 = tl.zeros([BLOCK], dtype=ACC)
     acc3 = tl.zeros([BLOCK], dtype=ACC)
     acc4 = tl.zeros([BLOCK], dtype=ACC)
-    first = tl.load(start_ptr + img)
-    last = tl.load(start_ptr + img + 1)
     for k in range(first, last):
         j = tl.load(order_ptr + k).to(tl.int64)
         if tl.load(count_ptr + j) > 0:  # N_j = 0: no part in the loss, no gradient
@@ -78,7 +79,7 @@ def _mask_loss_bwd(dense_ptr, query_ptr, mask_ptr, order_ptr, start_ptr, count_p
             tl.store(base + 1, tl.sum(tl.where(m, gqy1, 0.0), axis=0))
             tl.store(base + 2, tl.sum(tl.where(m, gqx2, 0.0), axis=0))
             tl.store(base + 3, tl.sum(tl.where(m, gqy2, 0.0), axis=0))
-    out = gdense_ptr + img.to(tl.int64) * 4 * P
+    out = gdense_ptr + tl.program_id(1).to(tl.int64) * 4 * P
     plane = tl.cast(P, tl.int64)
     tl.store(out + p, acc1, mask=m)
     tl.store(out + plane + p, acc2, mask=m)

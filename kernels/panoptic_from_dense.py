@@ -187,6 +187,23 @@ def _stuff_kernel(seg_ptr, lut_ptr, P, BLOCK: tl.constexpr):
     tl.store(seg_ptr + p, tl.where(stuff, ids, seg), mask=m)
 
 
+def number_stuff(seg, hist, is_thing, stuff_area_limit, things):
+    """The stuff segments, after ``things`` thing segments: the stuff classes whose free area (the
+    per-program histograms ``hist``) is > 0 and >= ``stuff_area_limit``, numbered in increasing
+    class; the marked stuff pixels (``-(class + 1)``) of ``seg`` take their class's segment id (0,
+    void, where the class was not kept).  Returns ``(stuff_area, keep_stuff, stuff_rank)``, the
+    rank 1-based among the kept classes."""
+    stuff_area = hist.sum(0, dtype=torch.int64)[: is_thing.shape[0]]
+    keep_stuff = (~is_thing) & (stuff_area > 0) & (stuff_area >= stuff_area_limit)
+    stuff_rank = keep_stuff.cumsum(0)
+    n = seg.numel()
+    if n:
+        lut = torch.where(keep_stuff, things + stuff_rank, 0).to(torch.int32)
+        block = 1024 if not large_blocks() else max(16, min(triton.next_power_of_2(n), 65536))
+        launch(_stuff_kernel, (triton.cdiv(n, block),), seg, lut, n, BLOCK=block)
+    return stuff_area, keep_stuff, stuff_rank
+
+
 def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
                         sigma, score, score_threshold, overlap_threshold, stuff_area_limit, num_queries=None):
     device = dense_boxes.device
@@ -236,14 +253,8 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
     if p:
         launch(_paint_kernel, (n_prog,), masks, accepted, n_things, sem, is_thing.to(torch.int8), seg, hist,
                n_classes, p, n_words, WB=wb, CB=cb)
-    stuff_area = hist.sum(0, dtype=torch.int64)[:n_classes]
-    keep_stuff = (~is_thing) & (stuff_area > 0) & (stuff_area >= stuff_area_limit)
-    stuff_rank = keep_stuff.cumsum(0)  # 1-based among the kept stuff classes, in increasing class
     things = n_things.to(torch.int64)
-    if p:  # marked stuff pixels take their class's id (0: void, where the class was not kept)
-        lut = torch.where(keep_stuff, things + stuff_rank, 0).to(torch.int32)
-        block = 1024 if not large_blocks() else max(16, min(triton.next_power_of_2(p), 65536))
-        launch(_stuff_kernel, (triton.cdiv(p, block),), seg, lut, p, BLOCK=block)
+    stuff_area, keep_stuff, stuff_rank = number_stuff(seg, hist, is_thing, stuff_area_limit, things)
 
     # Slots: things 0 .. K-1 in painting order, kept stuff classes next, then padding.  Each entry
     # goes to its own slot (unused entries to distinct slots past the end, cut off): no collisions.

@@ -31,7 +31,7 @@ rank.  Passes:
 5. ``_semantic_kernel`` (the grid's semantic argmax: first maximum, NaN wins, as torch.argmax),
    ``_paint_kernel`` (the first accepted mask covering a pixel gives its segment; free pixels whose
    grid cell's class is stuff are marked, with per-program class histograms) and
-   ``panoptic_from_dense``'s ``_stuff_kernel`` (stuff segment ids).
+   ``panoptic_from_dense``'s ``number_stuff`` (stuff segment ids, ``_stuff_kernel``).
 
 float64 inputs are not taken (the interpreter could not round a float64 fused multiply-add once):
 use the cuda, cpp or reference backend.
@@ -47,7 +47,7 @@ from rtpanoptic.ops.registry import SCORE_IDS, triton_interpreting
 
 from ._box_score import box_score, load_box, load_dense
 from ._common import argmax_better, large_blocks, launch, scalars
-from .panoptic_from_dense import _popcount, _stuff_kernel
+from .panoptic_from_dense import _popcount, number_stuff
 
 # Devices whose F.interpolate copies its input at stride 1 (ATen's CUDA kernel, when the sizes are
 # equal; its CPU kernel interpolates with both taps on the pixel itself).
@@ -216,6 +216,15 @@ def _bits_kernel(soft_ptr, margin_ptr, rect_ptr, params_ptr, bits_ptr, Q, h, w, 
 
 
 @triton.jit
+def _rect_words(mask_row, taken_ptr, i, cells, ya, wa, nw, row_words):
+    """Words ``i`` of a rectangle of ``nw`` words a row from row ``ya``, word ``wa`` (row by row, the
+    first ``cells``): their address, whether they exist, the mask's words and the taken ones."""
+    m = i < cells
+    at = (ya + i // nw).to(tl.int64) * row_words + wa + i % nw
+    return at, m, tl.load(mask_row + at, mask=m, other=0), tl.load(taken_ptr + at, mask=m, other=0)
+
+
+@triton.jit
 def _scan_kernel(bits_ptr, rect_ptr, eligible_ptr, thr_ptr, taken_ptr, accepted_ptr, free_ptr, Q, row_words, n_words,
                  WB: tl.constexpr):
     overlap_threshold = tl.load(thr_ptr)
@@ -231,11 +240,7 @@ def _scan_kernel(bits_ptr, rect_ptr, eligible_ptr, thr_ptr, taken_ptr, accepted_
             area = tl.zeros([WB], dtype=tl.int64)
             overlap = tl.zeros([WB], dtype=tl.int64)
             for i0 in range(0, cells, WB):
-                i = i0 + offs
-                m = i < cells
-                at = (ya + i // nw).to(tl.int64) * row_words + wa + i % nw
-                words = tl.load(mask_row + at, mask=m, other=0)
-                taken = tl.load(taken_ptr + at, mask=m, other=0)
+                _, _, words, taken = _rect_words(mask_row, taken_ptr, i0 + offs, cells, ya, wa, nw, row_words)
                 area += _popcount(words)
                 overlap += _popcount(words & taken)
             n_area = tl.sum(area, axis=0)
@@ -244,11 +249,7 @@ def _scan_kernel(bits_ptr, rect_ptr, eligible_ptr, thr_ptr, taken_ptr, accepted_
             ratio = n_overlap.to(tl.float64) / tl.maximum(n_area, 1).to(tl.float64)
             if (n_area > 0) & (free > 0) & (ratio <= overlap_threshold):
                 for i0 in range(0, cells, WB):
-                    i = i0 + offs
-                    m = i < cells
-                    at = (ya + i // nw).to(tl.int64) * row_words + wa + i % nw
-                    words = tl.load(mask_row + at, mask=m, other=0)
-                    taken = tl.load(taken_ptr + at, mask=m, other=0)
+                    at, m, words, taken = _rect_words(mask_row, taken_ptr, i0 + offs, cells, ya, wa, nw, row_words)
                     tl.store(taken_ptr + at, taken | words, mask=m)
                 tl.store(accepted_ptr + t, 1)
                 tl.store(free_ptr + t, free)
@@ -369,16 +370,8 @@ def panoptic_from_dense_release(dense_boxes, sem_probs, query_boxes, query_class
         launch(_semantic_kernel, (triton.cdiv(p, block),), sem, semantic, n_classes, p, BLOCK=block)
         launch(_paint_kernel, (n_paint,), bits, accepted.to(torch.int32), semantic, is_thing.to(torch.int8), seg, hist,
                k, w, stride, height, width, row_words, WB=wb, CB=cb)
-    stuff_area = hist.sum(0, dtype=torch.int64)[:n_classes]
-    keep_stuff = (~is_thing) & (stuff_area > 0) & (stuff_area >= stuff_area_limit)
+    stuff_area, keep_stuff, _ = number_stuff(seg, hist, is_thing, stuff_area_limit, k)
     stuff_classes = torch.nonzero(keep_stuff).flatten()
-    if n_out and stuff_classes.numel():
-        lut = torch.zeros(n_classes, **i32)
-        lut[stuff_classes] = torch.arange(k + 1, k + 1 + stuff_classes.numel(), **i32)
-        block = 1024 if not large_blocks() else max(16, min(triton.next_power_of_2(n_out), 65536))
-        launch(_stuff_kernel, (triton.cdiv(n_out, block),), seg, lut, n_out, BLOCK=block)
-    elif n_out:
-        seg.clamp_(min=0)
 
     thing_queries = order[accepted]
     n_stuff = stuff_classes.numel()

@@ -14,13 +14,11 @@ import torch
 import torch.distributed as dist
 
 
-@dataclass(frozen=True)
-class DistInfo:
+class Ranked:
+    """A process that is rank ``rank`` of ``world_size`` (1: no process group)."""
+
     rank: int
     world_size: int
-    local_rank: int
-    device: torch.device
-    initialized_here: bool  # we created the process group (and destroy it at the end)
 
     @property
     def is_main(self) -> bool:
@@ -29,6 +27,15 @@ class DistInfo:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+
+@dataclass(frozen=True)
+class DistInfo(Ranked):
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    initialized_here: bool  # we created the process group (and destroy it at the end)
 
 
 def _env_int(name: str, default: int) -> int:

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from ..engine.distributed import _env_int
+from ..engine.distributed import Ranked, _env_int
 from ..usage import UsageError
 
 T = TypeVar("T")
@@ -40,7 +40,7 @@ class ShardError(UsageError):
 
 
 @dataclass
-class Shard:
+class Shard(Ranked):
     """This process's part of an evaluation: rank ``rank`` of ``world_size`` (1: no process group)."""
 
     rank: int = 0
@@ -53,14 +53,6 @@ class Shard:
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size(), _timeout_s)
         return cls()
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
 
     def indices(self, n: int) -> range:
         """This rank's dataset indices among the first ``n``: ``rank, rank + N, ...``."""

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from . import _dispatch, _validate
-from .reference import SCORES
+from . import _dispatch, registry
 
 
 def iou_attention(
@@ -21,13 +20,8 @@ def iou_attention(
     Returns:
         ``[Q, H, W]`` scores, differentiable w.r.t. both box inputs.
     """
-    op = "iou_attention"
-    _validate.tensor(op, "dense_boxes", dense_boxes, shape=(4, None, None), floating=True)
-    _validate.boxes(op, "query_boxes", query_boxes)
-    _validate.same_dtype(op, dense_boxes=dense_boxes, query_boxes=query_boxes)
-    device = _validate.same_device(op, dense_boxes=dense_boxes, query_boxes=query_boxes)
-    _validate.choice(op, "score", score, SCORES)
+    args = registry.validate("iou_attention", dense_boxes, query_boxes, score)
     _, h, w = dense_boxes.shape
     if query_boxes.shape[0] == 0 or h * w == 0:
         return dense_boxes.new_zeros((query_boxes.shape[0], h, w))
-    return _dispatch.select(op, backend, device)(dense_boxes, query_boxes, score)
+    return _dispatch.select("iou_attention", backend, dense_boxes.device)(*args)

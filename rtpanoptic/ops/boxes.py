@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import _dispatch, _validate
+from . import _dispatch, registry
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, backend: str | None = None) -> Tensor:
@@ -22,16 +22,10 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float, *, backend: str | N
         scores keep their input order.  NaN coordinates give NaN IoUs, which never
         exceed the threshold: such a box is kept (if its score allows) and suppresses nothing.
     """
-    op = "nms"
-    _validate.boxes(op, "boxes", boxes)
-    _validate.tensor(op, "scores", scores, ndim=1, floating=True)
-    _validate.same_length(op, boxes=boxes, scores=scores)
-    _validate.same_dtype(op, boxes=boxes, scores=scores)
-    device = _validate.same_device(op, boxes=boxes, scores=scores)
-    thr = _validate.number(op, "iou_threshold", iou_threshold)
+    args = registry.validate("nms", boxes, scores, iou_threshold)
     if boxes.shape[0] == 0:
-        return torch.empty(0, dtype=torch.int64, device=device)
-    return _dispatch.select(op, backend, device)(boxes, scores, thr)
+        return torch.empty(0, dtype=torch.int64, device=boxes.device)
+    return _dispatch.select("nms", backend, boxes.device)(*args)
 
 
 def batched_nms(
@@ -45,19 +39,10 @@ def batched_nms(
     Empty ``boxes`` (any shape) give an empty result without looking at the other arguments,
     as torchvision's (``batched_nms(empty, None, None, None)``).
     """
-    op = "batched_nms"
     if isinstance(boxes, Tensor) and boxes.numel() == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
-    _validate.boxes(op, "boxes", boxes)
-    _validate.tensor(op, "scores", scores, ndim=1, floating=True)
-    _validate.tensor(op, "idxs", idxs, ndim=1, integer=True)
-    _validate.same_length(op, boxes=boxes, scores=scores, idxs=idxs)
-    _validate.same_dtype(op, boxes=boxes, scores=scores)
-    device = _validate.same_device(op, boxes=boxes, scores=scores, idxs=idxs)
-    thr = _validate.number(op, "iou_threshold", iou_threshold)
-    if boxes.shape[0] == 0:
-        return torch.empty(0, dtype=torch.int64, device=device)
-    return _dispatch.select(op, backend, device)(boxes, scores, idxs, thr)
+    args = registry.validate("batched_nms", boxes, scores, idxs, iou_threshold)
+    return _dispatch.select("batched_nms", backend, boxes.device)(*args)
 
 
 def box_iou(boxes1: Tensor, boxes2: Tensor, *, backend: str | None = None) -> Tensor:
@@ -68,13 +53,9 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, *, backend: str | None = None) -> Te
     torchvision's result while the areas stay below 2^24 pixels).
     Differentiable only through the reference: with ``backend=None`` and an input that
     requires grad, the reference is used (the cpp/cuda kernels raise on backward)."""
-    op = "box_iou"
-    boxes1 = _validate.boxes(op, "boxes1", boxes1, integer=True)
-    boxes2 = _validate.boxes(op, "boxes2", boxes2, integer=True)
-    _validate.same_dtype(op, boxes1=boxes1, boxes2=boxes2)
-    device = _validate.same_device(op, boxes1=boxes1, boxes2=boxes2)
+    boxes1, boxes2 = registry.validate("box_iou", boxes1, boxes2)
     if boxes1.shape[0] == 0 or boxes2.shape[0] == 0:
         return boxes1.new_zeros((boxes1.shape[0], boxes2.shape[0]))
     if backend is None and torch.is_grad_enabled() and (boxes1.requires_grad or boxes2.requires_grad):
         backend = "reference"
-    return _dispatch.select(op, backend, device)(boxes1, boxes2)
+    return _dispatch.select("box_iou", backend, boxes1.device)(boxes1, boxes2)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import _dispatch, _validate
+from . import _dispatch, registry
 
 
 def decode_boxes(offsets: Tensor, stride: int, *, backend: str | None = None) -> Tensor:
@@ -20,12 +20,10 @@ def decode_boxes(offsets: Tensor, stride: int, *, backend: str | None = None) ->
     Returns:
         ``[B, 4, h, w]`` boxes ``(x - l, y - t, x + r, y + b)``; differentiable.
     """
-    op = "decode_boxes"
-    _validate.tensor(op, "offsets", offsets, shape=(None, 4, None, None), floating=True)
-    stride = _validate.positive_int(op, "stride", stride)
+    offsets, stride = registry.validate("decode_boxes", offsets, stride)
     if offsets.numel() == 0:
         return offsets.new_empty(offsets.shape)
-    return _dispatch.select(op, backend, offsets.device)(offsets, stride)
+    return _dispatch.select("decode_boxes", backend, offsets.device)(offsets, stride)
 
 
 def gather_levelness(
@@ -47,29 +45,10 @@ def gather_levelness(
         ``argmax(levelness) != 0``.  Boxes are given everywhere (background too) and
         are differentiable w.r.t. ``offsets``.
     """
-    op = "gather_levelness"
-    _validate.tensor(op, "levelness", levelness, ndim=4, floating=True)
-    if isinstance(offsets, Tensor) or not isinstance(offsets, (list, tuple)):
-        raise TypeError(f"{op}: offsets must be a list of L tensors [B, 4, h_i, w_i], got {type(offsets).__name__}")
-    offsets = list(offsets)
-    n_levels = levelness.shape[1] - 1
-    if len(offsets) != n_levels or n_levels < 1:
-        raise ValueError(
-            f"{op}: levelness has {levelness.shape[1]} channels, so it needs {n_levels} levels of offsets "
-            f"(channel 0 is background), got {len(offsets)}"
-        )
-    batch = levelness.shape[0]
-    for i, o in enumerate(offsets):
-        _validate.tensor(op, f"offsets[{i}]", o, shape=(batch, 4, None, None), floating=True)
-        if o.dtype != levelness.dtype:
-            raise TypeError(f"{op}: offsets[{i}] is {o.dtype} but levelness is {levelness.dtype}")
-        if min(o.shape[2:]) == 0 and levelness[0, 0].numel() > 0:
-            raise ValueError(f"{op}: offsets[{i}] is empty ({list(o.shape)}) but the levelness grid is not")
-    _validate.same_device(op, levelness=levelness, **{f"offsets[{i}]": o for i, o in enumerate(offsets)})
-    out_stride = _validate.positive_int(op, "out_stride", out_stride)
-    _, _, h, w = levelness.shape
+    args = registry.validate("gather_levelness", offsets, levelness, out_stride)
+    batch, _, h, w = levelness.shape
     if batch == 0 or h == 0 or w == 0:
         return levelness.new_empty((batch, 4, h, w)), torch.zeros(
             (batch, h, w), dtype=torch.bool, device=levelness.device
         )
-    return tuple(_dispatch.select(op, backend, levelness.device)(offsets, levelness, out_stride))
+    return tuple(_dispatch.select("gather_levelness", backend, levelness.device)(*args))

@@ -4,12 +4,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, NamedTuple, overload
 
-import torch
 from torch import Tensor
 
-from . import _dispatch, _validate
-from ._padded import capturing, count_on_host
-from .reference import SCORES
+from . import _dispatch, registry
+from ._padded import count_on_host
 
 
 class PanopticSegments(NamedTuple):
@@ -122,79 +120,10 @@ def panoptic_from_dense(
     nor while a CUDA stream is capturing.  There the kernels clamp ``num_queries`` to ``[0, Q]``
     and give a present query with a class outside ``[0, C)`` an empty mask.
     """
-    op = "panoptic_from_dense"
-    in_capture = capturing(_validate.tensor(op, "dense_boxes", dense_boxes).device)
-    if in_capture and not padded:
-        raise RuntimeError(f"{op}: the default form reads the segment count on the host, which a CUDA graph "
-                           "capture cannot do; pass padded=True")
-    query_classes, query_scores, is_thing, sigma, score_threshold, overlap_threshold, device = checked_fusion_args(
-        op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-        sigma, score, score_threshold, overlap_threshold, stuff_area_limit,
-        num_queries=num_queries, read_values=not in_capture and (not padded or dense_boxes.device.type == "cpu"),
+    args = registry.validate(
+        "panoptic_from_dense", dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
+        sigma=sigma, score=score, score_threshold=score_threshold, overlap_threshold=overlap_threshold,
+        stuff_area_limit=stuff_area_limit, num_queries=num_queries, padded=padded,
     )
-    if num_queries is not None:
-        num_queries = num_queries.to(torch.int64)
-    fn = _dispatch.select(op, backend, device)
-    out = PaddedPanopticSegments(
-        *fn(
-            dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-            sigma, score, score_threshold, overlap_threshold, stuff_area_limit, num_queries,
-        )
-    )
+    out = PaddedPanopticSegments(*_dispatch.select("panoptic_from_dense", backend, dense_boxes.device)(*args))
     return out if padded else out.trimmed()
-
-
-def checked_fusion_args(
-    op: str, dense_boxes: Tensor, sem_probs: Tensor, query_boxes: Tensor, query_classes: Tensor,
-    query_scores: Tensor, is_thing: Tensor | Sequence[bool], sigma: float, score: str, score_threshold: float,
-    overlap_threshold: float, stuff_area_limit: int, *, num_queries: Tensor | None = None, read_values: bool = True,
-) -> tuple:
-    """Validate the arguments of :func:`panoptic_from_dense` (as ``op``) and return them canonical:
-    ``(query_classes int64, query_scores in dense_boxes' dtype, is_thing on the device, sigma,
-    score_threshold, overlap_threshold, device)``.  ``read_values``: also check the values of
-    ``query_classes`` (of the present queries) and ``num_queries``, which reads them on the host
-    (skipped under ``torch.compile`` tracing)."""
-    _validate.tensor(op, "dense_boxes", dense_boxes, shape=(4, None, None), floating=True)
-    _, h, w = dense_boxes.shape
-    _validate.tensor(op, "sem_probs", sem_probs, shape=(None, h, w), floating=True)
-    _validate.boxes(op, "query_boxes", query_boxes)
-    _validate.tensor(op, "query_classes", query_classes, ndim=1, integer=True)
-    _validate.tensor(op, "query_scores", query_scores, ndim=1, floating=True)
-    _validate.same_length(op, query_boxes=query_boxes, query_classes=query_classes, query_scores=query_scores)
-    _validate.same_dtype(op, dense_boxes=dense_boxes, sem_probs=sem_probs, query_boxes=query_boxes)
-    device = _validate.same_device(
-        op, dense_boxes=dense_boxes, sem_probs=sem_probs, query_boxes=query_boxes,
-        query_classes=query_classes, query_scores=query_scores,
-    )
-    if not isinstance(is_thing, Tensor):
-        is_thing = torch.as_tensor(list(is_thing), dtype=torch.bool)
-    _validate.tensor(op, "is_thing", is_thing, ndim=1, boolean=True)
-    n_classes = sem_probs.shape[0]
-    if is_thing.shape[0] != n_classes:
-        raise ValueError(f"{op}: is_thing has {is_thing.shape[0]} entries but sem_probs has {n_classes} classes")
-    if n_classes == 0:
-        raise ValueError(f"{op}: sem_probs must have at least one class")
-    is_thing = is_thing.to(device)
-    sigma = _validate.number(op, "sigma", sigma, low=None)
-    _validate.choice(op, "score", score, SCORES)
-    score_threshold = _validate.number(op, "score_threshold", score_threshold, low=None)
-    overlap_threshold = _validate.number(op, "overlap_threshold", overlap_threshold, low=0.0, high=1.0)
-    if isinstance(stuff_area_limit, bool) or not isinstance(stuff_area_limit, int) or stuff_area_limit < 0:
-        raise ValueError(f"{op}: stuff_area_limit must be a non-negative int, got {stuff_area_limit!r}")
-    if num_queries is not None:
-        _validate.tensor(op, "num_queries", num_queries, ndim=0, integer=True)
-        _validate.same_device(op, dense_boxes=dense_boxes, num_queries=num_queries)
-    query_classes = query_classes.to(torch.int64)
-    if read_values and not torch.compiler.is_compiling():
-        present = query_classes
-        if num_queries is not None:
-            n, n_q = int(num_queries), query_classes.shape[0]
-            if not 0 <= n <= n_q:
-                raise ValueError(f"{op}: num_queries must lie in [0, {n_q}] (the number of queries), got {n}")
-            present = query_classes[:n]
-        if present.numel():
-            lo, hi = int(present.min()), int(present.max())
-            if lo < 0 or hi >= n_classes:
-                raise ValueError(f"{op}: query_classes must lie in [0, {n_classes}), got values in [{lo}, {hi}]")
-    query_scores = query_scores.to(dense_boxes.dtype)
-    return query_classes, query_scores, is_thing, sigma, score_threshold, overlap_threshold, device

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import _dispatch
-from .panoptic import PanopticSegments, checked_fusion_args
+from . import _dispatch, registry
+from .panoptic import PanopticSegments
 
 
 def _fused_multiply_add(device: torch.device) -> bool:
@@ -71,26 +71,10 @@ def panoptic_from_dense_release(
         :class:`PanopticSegments` with ``segment_map`` int32 ``[height, width]``.
     """
     op = "panoptic_from_dense_release"
-    query_classes, query_scores, is_thing, sigma, score_threshold, overlap_threshold, device = checked_fusion_args(
-        op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-        sigma, score, score_threshold, overlap_threshold, stuff_area_limit,
+    args = registry.validate(
+        op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing, stride=stride, size=size,
+        sigma=sigma, score=score, score_threshold=score_threshold, overlap_threshold=overlap_threshold,
+        stuff_area_limit=stuff_area_limit,
     )
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or stride & (stride - 1):
-        raise ValueError(f"{op}: stride must be a power of two (1, 2, 4, ...), got {stride!r}")
-    _, h, w = dense_boxes.shape
-    if (
-        not isinstance(size, (tuple, list)) or len(size) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
-    ):
-        raise ValueError(f"{op}: size must be a (height, width) pair of ints, got {size!r}")
-    height, width = size
-    if not (0 <= height <= h * stride and 0 <= width <= w * stride):
-        raise ValueError(f"{op}: size must lie in [0, {h * stride}] x [0, {w * stride}] (the grid {h}x{w} "
-                         f"times stride {stride}), got {tuple(size)}")
-    fn = _dispatch.select(op, backend, device)
-    return PanopticSegments(
-        *fn(
-            dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing, stride, height, width,
-            sigma, score, score_threshold, overlap_threshold, stuff_area_limit, _fused_multiply_add(device),
-        )
-    )
+    device = dense_boxes.device
+    return PanopticSegments(*_dispatch.select(op, backend, device)(*args, _fused_multiply_add(device)))

@@ -1,8 +1,9 @@
 """The table of ``rtpanoptic.ops``: one row per op, from which everything is registered.
 
 A row (:class:`Op`) holds an op's schema, its fake (meta) kernel for ``torch.compile`` and
-``torch.export``, its autograd formula with the name, schema and fake of its backward op, and per
-backend the devices and dtypes it supports.  :func:`register` walks the table once per namespace:
+``torch.export``, the validator of the public function's arguments (``ops._validate``; the
+public function calls it through :func:`validate`), its autograd formula with the name, schema
+and fake of its backward op, and per backend the devices and dtypes it supports.  :func:`register` walks the table once per namespace:
 
 * ``rtpanoptic`` (:data:`CPP_NAMESPACE`): the C++/CUDA kernels of ``rtpanoptic._C``.  Their
   schemas are also written in csrc/ops.cpp (the extension must stand alone for C++ callers);
@@ -20,12 +21,13 @@ priority list over this table; :func:`not_supported_reasons` says why a backend 
 How to add an op ``foo``:
 
 1. the specification: ``def foo(...)`` in ops/reference.py;
-2. a row in :data:`TABLE`: ``Op("foo", "(Tensor x, int k) -> Tensor", _foo_fake)`` with its fake
-   (shapes from shapes, ``torch.library.get_ctx().new_dynamic_size()`` for data-dependent sizes),
-   ``autograd=Autograd(...)`` if it is differentiable, and ``backends=`` if it lacks a backend
-   (default: all four, floating dtypes);
-3. the public function: validate with ``ops._validate``, then
-   ``_dispatch.select("foo", backend, device)(*args)``; export it from ops/__init__.py;
+2. a row in :data:`TABLE`: ``Op("foo", "(Tensor x, int k) -> Tensor", _foo_fake, _validate.foo)``
+   with its fake (shapes from shapes, ``torch.library.get_ctx().new_dynamic_size()`` for
+   data-dependent sizes), its validator ``_validate.foo(x, k)`` (raises TypeError / ValueError
+   naming the argument; returns the schema's arguments canonical), ``autograd=Autograd(...)`` if
+   it is differentiable, and ``backends=`` if it lacks a backend (default: all four, floating dtypes);
+3. the public function: ``x, k = registry.validate("foo", x, k)``, then
+   ``_dispatch.select("foo", backend, x.device)(x, k)``; export it from ops/__init__.py;
 4. kernels: ``csrc/cpu/foo_kernel.cpp`` / ``csrc/cuda/foo_kernel.cu`` (``TORCH_LIBRARY_IMPL``)
    plus the schema line in csrc/ops.cpp; ``kernels/foo.py`` defining a function ``foo`` (and
    ``_foo_backward``) with the schema's arguments, listed in ``kernels.IMPLEMENTATIONS``.
@@ -38,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from . import _validate
 
 BACKENDS = ("reference", "cpp", "cuda", "triton")
 CPP_NAMESPACE = "rtpanoptic"
@@ -89,6 +93,7 @@ class Op:
     name: str
     schema: str  # "(Tensor boxes, ...) -> Tensor", without the name
     fake: Callable
+    validator: Callable  # the public function's arguments -> the schema's, canonical (ops._validate)
     autograd: Autograd | None = None
     backends: dict[str, Support] = field(default_factory=_default_backends)
 
@@ -271,23 +276,24 @@ _GRAD_BOXES = "(Tensor, Tensor)"  # (grad_dense_boxes, grad_query_boxes)
 # Boxes are xyxy, absolute pixels, no +1 on areas (torchvision's convention).  nms and
 # batched_nms return indices (no autograd).
 TABLE: tuple[Op, ...] = (
-    Op("nms", "(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor", _nms_fake),
+    Op("nms", "(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor", _nms_fake, _validate.nms),
     Op("batched_nms", "(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor",
-       _batched_nms_fake),
-    Op("box_iou", "(Tensor boxes1, Tensor boxes2) -> Tensor", _box_iou_fake,
-       _not_differentiable_autograd("box_iou")),
+       _batched_nms_fake, _validate.batched_nms),
+    Op("box_iou", "(Tensor boxes1, Tensor boxes2) -> Tensor", _box_iou_fake, _validate.box_iou,
+       autograd=_not_differentiable_autograd("box_iou")),
     # offsets [B,4,h,w] (l,t,r,b) -> boxes [B,4,h,w] (x1,y1,x2,y2), paper eq. 8.
-    Op("decode_boxes", "(Tensor offsets, int stride) -> Tensor", _decode_boxes_fake,
-       Autograd(_no_setup, _decode_backward)),
+    Op("decode_boxes", "(Tensor offsets, int stride) -> Tensor", _decode_boxes_fake, _validate.decode_boxes,
+       autograd=Autograd(_no_setup, _decode_backward)),
     # per-level offsets [B,4,h_i,w_i], levelness logits [B,L+1,H,W] -> (boxes [B,4,H,W], fg bool [B,H,W]), eq. 14.
     Op("gather_levelness", "(Tensor[] offsets, Tensor levelness, int out_stride) -> (Tensor, Tensor)",
-       _gather_levelness_fake,
-       Autograd(_gather_setup, _gather_backward, "_gather_levelness_backward",
+       _gather_levelness_fake, _validate.gather_levelness,
+       autograd=Autograd(_gather_setup, _gather_backward, "_gather_levelness_backward",
                 "(Tensor grad_boxes, Tensor[] offsets, Tensor levelness, int out_stride) -> Tensor[]",
                 _gather_levelness_backward_fake)),
     # dense boxes [4,H,W], query boxes [Q,4] -> P_loc [Q,H,W], eq. 6.  score: "iou" | "tri".
     Op("iou_attention", "(Tensor dense_boxes, Tensor query_boxes, str score) -> Tensor", _iou_attention_fake,
-       Autograd(_attention_setup, _attention_backward, "_iou_attention_backward",
+       _validate.iou_attention,
+       autograd=Autograd(_attention_setup, _attention_backward, "_iou_attention_backward",
                 f"(Tensor grad, Tensor dense_boxes, Tensor query_boxes, str score) -> {_GRAD_BOXES}",
                 _box_pair_grads_fake)),
     # Mask construction (eqs. 5, 7) and panoptic fusion.  Queries at or beyond num_queries (0-d int64;
@@ -298,7 +304,8 @@ TABLE: tuple[Op, ...] = (
        "Tensor is_thing, float sigma, str score, float score_threshold, float overlap_threshold, "
        "int stuff_area_limit, Tensor? num_queries=None) -> (Tensor segment_map, Tensor segment_class, "
        "Tensor segment_query, Tensor segment_score, Tensor segment_area, Tensor segment_count)",
-       _panoptic_from_dense_fake, _not_differentiable_autograd("panoptic_from_dense")),
+       _panoptic_from_dense_fake, _validate.panoptic_from_dense,
+       autograd=_not_differentiable_autograd("panoptic_from_dense")),
     # The release's masks (x stride bilinear, >= sigma) at [height, width], then the same fusion.
     # fma: whether the device's F.interpolate rounds its multiply-adds once (panoptic_release.py).
     # The Triton kernel takes no float64 (the interpreter cannot round a float64 fma once).
@@ -307,13 +314,14 @@ TABLE: tuple[Op, ...] = (
        "Tensor is_thing, int stride, int height, int width, float sigma, str score, float score_threshold, "
        "float overlap_threshold, int stuff_area_limit, bool fma) -> (Tensor segment_map, Tensor segment_class, "
        "Tensor segment_query, Tensor segment_score, Tensor segment_area)",
-       _panoptic_from_dense_release_fake, _not_differentiable_autograd("panoptic_from_dense_release"),
+       _panoptic_from_dense_release_fake, _validate.panoptic_from_dense_release,
+       autograd=_not_differentiable_autograd("panoptic_from_dense_release"),
        backends={**_default_backends(),
                  "triton": Support(("cuda", "cpu"), (torch.float16, torch.bfloat16, torch.float32))}),
     # Explicit mask loss (eqs. 16-18).
     Op("mask_loss", "(Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, Tensor batch_index) -> Tensor",
-       _mask_loss_fake,
-       Autograd(_mask_loss_setup, _mask_loss_backward, "_mask_loss_backward",
+       _mask_loss_fake, _validate.mask_loss,
+       autograd=Autograd(_mask_loss_setup, _mask_loss_backward, "_mask_loss_backward",
                 "(Tensor grad, Tensor dense_boxes, Tensor query_boxes, Tensor gt_masks, Tensor beta, "
                 f"Tensor batch_index) -> {_GRAD_BOXES}",
                 _box_pair_grads_fake)),
@@ -322,15 +330,21 @@ TABLE: tuple[Op, ...] = (
     Op("select_queries",
        "(Tensor boxes, Tensor scores, Tensor labels, float nms_thresh, float global_nms_thresh, int top_n) "
        "-> (Tensor, Tensor)",
-       _select_queries_fake),
+       _select_queries_fake, _validate.select_queries),
     # logits [B,C,h,w] -> int64 [B,crop_h,crop_w]: argmax of the bilinear resize to size (integer output).
     # The Triton kernel computes in float32 (float64 logits: reference, cpp or cuda).
     Op("upsample_argmax", "(Tensor logits, int[] size, int[] crop) -> Tensor", _upsample_argmax_fake,
+       _validate.upsample_argmax,
        backends={**_default_backends(),
                  "triton": Support(("cuda", "cpu"), (torch.float16, torch.bfloat16, torch.float32))}),
 )
 ROWS: dict[str, Op] = {row.name: row for row in TABLE}
 OPS: tuple[str, ...] = tuple(ROWS)
+
+
+def validate(op: str, *args, **kwargs) -> tuple:
+    """Check the public function's arguments with ``op``'s validator; its schema's arguments, canonical."""
+    return ROWS[op].validator(*args, **kwargs)
 
 
 # ----------------------------------------------------------------- registration

@@ -6,7 +6,7 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
-from . import _dispatch, _validate
+from . import _dispatch, registry
 from ._padded import count_on_host
 
 
@@ -62,24 +62,13 @@ def select_queries(
     NaN IoUs (a box with a NaN coordinate) never exceed a threshold; NaN scores sort first, as in
     :func:`rtpanoptic.ops.nms`.
     """
-    op = "select_queries"
-    _validate.boxes(op, "boxes", boxes)
-    _validate.tensor(op, "scores", scores, ndim=1, floating=True)
-    _validate.tensor(op, "labels", labels, ndim=1, integer=True)
-    _validate.same_length(op, boxes=boxes, scores=scores, labels=labels)
-    _validate.same_dtype(op, boxes=boxes, scores=scores)
-    device = _validate.same_device(op, boxes=boxes, scores=scores, labels=labels)
-    thr = _validate.number(op, "nms_thresh", nms_thresh)
-    global_thr = -1.0 if global_nms_thresh is None else _validate.number(op, "global_nms_thresh",
-                                                                         global_nms_thresh, low=None)
-    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 0:
-        raise ValueError(f"{op}: top_n must be a non-negative int, got {top_n!r}")
+    args = registry.validate("select_queries", boxes, scores, labels, nms_thresh, global_nms_thresh, top_n)
+    device = boxes.device
     if boxes.shape[0] == 0:
         keep, count = torch.empty(0, dtype=torch.int64, device=device), torch.zeros((), dtype=torch.int64,
                                                                                     device=device)
     else:
-        impl = _dispatch.select(op, backend, device)
-        keep, count = impl(boxes, scores, labels.to(torch.int64), thr, max(global_thr, -1.0), top_n)
+        keep, count = _dispatch.select("select_queries", backend, device)(*args)
     if padded:
         return keep, count
     return keep[: count_on_host(count, keep.shape[0])]

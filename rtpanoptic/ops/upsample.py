@@ -6,13 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from . import _dispatch, _validate
-
-
-def _size_pair(op: str, name: str, value) -> list[int]:
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise TypeError(f"{op}: {name} must be a pair of ints (H, W), got {value!r}")
-    return [_validate.positive_int(op, f"{name}[{i}]", v) for i, v in enumerate(value)]
+from . import _dispatch, registry
 
 
 def upsample_argmax(
@@ -39,15 +33,7 @@ def upsample_argmax(
     with each ``a * b + c`` as one fused multiply-add, the arithmetic of ATen's CPU kernel on
     AVX2/AVX-512 machines: identical to ``F.interpolate`` there at integer scale factors.
     """
-    op = "upsample_argmax"
-    _validate.tensor(op, "logits", logits, ndim=4, floating=True)
-    size = _size_pair(op, "size", size)
-    crop = size if crop is None else _size_pair(op, "crop", crop)
-    if crop[0] > size[0] or crop[1] > size[1]:
-        raise ValueError(f"{op}: crop {tuple(crop)} must not exceed size {tuple(size)}")
-    b, c, h, w = logits.shape
-    if c == 0 or h == 0 or w == 0:
-        raise ValueError(f"{op}: logits must have at least one class and one pixel, got {list(logits.shape)}")
-    if b == 0:
+    logits, size, crop = registry.validate("upsample_argmax", logits, size, crop)
+    if logits.shape[0] == 0:
         return torch.empty((0, crop[0], crop[1]), dtype=torch.int64, device=logits.device)
-    return _dispatch.select(op, backend, logits.device)(logits, size, crop)
+    return _dispatch.select("upsample_argmax", backend, logits.device)(logits, size, crop)

@@ -87,3 +87,42 @@ def test_every_triton_row_runs_on_the_triton_device():
         if "triton" in row.backends:
             assert hasattr(torch.ops.rtpanoptic_triton, row.name), row.name
             assert "triton" in ops.available_backends(device)[row.name], row.name
+
+
+_B = torch.tensor([[0.0, 0.0, 1.0, 1.0]])
+_S = torch.tensor([0.5])
+_SCENE = (torch.zeros(4, 2, 2), torch.zeros(2, 2, 2), _B, torch.tensor([1]), _S, [False, True])
+_FUSION = {"sigma": 0.3, "score": "iou", "score_threshold": 0.0, "overlap_threshold": 0.5, "stuff_area_limit": 0}
+# One call per op with one bad argument, every argument given (the validators have no defaults).
+_BAD_CALLS = {
+    "nms": ((_B, _S, -0.1), {}),
+    "batched_nms": ((_B, _S, torch.tensor([0.5]), 0.5), {}),
+    "box_iou": ((_B, _B[:, :2]), {}),
+    "decode_boxes": ((torch.zeros(1, 4, 2, 2), 0), {}),
+    "gather_levelness": (([torch.zeros(1, 4, 2, 2)], torch.zeros(1, 3, 4, 4), 4), {}),
+    "iou_attention": ((torch.zeros(4, 2, 2), _B, "giou"), {}),
+    "panoptic_from_dense": (_SCENE, {**_FUSION, "overlap_threshold": 1.5, "num_queries": None, "padded": False}),
+    "panoptic_from_dense_release": (_SCENE, {**_FUSION, "stride": 3, "size": (8, 8)}),
+    "mask_loss": ((torch.zeros(1, 4, 2, 2), _B, torch.zeros(1, 2, 2), _S, None), {}),
+    "select_queries": ((_B, _S, torch.tensor([0]), 0.5, None, -1), {}),
+    "upsample_argmax": ((torch.zeros(1, 2, 2, 2), (4, 4), (5, 4)), {}),
+}
+
+
+def test_every_row_has_a_validator():
+    assert set(_BAD_CALLS) == set(registry.ROWS)
+    for row in registry.TABLE:
+        assert callable(row.validator), row.name
+
+
+@pytest.mark.parametrize("row", registry.TABLE, ids=lambda r: r.name)
+def test_validator_raises_the_public_ops_error(row):
+    """The row's validator is what the public op checks its arguments with: the same error."""
+    args, kwargs = _BAD_CALLS[row.name]
+    with pytest.raises((TypeError, ValueError)) as public:
+        getattr(ops, row.name)(*args, **kwargs)
+    with pytest.raises((TypeError, ValueError)) as direct:
+        row.validator(*args, **kwargs)
+    assert str(public.value).startswith(f"{row.name}: ")
+    assert type(direct.value) is type(public.value)
+    assert str(direct.value) == str(public.value)
