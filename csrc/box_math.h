@@ -266,6 +266,13 @@ RTP_HD int32_t class_argmax(const T* sem, int64_t n_c, int64_t n_p, int64_t p) {
 // Whether a stuff class whose argmax covers `area` free pixels becomes a segment.
 RTP_HD bool keeps_stuff(int64_t area, int64_t stuff_area_limit) { return area > 0 && area >= stuff_area_limit; }
 
+// The mask loss's error at a pixel whose IoU with the query box is s: 1 - s inside the mask (a
+// false negative), s outside (a false positive).
+template <typename T>
+RTP_HD T mask_error(T s, bool inside) {
+  return inside ? T(1) - s : s;
+}
+
 // The mask loss 1/Q * sum_j beta_j * E_j / N_j (reference.mask_loss) from its per-query partial sums:
 // err (the errors E, float64) and count (the mask pixels N), `chunks` of each per query; a query with
 // N_j = 0 contributes 0.  Summed in A in query order.

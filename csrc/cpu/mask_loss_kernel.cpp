@@ -53,12 +53,8 @@ at::Tensor forward_impl(const at::Tensor& dense, const at::Tensor& query, const 
       int64_t c = 0;
       for (int64_t p = p0; p < p1; ++p) {
         const T s = box_score<T>(db[p], db[n_p + p], db[2 * n_p + p], db[3 * n_p + p], q0, q1, q2, q3, Score::kIoU);
-        if (mj[p]) {
-          e += static_cast<double>(T(1) - s);
-          ++c;
-        } else {
-          e += static_cast<double>(s);
-        }
+        e += static_cast<double>(mask_error(s, mj[p]));
+        c += mj[p];
       }
       err[t] = e;
       count[t] = c;

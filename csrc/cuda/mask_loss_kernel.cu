@@ -44,12 +44,8 @@ __global__ void loss_partial_kernel(const scalar_t* __restrict__ d, const scalar
   unsigned long long c = 0;
   for (int64_t p = p0 + threadIdx.x; p < p1; p += blockDim.x) {
     const acc_t s = box_score<acc_t>(db[p], db[n_p + p], db[2 * n_p + p], db[3 * n_p + p], q0, q1, q2, q3, Score::kIoU);
-    if (mj[p]) {
-      e += static_cast<double>(acc_t(1) - s);
-      ++c;
-    } else {
-      e += static_cast<double>(s);
-    }
+    e += static_cast<double>(mask_error(s, mj[p]));
+    c += mj[p];
   }
   e = cuda::block_sum(e);
   c = cuda::block_sum(c);

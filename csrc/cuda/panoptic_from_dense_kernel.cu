@@ -81,15 +81,7 @@ __global__ void fusion_kernel(const uint32_t* __restrict__ masks, const int64_t*
     free_area = kept_free_area(area, free_area, overlap_threshold);
     if (free_area == 0) continue;
     const int32_t id = static_cast<int32_t>(n_things) + 1;
-    for (int64_t w = threadIdx.x; w < words; w += blockDim.x) {
-      uint32_t f = mj[w] & ~taken[w];
-      taken[w] |= f;
-      while (f) {
-        const int bit = __ffs(f) - 1;
-        seg[w * 32 + bit] = id;
-        f &= f - 1;
-      }
-    }
+    for (int64_t w = threadIdx.x; w < words; w += blockDim.x) paint_free_bits(mj[w], taken + w, seg + w * 32, id);
     if (threadIdx.x == 0) {
       write_segment(slots, n_things, qcls[j], j, static_cast<float>(sc), static_cast<int64_t>(free_area));
     }

@@ -189,13 +189,7 @@ __global__ void fusion_kernel(const uint32_t* __restrict__ bits, const int64_t* 
     const int32_t id = static_cast<int32_t>(n_things) + 1;
     for (int64_t i = threadIdx.x; i < cells; i += blockDim.x) {
       const int64_t row = ya + i / nw, wi = wa + i % nw, at = row * row_words + wi;
-      uint32_t f = mj[at] & ~taken[at];
-      taken[at] |= f;
-      while (f) {
-        const int bit = __ffs(f) - 1;
-        seg[row * width + wi * 32 + bit] = id;
-        f &= f - 1;
-      }
+      paint_free_bits(mj[at], taken + at, seg + row * width + wi * 32, id);
     }
     __syncthreads();  // the next query's rectangle maps its words to other threads
     if (threadIdx.x == 0) {

@@ -71,6 +71,18 @@ __device__ unsigned long long kept_free_area(unsigned long long area, unsigned l
   return free_area;
 }
 
+// Paints segment `id` into the free pixels of one 32-pixel mask word (its bits not yet in *taken),
+// seg pointing at the word's first pixel, and marks them taken.
+__device__ __forceinline__ void paint_free_bits(uint32_t mask_word, uint32_t* taken, int32_t* seg, int32_t id) {
+  uint32_t f = mask_word & ~*taken;
+  *taken |= f;
+  while (f) {
+    const int bit = __ffs(f) - 1;
+    seg[bit] = id;
+    f &= f - 1;
+  }
+}
+
 // The stuff segments, numbered after the things in class order (one thread): stuff_id[c] is the
 // segment id of stuff class c, 0 for a thing class or a stuff class that keeps no segment.
 __global__ void stuff_number_kernel(const unsigned long long* __restrict__ stuff_area, const bool* __restrict__ is_thing,
