@@ -1,5 +1,5 @@
 // The float formulas of the CPU and CUDA kernels (box scores with their hand-written
-// derivatives, IoU, bilinear sampling and its adjoint), in one place.
+// derivatives, IoU, bilinear sampling and its adjoint, the mask loss's mean), in one place.
 //
 // Every formula follows rtpanoptic/ops/reference.py operation by operation (same
 // association order, so float32 results match the reference bit for bit: the CUDA build
@@ -138,25 +138,19 @@ RTP_HD void box_score_backward(T g, T d0, T d1, T d2, T d3, T q0, T q1, T q2, T 
   gq[2] += g_uni * hq;
   gq[1] += -g_uni * wq;
   gq[3] += g_uni * wq;
-  // iw = min(d2, q2) - max(d0, q0)
-  gd[2] += g_iw * dmin_da(d2, q2);
-  gq[2] += g_iw * dmin_da(q2, d2);
-  gd[0] -= g_iw * dmax_da(d0, q0);
-  gq[0] -= g_iw * dmax_da(q0, d0);
-  gd[3] += g_ih * dmin_da(d3, q3);
-  gq[3] += g_ih * dmin_da(q3, d3);
-  gd[1] -= g_ih * dmax_da(d1, q1);
-  gq[1] -= g_ih * dmax_da(q1, d1);
+  // The gradient g_e of an extent along one axis, e = hi(d_b, q_b) - lo(d_a, q_a) between coordinates
+  // a < b: (hi, lo) = (min, max) for the intersection, (max, min) for the enclosing box.
+  const auto extent_backward = [&](T g_e, bool inter, int a, int b, T d_a, T q_a, T d_b, T q_b) {
+    gd[b] += g_e * (inter ? dmin_da(d_b, q_b) : dmax_da(d_b, q_b));
+    gq[b] += g_e * (inter ? dmin_da(q_b, d_b) : dmax_da(q_b, d_b));
+    gd[a] -= g_e * (inter ? dmax_da(d_a, q_a) : dmin_da(d_a, q_a));
+    gq[a] -= g_e * (inter ? dmax_da(q_a, d_a) : dmin_da(q_a, d_a));
+  };
+  extent_backward(g_iw, true, 0, 2, d0, q0, d2, q2);  // iw = min(d2, q2) - max(d0, q0)
+  extent_backward(g_ih, true, 1, 3, d1, q1, d3, q3);
   if (score == Score::kTri) {
-    // cw = max(d2, q2) - min(d0, q0)
-    gd[2] += g_cw * dmax_da(d2, q2);
-    gq[2] += g_cw * dmax_da(q2, d2);
-    gd[0] -= g_cw * dmin_da(d0, q0);
-    gq[0] -= g_cw * dmin_da(q0, d0);
-    gd[3] += g_ch * dmax_da(d3, q3);
-    gq[3] += g_ch * dmax_da(q3, d3);
-    gd[1] -= g_ch * dmin_da(d1, q1);
-    gq[1] -= g_ch * dmin_da(q1, d1);
+    extent_backward(g_cw, false, 0, 2, d0, q0, d2, q2);  // cw = max(d2, q2) - min(d0, q0)
+    extent_backward(g_ch, false, 1, 3, d1, q1, d3, q3);
   }
 }
 
@@ -271,5 +265,31 @@ RTP_HD int32_t class_argmax(const T* sem, int64_t n_c, int64_t n_p, int64_t p) {
 
 // Whether a stuff class whose argmax covers `area` free pixels becomes a segment.
 RTP_HD bool keeps_stuff(int64_t area, int64_t stuff_area_limit) { return area > 0 && area >= stuff_area_limit; }
+
+// The mask loss's error at a pixel whose IoU with the query box is s: 1 - s inside the mask (a
+// false negative), s outside (a false positive).
+template <typename T>
+RTP_HD T mask_error(T s, bool inside) {
+  return inside ? T(1) - s : s;
+}
+
+// The mask loss 1/Q * sum_j beta_j * E_j / N_j (reference.mask_loss) from its per-query partial sums:
+// err (the errors E, float64) and count (the mask pixels N), `chunks` of each per query; a query with
+// N_j = 0 contributes 0.  Summed in A in query order.
+template <typename A, typename B>
+RTP_HD A mask_loss_mean(const double* err, const int64_t* count, const B* beta, int64_t n_q, int64_t chunks) {
+  A total = A(0);
+  for (int64_t j = 0; j < n_q; ++j) {
+    double e = 0.0;
+    int64_t n = 0;
+    for (int64_t k = 0; k < chunks; ++k) {
+      e += err[j * chunks + k];
+      n += count[j * chunks + k];
+    }
+    if (n == 0) continue;
+    total += static_cast<A>(beta[j]) * static_cast<A>(e) / static_cast<A>(n);
+  }
+  return total / static_cast<A>(n_q);
+}
 
 }  // namespace rtpanoptic

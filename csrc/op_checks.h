@@ -1,12 +1,13 @@
 // Per-op argument checks shared by the CPU (csrc/cpu) and CUDA (csrc/cuda) kernels: shapes,
 // dtypes and scalar arguments (wording: checks.h).  `device` is the kernel's device type, which
-// the op's primary tensor must have.  The backends check the other tensors' devices and their
-// own size limits themselves.
+// the op's primary tensor must have.  The backends check the other tensors' devices (but for
+// panoptic_from_dense(_release)'s) and their own size limits themselves.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <string>
+#include <utility>
 
 #include "checks.h"
 
@@ -109,13 +110,13 @@ inline void check_gather_levelness_grad(const char* op, const at::Tensor& grad_b
 
 // panoptic_from_dense(_release): dense_boxes [4, H, W] float, sem_probs [C>=1, H, W], query_boxes
 // [Q, 4] (all three of one dtype), query_classes [Q] integer, query_scores [Q] float, is_thing
-// [C] bool: the order and words of ops.panoptic.checked_fusion_args.  The scalar arguments
-// (score, overlap_threshold, stuff_area_limit) are checked by check_panoptic_from_dense_scalars,
-// after the backend's device checks; query_classes' range by checked_indices (on the host).
-inline void check_panoptic_from_dense_args(const char* op, const at::Tensor& dense_boxes, const at::Tensor& sem_probs,
-                                           const at::Tensor& query_boxes, const at::Tensor& query_classes,
-                                           const at::Tensor& query_scores, const at::Tensor& is_thing,
-                                           c10::DeviceType device) {
+// [C] bool: the order and words of ops.panoptic.checked_fusion_args; then the other tensors' device,
+// dense_boxes' (the CPU kernels' words name no argument).  query_classes' range is checked by
+// checked_indices (on the host).
+inline void check_panoptic_tensors(const char* op, const at::Tensor& dense_boxes, const at::Tensor& sem_probs,
+                                   const at::Tensor& query_boxes, const at::Tensor& query_classes,
+                                   const at::Tensor& query_scores, const at::Tensor& is_thing,
+                                   c10::DeviceType device) {
   check_float(op, "dense_boxes", dense_boxes);
   check_shape(op, "dense_boxes", dense_boxes, {4, -1, -1});
   check_device(op, "dense_boxes", dense_boxes, device);
@@ -138,6 +139,15 @@ inline void check_panoptic_from_dense_args(const char* op, const at::Tensor& den
   TORCH_CHECK_VALUE(is_thing.size(0) == n_c, op, ": is_thing has ", is_thing.size(0), " entries but sem_probs has ",
                     n_c, " classes");
   TORCH_CHECK_VALUE(n_c > 0, op, ": sem_probs must have at least one class");
+  for (const auto& [name, t] : {std::pair{"sem_probs", &sem_probs}, std::pair{"query_boxes", &query_boxes},
+                                std::pair{"query_classes", &query_classes}, std::pair{"query_scores", &query_scores},
+                                std::pair{"is_thing", &is_thing}}) {
+    if (device == c10::kCPU) {
+      check_device(op, "every argument", *t, c10::kCPU);
+    } else {
+      check_same_device(op, name, *t, dense_boxes);
+    }
+  }
 }
 
 // panoptic_from_dense: num_queries, when given, a 0-d int64 tensor on dense_boxes' device (its value,
@@ -170,6 +180,30 @@ inline void check_release_size(const char* op, const at::Tensor& dense_boxes, in
   TORCH_CHECK_VALUE(height >= 0 && height <= h * stride && width >= 0 && width <= w * stride, op,
                     ": size must lie in [0, ", h * stride, "] x [0, ", w * stride, "] (the grid ", h, "x", w,
                     " times stride ", stride, "), got (", height, ", ", width, ")");
+}
+
+// panoptic_from_dense: the tensors, num_queries, then the scalar arguments.
+inline void check_panoptic_from_dense_args(const char* op, const at::Tensor& dense_boxes, const at::Tensor& sem_probs,
+                                           const at::Tensor& query_boxes, const at::Tensor& query_classes,
+                                           const at::Tensor& query_scores, const at::Tensor& is_thing,
+                                           const std::string& score, double overlap_threshold,
+                                           int64_t stuff_area_limit, const c10::optional<at::Tensor>& num_queries,
+                                           c10::DeviceType device) {
+  check_panoptic_tensors(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing, device);
+  check_num_queries(op, num_queries, dense_boxes);
+  check_panoptic_from_dense_scalars(op, score, overlap_threshold, stuff_area_limit);
+}
+
+// panoptic_from_dense_release: the tensors, the scalar arguments, then stride and size.
+inline void check_panoptic_from_dense_release_args(const char* op, const at::Tensor& dense_boxes,
+                                                   const at::Tensor& sem_probs, const at::Tensor& query_boxes,
+                                                   const at::Tensor& query_classes, const at::Tensor& query_scores,
+                                                   const at::Tensor& is_thing, int64_t stride, int64_t height,
+                                                   int64_t width, const std::string& score, double overlap_threshold,
+                                                   int64_t stuff_area_limit, c10::DeviceType device) {
+  check_panoptic_tensors(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing, device);
+  check_panoptic_from_dense_scalars(op, score, overlap_threshold, stuff_area_limit);
+  check_release_size(op, dense_boxes, stride, height, width);
 }
 
 // select_queries: boxes [N, 4] float, scores [N] of boxes' dtype and device, labels [N] int64

@@ -53,30 +53,15 @@ at::Tensor forward_impl(const at::Tensor& dense, const at::Tensor& query, const 
       int64_t c = 0;
       for (int64_t p = p0; p < p1; ++p) {
         const T s = box_score<T>(db[p], db[n_p + p], db[2 * n_p + p], db[3 * n_p + p], q0, q1, q2, q3, Score::kIoU);
-        if (mj[p]) {
-          e += static_cast<double>(T(1) - s);
-          ++c;
-        } else {
-          e += static_cast<double>(s);
-        }
+        e += static_cast<double>(mask_error(s, mj[p]));
+        c += mj[p];
       }
       err[t] = e;
       count[t] = c;
     }
   });
-  const T* bp = beta.data_ptr<T>();
-  T total = T(0);
-  for (int64_t j = 0; j < n_q; ++j) {
-    double e = 0.0;
-    int64_t n = 0;
-    for (int64_t c = 0; c < chunks; ++c) {
-      e += err[j * chunks + c];
-      n += count[j * chunks + c];
-    }
-    if (n == 0) continue;
-    total += bp[j] * static_cast<T>(e) / static_cast<T>(n);
-  }
-  return at::scalar_tensor(total / static_cast<T>(n_q), dense.options());
+  const T loss = mask_loss_mean<T>(err.data(), count.data(), beta.data_ptr<T>(), n_q, chunks);
+  return at::scalar_tensor(loss, dense.options());
 }
 
 template <typename T>

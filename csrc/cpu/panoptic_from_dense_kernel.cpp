@@ -429,14 +429,9 @@ Result panoptic_from_dense_cpu(const at::Tensor& dense_boxes, const at::Tensor& 
                                int64_t stuff_area_limit, const c10::optional<at::Tensor>& num_queries) {
   const char* op = "panoptic_from_dense";
   const std::string score(score_sv);
-  check_panoptic_from_dense_args(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-                                 c10::kCPU);
+  check_panoptic_from_dense_args(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing, score,
+                                 overlap_threshold, stuff_area_limit, num_queries, c10::kCPU);
   const int64_t n_c = sem_probs.size(0), n_slots = query_boxes.size(0) + n_c;
-  for (const auto* t : {&sem_probs, &query_boxes, &query_classes, &query_scores, &is_thing}) {
-    check_device(op, "every argument", *t, c10::kCPU);
-  }
-  check_num_queries(op, num_queries, dense_boxes);
-  check_panoptic_from_dense_scalars(op, score, overlap_threshold, stuff_area_limit);
 
   // queries at or beyond num_queries are absent: the op on the first n_q queries alone
   const int64_t n_q = num_queries.has_value()

@@ -200,13 +200,9 @@ Result panoptic_from_dense_release_cpu(const at::Tensor& dense_boxes, const at::
                                        bool fma) {
   const char* op = "panoptic_from_dense_release";
   const std::string score(score_sv);
-  check_panoptic_from_dense_args(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-                                 c10::kCPU);
-  for (const auto* t : {&sem_probs, &query_boxes, &query_classes, &query_scores, &is_thing}) {
-    check_device(op, "every argument", *t, c10::kCPU);
-  }
-  check_panoptic_from_dense_scalars(op, score, overlap_threshold, stuff_area_limit);
-  check_release_size(op, dense_boxes, stride, height, width);
+  check_panoptic_from_dense_release_args(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores,
+                                         is_thing, stride, height, width, score, overlap_threshold, stuff_area_limit,
+                                         c10::kCPU);
   const int64_t n_c = sem_probs.size(0);
   const std::vector<int64_t> qcls = checked_indices(op, "query_classes", query_classes, n_c);
   auto it = is_thing.contiguous();

@@ -44,12 +44,8 @@ __global__ void loss_partial_kernel(const scalar_t* __restrict__ d, const scalar
   unsigned long long c = 0;
   for (int64_t p = p0 + threadIdx.x; p < p1; p += blockDim.x) {
     const acc_t s = box_score<acc_t>(db[p], db[n_p + p], db[2 * n_p + p], db[3 * n_p + p], q0, q1, q2, q3, Score::kIoU);
-    if (mj[p]) {
-      e += static_cast<double>(acc_t(1) - s);
-      ++c;
-    } else {
-      e += static_cast<double>(s);
-    }
+    e += static_cast<double>(mask_error(s, mj[p]));
+    c += mj[p];
   }
   e = cuda::block_sum(e);
   c = cuda::block_sum(c);
@@ -74,20 +70,8 @@ template <typename scalar_t>
 __global__ void loss_finish_kernel(const double* __restrict__ err, const int64_t* __restrict__ count,
                                    const scalar_t* __restrict__ beta, int64_t n_q, int64_t chunks,
                                    scalar_t* __restrict__ out) {
-  using acc_t = at::opmath_type<scalar_t>;
   if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  acc_t total = 0;
-  for (int64_t j = 0; j < n_q; ++j) {
-    double e = 0.0;
-    int64_t n = 0;
-    for (int64_t k = 0; k < chunks; ++k) {
-      e += err[j * chunks + k];
-      n += count[j * chunks + k];
-    }
-    if (n == 0) continue;
-    total += static_cast<acc_t>(beta[j]) * static_cast<acc_t>(e) / static_cast<acc_t>(n);
-  }
-  *out = static_cast<scalar_t>(total / static_cast<acc_t>(n_q));
+  *out = static_cast<scalar_t>(mask_loss_mean<at::opmath_type<scalar_t>>(err, count, beta, n_q, chunks));
 }
 
 // coefficient g * beta_j / (N_j * Q) of a query j with N_j > 0

@@ -18,11 +18,10 @@
 
 #include "cuda_common.cuh"
 #include "op_checks.h"
+#include "panoptic_fusion.cuh"
 
 namespace rtpanoptic {
 namespace {
-
-constexpr int kFusionThreads = 1024;
 
 // The number of present queries: num_queries clamped to [0, n_q], or n_q without one.
 __device__ __forceinline__ int64_t present_queries(const int64_t* __restrict__ num_queries, int64_t n_q) {
@@ -64,10 +63,8 @@ template <typename scalar_t>
 __global__ void fusion_kernel(const uint32_t* __restrict__ masks, const int64_t* __restrict__ order,
                               const scalar_t* __restrict__ qscore, const int64_t* __restrict__ qcls, int64_t n_q,
                               const int64_t* __restrict__ num_queries, int64_t words, double score_threshold,
-                              double overlap_threshold,
-                              uint32_t* __restrict__ taken, int32_t* __restrict__ seg, int64_t* __restrict__ seg_class,
-                              int64_t* __restrict__ seg_query, float* __restrict__ seg_score,
-                              int64_t* __restrict__ seg_area, int64_t* __restrict__ n_segments) {
+                              double overlap_threshold, uint32_t* __restrict__ taken, int32_t* __restrict__ seg,
+                              SegmentSlots slots) {
   int64_t n_things = 0;  // identical in every thread
   const int64_t n_present = present_queries(num_queries, n_q);
   for (int64_t k = 0; k < n_q; ++k) {
@@ -81,39 +78,16 @@ __global__ void fusion_kernel(const uint32_t* __restrict__ masks, const int64_t*
       area += __popc(mj[w]);
       free_area += __popc(mj[w] & ~taken[w]);
     }
-    area = cuda::block_sum(area);
-    free_area = cuda::block_sum(free_area);
-    __shared__ unsigned long long s_area, s_free;
-    if (threadIdx.x == 0) {
-      s_area = area;
-      s_free = free_area;
-    }
-    __syncthreads();
-    area = s_area;
-    free_area = s_free;
-    __syncthreads();
-    if (area == 0) continue;
-    if (static_cast<double>(area - free_area) / static_cast<double>(area) > overlap_threshold || free_area == 0)
-      continue;
+    free_area = kept_free_area(area, free_area, overlap_threshold);
+    if (free_area == 0) continue;
     const int32_t id = static_cast<int32_t>(n_things) + 1;
-    for (int64_t w = threadIdx.x; w < words; w += blockDim.x) {
-      uint32_t f = mj[w] & ~taken[w];
-      taken[w] |= f;
-      while (f) {
-        const int bit = __ffs(f) - 1;
-        seg[w * 32 + bit] = id;
-        f &= f - 1;
-      }
-    }
+    for (int64_t w = threadIdx.x; w < words; w += blockDim.x) paint_free_bits(mj[w], taken + w, seg + w * 32, id);
     if (threadIdx.x == 0) {
-      seg_class[n_things] = qcls[j];
-      seg_query[n_things] = j;
-      seg_score[n_things] = static_cast<float>(sc);
-      seg_area[n_things] = static_cast<int64_t>(free_area);
+      write_segment(slots, n_things, qcls[j], j, static_cast<float>(sc), static_cast<int64_t>(free_area));
     }
     ++n_things;
   }
-  if (threadIdx.x == 0) *n_segments = n_things;
+  if (threadIdx.x == 0) *slots.count = n_things;
 }
 
 template <typename scalar_t>
@@ -127,34 +101,6 @@ __global__ void stuff_count_kernel(const scalar_t* __restrict__ sem, int64_t n_c
   if (seg[p] == 0 && !is_thing[best_c]) atomicAdd(stuff_area + best_c, 1ULL);
 }
 
-__global__ void stuff_number_kernel(const unsigned long long* __restrict__ stuff_area, const bool* __restrict__ is_thing,
-                                    int64_t n_c, int64_t stuff_area_limit, int32_t* __restrict__ stuff_id,
-                                    int64_t* __restrict__ seg_class, int64_t* __restrict__ seg_query,
-                                    float* __restrict__ seg_score, int64_t* __restrict__ seg_area,
-                                    int64_t* __restrict__ n_segments) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  int64_t n = *n_segments;
-  for (int64_t c = 0; c < n_c; ++c) {
-    stuff_id[c] = 0;
-    if (is_thing[c]) continue;
-    const int64_t area = static_cast<int64_t>(stuff_area[c]);
-    if (!keeps_stuff(area, stuff_area_limit)) continue;
-    seg_class[n] = c;
-    seg_query[n] = -1;
-    seg_score[n] = 1.0f;
-    seg_area[n] = area;
-    ++n;
-    stuff_id[c] = static_cast<int32_t>(n);
-  }
-  *n_segments = n;
-}
-
-__global__ void stuff_paint_kernel(const int32_t* __restrict__ semantic, const int32_t* __restrict__ stuff_id,
-                                   int64_t n_p, int32_t* __restrict__ seg) {
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p < n_p && seg[p] == 0) seg[p] = stuff_id[semantic[p]];
-}
-
 using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor& sem_probs,
@@ -164,17 +110,10 @@ Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor&
                                 int64_t stuff_area_limit, const c10::optional<at::Tensor>& num_queries) {
   const char* op = "panoptic_from_dense";
   const std::string score(score_sv);
-  check_panoptic_from_dense_args(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-                                 c10::kCUDA);
+  check_panoptic_from_dense_args(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing, score,
+                                 overlap_threshold, stuff_area_limit, num_queries, c10::kCUDA);
   const int64_t h = dense_boxes.size(1), w = dense_boxes.size(2), n_p = h * w;
   const int64_t n_q = query_boxes.size(0), n_c = sem_probs.size(0);
-  check_same_device(op, "sem_probs", sem_probs, dense_boxes);
-  check_same_device(op, "query_boxes", query_boxes, dense_boxes);
-  check_same_device(op, "query_classes", query_classes, dense_boxes);
-  check_same_device(op, "query_scores", query_scores, dense_boxes);
-  check_same_device(op, "is_thing", is_thing, dense_boxes);
-  check_num_queries(op, num_queries, dense_boxes);
-  check_panoptic_from_dense_scalars(op, score, overlap_threshold, stuff_area_limit);
   // query_classes range: checked by rtpanoptic.ops.panoptic_from_dense (a device check would need a
   // sync); the kernel gives a query with an out-of-range class an empty mask instead of reading out of bounds.
   c10::cuda::CUDAGuard guard(dense_boxes.device());
@@ -188,12 +127,11 @@ Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor&
   auto opts = d.options();
   const int64_t words = (n_p + 31) / 32;
   auto seg = at::zeros({h, w}, opts.dtype(at::kInt));
-  // Q + C segment slots, padded (the kernels overwrite slots 0 .. count-1)
-  auto seg_class = at::full({n_q + n_c}, -1, opts.dtype(at::kLong));
-  auto seg_query = at::full({n_q + n_c}, -1, opts.dtype(at::kLong));
-  auto seg_score = at::zeros({n_q + n_c}, opts.dtype(at::kFloat));
-  auto seg_area = at::zeros({n_q + n_c}, opts.dtype(at::kLong));
-  auto n_segments = at::zeros({}, opts.dtype(at::kLong));
+  SegmentTable table(n_q + n_c, opts);  // padded: the kernels overwrite slots 0 .. count-1
+  table.cls.fill_(-1);
+  table.query.fill_(-1);
+  table.score.zero_();
+  table.area.zero_();
   const int64_t* n_present = num_queries.has_value() ? num_queries->data_ptr<int64_t>() : nullptr;
   const Score sc = score == "iou" ? Score::kIoU : Score::kTri;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "panoptic_from_dense_cuda", [&] {
@@ -209,30 +147,19 @@ Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor&
       fusion_kernel<scalar_t><<<1, kFusionThreads, 0, stream>>>(
           masks_p, order.data_ptr<int64_t>(), qs.data_ptr<scalar_t>(), qc.data_ptr<int64_t>(), n_q, n_present, words,
           score_threshold, overlap_threshold, reinterpret_cast<uint32_t*>(taken.data_ptr<int32_t>()),
-          seg.data_ptr<int32_t>(), seg_class.data_ptr<int64_t>(), seg_query.data_ptr<int64_t>(),
-          seg_score.data_ptr<float>(), seg_area.data_ptr<int64_t>(), n_segments.data_ptr<int64_t>());
+          seg.data_ptr<int32_t>(), table.slots());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (n_p > 0) {
-      auto semantic = at::empty({n_p}, opts.dtype(at::kInt));
-      auto stuff_area = at::zeros({n_c}, opts.dtype(at::kLong));
-      auto stuff_id = at::empty({n_c}, opts.dtype(at::kInt));
-      auto* area_p = reinterpret_cast<unsigned long long*>(stuff_area.data_ptr<int64_t>());
+      StuffBuffers stuff(n_p, n_c, opts);
       stuff_count_kernel<scalar_t><<<cuda::blocks_for(n_p), cuda::kThreads, 0, stream>>>(
-          s.data_ptr<scalar_t>(), n_c, n_p, it.data_ptr<bool>(), seg.data_ptr<int32_t>(), semantic.data_ptr<int32_t>(),
-          area_p);
+          s.data_ptr<scalar_t>(), n_c, n_p, it.data_ptr<bool>(), seg.data_ptr<int32_t>(),
+          stuff.semantic.data_ptr<int32_t>(), stuff.area_ptr());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      stuff_number_kernel<<<1, 1, 0, stream>>>(area_p, it.data_ptr<bool>(), n_c, stuff_area_limit,
-                                               stuff_id.data_ptr<int32_t>(), seg_class.data_ptr<int64_t>(),
-                                               seg_query.data_ptr<int64_t>(), seg_score.data_ptr<float>(),
-                                               seg_area.data_ptr<int64_t>(), n_segments.data_ptr<int64_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      stuff_paint_kernel<<<cuda::blocks_for(n_p), cuda::kThreads, 0, stream>>>(
-          semantic.data_ptr<int32_t>(), stuff_id.data_ptr<int32_t>(), n_p, seg.data_ptr<int32_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      number_and_paint_stuff(stream, stuff, it, stuff_area_limit, table, n_p, SameCell{}, seg);
     }
   });
-  return {seg, seg_class, seg_query, seg_score, seg_area, n_segments};
+  return {seg, table.cls, table.query, table.score, table.area, table.count};
 }
 
 }  // namespace

@@ -29,12 +29,12 @@
 
 #include "cuda_common.cuh"
 #include "op_checks.h"
+#include "panoptic_fusion.cuh"
 #include "upsample_math.h"
 
 namespace rtpanoptic {
 namespace {
 
-constexpr int kFusionThreads = 1024;
 constexpr int kStatsThreads = 256;
 constexpr unsigned kFullMask = 0xffffffffu;
 
@@ -167,10 +167,7 @@ __global__ void fusion_kernel(const uint32_t* __restrict__ bits, const int64_t* 
                               const int64_t* __restrict__ order, const double* __restrict__ qscore,
                               const int64_t* __restrict__ qcls, int64_t n_q, int64_t width, int64_t row_words,
                               int64_t n_words, double score_threshold, double overlap_threshold,
-                              uint32_t* __restrict__ taken, int32_t* __restrict__ seg, int64_t* __restrict__ seg_class,
-                              int64_t* __restrict__ seg_query, float* __restrict__ seg_score,
-                              int64_t* __restrict__ seg_area, int64_t* __restrict__ n_segments) {
-  __shared__ unsigned long long s_area, s_free;
+                              uint32_t* __restrict__ taken, int32_t* __restrict__ seg, SegmentSlots slots) {
   int64_t n_things = 0;  // identical in every thread
   for (int64_t k = 0; k < n_q; ++k) {
     const int64_t j = order[k];
@@ -187,40 +184,20 @@ __global__ void fusion_kernel(const uint32_t* __restrict__ bits, const int64_t* 
       area += __popc(mj[at]);
       free_area += __popc(mj[at] & ~taken[at]);
     }
-    area = cuda::block_sum(area);
-    free_area = cuda::block_sum(free_area);
-    if (threadIdx.x == 0) {
-      s_area = area;
-      s_free = free_area;
-    }
-    __syncthreads();
-    area = s_area;
-    free_area = s_free;
-    __syncthreads();
-    if (area == 0) continue;
-    if (static_cast<double>(area - free_area) / static_cast<double>(area) > overlap_threshold || free_area == 0)
-      continue;
+    free_area = kept_free_area(area, free_area, overlap_threshold);
+    if (free_area == 0) continue;
     const int32_t id = static_cast<int32_t>(n_things) + 1;
     for (int64_t i = threadIdx.x; i < cells; i += blockDim.x) {
       const int64_t row = ya + i / nw, wi = wa + i % nw, at = row * row_words + wi;
-      uint32_t f = mj[at] & ~taken[at];
-      taken[at] |= f;
-      while (f) {
-        const int bit = __ffs(f) - 1;
-        seg[row * width + wi * 32 + bit] = id;
-        f &= f - 1;
-      }
+      paint_free_bits(mj[at], taken + at, seg + row * width + wi * 32, id);
     }
     __syncthreads();  // the next query's rectangle maps its words to other threads
     if (threadIdx.x == 0) {
-      seg_class[n_things] = qcls[j];
-      seg_query[n_things] = j;
-      seg_score[n_things] = static_cast<float>(sc);
-      seg_area[n_things] = static_cast<int64_t>(free_area);
+      write_segment(slots, n_things, qcls[j], j, static_cast<float>(sc), static_cast<int64_t>(free_area));
     }
     ++n_things;
   }
-  if (threadIdx.x == 0) *n_segments = n_things;
+  if (threadIdx.x == 0) *slots.count = n_things;
 }
 
 // 5. stuff: semantic argmax per grid cell, free-area counts of the stuff classes over the output.
@@ -232,40 +209,12 @@ __global__ void semantic_kernel(const scalar_t* __restrict__ sem, int64_t n_c, i
 }
 
 __global__ void stuff_count_kernel(const int32_t* __restrict__ semantic, const bool* __restrict__ is_thing,
-                                   const int32_t* __restrict__ seg, int64_t w, int64_t stride, int64_t height,
-                                   int64_t width, unsigned long long* __restrict__ stuff_area) {
+                                   const int32_t* __restrict__ seg, int64_t n_out, NearestCell cell_of,
+                                   unsigned long long* __restrict__ stuff_area) {
   const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= height * width) return;
-  const int32_t c = semantic[(p / width / stride) * w + (p % width) / stride];
+  if (p >= n_out) return;
+  const int32_t c = semantic[cell_of(p)];
   if (seg[p] == 0 && !is_thing[c]) atomicAdd(stuff_area + c, 1ULL);  // integer: order-free
-}
-
-__global__ void stuff_number_kernel(const unsigned long long* __restrict__ stuff_area, const bool* __restrict__ is_thing,
-                                    int64_t n_c, int64_t stuff_area_limit, int32_t* __restrict__ stuff_id,
-                                    int64_t* __restrict__ seg_class, int64_t* __restrict__ seg_query,
-                                    float* __restrict__ seg_score, int64_t* __restrict__ seg_area,
-                                    int64_t* __restrict__ n_segments) {
-  if (threadIdx.x != 0 || blockIdx.x != 0) return;
-  int64_t n = *n_segments;
-  for (int64_t c = 0; c < n_c; ++c) {
-    stuff_id[c] = 0;
-    if (is_thing[c]) continue;
-    const int64_t area = static_cast<int64_t>(stuff_area[c]);
-    if (!keeps_stuff(area, stuff_area_limit)) continue;
-    seg_class[n] = c;
-    seg_query[n] = -1;
-    seg_score[n] = 1.0f;
-    seg_area[n] = area;
-    ++n;
-    stuff_id[c] = static_cast<int32_t>(n);
-  }
-  *n_segments = n;
-}
-
-__global__ void stuff_paint_kernel(const int32_t* __restrict__ semantic, const int32_t* __restrict__ stuff_id,
-                                   int64_t w, int64_t stride, int64_t height, int64_t width, int32_t* __restrict__ seg) {
-  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p < height * width && seg[p] == 0) seg[p] = stuff_id[semantic[(p / width / stride) * w + (p % width) / stride]];
 }
 
 // At most this many blocks along grid.y (CUDA's limit is 65535); the kernels stride over the rest.
@@ -281,15 +230,9 @@ Result panoptic_from_dense_release_cuda(const at::Tensor& dense_boxes, const at:
                                         bool fma) {
   const char* op = "panoptic_from_dense_release";
   const std::string score(score_sv);
-  check_panoptic_from_dense_args(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
-                                 c10::kCUDA);
-  check_same_device(op, "sem_probs", sem_probs, dense_boxes);
-  check_same_device(op, "query_boxes", query_boxes, dense_boxes);
-  check_same_device(op, "query_classes", query_classes, dense_boxes);
-  check_same_device(op, "query_scores", query_scores, dense_boxes);
-  check_same_device(op, "is_thing", is_thing, dense_boxes);
-  check_panoptic_from_dense_scalars(op, score, overlap_threshold, stuff_area_limit);
-  check_release_size(op, dense_boxes, stride, height, width);
+  check_panoptic_from_dense_release_args(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores,
+                                         is_thing, stride, height, width, score, overlap_threshold, stuff_area_limit,
+                                         c10::kCUDA);
   // query_classes range: checked by rtpanoptic.ops.panoptic_from_dense_release (a device check
   // would need a sync); a query with an out-of-range class gets an empty mask instead.
   c10::cuda::CUDAGuard guard(dense_boxes.device());
@@ -305,11 +248,7 @@ Result panoptic_from_dense_release_cuda(const at::Tensor& dense_boxes, const at:
   auto it = is_thing.contiguous();
   auto opts = d.options();
   auto seg = at::zeros({height, width}, opts.dtype(at::kInt));
-  auto seg_class = at::empty({n_q + n_c}, opts.dtype(at::kLong));
-  auto seg_query = at::empty({n_q + n_c}, opts.dtype(at::kLong));
-  auto seg_score = at::empty({n_q + n_c}, opts.dtype(at::kFloat));
-  auto seg_area = at::empty({n_q + n_c}, opts.dtype(at::kLong));
-  auto n_segments = at::zeros({1}, opts.dtype(at::kLong));
+  SegmentTable table(n_q + n_c, opts);
   const Score sc = score == "iou" ? Score::kIoU : Score::kTri;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, d.scalar_type(), "panoptic_from_dense_release_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -337,35 +276,25 @@ Result panoptic_from_dense_release_cuda(const at::Tensor& dense_boxes, const at:
       fusion_kernel<<<1, kFusionThreads, 0, stream>>>(
           bits_p, rect.data_ptr<int64_t>(), order.data_ptr<int64_t>(), qs.data_ptr<double>(), qc.data_ptr<int64_t>(),
           n_q, width, row_words, n_words, score_threshold, overlap_threshold,
-          reinterpret_cast<uint32_t*>(taken.data_ptr<int32_t>()), seg.data_ptr<int32_t>(),
-          seg_class.data_ptr<int64_t>(), seg_query.data_ptr<int64_t>(), seg_score.data_ptr<float>(),
-          seg_area.data_ptr<int64_t>(), n_segments.data_ptr<int64_t>());
+          reinterpret_cast<uint32_t*>(taken.data_ptr<int32_t>()), seg.data_ptr<int32_t>(), table.slots());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (n_out > 0) {
-      auto semantic = at::empty({n_p}, opts.dtype(at::kInt));
-      auto stuff_area = at::zeros({n_c}, opts.dtype(at::kLong));
-      auto stuff_id = at::empty({n_c}, opts.dtype(at::kInt));
-      auto* area_p = reinterpret_cast<unsigned long long*>(stuff_area.data_ptr<int64_t>());
+      StuffBuffers stuff(n_p, n_c, opts);
+      const NearestCell cell_of{w, stride, width};
       semantic_kernel<scalar_t><<<cuda::blocks_for(n_p), cuda::kThreads, 0, stream>>>(
-          s.data_ptr<scalar_t>(), n_c, n_p, semantic.data_ptr<int32_t>());
+          s.data_ptr<scalar_t>(), n_c, n_p, stuff.semantic.data_ptr<int32_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       stuff_count_kernel<<<cuda::blocks_for(n_out), cuda::kThreads, 0, stream>>>(
-          semantic.data_ptr<int32_t>(), it.data_ptr<bool>(), seg.data_ptr<int32_t>(), w, stride, height, width, area_p);
+          stuff.semantic.data_ptr<int32_t>(), it.data_ptr<bool>(), seg.data_ptr<int32_t>(), n_out, cell_of,
+          stuff.area_ptr());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      stuff_number_kernel<<<1, 1, 0, stream>>>(area_p, it.data_ptr<bool>(), n_c, stuff_area_limit,
-                                               stuff_id.data_ptr<int32_t>(), seg_class.data_ptr<int64_t>(),
-                                               seg_query.data_ptr<int64_t>(), seg_score.data_ptr<float>(),
-                                               seg_area.data_ptr<int64_t>(), n_segments.data_ptr<int64_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      stuff_paint_kernel<<<cuda::blocks_for(n_out), cuda::kThreads, 0, stream>>>(
-          semantic.data_ptr<int32_t>(), stuff_id.data_ptr<int32_t>(), w, stride, height, width, seg.data_ptr<int32_t>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      number_and_paint_stuff(stream, stuff, it, stuff_area_limit, table, n_out, cell_of, seg);
     }
   });
-  const int64_t n = n_segments.item<int64_t>();  // the one host sync: output sizes
-  return {seg, seg_class.narrow(0, 0, n).clone(), seg_query.narrow(0, 0, n).clone(),
-          seg_score.narrow(0, 0, n).clone(), seg_area.narrow(0, 0, n).clone()};
+  const int64_t n = table.count.item<int64_t>();  // the one host sync: output sizes
+  return {seg, table.cls.narrow(0, 0, n).clone(), table.query.narrow(0, 0, n).clone(),
+          table.score.narrow(0, 0, n).clone(), table.area.narrow(0, 0, n).clone()};
 }
 
 }  // namespace

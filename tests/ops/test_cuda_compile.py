@@ -49,6 +49,8 @@ __global__ void probe(const T* __restrict__ in, const int64_t* __restrict__ idx,
   o[11] = nan_min(b[28], b[29]) + nan_max(b[30], b[31]) + rtp_max(b[29], b[31]);
   o[12] = dmin_da(b[28], b[29]) + dmax_da(b[30], b[31]);
   o[14] = static_cast<T>(class_argmax<T>(in, idx[i], idx[i + 1], idx[i + 2]) + keeps_stuff(idx[i + 3], idx[i + 4]));
+  o[15] = mask_loss_mean<T>(reinterpret_cast<const double*>(in), idx, b, idx[i], idx[i + 1]) +
+          mask_error<T>(b[16], chosen[i] != 0);
 }
 template __global__ void probe<float>(const float*, const int64_t*, const int32_t*, float*);
 template __global__ void probe<double>(const double*, const int64_t*, const int32_t*, double*);

@@ -1,0 +1,153 @@
+// The panoptic fusion pieces shared by panoptic_from_dense and panoptic_from_dense_release on the
+// GPU: the segment table the kernels fill, the block's decision on one thing query, and the stuff
+// stage after the things (numbering the stuff classes, painting their free pixels).  Everything
+// is in an anonymous namespace: each of the two .cu files gets its own copy, with no link clash.
+#pragma once
+
+#include "cuda_common.cuh"
+
+namespace rtpanoptic {
+namespace {
+
+constexpr int kFusionThreads = 1024;
+
+// Device pointers to the segment table: per slot the class, the query (-1 for stuff), the score and
+// the area in pixels, and the number of slots filled.
+struct SegmentSlots {
+  int64_t* cls;
+  int64_t* query;
+  float* score;
+  int64_t* area;
+  int64_t* count;
+};
+
+// The segment table: n_slots (Q + C) slots, unset (the kernels write slots 0 .. count-1), and the
+// count, a 0-d int64 tensor holding 0.
+struct SegmentTable {
+  at::Tensor cls, query, score, area, count;
+
+  SegmentTable(int64_t n_slots, const at::TensorOptions& opts)
+      : cls(at::empty({n_slots}, opts.dtype(at::kLong))),
+        query(at::empty({n_slots}, opts.dtype(at::kLong))),
+        score(at::empty({n_slots}, opts.dtype(at::kFloat))),
+        area(at::empty({n_slots}, opts.dtype(at::kLong))),
+        count(at::zeros({}, opts.dtype(at::kLong))) {}
+
+  SegmentSlots slots() {
+    return {cls.data_ptr<int64_t>(), query.data_ptr<int64_t>(), score.data_ptr<float>(), area.data_ptr<int64_t>(),
+            count.data_ptr<int64_t>()};
+  }
+};
+
+__device__ __forceinline__ void write_segment(const SegmentSlots& slots, int64_t n, int64_t cls, int64_t query,
+                                              float score, int64_t area) {
+  slots.cls[n] = cls;
+  slots.query[n] = query;
+  slots.score[n] = score;
+  slots.area[n] = area;
+}
+
+// The fusion's decision on one query (past the score threshold), from each thread's popcounts of its
+// mask (`area`) and of the mask's pixels not yet taken (`free_area`): the block's sums, the same in
+// every thread, go through the reference's rules -- an empty mask, one overlapping the taken pixels
+// by more than overlap_threshold (the ratio in float64) and one without a free pixel are skipped.
+// Returns the free area of a kept query, 0 for a skipped one.
+__device__ unsigned long long kept_free_area(unsigned long long area, unsigned long long free_area,
+                                             double overlap_threshold) {
+  __shared__ unsigned long long s_area, s_free;
+  area = cuda::block_sum(area);
+  free_area = cuda::block_sum(free_area);
+  if (threadIdx.x == 0) {
+    s_area = area;
+    s_free = free_area;
+  }
+  __syncthreads();
+  area = s_area;
+  free_area = s_free;
+  __syncthreads();  // s_area / s_free are rewritten by the next query
+  if (area == 0) return 0;
+  if (static_cast<double>(area - free_area) / static_cast<double>(area) > overlap_threshold || free_area == 0)
+    return 0;
+  return free_area;
+}
+
+// Paints segment `id` into the free pixels of one 32-pixel mask word (its bits not yet in *taken),
+// seg pointing at the word's first pixel, and marks them taken.
+__device__ __forceinline__ void paint_free_bits(uint32_t mask_word, uint32_t* taken, int32_t* seg, int32_t id) {
+  uint32_t f = mask_word & ~*taken;
+  *taken |= f;
+  while (f) {
+    const int bit = __ffs(f) - 1;
+    seg[bit] = id;
+    f &= f - 1;
+  }
+}
+
+// The stuff segments, numbered after the things in class order (one thread): stuff_id[c] is the
+// segment id of stuff class c, 0 for a thing class or a stuff class that keeps no segment.
+__global__ void stuff_number_kernel(const unsigned long long* __restrict__ stuff_area, const bool* __restrict__ is_thing,
+                                    int64_t n_c, int64_t stuff_area_limit, int32_t* __restrict__ stuff_id,
+                                    SegmentSlots slots) {
+  if (threadIdx.x != 0 || blockIdx.x != 0) return;
+  int64_t n = *slots.count;
+  for (int64_t c = 0; c < n_c; ++c) {
+    stuff_id[c] = 0;
+    if (is_thing[c]) continue;
+    const int64_t area = static_cast<int64_t>(stuff_area[c]);
+    if (!keeps_stuff(area, stuff_area_limit)) continue;
+    write_segment(slots, n, c, -1, 1.0f, area);
+    ++n;
+    stuff_id[c] = static_cast<int32_t>(n);
+  }
+  *slots.count = n;
+}
+
+// The grid cell whose semantic class an output pixel takes: the pixel itself (output == grid).
+struct SameCell {
+  __device__ __forceinline__ int64_t operator()(int64_t p) const { return p; }
+};
+
+// The grid cell of output pixel p of a [height, width] output, nearest-upsampled by `stride` from a
+// grid w cells wide.
+struct NearestCell {
+  int64_t w, stride, width;
+  __device__ __forceinline__ int64_t operator()(int64_t p) const { return (p / width / stride) * w + (p % width) / stride; }
+};
+
+// Every free output pixel (seg 0) of the n_out takes its cell's stuff segment id (0 when none).
+template <typename CellOf>
+__global__ void stuff_paint_kernel(const int32_t* __restrict__ semantic, const int32_t* __restrict__ stuff_id,
+                                   int64_t n_out, CellOf cell_of, int32_t* __restrict__ seg) {
+  const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (p < n_out && seg[p] == 0) seg[p] = stuff_id[semantic[cell_of(p)]];
+}
+
+// The stuff stage's buffers: the semantic class of each of the n_p grid cells, and per class its
+// free area (counted by the backend's kernel with integer atomics) and segment id.
+struct StuffBuffers {
+  at::Tensor semantic, area, id;
+
+  StuffBuffers(int64_t n_p, int64_t n_c, const at::TensorOptions& opts)
+      : semantic(at::empty({n_p}, opts.dtype(at::kInt))),
+        area(at::zeros({n_c}, opts.dtype(at::kLong))),
+        id(at::empty({n_c}, opts.dtype(at::kInt))) {}
+
+  unsigned long long* area_ptr() { return reinterpret_cast<unsigned long long*>(area.data_ptr<int64_t>()); }
+};
+
+// After the backend has filled stuff.semantic and stuff.area: numbers the stuff segments and paints
+// them into the n_out output pixels of seg.
+template <typename CellOf>
+void number_and_paint_stuff(cudaStream_t stream, StuffBuffers& stuff, const at::Tensor& is_thing,
+                            int64_t stuff_area_limit, SegmentTable& table, int64_t n_out, CellOf cell_of,
+                            at::Tensor& seg) {
+  stuff_number_kernel<<<1, 1, 0, stream>>>(stuff.area_ptr(), is_thing.data_ptr<bool>(), stuff.area.size(0),
+                                           stuff_area_limit, stuff.id.data_ptr<int32_t>(), table.slots());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  stuff_paint_kernel<CellOf><<<cuda::blocks_for(n_out), cuda::kThreads, 0, stream>>>(
+      stuff.semantic.data_ptr<int32_t>(), stuff.id.data_ptr<int32_t>(), n_out, cell_of, seg.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+}  // namespace rtpanoptic
