@@ -9,8 +9,12 @@ as soon as it is measured (benchmarks/gpu_check.py reads it; nothing is lost if 
 Peak memory (``benchmark.extra_info["peak_mem_mb"]``): on CUDA, ``torch.cuda.max_memory_allocated``
 above what was allocated before the call; on the CPU, the growth of the process's resident-set
 high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) during one call, with glibc
-told to serve every allocation above 64 KiB by mmap so that freed memory is returned and
-re-counted.  (``tracemalloc`` only sees Python's allocator, not torch's or the C++ kernels'.)
+told, for that call only, to serve every allocation above 64 KiB by mmap so that freed memory is
+returned and re-counted.  (``tracemalloc`` only sees Python's allocator, not torch's or the C++
+kernels'.)  The timed rounds run with glibc's thresholds at the values its dynamic threshold
+converges to in a long-running process (32 MiB mmap, 64 MiB trim): a 64 KiB mmap threshold there
+would page-fault every large buffer afresh on every call (it made ``Predictor.postprocess`` at
+1024x2048 look ~1.6x slower than it is).
 """
 import ctypes
 import gc
@@ -46,15 +50,21 @@ def make_clustered_boxes():
 
 def _libc():
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so large blocks are unmapped on free
-        libc.mallopt(-1, 64 * 1024)  # M_TRIM_THRESHOLD
-        return libc
-    except (OSError, AttributeError):
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
         return None
 
 
 _LIBC = _libc()
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MEASURE_THRESHOLDS = (64 << 10, 64 << 10)  # (mmap, trim): large blocks unmapped on free
+TIMING_THRESHOLDS = (32 << 20, 64 << 20)  # glibc's ceiling for its dynamic mmap threshold on 64-bit, 2x for trim
+
+
+def _set_thresholds(mmap_bytes: int, trim_bytes: int) -> None:
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, mmap_bytes)
+        _LIBC.mallopt(_M_TRIM_THRESHOLD, trim_bytes)
 
 
 def _status_bytes(key: str) -> int:
@@ -64,6 +74,7 @@ def _status_bytes(key: str) -> int:
 
 def cpu_peak_bytes(fn) -> int | None:
     """Extra resident memory at the peak of one call of ``fn`` (None where not measurable)."""
+    _set_thresholds(*MEASURE_THRESHOLDS)
     try:
         gc.collect()
         if _LIBC is not None:
@@ -75,6 +86,8 @@ def cpu_peak_bytes(fn) -> int | None:
         return max(0, _status_bytes("VmHWM") - base)
     except (OSError, AttributeError):
         return None
+    finally:
+        _set_thresholds(*TIMING_THRESHOLDS)
 
 
 def skip_unless(device: str, impl: str, backends):
