@@ -130,7 +130,8 @@ def stage_timings(model, image_size: Sequence[int], mode: RunMode = FP32, iters:
 
 def graph_timings(model, image_size: Sequence[int], mode: RunMode = FP32, iters: int = 20) -> dict:
     """CUDA graphs for one fixed-size image, each captured and replayed: the network +
-    post-processing (:class:`rtpanoptic.export.PanopticProgram`, padded outputs) ->
+    panoptic post-processing (:class:`rtpanoptic.export.PanopticProgram`, padded outputs: no semantic
+    map at input size) ->
     ``{"end_to_end_ms", "fps"}``; the network alone -> ``network_ms``; the post-processing's device
     stage (:meth:`Predictor.capture_postprocess <rtpanoptic.inference.Predictor.capture_postprocess>`)
     -> ``postprocess_device_ms`` (the replay) and ``postprocess_ms`` (the replay and the host stage:

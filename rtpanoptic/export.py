@@ -194,9 +194,11 @@ class PanopticProgram(nn.Module):
     (0 void, k the k-th segment), ``classes`` int64 ``[S]`` (semantic train ids), ``queries``
     int64 ``[S]`` (query index, -1 for stuff), ``scores [S])``.
 
-    The post-processing is the Predictor's device stage
-    (:class:`~rtpanoptic.inference.DevicePostprocess`: fixed-count candidates, padded queries and
-    segments, counts on the device), so the result is the Predictor's.  The segments are trimmed
+    The post-processing is the panoptic part of the Predictor's device stage
+    (:meth:`DevicePostprocess.segments <rtpanoptic.inference.DevicePostprocess.segments>`:
+    fixed-count candidates, padded queries and segments, counts on the device; not the semantic map
+    at input size nor the segment statistics, which the program does not return), so the result
+    is the Predictor's.  The segments are trimmed
     to their count, an unbacked size of the exported program; ``padded=True`` returns the ``S``
     segment slots and the count (int64 0-d) instead, ``(panoptic, classes, queries, scores,
     count)``: nothing is read on the host, so the module can be captured in a CUDA graph.
@@ -215,12 +217,13 @@ class PanopticProgram(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         m = self.model
         h, w = images.shape[-2], images.shape[-1]
-        (r,) = self.postprocess(self.network(m.normalize(images)), [(h, w)])
-        segments = (r.segment_class, r.segment_query, r.segment_score)
+        # the panoptic part alone: the program returns no semantic map and no segment statistics
+        ((panoptic, seg, _, _),) = self.postprocess.segments(self.network(m.normalize(images)), [(h, w)])
+        segments = (seg.classes, seg.queries, seg.scores)
         if self.padded:
-            return (r.panoptic, *segments, r.segment_count)
-        k = count_on_host(r.segment_count, r.segment_class.shape[0])
-        return (r.panoptic, *(t[:k] for t in segments))
+            return (panoptic, *segments, seg.count)
+        k = count_on_host(seg.count, seg.classes.shape[0])
+        return (panoptic, *(t[:k] for t in segments))
 
 
 def export_panoptic_program(model: nn.Module, image_size: Sequence[int] = (256, 512), check: bool = True,

@@ -398,22 +398,33 @@ class DevicePostprocess:
         return results
 
     def __call__(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]) -> list[DeviceResult]:
-        be, m = self.backend, self.model
-        queries = self.queries(outputs, sizes)
-        ls, ss = m.levelness_stride, m.semantic_stride
-        dense, _ = ops.gather_levelness(list(outputs.box_offsets), outputs.levelness, out_stride=ls, backend=be)
+        be, ss = self.backend, self.model.semantic_stride
         sem_logits = outputs.semantic
-        sem_probs = semantic_probs_on(sem_logits, dense.shape[-2:])
         semantic_size = (sem_logits.shape[2] * ss, sem_logits.shape[3] * ss)
         results = []
-        for b, (h, w) in enumerate(sizes):
-            seg, map_stride = self._fuse(dense[b], sem_probs[b], queries[b], (h, w))
-            areas, boxes = segment_stats(seg.segment_map, seg.classes.shape[0], map_stride, (h, w))
-            semantic = ops.upsample_argmax(sem_logits[b : b + 1], semantic_size, (h, w), backend=be)[0]
-            panoptic = upsample_ids(seg.segment_map, map_stride, (h, w))
-            results.append(DeviceResult(panoptic, semantic, queries[b], seg.classes, seg.queries, seg.scores,
+        for b, (panoptic, seg, map_stride, q) in enumerate(self.segments(outputs, sizes)):
+            size = sizes[b]
+            areas, boxes = segment_stats(seg.segment_map, seg.classes.shape[0], map_stride, size)
+            semantic = ops.upsample_argmax(sem_logits[b : b + 1], semantic_size, size, backend=be)[0]
+            results.append(DeviceResult(panoptic, semantic, q, seg.classes, seg.queries, seg.scores,
                                         areas, boxes, seg.count))
         return results
+
+    def segments(self, outputs: HeadOutputs, sizes: Sequence[tuple[int, int]]
+                 ) -> list[tuple[Tensor, ops.PaddedPanopticSegments, int, PaddedQueries]]:
+        """The panoptic part of the stage, per image: ``(panoptic id map int32 [H, W], the padded
+        segments, the stride of their segment map, the padded queries)`` -- without the semantic map
+        and the segment statistics, which :meth:`__call__` adds."""
+        ls = self.model.levelness_stride
+        queries = self.queries(outputs, sizes)
+        dense, _ = ops.gather_levelness(list(outputs.box_offsets), outputs.levelness, out_stride=ls,
+                                        backend=self.backend)
+        sem_probs = semantic_probs_on(outputs.semantic, dense.shape[-2:])
+        out = []
+        for b, size in enumerate(sizes):
+            seg, map_stride = self._fuse(dense[b], sem_probs[b], queries[b], size)
+            out.append((upsample_ids(seg.segment_map, map_stride, size), seg, map_stride, queries[b]))
+        return out
 
     def _fuse(self, dense: Tensor, sem_probs: Tensor, q: PaddedQueries,
               size: tuple[int, int]) -> tuple[ops.PaddedPanopticSegments, int]:
