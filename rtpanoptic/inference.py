@@ -444,7 +444,7 @@ class DevicePostprocess:
             seg = ops.panoptic_from_dense_release(
                 dense[:, :hr, :wr].contiguous(), sem_probs[:, :hr, :wr].contiguous(), q.boxes[:n], classes[:n],
                 q.scores[:n], is_thing, stride=ls, size=(h, w), stuff_area_limit=o.stuff_area_limit, **common)
-            return _padded_segments(seg, q.boxes.shape[0] + is_thing.shape[0]), 1
+            return seg.padded(q.boxes.shape[0] + is_thing.shape[0]), 1
         seg = ops.panoptic_from_dense(
             dense[:, :hv, :wv].contiguous(), sem_probs[:, :hv, :wv].contiguous(), q.boxes, classes, q.scores,
             is_thing, stuff_area_limit=o.stuff_area_limit // (ls * ls), num_queries=q.count, padded=True, **common)
@@ -504,16 +504,6 @@ def _detections(q: PaddedQueries) -> Detections:
     """The queries alone (reads ``count`` on the host)."""
     n = int(q.count)
     return Detections(q.boxes[:n], q.scores[:n], q.labels[:n])
-
-
-def _padded_segments(seg: ops.PanopticSegments, slots: int) -> ops.PaddedPanopticSegments:
-    """Segments of data-dependent count laid out as :class:`ops.PaddedPanopticSegments` with ``slots`` slots."""
-    count = seg.classes.shape[0]
-    pad = slots - count
-    return ops.PaddedPanopticSegments(
-        seg.segment_map, F.pad(seg.classes, (0, pad), value=-1), F.pad(seg.queries, (0, pad), value=-1),
-        F.pad(seg.scores, (0, pad)), F.pad(seg.areas, (0, pad)),
-        torch.full((), count, dtype=torch.int64, device=seg.classes.device))
 
 
 def clip_boxes(boxes: Tensor, size: tuple[int, int], mask_mode: str = "grid") -> Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal, NamedTuple, overload
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import _dispatch, registry
@@ -32,6 +34,16 @@ class PanopticSegments(NamedTuple):
         ):
             out.append({"id": k + 1, "category_id": c, "isthing": q >= 0, "score": s, "area": a, "query": q})
         return out
+
+    def padded(self, slots: int) -> PaddedPanopticSegments:
+        """These segments in the fixed-size layout of :class:`PaddedPanopticSegments` with ``slots``
+        (>= the segment count) slots; the inverse of :meth:`PaddedPanopticSegments.trimmed`."""
+        count = self.classes.shape[0]
+        pad = (0, slots - count)
+        return PaddedPanopticSegments(
+            self.segment_map, F.pad(self.classes, pad, value=-1), F.pad(self.queries, pad, value=-1),
+            F.pad(self.scores, pad), F.pad(self.areas, pad),
+            torch.full((), count, dtype=torch.int64, device=self.classes.device))
 
 
 class PaddedPanopticSegments(NamedTuple):
