@@ -8,13 +8,14 @@ that torchvision's CUDA NMS uses, in Triton.
    exactly like the reference's ``box_iou`` (float16/bfloat16 in float32, then rounded back before
    the comparison; no FMA contraction).  Words left of a row's diagonal word are never written and
    never read.
-2. ``_greedy_scan_kernel`` (one program): the greedy pass over the words, 32 boxes at a time.  Per
-   word it loads the 32 rows' diagonal words in one vector load, resolves the word's boxes with
-   bit operations (only the boxes still available cost a step; a kept box's diagonal word is
-   picked out of the vector), then ORs the kept rows' later words into the suppressed sets held in
-   registers.  Two sets for ``select_queries`` (csrc/cpu/select_queries_kernel.cpp says why one
-   sweep equals its three passes): C's (every class survivor ORs its class row) and G's (every
-   output ORs its global row); the scan stops once ``top_n`` are output.
+2. ``_greedy_scan_kernel`` (one program): the greedy pass over the words, 32 boxes at a time,
+   with the suppressed sets in registers.  Only the boxes still available cost a step: the next
+   one is the lowest clear bit of the word (bit operations, no per-box test); it is kept, its
+   diagonal word updates the word (a scalar load) and its later words are ORed into the set (one
+   vector load of the row's words right of the diagonal).  Two sets for ``select_queries``
+   (csrc/cpu/select_queries_kernel.cpp says why one sweep equals its three passes): C's (every
+   class survivor ORs its class row) and G's (every output ORs its global row); the scan stops
+   once ``top_n`` are output.
 
 Nothing is read on the host: the scan writes the kept box indices (``order[position]``) and their
 count.  A mask takes ``N * ceil(N / 32) * 4`` bytes (as torchvision's CUDA NMS); the scan keeps
@@ -70,28 +71,11 @@ def _nms_mask_kernel(box_ptr, label_ptr, order_ptr, thr_ptr, mask_ptr, global_pt
 
 
 @triton.jit
-def _bit_index(low):
-    """Index of the one set bit of ``low`` (int64, a power of two below 2**32)."""
-    return (((low & 0xFFFF0000) != 0).to(tl.int32) * 16 + ((low & 0xFF00FF00) != 0).to(tl.int32) * 8
-            + ((low & 0xF0F0F0F0) != 0).to(tl.int32) * 4 + ((low & 0xCCCCCCCC) != 0).to(tl.int32) * 2
-            + ((low & 0xAAAAAAAA) != 0).to(tl.int32))
-
-
-@triton.jit
-def _pick(vec, offs, k):
-    """``vec[k]`` of a register vector as a scalar."""
-    return tl.sum(tl.where(offs == k, vec, 0), axis=0)
-
-
-@triton.jit
-def _or_rows(removed, mask_ptr, kept, w, offs, later, NW):
-    """``removed`` ORed with the words ``later`` of the rows ``w * 32 + b`` for the bits b of ``kept``."""
-    while kept != 0:
-        low = kept & -kept
-        row = (w * 32 + _bit_index(low)).to(tl.int64) * NW
-        removed = removed | tl.load(mask_ptr + row + offs, mask=later, other=0)
-        kept = kept & (kept - 1)
-    return removed
+def _lowest_bit(bits):
+    """(the lowest set bit of ``bits`` (int64 holding a 32-bit word, not 0), its index): the index is
+    the exponent of the bit converted to float32 (exact for a power of two)."""
+    low = bits & -bits
+    return low, (low.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127
 
 
 @triton.jit
@@ -99,44 +83,32 @@ def _greedy_scan_kernel(mask_ptr, global_ptr, order_ptr, keep_ptr, count_ptr, N,
                         NWB: tl.constexpr):
     offs = tl.arange(0, NWB)
     wm = offs < NW
-    lanes = tl.arange(0, 32)
     class_removed = tl.zeros([NWB], dtype=tl.int32)
     global_removed = tl.zeros([NWB], dtype=tl.int32)
     count = 0
     w = 0
     while (w < NW) & (count < TOP_N):
-        rows = w * 32 + lanes
-        rm = rows < N
-        diag = tl.load(mask_ptr + rows.to(tl.int64) * NW + w, mask=rm, other=0).to(tl.int64) & 0xFFFFFFFF
-        gdiag = diag
-        if GLOBAL:
-            gdiag = tl.load(global_ptr + rows.to(tl.int64) * NW + w, mask=rm, other=0).to(tl.int64) & 0xFFFFFFFF
-        cword = _pick(class_removed, offs, w).to(tl.int64) & 0xFFFFFFFF
-        gword = _pick(global_removed, offs, w).to(tl.int64) & 0xFFFFFFFF
-        size = tl.minimum(N - w * 32, 32).to(tl.int64)
-        valid = (tl.full([], 1, tl.int64) << size) - 1
-        class_kept = tl.full([], 0, tl.int64)
-        global_kept = tl.full([], 0, tl.int64)
+        later = wm & (offs > w)
+        cword = tl.sum(tl.where(offs == w, class_removed, 0), axis=0).to(tl.int64) & 0xFFFFFFFF
+        gword = tl.sum(tl.where(offs == w, global_removed, 0), axis=0).to(tl.int64) & 0xFFFFFFFF
+        valid = (tl.full([], 1, tl.int64) << tl.minimum(N - w * 32, 32).to(tl.int64)) - 1
         avail = ~cword & valid
         while (avail != 0) & (count < TOP_N):
-            low = avail & -avail
-            b = _bit_index(low)
-            class_kept = class_kept | low
-            cword = cword | _pick(diag, lanes, b)
+            low, b = _lowest_bit(avail)  # box w * 32 + b is the next one still available: it joins C
+            row = mask_ptr + (w * 32 + b).to(tl.int64) * NW
+            cword = cword | (tl.load(row + w).to(tl.int64) & 0xFFFFFFFF)
+            class_removed = class_removed | tl.load(row + offs, mask=later, other=0)
             joins = True
             if GLOBAL:
                 joins = (gword & low) == 0
                 if joins:
-                    global_kept = global_kept | low
-                    gword = gword | _pick(gdiag, lanes, b)
+                    grow = global_ptr + (w * 32 + b).to(tl.int64) * NW
+                    gword = gword | (tl.load(grow + w).to(tl.int64) & 0xFFFFFFFF)
+                    global_removed = global_removed | tl.load(grow + offs, mask=later, other=0)
             if joins:
                 tl.store(keep_ptr + count, tl.load(order_ptr + w * 32 + b))
                 count += 1
             avail = ~cword & valid & ~((low << 1) - 1)
-        later = wm & (offs > w)
-        class_removed = _or_rows(class_removed, mask_ptr, class_kept, w, offs, later, NW)
-        if GLOBAL:
-            global_removed = _or_rows(global_removed, global_ptr, global_kept, w, offs, later, NW)
         w += 1
     tl.store(count_ptr, count)
 

@@ -12,8 +12,8 @@
 //      in lock-step: only the boxes still available cost a step (ffs), and a kept box's diagonal
 //      word comes from its lane by __shfl_sync.  Then each lane ORs the kept rows into the removed
 //      words it owns (word c belongs to lane c % 32, so the removed words are private to their
-//      lane: no shared memory, no barrier) and the owner of the next tile's word passes it on by
-//      __shfl_sync.  Two suppressed sets for select_queries (csrc/cpu/select_queries_kernel.cpp
+//      lane: no shared memory, no barrier; the rows' loads go 8 at a time) and the owner of the
+//      next tile's word passes it on by __shfl_sync.  Two suppressed sets for select_queries (csrc/cpu/select_queries_kernel.cpp
 //      says why one sweep equals its three passes): C's (every class survivor ORs its class row)
 //      and G's (every output query ORs its global row).  The scan stops once top_n are output.
 // IoUs are computed in float32 for float16/bfloat16 and rounded to the input dtype before the
@@ -72,6 +72,26 @@ __global__ void suppression_mask_kernel(int64_t n, const scalar_t* __restrict__ 
   if (kGlobal) global_mask[at] = global_bits;
 }
 
+// `value` ORed with word c of the rows base + k of `mask` for the set bits k of `rows`, the loads
+// issued 8 at a time (independent, so 8 are in flight instead of one round trip per row).
+__device__ __forceinline__ mask_word or_rows(mask_word value, const mask_word* __restrict__ mask, int64_t base,
+                                             int64_t words, int64_t c, mask_word rows) {
+  while (rows != 0) {
+    mask_word loaded[8];
+#pragma unroll
+    for (int u = 0; u < 8; ++u) {
+      loaded[u] = 0;
+      if (rows != 0) {
+        loaded[u] = mask[(base + __ffsll(static_cast<long long>(rows)) - 1) * words + c];
+        rows &= rows - 1;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < 8; ++u) value |= loaded[u];
+  }
+  return value;
+}
+
 // Launch: <<<1, 32>>>.  removed: 2 * words scratch (initialised here).  Writes keep[0, kept) (box
 // indices order[position], in score order), -1 into keep[kept, keep_size) and count = kept.
 template <bool kGlobal>
@@ -126,17 +146,8 @@ __global__ void greedy_scan_kernel(int64_t n, int64_t words, const mask_word* __
     mask_word next_c = 0, next_g = 0;
     if (class_kept != 0) {
       for (int64_t c = rb + 1 + ((lane - owner) & 31); c < words; c += 32) {
-        mask_word vc = removed_c[c];
-        for (mask_word bits = class_kept; bits != 0; bits &= bits - 1) {
-          vc |= mask[(base + __ffsll(static_cast<long long>(bits)) - 1) * words + c];
-        }
-        mask_word vg = 0;
-        if (kGlobal) {
-          vg = removed_g[c];
-          for (mask_word bits = global_kept; bits != 0; bits &= bits - 1) {
-            vg |= global_mask[(base + __ffsll(static_cast<long long>(bits)) - 1) * words + c];
-          }
-        }
+        const mask_word vc = or_rows(removed_c[c], mask, base, words, c, class_kept);
+        const mask_word vg = kGlobal ? or_rows(removed_g[c], global_mask, base, words, c, global_kept) : 0;
         if (c == rb + 1) {
           next_c = vc, next_g = vg;  // consumed below; never read from memory again
         } else {
