@@ -29,23 +29,52 @@ import torch
 from rtpanoptic.benchmark import cuda_peak_bytes, time_ms
 
 
-def clustered_boxes(n: int, seed: int = 0, image: float = 1024.0, device="cpu"):
-    """``n`` boxes around ``n // 20`` objects (like dense detections before NMS)."""
+def _clusters(n: int, seed: int, image: float, spread: float):
+    """``n`` boxes around ``n // 20`` objects: (boxes, scores, owner object of each box)."""
     g = torch.Generator().manual_seed(seed)
     k = max(1, n // 20)
     centres = torch.rand(k, 2, generator=g) * image
     sizes = 16 + torch.rand(k, 2, generator=g) * 200
     owner = torch.randint(0, k, (n,), generator=g)
-    jitter = 1 + 0.15 * torch.randn(n, 4, generator=g)
+    jitter = 1 + spread * torch.randn(n, 4, generator=g)
     c, s = centres[owner], sizes[owner]
     boxes = torch.cat([c - s / 2 * jitter[:, :2], c + s / 2 * jitter[:, 2:]], 1)
     scores = torch.rand(n, generator=g)
+    return boxes, scores, owner
+
+
+def clustered_boxes(n: int, seed: int = 0, image: float = 1024.0, device="cpu"):
+    """``n`` boxes around ``n // 20`` objects (like dense detections before NMS)."""
+    boxes, scores, _ = _clusters(n, seed, image, 0.15)
     return boxes.to(device), scores.to(device)
+
+
+# Label distributions of the NMS / select_queries benchmarks: today's random labels over the
+# clustered boxes, and the two worst cases for a greedy scan that stops at top_n kept: tight
+# clusters (3 % jitter) with one class per object (what a street scene looks like: class NMS
+# keeps about one box per object, so every box is visited) and one class for everything.
+LABELS = {"random-19": 19, "random-8": 8, "per-object-tight": None, "one-class-tight": 1}
+
+
+def labelled_boxes(n: int, labels: str, seed: int = 0, device="cpu"):
+    """(boxes [n, 4], scores [n], int64 labels [n]) on ``device`` for a :data:`LABELS` distribution."""
+    if labels.startswith("random"):
+        boxes, scores = clustered_boxes(n, seed)
+        lab = torch.randint(0, LABELS[labels], (n,), generator=torch.Generator().manual_seed(seed))
+    else:
+        boxes, scores, owner = _clusters(n, seed, 1024.0, 0.03)
+        lab = owner if labels == "per-object-tight" else torch.zeros(n, dtype=torch.int64)
+    return boxes.to(device), scores.to(device), lab.to(device)
 
 
 @pytest.fixture
 def make_clustered_boxes():
     return clustered_boxes
+
+
+@pytest.fixture
+def make_labelled_boxes():
+    return labelled_boxes
 
 
 def _libc():

@@ -51,23 +51,51 @@ def _scene(grid, q, c=19, seed=0):
     return [t.cuda() for t in (dense, sem, boxes, classes, scores, is_thing)]
 
 
+@pytest.mark.parametrize("labels", ["random-8", "per-object-tight", "one-class-tight"])
 @pytest.mark.parametrize("n", [1000, 5000, 20000])
 @pytest.mark.parametrize("op,impl", [(op, impl) for op in ("nms", "batched_nms") for impl in _backends(op)])
-def test_nms(benchmark, bench_run, make_clustered_boxes, op, impl, n):
+def test_nms(benchmark, bench_run, make_labelled_boxes, op, impl, n, labels):
+    """Random labels over 8 classes and the worst cases of a greedy scan (conftest.LABELS)."""
     if impl == "reference" and n > 5000:
         pytest.skip("the reference copies the N x N overlap matrix to the host and loops over it in Python")
-    boxes, scores = make_clustered_boxes(n, device="cuda")
+    if op == "nms" and labels == "one-class-tight":
+        pytest.skip("nms ignores the labels: per-object-tight has the same boxes")
+    boxes, scores, lab = make_labelled_boxes(n, labels, device="cuda")
     args = (boxes, scores)
-    benchmark.group = f"nms N={n}"
+    benchmark.group = f"nms N={n} ({'tight clusters' if labels.endswith('tight') else 'clusters'})"
     if op == "batched_nms":
-        args += (torch.randint(0, 8, (n,), generator=torch.Generator().manual_seed(0)).cuda(),)
-        benchmark.group = f"batched_nms N={n} (8 classes)"
+        args += (lab,)
+        benchmark.group = f"batched_nms N={n} ({labels})"
     keep = bench_run(benchmark, lambda: _call(op, impl, *args, 0.5), "cuda")
     expected = BOX_OPS[op](*args, 0.5)
     if op == "nms":
         assert torch.equal(keep, expected)
     else:  # the same set; the order of equal scores may differ
         assert torch.equal(keep.sort().values, expected.sort().values)
+
+
+@pytest.mark.parametrize("labels", ["random-19", "per-object-tight", "one-class-tight"])
+@pytest.mark.parametrize("top_n", [100, 300])
+@pytest.mark.parametrize("n", [1000, 5000, 20000])
+@pytest.mark.parametrize("impl", _backends("select_queries") + ["torchvision"])
+def test_select_queries(benchmark, bench_run, make_labelled_boxes, impl, n, top_n, labels):
+    """select_queries (class NMS 0.5, class-agnostic 0.97, top_n) on random labels and the worst
+    cases of a greedy scan (conftest.LABELS); "torchvision": batched_nms + nms + [:top_n]."""
+    if impl == "reference" and n > 5000:
+        pytest.skip("the reference builds N x N IoU matrices")
+    boxes, scores, lab = make_labelled_boxes(n, labels, device="cuda")
+    benchmark.group = f"select_queries N={n} ({labels}, top {top_n})"
+
+    def three_steps():
+        keep = torchvision.ops.batched_nms(boxes, scores, lab, 0.5)
+        return keep[torchvision.ops.nms(boxes[keep], scores[keep], 0.97)][:top_n]
+
+    if impl == "torchvision":
+        bench_run(benchmark, three_steps, "cuda")
+        return
+    keep, count = bench_run(benchmark, lambda: ops.select_queries(boxes, scores, lab, 0.5, 0.97, top_n, padded=True,
+                                                                  backend=impl), "cuda")
+    assert torch.equal(keep[: int(count)], three_steps())
 
 
 @pytest.mark.parametrize("impl", _backends("box_iou"))

@@ -27,15 +27,17 @@ def test_nms(benchmark, bench_run, need, make_clustered_boxes, impl, device, n):
     assert torch.equal(keep.cpu(), torchvision.ops.nms(boxes.cpu(), scores.cpu(), 0.5))
 
 
+@pytest.mark.parametrize("labels", ["random-8", "per-object-tight", "one-class-tight"])
 @pytest.mark.parametrize("n", [1000, 5000, 20000])
 @pytest.mark.parametrize("impl,device", IMPLS, ids=IDS)
-def test_batched_nms(benchmark, bench_run, need, make_clustered_boxes, impl, device, n):
+def test_batched_nms(benchmark, bench_run, need, make_labelled_boxes, impl, device, n, labels):
+    """Random labels over 8 classes, and the worst cases of a greedy scan (conftest.LABELS): one
+    class per object in tight clusters, one class for everything."""
     need(device, impl, ops.available_backends(device)["batched_nms"])
     if impl == "reference" and n > 5000:
         pytest.skip("the reference builds the N x N IoU matrix (1.6 GB at 20k)")
-    boxes, scores = make_clustered_boxes(n, device=device)
-    idxs = torch.randint(0, 8, (n,), generator=torch.Generator().manual_seed(0)).to(device)
-    benchmark.group = f"batched_nms N={n} (8 classes)"
+    boxes, scores, idxs = make_labelled_boxes(n, labels, device=device)
+    benchmark.group = f"batched_nms N={n} ({labels})"
     if impl == "torchvision":
         keep = bench_run(benchmark, lambda: torchvision.ops.batched_nms(boxes, scores, idxs, 0.5), device)
     else:

@@ -3,7 +3,6 @@ options."""
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 import triton
@@ -58,15 +57,27 @@ TL_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float
              torch.float64: tl.float64}
 
 
-@functools.lru_cache(maxsize=64)
+# Every constant made in eager mode, for the life of the process: a captured CUDA graph reads a
+# constant by address, so one must never be freed (an LRU cache would free the least recently used
+# and let its memory be reused under a graph that still reads it).  The keys are the few distinct
+# thresholds and shape tables of a run.
+_CONSTANTS: dict[tuple, torch.Tensor] = {}
+
+
 def _cached_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=dtype, device=device)
+    key = (values, dtype, device)
+    found = _CONSTANTS.get(key)
+    if found is None:
+        found = _CONSTANTS.setdefault(key, torch.tensor(values, dtype=dtype, device=device))
+    return found
 
 
 def constant(values: tuple, dtype: torch.dtype, like: torch.Tensor) -> torch.Tensor:
     """``torch.tensor(values)`` on ``like``'s device, made once per (values, dtype, device) in
-    eager mode: a later launch copies nothing from the host, so the ops can be captured in a CUDA
-    graph after a first (warm-up) call.  Under tracing (fake tensors) a fresh one."""
+    eager mode and kept for the life of the process: a later launch copies nothing from the host,
+    so the ops can be captured in a CUDA graph after a first (warm-up) call, and the graph's
+    constants stay valid however many others are made later.  Under tracing (fake tensors) a fresh
+    one."""
     if type(like) is not torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=like.device)
     return _cached_constant(values, dtype, like.device)

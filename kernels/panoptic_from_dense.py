@@ -231,8 +231,9 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
         qb = q if large_blocks() else 8  # dense boxes are loaded once per 8 queries
         area_parts = torch.empty((q, n_prog), **i32)
         math = opmath(dense.dtype)
+        # int64 class ids: one beyond int32 must stay outside [0, C) (its low 32 bits may be a class)
         launch(_masks_kernel, (n_prog, triton.cdiv(q, qb)), dense, sem, query_boxes.contiguous(),
-               query_classes.to(torch.int32), order.to(torch.int32), present, scalars(math, dense, sigma, TRI_EPS),
+               query_classes.to(torch.int64), order.to(torch.int32), present, scalars(math, dense, sigma, TRI_EPS),
                masks, area_parts, q, n_classes, p, n_words, TRI=SCORE_IDS[score] == 1, OPMATH=TL_DTYPES[math],
                QB=qb, WB=wb)
         areas = area_parts.sum(1, dtype=torch.int64)  # 0 for the absent queries: never accepted

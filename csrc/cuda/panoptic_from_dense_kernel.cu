@@ -8,7 +8,8 @@
 //      per query the block reduces area and free area with popcounts, applies the skip rules
 //      of the reference (score < score_threshold, empty, overlap > overlap_threshold, free == 0)
 //      and paints the free bits.
-//   3. semantic argmax + per-stuff-class free-area counts (integer atomics), a one-thread kernel
+//   3. semantic argmax + per-stuff-class free-area counts (per-block histograms in shared memory,
+//      then one integer atomic per block and class), a one-thread kernel
 //      numbering the stuff segments, and a paint kernel.
 // Nothing is copied to the host: the outputs have the fixed size of Q + C segment slots (the unused
 // ones padded: class -1, query -1, score 0, area 0) and the segment count stays on the device (0-d),
@@ -93,12 +94,17 @@ __global__ void fusion_kernel(const uint32_t* __restrict__ masks, const int64_t*
 template <typename scalar_t>
 __global__ void stuff_count_kernel(const scalar_t* __restrict__ sem, int64_t n_c, int64_t n_p,
                                    const bool* __restrict__ is_thing, const int32_t* __restrict__ seg,
-                                   int32_t* __restrict__ semantic, unsigned long long* __restrict__ stuff_area) {
+                                   int32_t* __restrict__ semantic, unsigned long long* __restrict__ stuff_area,
+                                   bool shared_counts) {
   const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= n_p) return;
-  const int32_t best_c = class_argmax<at::opmath_type<scalar_t>>(sem, n_c, n_p, p);
-  semantic[p] = best_c;
-  if (seg[p] == 0 && !is_thing[best_c]) atomicAdd(stuff_area + best_c, 1ULL);
+  const BlockStuffCounts counts = block_stuff_counts(stuff_area, n_c, shared_counts);
+  counts.begin();
+  if (p < n_p) {
+    const int32_t best_c = class_argmax<at::opmath_type<scalar_t>>(sem, n_c, n_p, p);
+    semantic[p] = best_c;
+    if (seg[p] == 0 && !is_thing[best_c]) counts.count(best_c);
+  }
+  counts.end();
 }
 
 using Result = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
@@ -152,9 +158,10 @@ Result panoptic_from_dense_cuda(const at::Tensor& dense_boxes, const at::Tensor&
     }
     if (n_p > 0) {
       StuffBuffers stuff(n_p, n_c, opts);
-      stuff_count_kernel<scalar_t><<<cuda::blocks_for(n_p), cuda::kThreads, 0, stream>>>(
+      const size_t hist = stuff.histogram_bytes();
+      stuff_count_kernel<scalar_t><<<cuda::blocks_for(n_p), cuda::kThreads, hist, stream>>>(
           s.data_ptr<scalar_t>(), n_c, n_p, it.data_ptr<bool>(), seg.data_ptr<int32_t>(),
-          stuff.semantic.data_ptr<int32_t>(), stuff.area_ptr());
+          stuff.semantic.data_ptr<int32_t>(), stuff.area_ptr(), hist > 0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       number_and_paint_stuff(stream, stuff, it, stuff_area_limit, table, n_p, SameCell{}, seg);
     }

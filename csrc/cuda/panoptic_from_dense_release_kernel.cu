@@ -21,7 +21,8 @@
 //      rectangle's words, the reference's rules decide (score < score_threshold, empty, overlap
 //      / area > overlap_threshold in float64, no free pixel), and the free bits are painted;
 //   5. stuff: the grid's semantic argmax (torch.argmax: first maximum, NaN wins), nearest-upsampled;
-//      per-class free-area counts (integer atomics), numbering, paint.
+//      per-class free-area counts (per-block histograms in shared memory, then one integer atomic
+//      per block and class), numbering, paint.
 // Only the segment count is copied to the host (to size the outputs).
 #include <torch/library.h>
 
@@ -210,11 +211,15 @@ __global__ void semantic_kernel(const scalar_t* __restrict__ sem, int64_t n_c, i
 
 __global__ void stuff_count_kernel(const int32_t* __restrict__ semantic, const bool* __restrict__ is_thing,
                                    const int32_t* __restrict__ seg, int64_t n_out, NearestCell cell_of,
-                                   unsigned long long* __restrict__ stuff_area) {
+                                   unsigned long long* __restrict__ stuff_area, int64_t n_c, bool shared_counts) {
   const int64_t p = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (p >= n_out) return;
-  const int32_t c = semantic[cell_of(p)];
-  if (seg[p] == 0 && !is_thing[c]) atomicAdd(stuff_area + c, 1ULL);  // integer: order-free
+  const BlockStuffCounts counts = block_stuff_counts(stuff_area, n_c, shared_counts);
+  counts.begin();
+  if (p < n_out) {
+    const int32_t c = semantic[cell_of(p)];
+    if (seg[p] == 0 && !is_thing[c]) counts.count(c);  // integer: order-free
+  }
+  counts.end();
 }
 
 // At most this many blocks along grid.y (CUDA's limit is 65535); the kernels stride over the rest.
@@ -285,9 +290,10 @@ Result panoptic_from_dense_release_cuda(const at::Tensor& dense_boxes, const at:
       semantic_kernel<scalar_t><<<cuda::blocks_for(n_p), cuda::kThreads, 0, stream>>>(
           s.data_ptr<scalar_t>(), n_c, n_p, stuff.semantic.data_ptr<int32_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      stuff_count_kernel<<<cuda::blocks_for(n_out), cuda::kThreads, 0, stream>>>(
+      const size_t hist = stuff.histogram_bytes();
+      stuff_count_kernel<<<cuda::blocks_for(n_out), cuda::kThreads, hist, stream>>>(
           stuff.semantic.data_ptr<int32_t>(), it.data_ptr<bool>(), seg.data_ptr<int32_t>(), n_out, cell_of,
-          stuff.area_ptr());
+          stuff.area_ptr(), n_c, hist > 0);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       number_and_paint_stuff(stream, stuff, it, stuff_area_limit, table, n_out, cell_of, seg);
     }

@@ -122,6 +122,37 @@ __global__ void stuff_paint_kernel(const int32_t* __restrict__ semantic, const i
   if (p < n_out && seg[p] == 0) seg[p] = stuff_id[semantic[cell_of(p)]];
 }
 
+// The stuff classes' free-area counts of one block: `counts` (n_c counters in dynamic shared memory,
+// StuffBuffers::histogram_bytes) when the classes fit there, else straight into the global counts.
+// Each block adds its non-zero counters to stuff_area once (integer sums: order-free), instead of one
+// global atomicAdd per pixel onto at most n_c addresses.  Every thread of the block must call begin
+// and end (barriers); count may be called by any.
+struct BlockStuffCounts {
+  unsigned int* counts;  // nullptr: count into stuff_area directly
+  unsigned long long* stuff_area;
+  int64_t n_c;
+
+  __device__ __forceinline__ void begin() const {
+    if (counts == nullptr) return;
+    for (int64_t c = threadIdx.x; c < n_c; c += blockDim.x) counts[c] = 0;
+    __syncthreads();
+  }
+  __device__ __forceinline__ void count(int32_t c) const {
+    if (counts != nullptr) {
+      atomicAdd(counts + c, 1u);
+    } else {
+      atomicAdd(stuff_area + c, 1ULL);
+    }
+  }
+  __device__ __forceinline__ void end() const {
+    if (counts == nullptr) return;
+    __syncthreads();
+    for (int64_t c = threadIdx.x; c < n_c; c += blockDim.x) {
+      if (counts[c] != 0) atomicAdd(stuff_area + c, static_cast<unsigned long long>(counts[c]));
+    }
+  }
+};
+
 // The stuff stage's buffers: the semantic class of each of the n_p grid cells, and per class its
 // free area (counted by the backend's kernel with integer atomics) and segment id.
 struct StuffBuffers {
@@ -133,7 +164,22 @@ struct StuffBuffers {
         id(at::empty({n_c}, opts.dtype(at::kInt))) {}
 
   unsigned long long* area_ptr() { return reinterpret_cast<unsigned long long*>(area.data_ptr<int64_t>()); }
+
+  // Dynamic shared memory of a counting kernel's block: one counter per class, or 0 (count in global
+  // memory) when they would not fit in the default 48 KiB.
+  size_t histogram_bytes() const {
+    const size_t bytes = static_cast<size_t>(area.size(0)) * sizeof(unsigned int);
+    return bytes <= 48 * 1024 ? bytes : 0;
+  }
 };
+
+// A counting kernel's view of the counts: its dynamic shared memory holds the block's counters when
+// histogram_bytes() > 0.
+__device__ __forceinline__ BlockStuffCounts block_stuff_counts(unsigned long long* stuff_area, int64_t n_c,
+                                                               bool in_shared) {
+  extern __shared__ unsigned int stuff_counts[];
+  return {in_shared ? stuff_counts : nullptr, stuff_area, n_c};
+}
 
 // After the backend has filled stuff.semantic and stuff.area: numbers the stuff segments and paints
 // them into the n_out output pixels of seg.

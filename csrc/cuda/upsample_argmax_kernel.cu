@@ -4,6 +4,11 @@
 // src = fma(in/out, dst + 0.5, -0.5) and fma(fma(x00, ww0, x01 * ww1), wh0, fma(x10, ww0, x11 * ww1) * wh1),
 // every fused multiply-add explicit (__fma_rn), every other product and sum rounded on its own
 // (__fmul_rn, __fdiv_rn: nvcc may not contract them).  float16/bfloat16 are computed in float32.
+// The reference on a GPU is ATen's CUDA kernel (upsample_bilinear2d_out_frame): when both sizes are
+// unchanged it copies the input; an axis that keeps its size while the other is resized takes the
+// general rule (src = d exactly: taps d and d + 1 (d at the last index), weights 1 and 0), so an
+// infinite neighbour gives inf * 0 = NaN as there.  (ATen's CPU kernel differs: taps (d, d) with
+// weights (1, 0) on an unresized axis, also when both are unresized; the C++ kernel follows it.)
 #include <torch/library.h>
 
 #include "cuda_common.cuh"
@@ -34,7 +39,6 @@ struct Sample {
 // ATen's (index0, index1, lambda0, lambda1) of output position d along an axis of in -> out pixels.
 template <typename acc_t>
 __device__ __forceinline__ Sample<acc_t> axis_sample(int64_t d, int64_t in, int64_t out) {
-  if (in == out) return {d, d, acc_t(1), acc_t(0)};
   const acc_t scale = static_cast<acc_t>(in) / static_cast<acc_t>(out);  // IEEE division (no fast-math)
   acc_t src = fma(scale, static_cast<acc_t>(d) + acc_t(0.5), acc_t(-0.5));
   if (src < acc_t(0)) src = acc_t(0);
@@ -57,13 +61,17 @@ __global__ void upsample_argmax_kernel(const scalar_t* __restrict__ in, int64_t*
   const int64_t plane = h * w;
   const scalar_t* src = in + b * classes * plane;
   const int64_t i00 = sy.i0 * w + sx.i0, i01 = sy.i0 * w + sx.i1, i10 = sy.i1 * w + sx.i0, i11 = sy.i1 * w + sx.i1;
+  const bool copy = h == out_h && w == out_w;  // ATen's CUDA kernel copies: no inf * 0
   acc_t best = acc_t(0);
   int64_t arg = 0;
   for (int64_t c = 0; c < classes; ++c) {
     const scalar_t* ch = src + c * plane;
-    const acc_t top = fma(static_cast<acc_t>(ch[i00]), sx.w0, mul_rn(static_cast<acc_t>(ch[i01]), sx.w1));
-    const acc_t bottom = fma(static_cast<acc_t>(ch[i10]), sx.w0, mul_rn(static_cast<acc_t>(ch[i11]), sx.w1));
-    const acc_t v = fma(top, sy.w0, mul_rn(bottom, sy.w1));
+    acc_t v = static_cast<acc_t>(ch[i00]);
+    if (!copy) {
+      const acc_t top = fma(v, sx.w0, mul_rn(static_cast<acc_t>(ch[i01]), sx.w1));
+      const acc_t bottom = fma(static_cast<acc_t>(ch[i10]), sx.w0, mul_rn(static_cast<acc_t>(ch[i11]), sx.w1));
+      v = fma(top, sy.w0, mul_rn(bottom, sy.w1));
+    }
     // torch.argmax's order: greater, or NaN over a number; the first of equals stays.
     if (c == 0 || v > best || (v != v && best == best)) {
       best = v;

@@ -48,6 +48,15 @@ def cases():
                     ()))
         out.append((f"select_queries n={n}", "select_queries",
                     (boxes, scores, torch.randint(0, 3, (n,), generator=g), 0.4, 0.3, 20), ()))
+    for n, classes in ((129, 40), (200, 1)):  # tight clusters: every word of the bitmask scans visited
+        g = _gen(n + 1000)
+        boxes = _boxes(classes, n)[torch.randint(0, classes, (n,), generator=g)]
+        boxes = boxes + torch.randn(n, 4, generator=g)
+        scores, labels = torch.rand(n, generator=g), torch.randint(0, classes, (n,), generator=g)
+        out.append((f"select_queries clusters n={n}", "select_queries", (boxes, scores, labels, 0.5, 0.3, n), ()))
+        out.append((f"select_queries clusters n={n} no global", "select_queries",
+                    (boxes, scores, labels, 0.5, -1.0, 7), ()))
+        out.append((f"batched_nms clusters n={n}", "batched_nms", (boxes, scores, labels, 0.5), ()))
     out.append(("box_iou 33x65", "box_iou", (_boxes(33, 1), _boxes(65, 2)), ()))
     out.append(("box_iou half", "box_iou", (_boxes(33, 1, torch.float16), _boxes(65, 2, torch.float16)), ()))
     out.append(("decode_boxes", "decode_boxes", (torch.rand(2, 4, 7, 33, generator=_gen(3)) * 20, 8), (0,)))

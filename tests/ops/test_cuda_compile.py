@@ -98,14 +98,11 @@ def _torch_cuda_includes() -> list[str]:
     return dirs
 
 
-def test_release_kernel_fuses_only_the_bilinear_value(tmp_path):
-    """csrc/cuda/panoptic_from_dense_release_kernel.cu, compiled as setup.py compiles it (its nvcc flags,
-    torch's macros) for sm_90: exactly 3 fused multiply-adds per bits_kernel instantiation -- the
-    explicit fma of upsample_math.h's bilinear_value, which reproduces ATen's contracted CUDA
-    F.interpolate -- and none anywhere else (no contraction by nvcc)."""
+def _kernel_fmas(src: Path, tmp_path) -> dict[str, list[str]]:
+    """``src`` compiled as setup.py compiles it (its nvcc flags, torch's macros) to sm_90 PTX: the
+    fused multiply-adds of each kernel entry, by demangled name."""
     from torch.utils import cpp_extension
 
-    src = ROOT / "csrc" / "cuda" / "panoptic_from_dense_release_kernel.cu"
     flags = [*_build_nvcc_flags(), *cpp_extension.COMMON_NVCC_FLAGS, "-DWITH_CUDA", "-DTORCH_API_INCLUDE_EXTENSION_H",
              "-DTORCH_EXTENSION_NAME=_C"]
     includes = [arg for d in [str(ROOT / "csrc"), *_torch_cuda_includes()] for arg in ("-I", d)]
@@ -120,6 +117,14 @@ def test_release_kernel_fuses_only_the_bilinear_value(tmp_path):
         name = subprocess.run(["c++filt", mangled], capture_output=True, text=True).stdout.strip() \
             if shutil.which("c++filt") else mangled
         fused[name] = re.findall(r"\bfma\.r[nzmp][.\w]*", entry)
+    return fused
+
+
+def test_release_kernel_fuses_only_the_bilinear_value(tmp_path):
+    """csrc/cuda/panoptic_from_dense_release_kernel.cu for sm_90: exactly 3 fused multiply-adds per
+    bits_kernel instantiation -- the explicit fma of upsample_math.h's bilinear_value, which
+    reproduces ATen's contracted CUDA F.interpolate -- and none anywhere else (no contraction by nvcc)."""
+    fused = _kernel_fmas(ROOT / "csrc" / "cuda" / "panoptic_from_dense_release_kernel.cu", tmp_path)
     assert len(fused) >= 12, sorted(fused)  # every kernel and dtype instantiation was found
     bits = {n: f for n, f in fused.items() if "bits_kernel" in n}
     assert len(bits) == 2, sorted(fused)  # float (for float16/bfloat16/float32) and double
@@ -127,3 +132,13 @@ def test_release_kernel_fuses_only_the_bilinear_value(tmp_path):
         assert sorted(found) == ["fma.rn.f64"] * 3 if "double" in name else ["fma.rn.f32"] * 3, (name, found)
     others = {n: f for n, f in fused.items() if "bits_kernel" not in n and f}
     assert not others, others
+
+
+def test_bitmask_nms_kernels_compile_without_fma(tmp_path):
+    """csrc/cuda/select_queries_kernel.cu (suppression_mask.cuh's mask and scan kernels, shared with
+    nms_kernel.cu) for sm_90: every instantiation is there and none contracts the IoU."""
+    fused = _kernel_fmas(ROOT / "csrc" / "cuda" / "select_queries_kernel.cu", tmp_path)
+    masks = [n for n in fused if "suppression_mask_kernel" in n]
+    scans = [n for n in fused if "greedy_scan_kernel" in n]
+    assert len(masks) == 12 and len(scans) == 2, sorted(fused)  # 4 dtypes x 3 (labels, global) forms; global on/off
+    assert not {n: f for n, f in fused.items() if f}

@@ -62,6 +62,66 @@ def test_matches_reference_on_many_seeds(backend, device, dtype):
             _check(boxes, scores, labels, t1, t2, top_n, backend, device)
 
 
+def _clusters(seed, n, per_cluster=8, one_class=False, dtype=torch.float32):
+    """Street-scene detections: tight clusters of jittered copies of one box, one class per
+    cluster (or one class for all), few distinct scores.  Few boxes survive, so a scan that stops
+    at top_n kept visits every box."""
+    g = torch.Generator().manual_seed(seed)
+    k = max(1, n // per_cluster)
+    centres = torch.rand(k, 2, generator=g, dtype=torch.float64) * 300
+    half = 10 + torch.rand(k, 2, generator=g, dtype=torch.float64) * 30
+    member = torch.randint(0, k, (n,), generator=g)
+    boxes = torch.cat([centres[member] - half[member], centres[member] + half[member]], 1)
+    boxes = boxes + torch.randn(n, 4, generator=g, dtype=torch.float64) * 1.5
+    scores = torch.rand(n, generator=g, dtype=torch.float64).round(decimals=2)
+    labels = torch.zeros(n, dtype=torch.int64) if one_class else member
+    return boxes.to(dtype), scores.to(dtype), labels
+
+
+@pytest.mark.backends("select_queries", reference=False)
+@pytest.mark.parametrize("one_class", [False, True], ids=["class-per-cluster", "one-class"])
+def test_tight_clusters_word_boundaries_and_top_n(backend, device, one_class):
+    """Lengths around the 32- and 64-box words (the bitmask scans' tiles), top_n reached at once,
+    late and never, on the adversarial distributions: one class per tight cluster and one class
+    for all."""
+    interpreted = backend == "triton"  # ~0.4 ms per program under the interpreter: fewer cases
+    for n in (1, 31, 33, 64, 65, 130) if interpreted else (1, 31, 32, 33, 63, 64, 65, 97, 130):
+        boxes, scores, labels = _clusters(n, n, one_class=one_class)
+        kept = int(ops.select_queries(boxes, scores, labels, 0.5, None, n, padded=True, backend="reference")[1])
+        for t1, t2 in [(0.5, None), (0.5, 0.3)] if interpreted else [(0.5, None), (0.5, 0.3), (0.7, 0.0), (0.3, 0.9)]:
+            for top_n in sorted({1, max(1, kept - 1), n} if interpreted else {1, 3, max(1, kept - 1), kept, n, n + 5}):
+                _check(boxes, scores, labels, t1, t2, top_n, backend, device)
+
+
+@pytest.mark.backends("select_queries", reference=False)
+def test_many_seeds_of_clusters_with_nan_scores(backend, device):
+    seeds = range(12) if backend != "triton" else range(4)
+    for seed in seeds:
+        boxes, scores, labels = _clusters(100 + seed, 60 + 17 * seed, per_cluster=2 + seed % 6, one_class=seed % 3 == 0)
+        scores[seed % 7] = float("nan")
+        scores[(seed * 5) % 50] = scores[(seed * 11) % 50]  # a tie
+        for t1, t2, top_n in CONFIGS:
+            _check(boxes, scores, labels, t1, t2, top_n, backend, device)
+
+
+def test_triton_gpu_tiles_under_the_interpreter(monkeypatch):
+    """Triton with the GPU tile sizes (32 rows x 2 words per program) through the interpreter: several
+    programs per mask launch, tiles below the diagonal skipped, the scan over several words."""
+    pytest.importorskip("triton")
+    if "triton" not in ops.available_backends("cpu")["select_queries"]:
+        pytest.skip("the triton backend runs on the CPU only through the interpreter")
+    from rtpanoptic.kernels import _common
+
+    monkeypatch.setattr(_common, "GPU_BLOCKS_IN_INTERPRETER", True)
+    for n, one_class in [(130, False), (97, True)]:
+        boxes, scores, labels = _clusters(n, n, per_cluster=4, one_class=one_class)
+        for t1, t2, top_n in [(0.5, 0.3, n), (0.5, None, 5), (0.2, 0.1, n)]:
+            _check(boxes, scores, labels, t1, t2, top_n, "triton", "cpu")
+        want = reference.batched_nms(boxes, scores, labels, 0.5)
+        assert torch.equal(ops.batched_nms(boxes, scores, labels, 0.5, backend="triton"), want)
+        assert torch.equal(ops.nms(boxes, scores, 0.4, backend="triton"), reference.nms(boxes, scores, 0.4))
+
+
 @pytest.mark.backends("select_queries", reference=False)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_compares_rounded_ious(backend, device, dtype):

@@ -129,3 +129,36 @@ def test_gpu_block_sizes_multi_program(monkeypatch, make):
     boxes = make.boxes(150, size=80.0, seed=7, max_wh=40.0, min_wh=1.0, device=DEV)
     scores = torch.rand(150, generator=_gen(7)).to(DEV)
     assert torch.equal(ops.nms(boxes, scores, 0.5, **TRITON), reference.nms(boxes, scores, 0.5))
+
+
+def test_constants_live_for_the_process():
+    """A CUDA graph captured after a warm-up call reads the constants by address: however many other
+    constants are made later, the first one is the same tensor (an LRU cache of 64 freed it)."""
+    from rtpanoptic.kernels import _common
+
+    like = torch.zeros(1)
+    first = _common.constant((0.123456,), torch.float32, like)
+    address = first.data_ptr()
+    for k in range(200):
+        _common.constant((float(k) + 0.5,), torch.float32, like)
+    again = _common.constant((0.123456,), torch.float32, like)
+    assert again is first and again.data_ptr() == address and again.item() == torch.tensor(0.123456).item()
+
+
+def test_padded_panoptic_class_ids_beyond_int32_get_empty_masks(make):
+    """The padded form on a GPU reads no class id on the host: a present query whose class is outside
+    [0, C) gets an empty mask.  2**32 + 1 is outside, even though its low 32 bits are thing class 1
+    (the kernel took int32 class ids): the raw kernel gives it what it gives class C + 7."""
+    from rtpanoptic.kernels import panoptic_from_dense as kernel
+
+    dense, sem, boxes, classes, scores, is_thing = _scene(make, 3, h=13, w=40, q=10)
+    args = (0.1, "iou", 0.0, 0.5, 3)
+    outs = []
+    for bad in (2**32 + 1, sem.shape[0] + 7):
+        c = classes.clone()
+        c[scores.argmax()] = bad  # the query painted first
+        outs.append(kernel.panoptic_from_dense(dense, sem, boxes, c, scores, is_thing, *args))
+    _assert_identical(outs[0], outs[1])
+    c = classes.clone()
+    c[scores.argmax()] = 1
+    assert not torch.equal(kernel.panoptic_from_dense(dense, sem, boxes, c, scores, is_thing, *args)[0], outs[1][0])

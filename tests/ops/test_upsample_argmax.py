@@ -28,6 +28,45 @@ def _gen(seed):
     return torch.Generator().manual_seed(seed)
 
 
+def _inf_case():
+    """Class 0 is -1 with one -inf cell, class 1 is 0 everywhere: class 1 wins unless an inf * 0
+    turns class 0 into NaN (which wins the argmax)."""
+    logits = torch.zeros(1, 2, 2, 3)
+    logits[0, 0] = -1.0
+    logits[0, 0, 1, 1] = float("-inf")
+    return logits
+
+
+@pytest.mark.backends("upsample_argmax", reference=False)
+@pytest.mark.parametrize("size", [(2, 3), (2, 6), (4, 3), (4, 6)])
+def test_infinite_logits_on_unresized_axes_follow_the_device_reference(backend, device, size):
+    logits = _inf_case().to(device)
+    want = reference.upsample_argmax(logits, list(size), list(size))
+    assert torch.equal(ops.upsample_argmax(logits, size, size, backend=backend).cpu(), want.cpu())
+
+
+def test_triton_takes_atens_cuda_rule_on_a_gpu(monkeypatch):
+    """The Triton kernel's GPU rule, run through the interpreter against hand-computed ATen CUDA
+    results (upsample_bilinear2d_out_frame): sizes unchanged -> a copy (the -inf cell loses); only
+    H unchanged -> taps (d, d + 1) with weights (1, 0) on H, so row 0 takes -inf * 0 = NaN from row
+    1 wherever row 1's W-taps reach the -inf cell (columns 0-4).  The CPU rule, (d, d) taps, gives
+    NaN at the -inf cell itself and keeps row 0 finite (asserted against the CPU reference)."""
+    pytest.importorskip("triton")
+    if "triton" not in ops.available_backends("cpu")["upsample_argmax"]:
+        pytest.skip("the triton backend runs on the CPU only through the interpreter")
+    from rtpanoptic.kernels import upsample_argmax as kernel
+
+    logits = _inf_case()
+    cpu_want = {(2, 3): [[1, 1, 1], [1, 0, 1]], (2, 6): [[1] * 6, [0, 0, 0, 0, 0, 1]]}
+    cuda_want = {(2, 3): [[1, 1, 1], [1, 1, 1]], (2, 6): [[0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 0, 1]]}
+    for size, want in cpu_want.items():
+        assert reference.upsample_argmax(logits, list(size), list(size))[0].tolist() == want
+        assert ops.upsample_argmax(logits, size, size, backend="triton")[0].tolist() == want
+    monkeypatch.setattr(kernel, "_cuda_rule", lambda t: True)
+    for size, want in cuda_want.items():
+        assert ops.upsample_argmax(logits, size, size, backend="triton")[0].tolist() == want
+
+
 @pytest.mark.backends("upsample_argmax", reference=False)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:4])) + f"-{c[4][0]}x{c[4][1]}")
 @pytest.mark.parametrize("seed", [0, 1])
