@@ -16,8 +16,9 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 GPU_CHECK_OUT ?= gpu_check_out
 GPU_CHECK_ARGS ?=
-# setuptools>=77 reads pyproject's `license = "MIT"`; the GPU image's may be older
-GPU_WHEELS ?= setuptools==80.9.0
+# setuptools>=77 reads pyproject's `license = "MIT"`; the GPU image's may be older.  ninja: without
+# it the build is serial (one nvcc at a time), past gpu_check's build limit.
+GPU_WHEELS ?= setuptools==80.9.0 ninja==1.13.2
 
 .PHONY: demo test lint bench install clean gpu-check gpu-wheels
 
