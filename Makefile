@@ -6,6 +6,9 @@
 #                    downloaded): build, test suite, compute-sanitizer, benchmarks; results in
 #                    $(GPU_CHECK_OUT) (see benchmarks/gpu_check.py; without a GPU: a dry run)
 #   make gpu-wheels  download into .whl/ (git-ignored) what that machine may lack (cp312 manylinux)
+#   make image-check the suite on the GPU image's software (benchmarks/gpu_image.txt: Python 3.12,
+#                    torch 2.11, triton 3.6) with Triton's interpreter, numpy 2.3 and newest, on this
+#                    CPU machine (benchmarks/image_check.sh; ~40 min on 2 cores; not part of .ci/run)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,10 +19,11 @@ DEMO_ARGS ?=
 PYTEST_ARGS ?=
 GPU_CHECK_OUT ?= gpu_check_out
 GPU_CHECK_ARGS ?=
-# setuptools>=77 reads pyproject's `license = "MIT"`; the GPU image's may be older
-GPU_WHEELS ?= setuptools==80.9.0
+# setuptools>=77 reads pyproject's `license = "MIT"`; the GPU image's may be older.  ninja: without
+# it the build is serial (one nvcc at a time), past gpu_check's build limit.
+GPU_WHEELS ?= setuptools==80.9.0 ninja==1.13.2
 
-.PHONY: demo test lint bench install clean gpu-check gpu-wheels
+.PHONY: demo test lint bench install clean gpu-check gpu-wheels image-check
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +57,9 @@ gpu-wheels:
 	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
 	  -d .whl $(GPU_WHEELS)
+
+image-check:
+	bash benchmarks/image_check.sh
 
 clean:
 	rm -rf build *.egg-info rtpanoptic/_C*.so rtpanoptic/_build_info.json

@@ -183,6 +183,7 @@ class Check:
                      f"{rc.stderr.strip()[-300:]}")
             if rc.returncode == 0:
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
+                env["PATH"] = os.pathsep.join(filter(None, [str(site / "bin"), env.get("PATH")]))  # ninja
         return env
 
     def left(self) -> float:
@@ -236,8 +237,10 @@ class Check:
                                   self.limit("env"), self.env)
             env["nvidia_smi"] = out.strip()
             env["driver"] = _csv_field(out, "driver_version")
+        env["checks"] = version_checks(self.env, self.installed_versions())
         self.log(json.dumps(env, indent=1))
-        return "ok", (env.get("device", {}).get("name") or f"no GPU ({self.no_gpu_reason})")
+        where = env.get("device", {}).get("name") or f"no GPU ({self.no_gpu_reason})"
+        return "ok", "; ".join([where, *env["checks"]])
 
     def step_build(self):
         stale = self.extension_stale()
@@ -305,11 +308,16 @@ class Check:
         lines = read_jsonl(jsonl)
         tests = self.result["tests"] = summarize_tests(lines)
         if rc is None:
-            return "timeout", f"{_counts(tests)}; stopped at the time limit"
+            return "timeout", (f"{_counts(tests)}; stopped at the time limit, "
+                               f"{len(tests.get('not_reached') or [])} tests not reached")
         if not self.gpu:
+            tests["not_reached"] = []  # collected, never meant to run
             ok = rc == 0 and tests.get("collected", 0) > 0
-            return ("ok" if ok else "failed"), f"collected {tests.get('collected', 0)} tests (exit {rc})"
-        return ("ok" if rc == 0 else "failed"), f"{_counts(tests)} (pytest exit {rc})"
+            return ("ok" if ok else "failed"), (f"collected {tests.get('collected', 0)} tests, "
+                                                f"{tests.get('gpu_first', 0)} of them first (exit {rc})")
+        missed = len(tests.get("not_reached") or [])
+        return ("ok" if rc == 0 and not missed else "failed"), \
+            f"{_counts(tests)}{f', {missed} not reached' if missed else ''} (pytest exit {rc})"
 
     def step_sanitizer(self):
         tool_path = _sanitizer()
@@ -359,6 +367,17 @@ class Check:
             return "timeout", f"{len(rows)} cases recorded before the time limit"
         status = "ok" if rc == 0 and rows and not errors else "failed"
         return status, f"{len(rows)} cases, {len(errors)} failed (exit {rc})"
+
+    def installed_versions(self):
+        """``dist -> version or None`` as the steps' subprocesses see them (carried wheels included)."""
+        dists = sorted({*image_pins(), "setuptools", "torch"})
+        code = ("import importlib.metadata as m, json, sys\n"
+                "def v(d):\n    try: return m.version(d)\n    except m.PackageNotFoundError: return None\n"
+                "print(json.dumps({d: v(d) for d in sys.argv[1:]}))")
+        proc = subprocess.run([sys.executable, "-c", code, *dists], env=self.env, capture_output=True, text=True,
+                              timeout=60, cwd=self.tmp)
+        found = json.loads(proc.stdout) if proc.returncode == 0 else {}
+        return lambda dist: found[dist] if dist in found else _version(dist)
 
     # -- the extension on disk
     def visible_archs(self) -> list[str]:
@@ -492,17 +511,27 @@ def e2e_worker(jsonl: Path, seconds: float, dry: bool) -> int:
 
 # ------------------------------------------------------------------------------ summaries
 def summarize_tests(lines: list[dict]) -> dict:
-    """tests.jsonl lines -> counts per outcome, the collected count, and the failures."""
+    """tests.jsonl lines -> counts per outcome, the collected count, the failures, the run's order
+    (how many need a GPU, the first ones) and the tests not reached (collected, never reported: a
+    run stopped at its time limit)."""
     counts: dict = {}
     failures = []
+    order: list[str] = []
+    reported = set()
     for line in lines:
         if "collected" in line:
             counts["collected"] = line["collected"]
+            order = line.get("order", [])
+            if "gpu_first" in line:
+                counts["gpu_first"] = line["gpu_first"]
             continue
+        reported.add(line["nodeid"])
         counts[line["outcome"]] = counts.get(line["outcome"], 0) + 1
         if line["outcome"] in ("failed", "error"):
             failures.append({"nodeid": line["nodeid"], "outcome": line["outcome"], "message": line["message"]})
-    return {**counts, "failures": failures}
+    not_reached = [n for n in order if n not in reported]
+    return {**counts, "failures": failures, "first": order[:counts.get("gpu_first", 0)][:50],
+            "not_reached": not_reached}
 
 
 def sanitizer_counts(out: str) -> dict:
@@ -605,7 +634,12 @@ def markdown(res: dict) -> str:
     tests = res.get("tests") or {}
     if tests:
         ran = _counts(tests) if res["gpu"] else "collection only (no GPU)"
-        lines += ["", "## Tests", "", f"collected {tests.get('collected', '?')}: {ran}"]
+        lines += ["", "## Tests", "", f"collected {tests.get('collected', '?')}: {ran}; "
+                  f"run first (need a GPU): {tests.get('gpu_first', '?')}"]
+        missed = tests.get("not_reached") or []
+        if missed:
+            lines.append(f"not reached ({len(missed)}): " + ", ".join(f"`{n}`" for n in missed[:40])
+                         + (" ..." if len(missed) > 40 else ""))
         for f in tests.get("failures", [])[:60]:
             lines.append(f"- {f['outcome']}: `{f['nodeid']}` — {f['message'].replace('|', '/')[:200]}")
     if res.get("sanitizer"):
@@ -678,6 +712,49 @@ def _e2e_table(rows: list[dict], gpu: bool) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------- helpers
+IMAGE_PINS = ROOT / "benchmarks" / "gpu_image.txt"  # the GPU image's software (make image-check)
+SUPPORTED_TORCH = ((2, 11), (2, 14))  # oldest and newest torch the suite is run on (README)
+
+
+def _release(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def image_pins(path: Path = IMAGE_PINS) -> dict[str, str]:
+    """``{distribution: version}`` of the ``name==version`` lines of the image's pinned list."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"\s*([A-Za-z0-9_.-]+)==([^\s#;]+)", line)
+        if m:
+            pins[m[1].lower()] = m[2]
+    return pins
+
+
+def version_checks(env: dict | None = None, installed=None) -> list[str]:
+    """What differs from the stack this check was prepared on, or would stop or slow a step, as
+    sentences (empty when nothing does): versions against :data:`IMAGE_PINS`, torch outside the
+    tested range, setuptools too old to read pyproject.toml, no ninja (a serial build).  The dry
+    run makes the same checks, so a CPU run of the image's software sees them first.
+    ``installed``: ``dist -> version or None`` (default: this Python's distributions)."""
+    installed = installed or _version
+    out = []
+    for dist, want in image_pins().items():
+        have = installed(dist)
+        if have is None or _release(have)[:len(_release(want))] != _release(want):
+            out.append(f"{dist} {have or 'missing'} (the image list pins {want})")
+    torch_version = installed("torch")
+    if torch_version and not SUPPORTED_TORCH[0] <= _release(torch_version)[:2] <= SUPPORTED_TORCH[1]:
+        out.append(f"torch {torch_version} is outside the tested {SUPPORTED_TORCH[0]}..{SUPPORTED_TORCH[1]}")
+    setuptools_version = installed("setuptools")
+    if setuptools_version is None or _release(setuptools_version) < (77,):
+        out.append(f"setuptools {setuptools_version or 'missing'} < 77 cannot build this project: carry it "
+                   "(make gpu-wheels)")
+    path = (env or os.environ).get("PATH")
+    if shutil.which("ninja", path=path) is None:
+        out.append("no ninja on PATH: the build is serial (make gpu-wheels carries ninja)")
+    return out
+
+
 def _version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)

@@ -6,7 +6,8 @@
 // passes -fmad=false, so that nvcc does not fuse a * b + c into one rounding, and
 // tests/ops/test_cuda_compile.py checks the PTX of every function here), and every
 // derivative follows what PyTorch's autograd does on the reference:
-//   * clamp(min=0) passes the gradient only where its input is > 0 (0 at exactly 0);
+//   * max(x, 0) (reference.positive_part) passes the gradient only where x > 0 (0 at exactly 0 and at
+//     NaN): written out in the reference, since clamp(min=0)'s gradient at 0 changed between torch versions;
 //   * torch.min / torch.max split the gradient in halves between equal arguments;
 //   * "iou": torch.where(union != 0, inter / union, 0) -> score and gradient 0 where union == 0;
 //   * everything else multiplies, so a NaN coordinate makes the gradients that depend on it

@@ -5,7 +5,7 @@ dtype of the coordinates (float32 for float16/bfloat16 boxes, which the loaders 
 results round exactly like the reference's, launched without FMA contraction), with box_math.h's
 NaN rule (``nan_min``/``nan_max``: torch.minimum/maximum/clamp propagate NaN; Triton's default
 minimum/maximum return the other operand), and its autograd:
-``clamp(min=0)`` passes the gradient where its input is ``> 0`` (checked empirically) and ``minimum``/``maximum``
+``max(x, 0)`` (``reference.positive_part``) passes the gradient where ``x > 0`` (0 at 0 and at NaN) and ``minimum``/``maximum``
 split it in half on ties, as PyTorch's derivatives do.
 """
 import triton

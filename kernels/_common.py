@@ -11,6 +11,11 @@ from torch.library import wrap_triton
 
 from rtpanoptic.ops.registry import triton_interpreting
 
+from . import _interpreter_compat
+
+if triton_interpreting():
+    _interpreter_compat.install()
+
 # Tests set this to True to run the GPU block sizes (many programs per launch) through the
 # interpreter, so the multi-program paths are checked on CPU too.
 GPU_BLOCKS_IN_INTERPRETER = False
@@ -111,4 +116,22 @@ def launch(kernel, grid, *args, **meta) -> None:
     if device is not None and device.type == "cuda" and not torch.compiler.is_compiling():
         guard = torch.cuda.device(device)
     with guard:
-        wrap_triton(kernel)[grid](*args, **meta, **LAUNCH_OPTIONS)
+        launchable(kernel)[grid](*args, **meta, **LAUNCH_OPTIONS)
+
+
+def launchable(kernel):
+    """``wrap_triton(kernel)`` (traceable by torch.compile / make_fx), or the kernel itself when it
+    is the interpreter's (``TRITON_INTERPRET=1``): it can run eagerly but not be traced.  torch >=
+    2.14's ``wrap_triton`` makes the same choice; older ones raise "wrap_triton only works on
+    functions annotated with triton.jit or triton.autotune" for it."""
+    if is_interpreted(kernel):
+        return kernel
+    return wrap_triton(kernel)
+
+
+def is_interpreted(kernel) -> bool:
+    """Whether ``kernel`` is a ``@triton.jit`` function as the interpreter makes it (an
+    ``InterpretedFunction``, possibly inside an ``Autotuner``) rather than a ``JITFunction``."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(kernel, InterpretedFunction) or isinstance(getattr(kernel, "fn", None), InterpretedFunction)

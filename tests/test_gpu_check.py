@@ -113,7 +113,7 @@ def test_plugin_records_every_outcome(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stdout
     lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    assert lines[0] == {"collected": 5}
+    assert lines[0]["collected"] == 5 and lines[0]["gpu_first"] == 0 and len(lines[0]["order"]) == 5
     by_name = {line["nodeid"].split("::")[-1]: line for line in lines[1:]}
     assert {k: v["outcome"] for k, v in by_name.items()} == {
         "test_ok": "passed", "test_bad": "failed", "test_skip": "skipped", "test_known": "xfailed",
@@ -124,6 +124,66 @@ def test_plugin_records_every_outcome(tmp_path):
     summary = gpu_check.summarize_tests(lines)
     assert (summary["collected"], summary["passed"], summary["failed"], summary["error"]) == (5, 1, 1, 1)
     assert [f["nodeid"].split("::")[-1] for f in summary["failures"]] == ["test_bad", "test_setup_error"]
+
+
+def test_plugin_runs_what_needs_a_gpu_first_and_counts_what_was_not_reached(tmp_path):
+    """The GPU machine's suite step has a short time limit: tests skipped without CUDA and tests
+    parametrised on a CUDA device run before the rest (in their usual order within each rank), and
+    a run cut short names the tests it never reached."""
+    (tmp_path / "test_order.py").write_text(
+        "import pytest\n"
+        "def test_a(): pass\n"
+        "@pytest.mark.parametrize('device', ['cpu', 'cuda'])\n"
+        "def test_b(device): pass\n"
+        "@pytest.mark.skipif(False, reason='needs a GPU')\n"
+        "def test_c(): pass\n"
+        "def test_d(): pass\n"
+    )
+    jsonl = tmp_path / "tests.jsonl"
+    env = dict(os.environ, GPU_CHECK_TESTS_JSONL=str(jsonl), PYTHONPATH=str(ROOT / "benchmarks"))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "gpu_check_plugin", "-p", "no:cacheprovider", "-v",
+                           "-c", os.devnull, "--rootdir", str(tmp_path), str(tmp_path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    order = [n.split("::")[-1] for n in lines[0]["order"]]
+    assert order == ["test_c", "test_b[cuda]", "test_a", "test_b[cpu]", "test_d"]
+    assert lines[0]["gpu_first"] == 2
+    assert [line["nodeid"].split("::")[-1] for line in lines[1:]] == order  # the order they ran in
+    cut = gpu_check.summarize_tests(lines[:3])  # as if stopped after two tests
+    assert [n.split("::")[-1] for n in cut["not_reached"]] == ["test_a", "test_b[cpu]", "test_d"]
+    assert [n.split("::")[-1] for n in cut["first"]] == ["test_c", "test_b[cuda]"]
+    assert gpu_check.summarize_tests(lines)["not_reached"] == []
+
+
+def test_gpu_first_files_exist():
+    plugin = importlib.util.spec_from_file_location("gpu_check_plugin", ROOT / "benchmarks" / "gpu_check_plugin.py")
+    module = importlib.util.module_from_spec(plugin)
+    plugin.loader.exec_module(module)
+    assert [f for f in module.GPU_FIRST_FILES if not (ROOT / f).is_file()] == []
+
+
+def test_version_checks_name_what_differs_from_the_image(monkeypatch):
+    pins = gpu_check.image_pins()
+    assert pins["torch"] == "2.11.0" and pins["triton"] == "3.6.0" and pins["torchvision"] == "0.26.0"
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name, path=None: "/usr/bin/" + name)
+    image = {**pins, "setuptools": "80.9.0"}
+    assert gpu_check.version_checks({}, image.get) == []
+    other = {**image, "torch": "2.10.0", "triton": "3.8.1", "setuptools": "70.0.0"}
+    assert gpu_check.version_checks({}, other.get) == [
+        "torch 2.10.0 (the image list pins 2.11.0)", "triton 3.8.1 (the image list pins 3.6.0)",
+        "torch 2.10.0 is outside the tested (2, 11)..(2, 14)",
+        "setuptools 70.0.0 < 77 cannot build this project: carry it (make gpu-wheels)"]
+    assert gpu_check.version_checks({}, {**image, "torch": "2.11.0+cu130"}.get) == []  # local tags
+    monkeypatch.setattr(gpu_check.shutil, "which", lambda name, path=None: None)
+    assert gpu_check.version_checks({}, image.get) == [
+        "no ninja on PATH: the build is serial (make gpu-wheels carries ninja)"]
+
+
+def test_gpu_wheels_carry_ninja_and_setuptools():
+    text = (ROOT / "Makefile").read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("GPU_WHEELS ?="))
+    assert "ninja==" in line and "setuptools==" in line
 
 
 def _ops(group, **ms):

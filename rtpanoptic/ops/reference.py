@@ -50,13 +50,20 @@ def box_area(boxes: Tensor) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
 
 
+def positive_part(x: Tensor) -> Tensor:
+    """``max(x, 0)`` elementwise, NaN kept, with the gradient written out rather than left to
+    ``clamp(min=0)`` (whose gradient at exactly 0 is 1 on torch 2.11 and 0 on 2.14): the gradient
+    passes only where ``x > 0`` (0 at 0, at NaN and below), as ``csrc/box_math.h``'s rule."""
+    return torch.where(x > 0, x, torch.where(torch.isnan(x), x.detach(), torch.zeros((), dtype=x.dtype, device=x.device)))
+
+
 def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Pairwise IoU ``[N, M]``, exactly as ``torchvision.ops.box_iou`` (0/0 gives NaN)."""
     a, b = _upcast(boxes1), _upcast(boxes2)
     area1, area2 = box_area(a), box_area(b)
     lt = torch.max(a[:, None, :2], b[None, :, :2])
     rb = torch.min(a[:, None, 2:], b[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
+    wh = positive_part(rb - lt)
     inter = wh[..., 0] * wh[..., 1]
     union = area1[:, None] + area2[None, :] - inter
     return (inter / union).to(boxes1.dtype)
@@ -162,8 +169,8 @@ def pairwise_box_score(boxes: Tensor, query_boxes: Tensor, score: str) -> Tensor
     """
     d = boxes.t()[:, None, :]  # [4, 1, P]
     q = query_boxes[:, :, None]  # [Q, 4, 1]
-    iw = (torch.min(d[2], q[:, 2]) - torch.max(d[0], q[:, 0])).clamp(min=0)
-    ih = (torch.min(d[3], q[:, 3]) - torch.max(d[1], q[:, 1])).clamp(min=0)
+    iw = positive_part(torch.min(d[2], q[:, 2]) - torch.max(d[0], q[:, 0]))
+    ih = positive_part(torch.min(d[3], q[:, 3]) - torch.max(d[1], q[:, 1]))
     inter = iw * ih
     union = box_area(boxes)[None, :] + box_area(query_boxes)[:, None] - inter
     if score == "iou":

@@ -104,6 +104,32 @@ def test_gradient_at_ties_matches_reference(backend, device, score, case, make, 
 
 
 
+def test_positive_part_gradient_is_written_out():
+    """max(x, 0)'s convention, hand-computed: the gradient passes only where x > 0 — 0 at exactly
+    0 (clamp(min=0) gives 1 there on torch 2.11 and 0 on 2.14: the reference must not inherit
+    either), 0 at NaN and below; NaN stays NaN, inf stays inf."""
+    x = torch.tensor([-1.0, 0.0, -0.0, 0.5, float("nan"), float("inf"), float("-inf")], dtype=F64,
+                     requires_grad=True)
+    y = reference.positive_part(x)
+    assert y[:4].tolist() == [0.0, 0.0, 0.0, 0.5] and y[4].isnan() and y[5].item() == float("inf")
+    assert y[6].item() == 0.0
+    (g,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert g.tolist() == [0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]
+
+
+def test_touching_boxes_pass_no_gradient_through_the_intersection():
+    """Two boxes touching at x = 4 (intersection width exactly 0): the IoU is 0 and its gradient
+    with respect to the shared edge is 0, hand-computed (the width's max(., 0) passes nothing at 0;
+    the union's gradient is multiplied by inter = 0)."""
+    d = torch.tensor([[0.0, 0.0, 4.0, 4.0]], dtype=F64).t().reshape(4, 1, 1).requires_grad_()
+    q = torch.tensor([[4.0, 0.0, 8.0, 4.0]], dtype=F64, requires_grad=True)
+    for fn in (lambda a, b: reference.iou_attention(a, b, "iou"), lambda a, b: ops.iou_attention(a, b, "iou")):
+        out = fn(d, q)
+        assert out.item() == 0.0
+        gd, gq = torch.autograd.grad(out.sum(), (d, q))
+        assert gd.abs().sum().item() == 0.0 and gq.abs().sum().item() == 0.0
+
+
 @pytest.mark.backends(OP, reference=False)
 def test_double_backward_raises_instead_of_being_wrong(backend, device, make):
     """The kernels' backward op has no derivative of its own: a second derivative raises (on cpp it

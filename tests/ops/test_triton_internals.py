@@ -42,6 +42,63 @@ if HAS_TRITON:
         tl.store(hi_ptr + i, nan_max(a, b))
 
 
+    @triton.jit
+    def _runtime_range_kernel(x_ptr, out_ptr, n):
+        # a loop over a runtime count: the interpreter turns ``n`` into a Python int (__index__)
+        acc = tl.load(x_ptr)
+        for j in range(1, n):
+            acc += tl.load(x_ptr + j)
+        tl.store(out_ptr, acc)
+
+
+def test_loop_over_a_runtime_count_runs():
+    """``for j in range(n)`` with a runtime ``n``: Triton 3.6's interpreter converts ``n`` with
+    ``int()`` of a one-element array, an error on numpy >= 2.4 (the GPU image's stack failed 442
+    op tests so) unless kernels/_interpreter_compat.py is installed; compiled, it is a plain loop."""
+    from rtpanoptic.kernels._common import launch
+
+    x = torch.arange(1, 8, dtype=torch.float32, device=DEV)
+    out = torch.zeros(1, device=DEV)
+    launch(_runtime_range_kernel, (1,), x, out, 7)
+    assert out.item() == 28.0
+
+
+def test_interpreter_index_shim():
+    """The shim converts a one-element array of any rank as Triton 3.8's interpreter does, and
+    still refuses a block; it is installed for the Triton versions before 3.8 only."""
+    import numpy as np
+
+    from rtpanoptic.kernels import _interpreter_compat as compat
+
+    class Scalar:
+        def __init__(self, data):
+            self.handle = type("Handle", (), {"data": data})()
+
+    assert compat._index(Scalar(np.array([7], dtype=np.int32))) == 7
+    assert compat._index(Scalar(np.array([[3]], dtype=np.int64))) == 3
+    assert type(compat._index(Scalar(np.array([3], dtype=np.int64)))) is int
+    with pytest.raises(ValueError, match="size 1"):
+        compat._index(Scalar(np.arange(2)))
+    assert compat.needed("3.6.0") and compat.needed("3.7.1") and compat.needed("2.3.1")
+    assert not compat.needed("3.8.0") and not compat.needed("3.10.2") and not compat.needed("4.0.0")
+    if INTERPRET:
+        from triton.runtime import interpreter
+
+        patched = getattr(interpreter._patch_lang_tensor, "rtpanoptic_index_shim", False)
+        assert patched == compat.needed(triton.__version__)
+
+
+def test_interpreted_kernels_launch_without_wrap_triton():
+    """Under the interpreter a kernel is an InterpretedFunction, which torch 2.11's wrap_triton
+    refuses ("wrap_triton only works on functions annotated with triton.jit") and 2.14's passes
+    through: ``launchable`` passes it through on every torch; a compiled kernel is wrapped."""
+    from rtpanoptic.kernels._common import is_interpreted, launchable
+
+    assert is_interpreted(_runtime_range_kernel) == INTERPRET
+    if INTERPRET:
+        assert launchable(_runtime_range_kernel) is _runtime_range_kernel
+
+
 def test_nan_min_max_propagate_nan_as_torch():
     """box_math.h's rule: the box formulas' min/max/clamp propagate NaN as torch.minimum/maximum
     (Triton's default minimum/maximum return the non-NaN operand)."""
