@@ -7,8 +7,9 @@ different kernels per ISA: AMX, AVX512-BF16, AVX2, default; see :func:`_relative
 Detections and panoptic quality, bf16 against fp32 (what a user sees):
 - each of the 20 best fp32 queries of an image has a bf16 query of the same class with
   |score difference| <= 0.03 and box IoU >= 0.5 (the usual detection match), >= 0.9 for 90 % of them;
-- panoptic quality: PQ of the bf16 segmentation measured against the fp32 one >= 75, and PQ
-  against the synthetic ground truth within 2 points of fp32's.
+- panoptic quality: PQ of the bf16 segmentation measured against the fp32 one >= 75 (measured
+  84-93 on oneDNN's AVX-512 and AVX2 paths).  (Not PQ against the synthetic ground truth: the
+  random network scores 0 there in fp32 and bf16, a comparison that could not fail.)
 That network is random (fixed seed): queries close in score and overlapping masks make it a harder
 case than a trained one (benchmarks/RESULTS.md: a trained synthetic model, bf16 vs fp32 PQ).
 """
@@ -22,7 +23,7 @@ from torchvision.ops import box_iou
 
 from rtpanoptic.cli import main
 from rtpanoptic.data.synthetic import SyntheticConfig
-from rtpanoptic.evaluation import PanopticQualityEvaluator, sample_to_panoptic
+from rtpanoptic.evaluation import PanopticQualityEvaluator
 from rtpanoptic.execution import PRECISIONS, NetworkRunner, default_channels_last, outputs_as_fp32
 from rtpanoptic.inference import Predictor
 from rtpanoptic.model import HeadOutputs, build_model
@@ -234,10 +235,6 @@ def test_bf16_detections_and_pq_against_fp32(synthetic_val):
     d = synthetic_val.description
     agreement = _pq([(*_as_gt(b), a) for a, b in zip(got, want)], d)
     assert agreement >= 75.0
-    truth = [sample_to_panoptic(synthetic_val[i], d) for i in range(len(synthetic_val))]
-    pq32 = _pq([(*t, r) for t, r in zip(truth, want)], d)
-    pq16 = _pq([(*t, r) for t, r in zip(truth, got)], d)
-    assert abs(pq16 - pq32) <= 2.0
 
 
 def test_fp16_on_cpu_runs_and_stays_close():
