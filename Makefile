@@ -1,6 +1,8 @@
 # rtpanoptic: two commands on a fresh machine.
 #   make demo   create .venv if missing, install, run the main job on the built-in default
 #   make test   create .venv if missing, install, run the test suite (CPU; Triton via its interpreter)
+#   make isa-check   the precision and kernel tests once per CPU code path this machine can emulate
+#                    (ONEDNN_MAX_CPU_ISA x ATEN_CPU_CAPABILITY, one thread; see tests/isa_check.py)
 # FORCE_CUDA=1 compiles the CUDA kernels even without a GPU (CI does); FORCE_CUDA=0 never does.
 #   make gpu-check   on a GPU machine, with the Python and torch installed there (no venv, nothing
 #                    downloaded): build, test suite, compute-sanitizer, benchmarks; results in
@@ -23,7 +25,7 @@ GPU_CHECK_ARGS ?=
 # it the build is serial (one nvcc at a time), past gpu_check's build limit.
 GPU_WHEELS ?= setuptools==80.9.0 ninja==1.13.2
 
-.PHONY: demo test lint bench install clean gpu-check gpu-wheels image-check
+.PHONY: demo test isa-check lint bench install clean gpu-check gpu-wheels image-check
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +45,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) tests/check_build.py
 	TRITON_INTERPRET=1 $(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+isa-check: $(VENV)/.installed
+	$(PY) tests/isa_check.py $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
