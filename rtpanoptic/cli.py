@@ -214,10 +214,13 @@ def _cmd_predict(args) -> int:
         return 0
     with torch_threads(args.threads):
         info = predict_images(model, args.input, args.output_dir, backend=args.backend,
-                              overlays=not args.no_overlays, progress=not args.no_progress, predictor_options=options)
+                              overlays=not args.no_overlays, progress=not args.no_progress, predictor_options=options,
+                              max_pixels=cfg.data.max_pixels)
     print(f"{info['images']} images, {info['ms_per_image']:.1f} ms/image; wrote {args.output_dir}/panoptic.json, "
           f"panoptic/*.png" + ("" if args.no_overlays else ", overlays/*.png"))
-    return 0
+    for reason in info["skipped"]:  # unreadable images are skipped and reported, exit status 2
+        print(f"rtpanoptic predict: error: skipped {reason}", file=sys.stderr)
+    return 2 if info["skipped"] else 0
 
 
 def _model_for(args, device):
@@ -376,11 +379,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Exceptions whose one-line message tells a user what to fix (exit status 2)."""
     from .config import ConfigError
     from .data import DatasetError
+    from .data.image_io import ImageError
     from .engine.checkpoint import CheckpointError
+    from .engine.trainer import NonFiniteLossError
     from .evaluation.panoptic_quality import PQError
     from .usage import UsageError
 
-    return UsageError, ConfigError, DatasetError, PQError, CheckpointError
+    return UsageError, ConfigError, DatasetError, ImageError, PQError, CheckpointError, NonFiniteLossError
 
 
 def main(argv: list[str] | None = None) -> int:
