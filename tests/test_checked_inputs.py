@@ -305,3 +305,23 @@ def test_through_a_fresh_process(tmp_path):
                           text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "optim.lr must be a finite number" in proc.stderr
+
+
+def test_video_output_of_unknown_container_is_one_line(run, tmp_path, capsys):
+    # --output x.avi2 gave av.open's ValueError traceback
+    pytest.importorskip("av")
+    from rtpanoptic.video import VideoWriter
+
+    ckpt, _ = run
+    with VideoWriter(tmp_path / "in.mkv", 25, (32, 32), codec="ffv1") as writer:
+        for _ in range(2):
+            writer.write(np.zeros((32, 32, 3), np.uint8))
+    out = tmp_path / "out"
+    one_line_error(capsys, ["predict", "--checkpoint", ckpt, "--video", tmp_path / "in.mkv", "--output",
+                            out / "x.avi2", "--no-progress", "--device", "cpu"], "x.avi2", "container")
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf"])
+def test_dist_timeout_is_a_finite_positive_number(capsys, value):
+    one_line_error(capsys, ["evaluate", "--checkpoint", "x.pt", "--dist-timeout", value], "--dist-timeout", value)

@@ -193,8 +193,8 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
                 raise DatasetError(f"{where}: duplicate segment id {sid}")
             seen.add(sid)
             if cat not in self._json_categories:
-                raise DatasetError(f"{where} ({ann['file_name']}): segment {sid} has category id {cat!r}, "
-                                   f"not in the file's 'categories'")
+                raise DatasetError(f"{where} ({ann['file_name']}): segment {sid} has unknown category id {cat!r} "
+                                   f"(not in the file's 'categories')")
             if cat not in self._cat_to_train:
                 raise DatasetError(
                     f"{where} ({ann['file_name']}): segment {sid} has unknown category id {cat!r} "

@@ -315,6 +315,8 @@ def _load_json(path: str, what: str) -> dict:
 def _read_ids(path: str) -> np.ndarray:
     from ..data.image_io import ImageError, read_panoptic_png
 
+    if not os.path.isfile(path):
+        raise PQError(f"{path}: PNG not found")
     try:
         return read_panoptic_png(path, max_pixels=None, what="PNG")
     except ImageError as exc:
