@@ -45,6 +45,17 @@ POSITIVE = _int_at_least(1)
 NON_NEGATIVE = _int_at_least(0)
 
 
+def _seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text}")
+    return value
+
+
 def _common(p: argparse.ArgumentParser, preset_default: str | None = "synthetic", backend: bool = True) -> None:
     if preset_default is None:
         p.add_argument("--preset", default=None,
@@ -214,10 +225,13 @@ def _cmd_predict(args) -> int:
         return 0
     with torch_threads(args.threads):
         info = predict_images(model, args.input, args.output_dir, backend=args.backend,
-                              overlays=not args.no_overlays, progress=not args.no_progress, predictor_options=options)
+                              overlays=not args.no_overlays, progress=not args.no_progress, predictor_options=options,
+                              max_pixels=cfg.data.max_pixels)
     print(f"{info['images']} images, {info['ms_per_image']:.1f} ms/image; wrote {args.output_dir}/panoptic.json, "
           f"panoptic/*.png" + ("" if args.no_overlays else ", overlays/*.png"))
-    return 0
+    for reason in info["skipped"]:  # unreadable images are skipped and reported, exit status 2
+        print(f"rtpanoptic predict: error: skipped {reason}", file=sys.stderr)
+    return 2 if info["skipped"] else 0
 
 
 def _model_for(args, device):
@@ -310,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", type=NON_NEGATIVE, default=8, help="overlay PNGs to write (default 8)")
     p.add_argument("--json", help="also write the metrics to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--dist-timeout", type=float, default=1800.0, metavar="S",
+    p.add_argument("--dist-timeout", type=_seconds, default=1800.0, metavar="S",
                    help="under torchrun --nproc_per_node=N (images sharded over the ranks, gathered on rank 0): "
                         "give up, with an error, when a rank does not answer within S seconds (default 1800)")
     _inference_args(p)
@@ -324,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, preset_default=None)
     _weights_args(p, required=True)
     p.add_argument("-i", "--input", action="append", metavar="PATH",
-                   help="an image file or a folder of images (repeatable)")
+                   help="an image file or a folder of images (repeatable); EXIF orientation is applied, 16-bit "
+                        "images are scaled to 8 bits, images over data.max_pixels=N (default 40 megapixels) are "
+                        "refused; an unreadable image is skipped and reported (exit status 2), the others written")
     p.add_argument("--output-dir", default="runs/predict", help="default runs/predict")
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -376,11 +392,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Exceptions whose one-line message tells a user what to fix (exit status 2)."""
     from .config import ConfigError
     from .data import DatasetError
+    from .data.image_io import ImageError
     from .engine.checkpoint import CheckpointError
+    from .engine.trainer import NonFiniteLossError
     from .evaluation.panoptic_quality import PQError
     from .usage import UsageError
 
-    return UsageError, ConfigError, DatasetError, PQError, CheckpointError
+    return UsageError, ConfigError, DatasetError, ImageError, PQError, CheckpointError, NonFiniteLossError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,6 +7,7 @@ There is no global config object: build one with :func:`load_config` and pass it
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -157,13 +158,21 @@ def parse_override(text: str) -> dict[str, Any]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML file; :class:`ConfigError` naming the file when it is missing, a folder,
+    unreadable, not UTF-8 text, not YAML or not a mapping."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -184,6 +193,80 @@ def load_config(
     for text in overrides:
         cfg = merge(cfg, parse_override(text), where=f"override {text!r}")
     return cfg
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric config field may take: ``low <= v <= high`` (``<`` with ``low_open`` /
+    ``high_open``; None: unbounded on that side), finite unless ``allow_inf`` (NaN never)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    allow_inf: bool = False
+
+    def __contains__(self, value) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if math.isnan(value) or (math.isinf(value) and not self.allow_inf):
+            return False
+        if self.low is not None and not (value > self.low if self.low_open else value >= self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else repr(x)
+
+        finite = "" if self.allow_inf else "a finite number "
+        if self.low is not None and self.high is not None:
+            lo, hi = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{finite}in {lo}{num(self.low)}, {num(self.high)}{hi}"
+        if self.low is not None:
+            return f"{finite}{'>' if self.low_open else '>='} {num(self.low)}"
+        if self.high is not None:
+            return f"{finite}{'<' if self.high_open else '<='} {num(self.high)}"
+        return finite.strip() or "a number"
+
+
+def numeric_fields(cls: type, prefix: str = "") -> list[str]:
+    """Dotted names of the fields of dataclass ``cls`` (recursively) that hold numbers: ``int`` /
+    ``float``, optional, or tuples / lists of them."""
+    def holds_number(tp) -> bool:
+        if tp in (int, float):
+            return True
+        return any(holds_number(a) for a in typing.get_args(tp) if a is not Ellipsis)
+
+    hints = typing.get_type_hints(cls)
+    names: list[str] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            names += numeric_fields(tp, f"{prefix}{f.name}.")
+        elif holds_number(tp):
+            names.append(prefix + f.name)
+    return names
+
+
+def check_ranges(cfg: Any, ranges: Mapping[str, Range], what: str) -> None:
+    """Raise :class:`ConfigError` ``"<what>: <field> must be <range>, got <value>"`` for the first
+    field of ``ranges`` (dotted names) outside its range; None values pass (optional fields), each
+    item of a tuple / list is checked."""
+    def items(value):
+        if isinstance(value, (list, tuple)):
+            for v in value:
+                yield from items(v)
+        elif value is not None:
+            yield value
+
+    for name, allowed in ranges.items():
+        value = cfg
+        for part in name.split("."):
+            value = getattr(value, part)
+        if any(v not in allowed for v in items(value)):
+            each = "items" if isinstance(value, (list, tuple)) else ""
+            raise ConfigError(f"{what}: {name}{' ' + each if each else ''} must be {allowed}, got {value!r}")
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

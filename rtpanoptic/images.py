@@ -25,8 +25,10 @@ def to_image_tensors(images) -> list[Tensor]:
                 raise ValueError(f"images[{i}]: expected one image, got a batch of {len(converted)}")
             out.extend(converted)
         return out
-    if hasattr(images, "convert") and hasattr(images, "size"):  # PIL
-        images = np.array(images.convert("RGB"))
+    if hasattr(images, "convert") and hasattr(images, "size"):  # PIL: any mode, 16-bit scaled to 8 bits
+        from .data.image_io import to_rgb8
+
+        images = to_rgb8(images)
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8:
             raise TypeError(f"images: numpy images must be uint8 RGB, got {images.dtype}")

@@ -102,6 +102,20 @@ def choose_codec(path: str | os.PathLike, codec: str | None = None) -> str:
     raise VideoError(f"no encoder for {Path(path).name}: tried {', '.join(names)} (this PyAV build lacks them)")
 
 
+def check_container(path: str | os.PathLike) -> None:
+    """Raise :class:`VideoError` when no FFmpeg muxer of this PyAV build writes files of ``path``'s
+    suffix (FFmpeg picks the container by the suffix, as it does here), before any work."""
+    av = require_av()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    writable = set()
+    for name in av.formats_available:
+        with contextlib.suppress(ValueError, av.FFmpegError):
+            writable.update(e.strip().lower() for e in av.ContainerFormat(name, "w").extensions)
+    if suffix not in writable:
+        raise VideoError(f"--output {path}: no video container is written as .{suffix} files by this PyAV build "
+                         f"(use .mp4, .mkv, .avi, .webm, ...)")
+
+
 def pixel_format(codec: str) -> str:
     """RGB for the lossless codecs (exact frames), YUV 4:2:0 for the others (what players expect)."""
     av = require_av()
@@ -135,7 +149,7 @@ class VideoWriter:
         self._pad = (h % 2, w % 2) if even else (0, 0)
         try:
             self.container = av.open(str(path), mode="w", format=container_format)
-        except av.FFmpegError as exc:
+        except (av.FFmpegError, ValueError) as exc:  # ValueError: no container for the suffix
             raise VideoError(f"cannot write {Path(path).name} ({exc})") from None
         try:
             self.stream = self.container.add_stream(self.codec, rate=Fraction(fps).limit_denominator(1001 * 1000))
@@ -244,6 +258,7 @@ def predict_video(
         raise UsageError(f"--cuda-graph needs the model on a CUDA device, not {predictor.device.type}")
     _check_outputs(input_path, output, stats_json, panoptic_dir, overwrite)
     try:
+        check_container(output)
         reader = VideoReader(input_path)
     except ImportError as exc:
         raise UsageError(str(exc)) from None

@@ -94,7 +94,11 @@ def overlay(image, result, alpha: float = 0.5, labels: bool = True, font_size: i
     centroid (:func:`segment_labels`, :func:`draw_labels`).  Returns uint8 ``[H, W, 3]``."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay: alpha must lie in [0, 1], got {alpha}")
-    image = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    if hasattr(image, "convert"):  # PIL: any mode, 16-bit scaled to 8 bits
+        from .data.image_io import to_rgb8
+
+        image = to_rgb8(image)
+    image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"overlay: image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
     if image.shape[:2] != tuple(result.panoptic.shape):

@@ -27,10 +27,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .description import DatasetDescription, get_description
-from .panoptic_format import rgb2id
+from .image_io import DEFAULT_MAX_PIXELS, ImageError, read_image, read_panoptic_png
 
 ImagePathFn = Callable[[dict], str]
 
@@ -110,6 +109,14 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
         transforms: callable ``sample -> sample`` applied last (see :mod:`rtpanoptic.data.transforms`).
         image_path_fn: ``annotation -> image path`` overriding the default lookup
             (``image_root / images[image_id].file_name``), e.g. :func:`cityscapes_image_path`.
+        max_pixels: larger images (and panoptic PNGs) are refused (:mod:`rtpanoptic.data.image_io`).
+
+    The whole JSON is checked when the dataset is built, before any image is read (types included):
+    unique ``images[].id``, ``annotations[].image_id`` and ``categories[].id``; ``iscrowd`` and
+    ``isthing`` 0 / 1; segment ids ints in [1, 256^3), each segment's category listed in the
+    JSON's ``categories`` and in the description.  A :class:`DatasetError` names the file and entry.
+    Images are read by :func:`rtpanoptic.data.image_io.read_image` (EXIF orientation applied,
+    16-bit scaled to 8 bits); an unreadable image stops the iteration with a :class:`DatasetError`.
     """
 
     def __init__(
@@ -120,12 +127,15 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
         description: DatasetDescription | str | None = None,
         transforms: Callable[[dict], dict] | None = None,
         image_path_fn: ImagePathFn | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
+        self.max_pixels = max_pixels
         self.image_root = str(image_root)
         self.panoptic_json = str(panoptic_json)
         self.panoptic_root = str(panoptic_root)
         self.transforms = transforms
         data = load_panoptic_json(self.panoptic_json)
+        json_categories = _check_categories(self.panoptic_json, data["categories"])
         if description is None:
             try:
                 description = DatasetDescription.from_coco_categories(
@@ -143,16 +153,17 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
         self._train_to_thing = {t: k for k, t in enumerate(thing_train)}
         self._is_thing_cat = {c.id: c.isthing for c in description.categories}
 
-        images = {}
-        for i, img in enumerate(data.get("images", [])):
-            if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-                raise DatasetError(f"{self.panoptic_json}: images[{i}] lacks 'id' or 'file_name'")
-            images[img["id"]] = img
-        self._images = images
+        self._json_categories = json_categories
+        self._images = _check_images(self.panoptic_json, data.get("images", []))
         self._image_path_fn = image_path_fn
         self.annotations: list[dict] = []
+        annotated: dict = {}
         for i, ann in enumerate(data["annotations"]):
             self._check_annotation(i, ann)
+            if ann["image_id"] in annotated:
+                raise DatasetError(f"{self.panoptic_json}: annotations[{i}]: image_id {ann['image_id']!r} repeats "
+                                   f"annotations[{annotated[ann['image_id']]}] (one annotation per image)")
+            annotated[ann["image_id"]] = i
             self.annotations.append(ann)
 
     # ------------------------------------------------------------------ checks
@@ -163,6 +174,10 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
         for key in ("image_id", "file_name", "segments_info"):
             if key not in ann:
                 raise DatasetError(f"{where} lacks {key!r}")
+        if not _is_id(ann["image_id"]):
+            raise DatasetError(f"{where}: image_id must be an integer or a string, got {ann['image_id']!r}")
+        if not isinstance(ann["file_name"], str) or not ann["file_name"]:
+            raise DatasetError(f"{where}: file_name must be a non-empty string, got {ann['file_name']!r}")
         if not isinstance(ann["segments_info"], list):
             raise DatasetError(f"{where}: 'segments_info' must be a list")
         if self._image_path_fn is None and ann["image_id"] not in self._images:
@@ -177,11 +192,21 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
             if sid in seen:
                 raise DatasetError(f"{where}: duplicate segment id {sid}")
             seen.add(sid)
+            if cat not in self._json_categories:
+                raise DatasetError(f"{where} ({ann['file_name']}): segment {sid} has unknown category id {cat!r} "
+                                   f"(not in the file's 'categories')")
             if cat not in self._cat_to_train:
                 raise DatasetError(
                     f"{where} ({ann['file_name']}): segment {sid} has unknown category id {cat!r} "
                     f"(not in description {self.description.name!r})"
                 )
+            if seg.get("iscrowd", 0) not in (0, 1) or isinstance(seg.get("iscrowd", 0), float):
+                raise DatasetError(f"{where}.segments_info[{j}]: iscrowd must be 0 or 1, got {seg['iscrowd']!r}")
+            for key, ok in (("area", _is_number(seg.get("area", 0)) and seg.get("area", 0) >= 0),
+                            ("bbox", _is_box(seg.get("bbox", [0, 0, 0, 0])))):
+                if not ok:
+                    raise DatasetError(f"{where}.segments_info[{j}]: {key} {seg[key]!r} is not "
+                                       f"{'a number >= 0' if key == 'area' else '4 numbers [x, y, w, h]'}")
 
     # ----------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -197,7 +222,10 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
         """``(ids int64 [H, W], segments_info)`` of annotation ``index``, checked against each other."""
         ann = self.annotations[index]
         path = os.path.join(self.panoptic_root, ann["file_name"])
-        ids = rgb2id(_read_png(path, "panoptic PNG", mode="RGB"))
+        try:
+            ids = read_panoptic_png(path, self.max_pixels)
+        except ImageError as exc:
+            raise DatasetError(str(exc)) from None
         present = np.unique(ids)
         listed = {s["id"] for s in ann["segments_info"]}
         unknown = [int(v) for v in present if v != 0 and int(v) not in listed]
@@ -213,7 +241,10 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)}")
         ann = self.annotations[index]
         image_path = self.image_path(index)
-        image = _read_png(image_path, "image", mode="RGB")
+        try:
+            image = read_image(image_path, self.max_pixels)
+        except ImageError as exc:
+            raise DatasetError(str(exc)) from None
         ids, segments = self.load_panoptic(index)
         if image.shape[:2] != ids.shape:
             raise DatasetError(
@@ -260,14 +291,58 @@ class COCOPanopticDataset(torch.utils.data.Dataset):
         }
 
 
-def _read_png(path: str, what: str, mode: str) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: {what} file not found")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert(mode))
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise DatasetError(f"{path}: cannot read {what} ({exc})") from None
+def _is_id(value) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _is_box(value) -> bool:
+    return isinstance(value, list) and len(value) == 4 and all(_is_number(v) for v in value)
+
+
+def _check_images(path: str, images) -> dict:
+    """``images[]`` of a panoptic JSON -> ``{id: entry}``; ids unique, file names strings."""
+    out: dict = {}
+    for i, img in enumerate(images):
+        where = f"{path}: images[{i}]"
+        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+            raise DatasetError(f"{where} lacks 'id' or 'file_name'")
+        if not _is_id(img["id"]):
+            raise DatasetError(f"{where}: id must be an integer or a string, got {img['id']!r}")
+        if not isinstance(img["file_name"], str) or not img["file_name"]:
+            raise DatasetError(f"{where}: file_name must be a non-empty string, got {img['file_name']!r}")
+        for key in ("height", "width"):
+            if key in img and (not isinstance(img[key], int) or isinstance(img[key], bool) or img[key] < 1):
+                raise DatasetError(f"{where}: {key} must be a positive integer, got {img[key]!r}")
+        if img["id"] in out:
+            first = next(k for k, im in enumerate(images) if isinstance(im, dict) and im.get("id") == img["id"])
+            raise DatasetError(f"{where}: id {img['id']!r} repeats images[{first}] "
+                               f"({out[img['id']]['file_name']}); image ids must be unique")
+        out[img["id"]] = img
+    return out
+
+
+def _check_categories(path: str, categories: list) -> set:
+    """The ids of ``categories[]``: unique integers, with a string name and ``isthing`` 0 / 1."""
+    ids: dict[int, int] = {}
+    for i, c in enumerate(categories):
+        where = f"{path}: categories[{i}]"
+        if not isinstance(c, dict) or "id" not in c:
+            raise DatasetError(f"{where} lacks 'id'")
+        cid = c["id"]
+        if not isinstance(cid, int) or isinstance(cid, bool):
+            raise DatasetError(f"{where}: id must be an integer, got {cid!r}")
+        if cid in ids:
+            raise DatasetError(f"{where}: category id {cid} repeats categories[{ids[cid]}]")
+        ids[cid] = i
+        if "name" in c and not isinstance(c["name"], str):
+            raise DatasetError(f"{where}: name must be a string, got {c['name']!r}")
+        if "isthing" in c and (c["isthing"] not in (0, 1) or isinstance(c["isthing"], float)):
+            raise DatasetError(f"{where}: isthing must be 0 or 1, got {c['isthing']!r}")
+    return set(ids)
 
 
 def collate(samples: list[dict], ignore_label: int = 255) -> dict:

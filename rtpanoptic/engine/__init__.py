@@ -12,7 +12,7 @@ from .config import (
     make_config,
     train_preset,
 )
-from .trainer import NonFiniteLossError, TrainResult, WarmupMultiStep, train
+from .trainer import NonFiniteLossError, NonFiniteWeightsError, TrainResult, WarmupMultiStep, train
 
 __all__ = [
     "TRAIN_PRESETS",
@@ -21,6 +21,7 @@ __all__ = [
     "DistInfo",
     "ModelSection",
     "NonFiniteLossError",
+    "NonFiniteWeightsError",
     "OptimConfig",
     "RuntimeConfig",
     "ScheduleConfig",

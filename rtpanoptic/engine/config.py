@@ -17,6 +17,8 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+from ..config import ConfigError, Range, check_ranges
+from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..losses import LossConfig
 
 AMP_MODES = ("auto", "none", "bf16", "fp16")
@@ -46,6 +48,9 @@ class DataSection:
     synthetic_num_val: int | None = None
     synthetic_image_size: int | None = None
     num_workers: int = 0
+    # images (and panoptic PNGs) of more pixels are refused from their header, one line naming the
+    # file (predict and the datasets; rtpanoptic.data.image_io); None: no limit
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
 
 @dataclass
@@ -105,28 +110,71 @@ class TrainConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
+_SIDE = Range(1, 16384)  # an image side in pixels
+_WEIGHT = Range(0, 1e4)  # a loss weight
+_PROBABILITY = Range(0, 1)
+_COUNT = Range(1, 2**31 - 1)
+
+# the allowed values of every numeric field of TrainConfig (tests check that none is missing);
+# finite unless said otherwise, so inf and nan are refused
+TRAIN_RANGES: dict[str, Range] = {
+    "data.crop_size": _SIDE,
+    "data.scale": Range(0, 10, low_open=True),
+    "data.min_sizes": _SIDE,
+    "data.max_size": _SIDE,
+    "data.synthetic_size": Range(32, 4096),
+    "data.synthetic_num_train": Range(1, 10**6),
+    "data.synthetic_num_val": Range(1, 10**6),
+    "data.synthetic_image_size": Range(64, 4096),  # room for the generator's largest object (44)
+    "data.num_workers": Range(0, 1024),
+    "data.max_pixels": _COUNT,
+    "optim.lr": Range(0, 10, low_open=True),
+    "optim.momentum": Range(0, 1, high_open=True),
+    "optim.weight_decay": Range(0, 1, high_open=True),
+    "optim.clip_grad_norm": Range(0, low_open=True),
+    "optim.reference_world_size": Range(1, 2**20),
+    "schedule.max_steps": _COUNT,
+    "schedule.warmup_steps": Range(0, 2**31 - 1),
+    "schedule.warmup_factor": Range(0, 1, low_open=True),
+    "schedule.milestones": _COUNT,
+    "schedule.gamma": Range(0, 1, low_open=True),
+    **{f"loss.{name}": _WEIGHT for name in ("box_reg", "centerness", "box_cls", "levelness", "semantic", "mask")},
+    "loss.focal_alpha": _PROBABILITY,
+    "loss.focal_gamma": Range(0, 100),
+    "loss.bootstrap_ratio": Range(0, 1, low_open=True),
+    "loss.size_ranges": Range(0, allow_inf=True),  # FCOS' last level reaches to inf
+    "loss.mask_pre_nms_thresh": _PROBABILITY,
+    "loss.mask_pre_nms_top_n": _COUNT,
+    "loss.mask_nms_thresh": _PROBABILITY,
+    "loss.mask_post_nms_top_n": _COUNT,
+    "loss.mask_min_iou": _PROBABILITY,
+    "runtime.batch_size": Range(1, 65536),
+    "runtime.seed": Range(0, 2**63 - 1),
+    "runtime.checkpoint_every": _COUNT,
+    "runtime.log_every": _COUNT,
+    "runtime.eval_every": Range(0, 2**31 - 1),
+    "runtime.eval_max_images": _COUNT,
+    "runtime.threads": Range(1, 4096),
+    "runtime.time_limit_s": Range(0),
+}
+
+
 def validate_train_config(cfg: TrainConfig) -> None:
-    """Raise ValueError naming the field of a value training cannot run with."""
-    r, s, o, d = cfg.runtime, cfg.schedule, cfg.optim, cfg.data
+    """Raise ValueError (a :class:`~rtpanoptic.config.ConfigError`) naming the field of a value
+    training cannot run with: every number within its :data:`TRAIN_RANGES` range, the names among
+    their choices, ``data.scale`` and ``schedule.milestones`` increasing."""
+    r, s, d = cfg.runtime, cfg.schedule, cfg.data
+    check_ranges(cfg, TRAIN_RANGES, "train config")
     checks = [
         (r.amp in AMP_MODES, "runtime.amp", f"one of {AMP_MODES}", r.amp),
-        (r.batch_size >= 1, "runtime.batch_size", ">= 1", r.batch_size),
-        (r.checkpoint_every >= 1, "runtime.checkpoint_every", ">= 1", r.checkpoint_every),
-        (r.log_every >= 1, "runtime.log_every", ">= 1", r.log_every),
-        (r.eval_every >= 0, "runtime.eval_every", ">= 0", r.eval_every),
-        (r.time_limit_s is None or r.time_limit_s >= 0, "runtime.time_limit_s", ">= 0 or null", r.time_limit_s),
-        (s.max_steps >= 1, "schedule.max_steps", ">= 1", s.max_steps),
-        (s.warmup_steps >= 0, "schedule.warmup_steps", ">= 0", s.warmup_steps),
-        (0 < s.warmup_factor <= 1, "schedule.warmup_factor", "in (0, 1]", s.warmup_factor),
         (list(s.milestones) == sorted(s.milestones), "schedule.milestones", "increasing", s.milestones),
-        (o.lr > 0, "optim.lr", "> 0", o.lr),
-        (o.clip_grad_norm is None or o.clip_grad_norm > 0, "optim.clip_grad_norm", "> 0 or null", o.clip_grad_norm),
+        (d.scale[0] <= d.scale[1], "data.scale", "[low, high] with low <= high", d.scale),
+        (len(d.min_sizes) >= 1, "data.min_sizes", "a non-empty list", d.min_sizes),
         (d.transforms in TRANSFORMS, "data.transforms", f"one of {TRANSFORMS}", d.transforms),
-        (d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers),
     ]
     for ok, name, expected, got in checks:
         if not ok:
-            raise ValueError(f"train config: {name} must be {expected}, got {got!r}")
+            raise ConfigError(f"train config: {name} must be {expected}, got {got!r}")
 
 
 def _cityscapes() -> TrainConfig:

@@ -45,8 +45,11 @@ def build_dataset_from_config(cfg: TrainConfig, split: str, train: bool = True):
     transforms = build_transforms(cfg, ignore) if train else None
     synthetic_cfg = synthetic_config(cfg) if d.name == "synthetic" else None
     if d.name == "synthetic":
-        return build_dataset(d.name, d.root, split, transforms, synthetic_cfg=synthetic_cfg)
-    return build_dataset(d.name, d.root, split, transforms)
+        dataset = build_dataset(d.name, d.root, split, transforms, synthetic_cfg=synthetic_cfg)
+    else:
+        dataset = build_dataset(d.name, d.root, split, transforms)
+    dataset.max_pixels = d.max_pixels  # images are read (and checked against it) on access
+    return dataset
 
 
 def build_model_from_config(cfg: TrainConfig, description):

@@ -359,6 +359,28 @@ def _check_finite(parts: dict[str, torch.Tensor], total: torch.Tensor, step: int
         )
 
 
+class NonFiniteWeightsError(NonFiniteLossError):
+    """The optimiser step made a weight NaN or infinite (a learning rate far too large); training
+    stopped before that state could be checkpointed."""
+
+
+def _check_finite_weights(model: torch.nn.Module, step: int, lr: float) -> None:
+    """Raise :class:`NonFiniteWeightsError` naming the first non-finite parameter or buffer.  Every
+    rank holds the same weights after a synchronised step, so every rank raises at the same step."""
+    tensors = [(n, t) for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_floating_point()]
+    if not tensors:
+        return
+    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors])
+    if bool(finite.all()):
+        return
+    bad = [n for (n, _), ok in zip(tensors, finite.tolist()) if not ok]
+    raise NonFiniteWeightsError(
+        f"non-finite weights after the optimiser step at step {step}: {len(bad)} of {len(tensors)} tensors "
+        f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}) at lr {lr:.3g}; lower optim.lr (or set "
+        f"optim.clip_grad_norm); not checkpointed, checkpoints hold the last finite state"
+    )
+
+
 class Trainer(TrainerBase):
     """The step of :func:`train`: a batch, ``normalize``, the forward pass (autocast), the losses
     (float32), a finiteness check every rank agrees on, backward, optional clipping, the optimiser
@@ -404,6 +426,7 @@ class Trainer(TrainerBase):
         else:
             self.optimizer.step()
         self.lr = self.optimizer.param_groups[0]["lr"]
+        _check_finite_weights(self.model, self.step, self.lr)  # before any hook could save them
         self.scheduler.step()
         self.log_values = {"total": float(total.detach()), **{n: float(parts[n].detach()) for n in LOSS_NAMES},
                            "num_fg": parts["num_fg"], "num_queries": parts["num_queries"]}

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.description import DatasetDescription
-from ..data.panoptic_format import rgb2id
 
 
 class PQError(ValueError):
@@ -314,15 +313,14 @@ def _load_json(path: str, what: str) -> dict:
 
 
 def _read_ids(path: str) -> np.ndarray:
-    from PIL import Image
+    from ..data.image_io import ImageError, read_panoptic_png
 
     if not os.path.isfile(path):
         raise PQError(f"{path}: PNG not found")
     try:
-        with Image.open(path) as im:
-            return rgb2id(np.asarray(im.convert("RGB")))
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise PQError(f"{path}: cannot read PNG ({exc})") from None
+        return read_panoptic_png(path, max_pixels=None, what="PNG")
+    except ImageError as exc:
+        raise PQError(str(exc)) from None
 
 
 def _pq_file_pair(args) -> PQStat:

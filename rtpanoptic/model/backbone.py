@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
@@ -28,22 +27,24 @@ def load_imagenet_weights(resnet: nn.Module, path: str | Path) -> None:
     """Load a torchvision ResNet state dict (e.g. ``resnet50-0676ba61.pth``) from a local file.
 
     ``fc.*`` may be present or absent; every other ResNet tensor must be there with its shape.
-    Nothing is downloaded.
+    Nothing is downloaded.  The file is read by :func:`rtpanoptic.weights.read_weights`
+    (``weights_only=True``: a pickle is never run); a missing, unreadable or unfitting file raises
+    :class:`~rtpanoptic.weights.WeightsError` (one line, starting ``backbone.pretrained:``).
     """
+    from ..weights import WeightsError, read_weights
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"backbone.pretrained: no such file {path} (weights are never downloaded)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise TypeError(f"backbone.pretrained: {path} holds a {type(state).__name__}, not a state dict")
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        raise WeightsError(f"backbone.pretrained: no such file {path} (weights are never downloaded)")
+    try:
+        state = read_weights(path).state_dict
+    except WeightsError as exc:
+        raise WeightsError(f"backbone.pretrained: {exc}") from None
     own = resnet.state_dict()
     missing = [k for k in own if k not in state and not k.startswith("fc.")]
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or wrong:
-        raise ValueError(
+        raise WeightsError(
             f"backbone.pretrained: {path} does not fit this ResNet: missing {missing[:5]}"
             f"{'...' if len(missing) > 5 else ''}, wrong shapes {wrong[:5]} (is it the right depth?)"
         )

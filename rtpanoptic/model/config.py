@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config import Range, check_ranges
+
 INPUT_FORMATS = ("rgb_imagenet", "bgr_caffe")
 NORMS = ("frozen_bn", "bn")
 DEPTHS = (18, 34, 50)
@@ -75,26 +77,49 @@ class ModelConfig:
     description: str = "cityscapes"  # name of a registered DatasetDescription
 
 
+_COUNT = Range(1, 2**31 - 1)
+_PROBABILITY = Range(0, 1)
+
+# the allowed values of every numeric field of ModelConfig (tests check that none is missing);
+# finite, so inf and nan are refused
+MODEL_RANGES: dict[str, Range] = {
+    "backbone.depth": Range(18, 50),  # and one of DEPTHS
+    "backbone.frozen_bn_eps": Range(0, 1),
+    "backbone.freeze_at": Range(0, 5),
+    "fpn.channels": Range(1, 8192),
+    "head.loc_channels": Range(1, 8192),
+    "head.sem_channels": Range(1, 8192),
+    "head.num_convs": Range(1, 64),
+    "head.gn_channels_per_group": Range(1, 8192),
+    "head.semantic_stride": Range(4, 8),  # and 4 or 8
+    "head.levelness_stride": Range(4, 8),
+    "head.prior_prob": Range(0, 1, low_open=True, high_open=True),
+    "head.max_log_offset": Range(0, 80, low_open=True),  # exp(80) is near float32's largest
+    "inference.pre_nms_thresh": _PROBABILITY,
+    "inference.pre_nms_top_n": _COUNT,
+    "inference.nms_thresh": _PROBABILITY,
+    "inference.global_nms_thresh": _PROBABILITY,
+    "inference.post_nms_top_n": Range(0, 2**31 - 1),
+    "inference.sigma": _PROBABILITY,
+    "inference.score_threshold": _PROBABILITY,
+    "inference.overlap_threshold": _PROBABILITY,
+    "inference.stuff_area_limit": Range(0, 2**31 - 1),
+}
+
+
 def validate_config(cfg: ModelConfig) -> None:
-    """Raise ValueError naming the field for a value the network cannot be built with."""
+    """Raise ValueError naming the field for a value the network cannot be built with: every number
+    within its :data:`MODEL_RANGES` range, the names among their choices."""
     b, f, h, i = cfg.backbone, cfg.fpn, cfg.head, cfg.inference
+    check_ranges(cfg, MODEL_RANGES, "model config")
     checks = [
         (b.depth in DEPTHS, "backbone.depth", f"one of {DEPTHS}", b.depth),
         (b.norm in NORMS, "backbone.norm", f"one of {NORMS}", b.norm),
-        (b.frozen_bn_eps >= 0, "backbone.frozen_bn_eps", ">= 0", b.frozen_bn_eps),
-        (0 <= b.freeze_at <= 5, "backbone.freeze_at", "in 0..5", b.freeze_at),
-        (f.channels > 0, "fpn.channels", "> 0", f.channels),
         (f.p6_from in ("p5", "c5"), "fpn.p6_from", "'p5' or 'c5'", f.p6_from),
-        (h.num_convs >= 1, "head.num_convs", ">= 1", h.num_convs),
         (h.semantic_stride in (4, 8), "head.semantic_stride", "4 or 8", h.semantic_stride),
         (h.levelness_stride in (4, 8), "head.levelness_stride", "4 or 8", h.levelness_stride),
-        (0 < h.prior_prob < 1, "head.prior_prob", "in (0, 1)", h.prior_prob),
         (cfg.input_format in INPUT_FORMATS, "input_format", f"one of {INPUT_FORMATS}", cfg.input_format),
         (i.score in SCORES, "inference.score", f"one of {SCORES}", i.score),
-        (i.pre_nms_top_n > 0, "inference.pre_nms_top_n", "> 0", i.pre_nms_top_n),
-        (i.post_nms_top_n >= 0, "inference.post_nms_top_n", ">= 0", i.post_nms_top_n),
-        (0 <= i.overlap_threshold <= 1, "inference.overlap_threshold", "in [0, 1]", i.overlap_threshold),
-        (i.stuff_area_limit >= 0, "inference.stuff_area_limit", ">= 0", i.stuff_area_limit),
         (i.mask_mode in MASK_MODES, "inference.mask_mode", f"one of {MASK_MODES}", i.mask_mode),
     ]
     for name, width in (("head.loc_channels", h.loc_channels), ("head.sem_channels", h.sem_channels)):

@@ -8,6 +8,7 @@ arguments canonical, in the schema's order: what every backend is called with.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -102,10 +103,21 @@ def number(op: str, name: str, value, *, low: float | None = 0.0, high: float | 
     return value
 
 
-def positive_int(op: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{op}: {name} must be a positive int, got {value!r}")
+INT64_MAX = 2**63 - 1  # the largest int an op schema's ``int`` argument holds
+
+
+def _int_in(op: str, name: str, value, low: int, what: str) -> int:
+    """A Python int in [low, INT64_MAX]: checked here, before dispatch, so that every backend
+    raises the public op's ValueError (the schema would raise its own RuntimeError)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{op}: {name} must be a {what} int, got {value!r}")  # the C++ checks' words
+    if value > INT64_MAX:
+        raise ValueError(f"{op}: {name} must be a {what} int below 2**63 (an int64), got {value!r}")
     return value
+
+
+def positive_int(op: str, name: str, value) -> int:
+    return _int_in(op, name, value, 1, "positive")
 
 
 def choice(op: str, name: str, value, options: Iterable[str]) -> str:
@@ -127,9 +139,15 @@ def _scored_boxes(op: str, boxes: Tensor, scores: Tensor, **labels: Tensor) -> N
 
 
 def _non_negative_int(op: str, name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{op}: {name} must be a non-negative int, got {value!r}")
-    return value
+    return _int_in(op, name, value, 0, "non-negative")
+
+
+def _is_flag(value) -> bool:
+    """True / False, 0 / 1, or their numpy and 0-d tensor spellings."""
+    if isinstance(value, Tensor):
+        return value.numel() == 1 and not value.is_floating_point() and value.item() in (0, 1)
+    integral = isinstance(value, numbers.Integral) or getattr(getattr(value, "dtype", None), "kind", "") in "biu"
+    return integral and not isinstance(value, str) and value in (0, 1)
 
 
 # ------------------------------------------------------------------ one validator per op
@@ -209,7 +227,12 @@ def _fusion(op: str, dense_boxes, sem_probs, query_boxes, query_classes, query_s
         query_classes=query_classes, query_scores=query_scores,
     )
     if not isinstance(is_thing, Tensor):
-        is_thing = torch.as_tensor(list(is_thing), dtype=torch.bool)
+        flags = list(is_thing) if isinstance(is_thing, Iterable) and not isinstance(is_thing, (str, bytes)) else None
+        bad = [f for f in flags if not _is_flag(f)] if flags is not None else [is_thing]
+        if bad:
+            raise TypeError(f"{op}: is_thing must be a bool tensor or a sequence of True / False (or 0 / 1), "
+                            f"got {'an item ' if flags is not None else ''}{bad[0]!r}")
+        is_thing = torch.as_tensor([bool(f) for f in flags], dtype=torch.bool)
     tensor(op, "is_thing", is_thing, ndim=1, boolean=True)
     n_classes = sem_probs.shape[0]
     if is_thing.shape[0] != n_classes:
@@ -265,8 +288,9 @@ def panoptic_from_dense_release(dense_boxes, sem_probs, query_boxes, query_class
     op = "panoptic_from_dense_release"
     args = _fusion(op, dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing, sigma, score,
                    score_threshold, overlap_threshold, stuff_area_limit, None, read_values=True)
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or stride & (stride - 1):
-        raise ValueError(f"{op}: stride must be a power of two (1, 2, 4, ...), got {stride!r}")
+    if (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or stride & (stride - 1)
+            or stride > INT64_MAX):
+        raise ValueError(f"{op}: stride must be a power of two (1, 2, 4, ...) below 2**63, got {stride!r}")
     _, h, w = dense_boxes.shape
     if (
         not isinstance(size, (tuple, list)) or len(size) != 2

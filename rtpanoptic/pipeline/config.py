@@ -14,8 +14,6 @@ def train_config(preset: str, config_path: str | None = None, overrides: Sequenc
 
     if preset not in TRAIN_PRESETS:
         raise UsageError(f"unknown preset {preset!r}; known presets: {', '.join(sorted(TRAIN_PRESETS))}")
-    if config_path is not None and not Path(config_path).is_file():
-        raise UsageError(f"config file {config_path} does not exist")
     try:
         return make_config(preset, config_path, list(overrides))
     except ConfigError as exc:

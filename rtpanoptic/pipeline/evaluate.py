@@ -13,6 +13,7 @@ import numpy as np
 
 from ..engine.evaluate import pq_metrics
 from ..usage import UsageError
+from .predict import output_names
 
 
 def _thing_index(description) -> dict[int, int]:
@@ -63,9 +64,10 @@ def evaluate_model(
     """Predict every image of ``dataset`` (un-augmented sample dicts of :mod:`rtpanoptic.data.coco_panoptic`) and score it
     (the loop: :func:`rtpanoptic.engine.evaluate.predict_samples`).
 
-    Writes under ``out_dir``: ``predictions/<stem>.png`` + ``predictions.json`` (COCO panoptic),
-    ``gt.json`` (the ground truth of the evaluated images), ``overlays/<stem>.png`` (the first
-    ``num_overlays``) and ``metrics.json``.  PQ / SQ / RQ are computed by
+    Writes under ``out_dir``: ``predictions/<name>.png`` + ``predictions.json`` (COCO panoptic),
+    ``gt.json`` (the ground truth of the evaluated images), ``overlays/<name>.png`` (the first
+    ``num_overlays``) and ``metrics.json``; ``<name>`` is the image file's from
+    :func:`rtpanoptic.pipeline.predict.output_names`, as predict names its outputs.  PQ / SQ / RQ are computed by
     :func:`rtpanoptic.evaluation.pq_compute` from those files; mIoU from the semantic maps;
     mask AP (pycocotools) from the thing segments of the panoptic output, scored by their
     query score (NaN, with a warning, when pycocotools is not installed).  ``predictor_options``:
@@ -103,13 +105,15 @@ def evaluate_model(
     shard = Shard.current()  # under torchrun: this rank's images, its files staged, gathered on rank 0
     indices = shard.indices(n)
 
+    # distinct file names for every image (two a/frame.png, b/frame.png), the same on every rank
+    names = output_names([Path(dataset.image_path(i)) for i in range(n)])
+
     def write(index: int, sample: dict, result) -> None:
-        image_id = sample["image_id"]
-        stem = Path(str(sample.get("file_name") or image_id)).stem
+        image_id, name = sample["image_id"], names[index]
         records.append({"index": index, "image_id": image_id, "annotation": write_coco_panoptic(
-            result, staging / "predictions" / f"{stem}.png", image_id=image_id)})
+            result, staging / "predictions" / f"{name}.png", image_id=image_id)})
         if index < num_overlays:
-            write_overlay(sample["image"].permute(1, 2, 0).numpy(), result, staging / "overlays" / f"{stem}.png")
+            write_overlay(sample["image"].permute(1, 2, 0).numpy(), result, staging / "overlays" / f"{name}.png")
 
     def semantic(index: int, sample: dict, result) -> None:
         sem_eval.update(result.semantic, sample["semantic"])

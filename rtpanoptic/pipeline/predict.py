@@ -6,8 +6,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
+from ..data.image_io import DEFAULT_MAX_PIXELS
 from ..usage import UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -61,14 +60,21 @@ def output_names(files: Sequence[Path]) -> list[str]:
 
 
 def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, backend: str | None = None,
-                   overlays: bool = True, progress: bool = True, predictor_options: dict | None = None) -> dict:
+                   overlays: bool = True, progress: bool = True, predictor_options: dict | None = None,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
     """Panoptic segmentation of image files: ``out_dir/panoptic/<name>.png`` + ``panoptic.json``
     (COCO panoptic, the model's dataset category ids) and ``out_dir/overlays/<name>.png``, with
     ``<name>`` from :func:`output_names` (distinct for every input, also the image id).
-    ``predictor_options``: Predictor keyword arguments (``precision``, ``channels_last``, ``compile``)."""
-    from PIL import Image, UnidentifiedImageError
+    ``predictor_options``: Predictor keyword arguments (``precision``, ``channels_last``, ``compile``).
+
+    Images are read by :func:`rtpanoptic.data.image_io.read_image` (EXIF orientation applied, 16-bit
+    scaled to 8 bits, at most ``max_pixels`` pixels).  An image that cannot be read (truncated, not
+    an image, too large) is skipped and reported: the others are predicted and listed in
+    ``panoptic.json``, and the returned ``"skipped"`` holds one ``"<file>: <reason>"`` per skipped
+    image (the CLI prints them and exits with status 2).  UsageError when no image could be read."""
     from tqdm import tqdm
 
+    from ..data.image_io import ImageError, read_image
     from ..inference import Predictor
     from ..viz import write_coco_panoptic, write_coco_panoptic_json, write_overlay
 
@@ -76,14 +82,14 @@ def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, bac
     names = output_names(files)
     out = Path(out_dir)
     predictor = Predictor(model, backend=backend, **(predictor_options or {}))
-    annotations, images = [], []
+    annotations, images, skipped = [], [], []
     seconds = 0.0
     for path, name in tqdm(list(zip(files, names)), desc="predict", unit="img", disable=not progress):
         try:
-            with Image.open(path) as im:
-                image = np.array(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise UsageError(f"cannot read image {path} ({type(exc).__name__})") from None
+            image = read_image(path, max_pixels)
+        except ImageError as exc:
+            skipped.append(str(exc))
+            continue
         t0 = time.perf_counter()
         result = predictor(image)[0]
         seconds += time.perf_counter() - t0
@@ -91,5 +97,9 @@ def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, bac
         images.append({"id": name, "file_name": path.name, "height": image.shape[0], "width": image.shape[1]})
         if overlays:
             write_overlay(image, result, out / "overlays" / f"{name}.png")
+    if not images:
+        raise UsageError(f"no input image could be read: {skipped[0]}" + (
+            f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""))
     write_coco_panoptic_json(annotations, model.description, out / "panoptic.json", images=images)
-    return {"images": len(files), "ms_per_image": 1e3 * seconds / len(files), "output_dir": str(out)}
+    return {"images": len(images), "ms_per_image": 1e3 * seconds / len(images), "output_dir": str(out),
+            "skipped": skipped}

@@ -181,9 +181,11 @@ def test_local_imagenet_weights(tmp_path):
 
 
 def test_local_imagenet_weights_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="never downloaded"):
+    from rtpanoptic.weights import WeightsError
+
+    with pytest.raises(WeightsError, match="never downloaded"):
         build_model("r18-fpn", channels=16, description=TINY, pretrained=str(tmp_path / "missing.pth"))
     path = tmp_path / "r34.pth"
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), path)
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(WeightsError, match="does not fit"):
         build_model("r50-fpn", description=TINY, pretrained=str(path))

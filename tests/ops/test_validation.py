@@ -190,3 +190,59 @@ def test_cpp_argument_checks(call, exc, match):
     public ops' exception types (TypeError for a dtype, ValueError for a shape or value)."""
     with pytest.raises(exc, match=match):
         call()
+
+
+# Integers beyond the schema's int64 and non-boolean is_thing items are the public op's errors on
+# every backend, checked before dispatch (issue 25: stride=2**70 gave the cpp schema's RuntimeError,
+# is_thing=["a", "b"] "too many dimensions 'str'").
+# class 0 covers the image: a stuff segment when is_thing[0] is False, void when it is True
+_DENSE = (torch.ones(4, 2, 2), torch.tensor([0.9, 0.1]).view(2, 1, 1).expand(2, 2, 2).contiguous(), B,
+          torch.tensor([1]), S)
+_ALL = ops.available_backends("cpu")
+
+
+@pytest.mark.parametrize("backend", _ALL["decode_boxes"])
+@pytest.mark.parametrize("stride", [2**63, 2**70])
+def test_huge_ints_are_value_errors_before_dispatch(backend, stride):
+    with pytest.raises(ValueError, match=r"decode_boxes: stride must be a positive int below 2\*\*63"):
+        ops.decode_boxes(torch.zeros(1, 4, 2, 2), stride, backend=backend)
+
+
+@pytest.mark.parametrize("backend", _ALL["gather_levelness"])
+def test_huge_out_stride_is_a_value_error(backend):
+    with pytest.raises(ValueError, match="out_stride must be a positive int below 2"):
+        ops.gather_levelness([torch.zeros(1, 4, 2, 2)], torch.zeros(1, 2, 2, 2), 2**64, backend=backend)
+
+
+@pytest.mark.parametrize("backend", _ALL["select_queries"])
+def test_huge_top_n_is_a_value_error(backend):
+    with pytest.raises(ValueError, match="top_n must be a non-negative int below 2"):
+        ops.select_queries(B, S, torch.tensor([0]), 0.5, None, 2**63, backend=backend)
+
+
+@pytest.mark.parametrize("backend", _ALL["panoptic_from_dense"])
+def test_huge_stuff_area_limit_is_a_value_error(backend):
+    with pytest.raises(ValueError, match="stuff_area_limit must be a non-negative int below 2"):
+        ops.panoptic_from_dense(*_DENSE, [False, True], stuff_area_limit=2**70, backend=backend)
+
+
+@pytest.mark.parametrize("backend", _ALL["panoptic_from_dense_release"])
+def test_huge_release_stride_is_a_value_error(backend):
+    with pytest.raises(ValueError, match="stride must be a power of two"):
+        ops.panoptic_from_dense_release(*_DENSE, [False, True], stride=2**70, size=(2, 2), backend=backend)
+
+
+@pytest.mark.parametrize("is_thing", [["a", "b"], "ab", [0.5, 1.0], [2, 0], 5, [None, True]])
+def test_is_thing_items_must_be_booleans(is_thing):
+    with pytest.raises(TypeError, match="is_thing must be a bool tensor or a sequence of True / False"):
+        ops.panoptic_from_dense(*_DENSE, is_thing)
+
+
+def test_is_thing_spellings_of_booleans_agree():
+    import numpy as np
+
+    want = ops.panoptic_from_dense(*_DENSE, torch.tensor([False, True]))
+    assert want.classes.tolist() == [0] and ops.panoptic_from_dense(*_DENSE, [True, True]).classes.numel() == 0
+    for spelling in ([False, True], [0, 1], np.array([False, True]), [np.bool_(False), np.int64(1)]):
+        got = ops.panoptic_from_dense(*_DENSE, spelling)
+        assert torch.equal(got.segment_map, want.segment_map) and torch.equal(got.classes, want.classes)
