@@ -43,6 +43,7 @@ class HeadConfig:
 
 
 MASK_MODES = ("grid", "release")
+SEMANTIC_DTYPES = ("int64", "int32", "int16", "uint8")
 
 
 @dataclass
@@ -63,6 +64,11 @@ class InferenceConfig:
     # "release": the released code's masks, soft masks x stride bilinear then >= sigma, boxes
     # clipped to [0, W - 1] x [0, H - 1] (ops.panoptic_from_dense_release)
     mask_mode: str = "grid"
+    # dtype of the semantic map (PanopticResult.semantic): "int64", or "int32" / "int16" / "uint8"
+    # (the classes must fit), which ops.upsample_argmax writes directly on the CPU: uint8 is an
+    # eighth of the int64 map's memory traffic.  Narrow maps index like integer tensors except
+    # uint8, which torch's indexing reads as a mask: cast before using one as an index.
+    semantic_dtype: str = "int64"
 
 
 @dataclass
@@ -96,6 +102,8 @@ def validate_config(cfg: ModelConfig) -> None:
         (0 <= i.overlap_threshold <= 1, "inference.overlap_threshold", "in [0, 1]", i.overlap_threshold),
         (i.stuff_area_limit >= 0, "inference.stuff_area_limit", ">= 0", i.stuff_area_limit),
         (i.mask_mode in MASK_MODES, "inference.mask_mode", f"one of {MASK_MODES}", i.mask_mode),
+        (i.semantic_dtype in SEMANTIC_DTYPES, "inference.semantic_dtype", f"one of {SEMANTIC_DTYPES}",
+         i.semantic_dtype),
     ]
     for name, width in (("head.loc_channels", h.loc_channels), ("head.sem_channels", h.sem_channels)):
         ok = width > 0 and h.gn_channels_per_group > 0 and width % h.gn_channels_per_group == 0
