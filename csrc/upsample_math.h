@@ -1,6 +1,7 @@
 // Bilinear x stride upsampling (F.interpolate, mode="bilinear", align_corners=False) of a
 // [h, w] grid, sampled at one output pixel, for the release-exact masks of
-// panoptic_from_dense_release (CPU and CUDA kernels).
+// panoptic_from_dense_release (CPU and CUDA kernels); and the corner shortcut of
+// upsample_argmax's CPU kernel (argmax_margin, at the end).
 //
 // Source coordinate of output index d: max(0, (d + 0.5) / stride - 0.5) (ATen's
 // area_pixel_compute_source_index); with a power-of-two stride every step is exact, so the
