@@ -1,6 +1,7 @@
 // Bilinear x stride upsampling (F.interpolate, mode="bilinear", align_corners=False) of a
 // [h, w] grid, sampled at one output pixel, for the release-exact masks of
-// panoptic_from_dense_release (CPU and CUDA kernels).
+// panoptic_from_dense_release (CPU and CUDA kernels); and the corner shortcut of
+// upsample_argmax's CPU kernel (argmax_margin, at the end).
 //
 // Source coordinate of output index d: max(0, (d + 0.5) / stride - 0.5) (ATen's
 // area_pixel_compute_source_index); with a power-of-two stride every step is exact, so the
@@ -108,6 +109,42 @@ RTP_HD uint8_t cell_label(T v, T sigma, T margin) {
   if (v - margin >= sigma) return kAbove;
   if (v + margin < sigma) return kBelow;
   return kUndecided;
+}
+
+
+// The corner shortcut of upsample_argmax: when the four grid cells a bilinear output pixel
+// samples (two where an axis is not resized) have the same *safe* first argmax c, that pixel's
+// argmax is c, without the per-class arithmetic.  A cell's first argmax c is safe when every
+// logit l of the cell is finite with |l| <= argmax_limit (a quarter of the largest finite value)
+// and l_c - max_{j<c} l_j >= argmax_margin(m), m = max_j |l_j| over all the cell's classes (c = 0
+// is always safe then).  Proof, for the arithmetic of the fused kernels (v = fma(fma(x00, ww0,
+// x01 * ww1), wh0, fma(x10, ww0, x11 * ww1) * wh1), each operation rounded once, the weights
+// w >= 0 and the same for every class), with u = 2^-24 (float) or 2^-53 (double):
+//  (a) Order.  Each operation is a correctly rounded fma or product with a non-negative factor,
+//      nondecreasing in each of its other arguments, so v is nondecreasing in each corner logit:
+//      l_c >= l_j at every corner gives v_c >= v_j for every class j; a tie with j > c goes to c,
+//      the first maximum.  Bounded logits give no inf and no NaN: every intermediate is at most
+//      (1 + u)^5 * 4 * max|l| < the largest finite value (the weights of an axis sum to <= 1 + u).
+//  (b) Strictness for j < c.  Along its path each corner's term is rounded at most 3 times, so
+//      v = sum_k W_k l_k (1 + t_k) + e with W_k >= 0 the weight products, |t_k| <= 3.01 u, and e
+//      the underflow of the 5 roundings, |e| < 6 * the smallest normal even with flush-to-zero.
+//      Hence v_c - v_j >= sum_k W_k (l_c,k - l_j,k - 3.01 u (|l_c,k| + |l_j,k|)) - 12 min_normal
+//                      >= sum_k W_k (argmax_margin(m_k) - 6.02 u m_k) - 12 min_normal
+//                      >= sum_k W_k * 64 min_normal - 12 min_normal > 0,
+//      since 6.02 u < 2^-15 and sum_k W_k >= (1 - u)^2 (w0 = fl(1 - w1) of an axis).  The margin
+//      is computed with one more rounding (of l_c - max_{j<c} l_j), covered by the factor > 8
+//      between 2^-15 and 6.02 u.  So v_c > v_j for j < c, v_c >= v_j for j > c: argmax = c, bit for
+//      bit what the per-class arithmetic gives.  Cells with NaN/inf, huge logits or near ties
+//      (relative gap < 2^-15) are unsafe, and the pixels touching them take the arithmetic.
+template <typename T>
+RTP_HD T argmax_limit() {
+  return sizeof(T) == 4 ? T(8.5070586659632215e+37) : T(4.4942328371557893e+307);  // largest finite / 4
+}
+
+template <typename T>
+RTP_HD T argmax_margin(T max_abs) {
+  return max_abs * T(3.0517578125e-05) +  // 2^-15
+         T(64) * (sizeof(T) == 4 ? T(1.1754943508222875e-38) : T(2.2250738585072014e-308));
 }
 
 }  // namespace rtpanoptic

@@ -93,7 +93,7 @@ class DeviceResult(NamedTuple):
     others hold class -1, query -1, score 0, area 0, box ``[0, 0, 0, 0]``."""
 
     panoptic: Tensor  # int32 [H, W]: 0 void, k the segment in slot k - 1
-    semantic: Tensor  # int64 [H, W] semantic train ids
+    semantic: Tensor  # int64 (options.semantic_dtype) [H, W] semantic train ids
     queries: PaddedQueries
     segment_class: Tensor  # int64 [S] semantic train id
     segment_query: Tensor  # int64 [S] query slot, -1 for stuff
@@ -109,8 +109,8 @@ class PanopticResult:
 
     ``panoptic`` int32 ``[H, W]``: 0 is void, k > 0 is the segment ``segments_info[k - 1]``
     (``{"id", "category_id" (dataset id), "train_id", "isthing", "score", "area", "bbox"
-    [x, y, w, h]}``).  ``semantic`` int64 ``[H, W]``: semantic train ids (argmax of the
-    upsampled logits).  ``detections``: every query, also those that lost the fusion.
+    [x, y, w, h]}``).  ``semantic`` int64 ``[H, W]`` (or the narrower ``semantic_dtype`` option):
+    semantic train ids (argmax of the upsampled logits).  ``detections``: every query, also those that lost the fusion.
     """
 
     panoptic: Tensor
@@ -323,6 +323,7 @@ class DevicePostprocess:
         self.model = model
         self.options = options
         self.backend = backend
+        self.semantic_dtype: torch.dtype = getattr(torch, options.semantic_dtype)
         description = model.description
         self.thing_train_ids = torch.tensor(description.thing_train_ids, dtype=torch.int64)  # [K], CPU
         self.is_thing = torch.tensor(description.is_thing, dtype=torch.bool)  # [C], CPU
@@ -359,7 +360,8 @@ class DevicePostprocess:
         for b, (panoptic, seg, map_stride, q) in enumerate(self.segments(outputs, sizes)):
             size = sizes[b]
             areas, boxes = segment_stats(seg.segment_map, seg.classes.shape[0], map_stride, size)
-            semantic = ops.upsample_argmax(sem_logits[b : b + 1], semantic_size, size, backend=be)[0]
+            semantic = ops.upsample_argmax(sem_logits[b : b + 1], semantic_size, size, out_dtype=self.semantic_dtype,
+                                           backend=be)[0]
             results.append(DeviceResult(panoptic, semantic, q, seg.classes, seg.queries, seg.scores,
                                         areas, boxes, seg.count))
         return results

@@ -70,3 +70,25 @@ def test_segment_stats_from_grid_equal_full_resolution_scan(stride, size):
     assert full.shape == size
     assert torch.equal(full, grid.repeat_interleave(stride, 0).repeat_interleave(stride, 1)[: size[0], : size[1]])
     assert segment_areas_and_boxes(grid, 5, stride, size) == PREVIOUS.old_areas_and_boxes(full, 5)
+
+
+@pytest.mark.parametrize("semantic_dtype", ["uint8", "int16", "int32"])
+def test_narrow_semantic_dtype_holds_the_same_map(semantic_dtype):
+    """Predictor(semantic_dtype=...): the int64 map's values in the narrower dtype, the rest unchanged."""
+    wide = _predictor("r18-fpn")
+    narrow = Predictor(wide.model, channels_last=False, sigma=0.05, stuff_area_limit=16, semantic_dtype=semantic_dtype)
+    rng = np.random.default_rng(3)
+    images = [torch.from_numpy(rng.integers(0, 256, (121, 203, 3), dtype=np.uint8)).permute(2, 0, 1)]
+    with torch.no_grad():
+        batch, sizes = wide.preprocess(images)
+        outputs = wide.network(batch)
+        want, got = wide.postprocess(outputs, sizes)[0], narrow.postprocess(outputs, sizes)[0]
+    assert want.semantic.dtype == torch.int64 and got.semantic.dtype == getattr(torch, semantic_dtype)
+    assert torch.equal(got.semantic.long(), want.semantic) and want.semantic.unique().numel() > 1
+    assert torch.equal(got.panoptic, want.panoptic) and got.segments_info == want.segments_info
+
+
+def test_semantic_dtype_is_validated():
+    with pytest.raises(ValueError, match=r"model config: inference.semantic_dtype must be one of \('int64', "
+                                         r"'int32', 'int16', 'uint8'\), got 'int8'"):
+        Predictor(_predictor("r18-fpn").model, semantic_dtype="int8")

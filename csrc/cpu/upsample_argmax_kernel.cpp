@@ -11,6 +11,17 @@
 // computed once per input row and class (a "horizontal row") and reused by the output rows that
 // sample it; the result is the same expression evaluated in the same order.
 //
+// Corner shortcut (csrc/upsample_math.h, argmax_margin: the proof): every input cell gets a code,
+// its first argmax when that is safe (finite, bounded logits, a relative top-2 gap >= 2^-15), else
+// -1.  An output pixel whose two or four corner cells share one code >= 0 takes it; only the other
+// pixels (class boundaries, near ties, NaN/inf) take the per-class arithmetic, on their columns
+// alone ("mixed" columns, the same for every output row between one pair of input rows).  Where
+// more than half of a row's columns are mixed, the row takes the plain path (all columns, horizontal rows
+// cached per input row).  RTPANOPTIC_UPSAMPLE_PLAIN=1 in the environment turns the shortcut off
+// (the plain path everywhere; for benchmarks and tests, read at every call).
+//
+// Output dtype: int64, int32, int16 or uint8 (the class index, C must fit).
+//
 // ISA: an AVX2+FMA path chosen at run time (simd::cpu_isa() and the CPU's fma flag; the vertical pass
 // and argmax in intrinsics, 8 columns with the classes in registers), else the
 // portable path, whose std::fma rounds identically (one rounding), only slower.
@@ -20,11 +31,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
 #include "op_checks.h"
 #include "simd.h"
+#include "upsample_math.h"
 
 #if RTP_HAVE_AVX2_PATH
 #define RTP_AVX2_FMA __attribute__((target("avx2,fma"))) inline
@@ -67,30 +81,39 @@ struct Shape {
   int64_t classes, h, w, rows, cols;  // input [C, h, w]; output rows x cols (the crop)
 };
 
-// dst[c * cols + x] = fma(src[c, r, i0[x]], w0[x], src[c, r, i1[x]] * w1[x]) for input row r.
+// dst[c * n + m] = fma(src[c, r, i0[x]], w0[x], src[c, r, i1[x]] * w1[x]) for input row r and the
+// columns x = cols[m] (cols == nullptr: x = m), m < n.
 template <typename T>
-RTP_ALWAYS_INLINE void horizontal_row(const T* plane0, const Shape& s, int64_t r, const Axis<T>& ax, T* dst) {
+RTP_ALWAYS_INLINE void horizontal_row(const T* plane0, const Shape& s, int64_t r, const Axis<T>& ax,
+                                      const int32_t* cols, int64_t n, T* dst) {
   const int64_t* i0 = ax.i0.data();
   const int64_t* i1 = ax.i1.data();
   const T* w0 = ax.w0.data();
   const T* w1 = ax.w1.data();
   for (int64_t c = 0; c < s.classes; ++c) {
     const T* src = plane0 + (c * s.h + r) * s.w;
-    T* out = dst + c * s.cols;
-    for (int64_t x = 0; x < s.cols; ++x) out[x] = std::fma(src[i0[x]], w0[x], src[i1[x]] * w1[x]);
+    T* out = dst + c * n;
+    if (cols == nullptr) {
+      for (int64_t x = 0; x < n; ++x) out[x] = std::fma(src[i0[x]], w0[x], src[i1[x]] * w1[x]);
+    } else {
+      for (int64_t m = 0; m < n; ++m) {
+        const int64_t x = cols[m];
+        out[m] = std::fma(src[i0[x]], w0[x], src[i1[x]] * w1[x]);
+      }
+    }
   }
 }
 
-// out[x] = first argmax over c of fma(h0[c, x], l0, h1[c, x] * l1) (NaN is the maximum).
+// idx[x] = first argmax over c < classes of fma(h0[c * n + x], l0, h1[c * n + x] * l1), x < n
+// (NaN is the maximum).
 template <typename T>
-RTP_ALWAYS_INLINE void vertical_argmax(const T* h0, const T* h1, T l0, T l1, const Shape& s, T* best, int32_t* idx,
-                                       int64_t* out) {
-  const int64_t n = s.cols;
+RTP_ALWAYS_INLINE void vertical_argmax(const T* h0, const T* h1, T l0, T l1, int64_t classes, int64_t n, T* best,
+                                       int32_t* idx) {
   for (int64_t x = 0; x < n; ++x) {
     best[x] = std::fma(h0[x], l0, h1[x] * l1);
     idx[x] = 0;
   }
-  for (int64_t c = 1; c < s.classes; ++c) {
+  for (int64_t c = 1; c < classes; ++c) {
     const T* a = h0 + c * n;
     const T* b = h1 + c * n;
     const int32_t ci = static_cast<int32_t>(c);
@@ -102,21 +125,19 @@ RTP_ALWAYS_INLINE void vertical_argmax(const T* h0, const T* h1, T l0, T l1, con
       idx[x] = take ? ci : idx[x];
     }
   }
-  for (int64_t x = 0; x < n; ++x) out[x] = idx[x];
 }
 
 #if RTP_HAVE_AVX2_PATH
 // vertical_argmax<float> on 8 columns at a time, the classes in registers: the same operations
 // (fmadd of one product, GT_OQ / UNORD_Q compares for the argmax order) as the scalar loop.
-RTP_AVX2_FMA void vertical_argmax_avx2(const float* h0, const float* h1, float l0, float l1, const Shape& s,
-                                       int64_t* out) {
-  const int64_t n = s.cols;
+RTP_AVX2_FMA void vertical_argmax_avx2(const float* h0, const float* h1, float l0, float l1, int64_t classes,
+                                       int64_t n, int32_t* idx_out) {
   const __m256 w0 = _mm256_set1_ps(l0), w1 = _mm256_set1_ps(l1);
   int64_t x = 0;
   for (; x + 8 <= n; x += 8) {
     __m256 best = _mm256_fmadd_ps(_mm256_loadu_ps(h0 + x), w0, _mm256_mul_ps(_mm256_loadu_ps(h1 + x), w1));
     __m256 idx = _mm256_castsi256_ps(_mm256_setzero_si256());
-    for (int64_t c = 1; c < s.classes; ++c) {
+    for (int64_t c = 1; c < classes; ++c) {
       const __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(h0 + c * n + x), w0,
                                        _mm256_mul_ps(_mm256_loadu_ps(h1 + c * n + x), w1));
       const __m256 greater = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
@@ -126,109 +147,226 @@ RTP_AVX2_FMA void vertical_argmax_avx2(const float* h0, const float* h1, float l
       best = _mm256_blendv_ps(best, v, take);
       idx = _mm256_blendv_ps(idx, _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(c))), take);
     }
-    const __m256i ids = _mm256_castps_si256(idx);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + x), _mm256_cvtepi32_epi64(_mm256_castsi256_si128(ids)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + x + 4), _mm256_cvtepi32_epi64(_mm256_extracti128_si256(ids, 1)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(idx_out + x), _mm256_castps_si256(idx));
   }
   for (; x < n; ++x) {  // the last columns: the scalar loop's operations, one column at a time
     float best = std::fma(h0[x], l0, h1[x] * l1);
-    int64_t arg = 0;
-    for (int64_t c = 1; c < s.classes; ++c) {
+    int32_t arg = 0;
+    for (int64_t c = 1; c < classes; ++c) {
       const float v = std::fma(h0[c * n + x], l0, h1[c * n + x] * l1);
       if ((v > best) | ((v != v) & (best == best))) {
         best = v;
-        arg = c;
+        arg = static_cast<int32_t>(c);
       }
     }
-    out[x] = arg;
+    idx_out[x] = arg;
   }
 }
 #endif
 
-// Output rows [begin, end) of the flattened (image, row) range.
-template <typename T, bool kAvx2 = false>
-RTP_ALWAYS_INLINE void rows_impl(const T* in, int64_t* out, const Shape& s, const Axis<T>& ay, const Axis<T>& ax,
-                                 int64_t begin, int64_t end) {
-  const int64_t row_len = s.classes * s.cols;
-  std::vector<T> buf(2 * row_len + s.cols);
-  std::vector<int32_t> idx(s.cols);
+template <typename T, bool kAvx2>
+RTP_ALWAYS_INLINE void vertical(const T* h0, const T* h1, T l0, T l1, int64_t classes, int64_t n, T* best,
+                                int32_t* idx) {
+#if RTP_HAVE_AVX2_PATH
+  if constexpr (kAvx2 && std::is_same_v<T, float>) {
+    vertical_argmax_avx2(h0, h1, l0, l1, classes, n, idx);
+    return;
+  }
+#endif
+  vertical_argmax<T>(h0, h1, l0, l1, classes, n, best, idx);
+}
+
+// code[p] for the w cells of input row r of one image: the first argmax when it is safe for the
+// corner shortcut (upsample_math.h, argmax_margin), else -1.  best/prev/top: w scratch values.
+template <typename T>
+void corner_codes(const T* plane0, const Shape& s, int64_t r, int32_t* code, T* best, T* prev, T* top) {
+  const int64_t n = s.w;
+  const T limit = argmax_limit<T>();
+  const T* v0 = plane0 + r * n;
+  std::vector<uint8_t> bounded(n);
+  for (int64_t p = 0; p < n; ++p) {
+    best[p] = v0[p];
+    prev[p] = -std::numeric_limits<T>::infinity();
+    top[p] = std::fabs(v0[p]);
+    bounded[p] = top[p] <= limit;  // false for NaN
+    code[p] = 0;
+  }
+  for (int64_t c = 1; c < s.classes; ++c) {
+    const T* v = plane0 + (c * s.h + r) * n;
+    const int32_t ci = static_cast<int32_t>(c);
+    for (int64_t p = 0; p < n; ++p) {
+      const T a = std::fabs(v[p]);
+      const bool take = v[p] > best[p];  // the first maximum (NaN: not bounded, checked below)
+      prev[p] = take ? best[p] : prev[p];
+      best[p] = take ? v[p] : best[p];
+      code[p] = take ? ci : code[p];
+      bounded[p] &= a <= limit;
+      top[p] = a > top[p] ? a : top[p];
+    }
+  }
+  for (int64_t p = 0; p < n; ++p) {
+    if (!(bounded[p] && best[p] - prev[p] >= argmax_margin(top[p]))) code[p] = -1;
+  }
+}
+
+// Output rows [begin, end) of the flattened (image, row) range; codes: the cells' corner codes
+// (nullptr: the plain path).
+template <typename T, typename OutT, bool kAvx2 = false>
+RTP_ALWAYS_INLINE void rows_impl(const T* in, const int32_t* codes, OutT* out, const Shape& s, const Axis<T>& ay,
+                                 const Axis<T>& ax, int64_t begin, int64_t end) {
+  const int64_t n = s.cols, row_len = s.classes * n;
+  std::vector<T> buf(2 * row_len + n);
+  std::vector<int32_t> idx(n), mixed(n);
+  std::vector<OutT> shortcut(n);  // the pair's output row, its mixed columns still to fill
   T* slot[2] = {buf.data(), buf.data() + row_len};
   T* best = buf.data() + 2 * row_len;
-  int64_t tag[2] = {-1, -1};  // (image, input row) cached in each slot, as image * h + row
+  int64_t tag[2] = {-1, -1};  // (image, input row) cached in each slot for the plain path, as image * h + row
   auto row = [&](const T* plane0, int64_t key, int64_t r, int64_t keep) -> const T* {
     if (tag[0] == key) return slot[0];
     if (tag[1] == key) return slot[1];
     const int k = tag[0] == keep ? 1 : 0;
-    horizontal_row<T>(plane0, s, r, ax, slot[k]);
+    horizontal_row<T>(plane0, s, r, ax, nullptr, n, slot[k]);
     tag[k] = key;
     return slot[k];
   };
+  int64_t pair = -1, n_mixed = 0;  // the input row pair of `shortcut` and `mixed`, as (image * h + row0) * h + row1
+  bool plain = codes == nullptr;
   for (int64_t flat = begin; flat < end; ++flat) {
     const int64_t b = flat / s.rows, y = flat % s.rows;
     const T* plane0 = in + b * s.classes * s.h * s.w;
-    const int64_t k0 = b * s.h + ay.i0[y], k1 = b * s.h + ay.i1[y];
-    const T* h0 = row(plane0, k0, ay.i0[y], k1);
-    const T* h1 = row(plane0, k1, ay.i1[y], k0);
-#if RTP_HAVE_AVX2_PATH
-    if constexpr (kAvx2 && std::is_same_v<T, float>) {
-      vertical_argmax_avx2(h0, h1, ay.w0[y], ay.w1[y], s, out + flat * s.cols);
+    const int64_t r0 = ay.i0[y], r1 = ay.i1[y];
+    OutT* dst = out + flat * s.cols;
+    if (codes != nullptr && (b * s.h + r0) * s.h + r1 != pair) {
+      pair = (b * s.h + r0) * s.h + r1;
+      const int32_t* c0 = codes + (b * s.h + r0) * s.w;
+      const int32_t* c1 = codes + (b * s.h + r1) * s.w;
+      n_mixed = 0;
+      for (int64_t x = 0; x < n; ++x) {
+        const int64_t a = ax.i0[x], e = ax.i1[x];
+        const int32_t k = c0[a];
+        const bool same = (k >= 0) & (k == c0[e]) & (k == c1[a]) & (k == c1[e]);
+        shortcut[x] = static_cast<OutT>(same ? k : 0);
+        mixed[n_mixed] = static_cast<int32_t>(x);
+        n_mixed += same ? 0 : 1;
+      }
+      plain = 2 * n_mixed > n;
+      if (!plain && n_mixed > 0) {  // the mixed columns' horizontal values of both rows, in the slots
+        horizontal_row<T>(plane0, s, r0, ax, mixed.data(), n_mixed, slot[0]);
+        horizontal_row<T>(plane0, s, r1, ax, mixed.data(), n_mixed, slot[1]);
+        tag[0] = tag[1] = -1;
+      }
+    }
+    if (!plain) {
+      std::copy(shortcut.begin(), shortcut.end(), dst);
+      if (n_mixed > 0) {
+        vertical<T, kAvx2>(slot[0], slot[1], ay.w0[y], ay.w1[y], s.classes, n_mixed, best, idx.data());
+        for (int64_t m = 0; m < n_mixed; ++m) dst[mixed[m]] = static_cast<OutT>(idx[m]);
+      }
       continue;
     }
-#endif
-    vertical_argmax<T>(h0, h1, ay.w0[y], ay.w1[y], s, best, idx.data(), out + flat * s.cols);
+    const int64_t k0 = b * s.h + r0, k1 = b * s.h + r1;
+    const T* h0 = row(plane0, k0, r0, k1);
+    const T* h1 = row(plane0, k1, r1, k0);
+    vertical<T, kAvx2>(h0, h1, ay.w0[y], ay.w1[y], s.classes, n, best, idx.data());
+    for (int64_t x = 0; x < n; ++x) dst[x] = static_cast<OutT>(idx[x]);
   }
 }
 
-template <typename T>
-void rows_portable(const T* in, int64_t* out, const Shape& s, const Axis<T>& ay, const Axis<T>& ax, int64_t begin,
-                   int64_t end) {
-  rows_impl<T>(in, out, s, ay, ax, begin, end);
+template <typename T, typename OutT>
+void rows_portable(const T* in, const int32_t* codes, OutT* out, const Shape& s, const Axis<T>& ay,
+                   const Axis<T>& ax, int64_t begin, int64_t end) {
+  rows_impl<T, OutT>(in, codes, out, s, ay, ax, begin, end);
 }
 
 #if RTP_HAVE_AVX2_PATH
-template <typename T>
-RTP_AVX2_FMA void rows_avx2(const T* in, int64_t* out, const Shape& s, const Axis<T>& ay, const Axis<T>& ax,
-                            int64_t begin, int64_t end) {
-  rows_impl<T, true>(in, out, s, ay, ax, begin, end);
+template <typename T, typename OutT>
+RTP_AVX2_FMA void rows_avx2(const T* in, const int32_t* codes, OutT* out, const Shape& s, const Axis<T>& ay,
+                            const Axis<T>& ax, int64_t begin, int64_t end) {
+  rows_impl<T, OutT, true>(in, codes, out, s, ay, ax, begin, end);
 }
 #endif
 
-template <typename T>
-void upsample_argmax_impl(const T* in, int64_t* out, int64_t batch, const Shape& s, int64_t out_h, int64_t out_w) {
+bool plain_requested() {
+  const char* v = std::getenv("RTPANOPTIC_UPSAMPLE_PLAIN");
+  return v != nullptr && v[0] == '1' && v[1] == '\0';
+}
+
+template <typename T, typename OutT>
+void upsample_argmax_impl(const T* in, OutT* out, int64_t batch, const Shape& s, int64_t out_h, int64_t out_w) {
   const Axis<T> ay = axis_weights<T>(s.h, out_h, s.rows);
   const Axis<T> ax = axis_weights<T>(s.w, out_w, s.cols);
-  auto rows = rows_portable<T>;
+  auto rows = rows_portable<T, OutT>;
 #if RTP_HAVE_AVX2_PATH
   static const bool fma_cpu = __builtin_cpu_supports("fma");
-  if (simd::cpu_isa() == simd::Isa::kAvx2 && fma_cpu) rows = rows_avx2<T>;
+  if (simd::cpu_isa() == simd::Isa::kAvx2 && fma_cpu) rows = rows_avx2<T, OutT>;
 #endif
+  std::vector<int32_t> codes;
+  if (!plain_requested()) {
+    codes.resize(batch * s.h * s.w);
+    at::parallel_for(0, batch * s.h, 16, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(3 * s.w);
+      for (int64_t k = begin; k < end; ++k) {
+        const int64_t b = k / s.h;
+        corner_codes<T>(in + b * s.classes * s.h * s.w, s, k % s.h, codes.data() + k * s.w, scratch.data(),
+                        scratch.data() + s.w, scratch.data() + 2 * s.w);
+      }
+    });
+  }
+  const int32_t* code_ptr = codes.empty() ? nullptr : codes.data();
   // A chunk of >= 8 output rows reuses each horizontal row for the rows that sample it.
   const int64_t grain = std::max<int64_t>(8, 32768 / std::max<int64_t>(s.cols * s.classes, 1));
   at::parallel_for(0, batch * s.rows, grain, [&](int64_t begin, int64_t end) {
-    rows(in, out, s, ay, ax, begin, end);
+    rows(in, code_ptr, out, s, ay, ax, begin, end);
   });
 }
 
-at::Tensor upsample_argmax_cpu(const at::Tensor& logits, at::IntArrayRef size, at::IntArrayRef crop) {
-  const char* op = "upsample_argmax";
+// The largest class index each output dtype holds.
+int64_t max_index(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kLong: return INT64_MAX;
+    case at::kInt: return INT32_MAX;
+    case at::kShort: return INT16_MAX;
+    case at::kByte: return UINT8_MAX;
+    default: return -1;
+  }
+}
+
+at::Tensor upsample_argmax_as_cpu(const at::Tensor& logits, at::IntArrayRef size, at::IntArrayRef crop,
+                                  at::ScalarType dtype) {
+  const char* op = dtype == at::kLong ? "upsample_argmax" : "upsample_argmax_narrow";
   check_upsample_argmax_args(op, logits, size, crop, c10::kCPU);
   TORCH_CHECK(logits.size(1) <= INT32_MAX, op, ": at most 2^31 - 1 classes, got ", logits.size(1));
+  TORCH_CHECK_TYPE(max_index(dtype) >= 0, op, ": dtype must be torch.int64, torch.int32, torch.int16 or ",
+                   "torch.uint8, got ", dtype_name(dtype));
+  TORCH_CHECK_VALUE(logits.size(1) - 1 <= max_index(dtype), op, ": ", logits.size(1), " classes do not fit in ",
+                    dtype_name(dtype));
   const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto in = logits.to(acc).contiguous();
   const int64_t batch = in.size(0);
-  auto out = at::empty({batch, crop[0], crop[1]}, logits.options().dtype(at::kLong));
+  auto out = at::empty({batch, crop[0], crop[1]}, logits.options().dtype(dtype));
   if (batch == 0) return out;
   const Shape s{in.size(1), in.size(2), in.size(3), crop[0], crop[1]};
   AT_DISPATCH_FLOATING_TYPES(acc, "upsample_argmax_cpu", [&] {
-    upsample_argmax_impl<scalar_t>(in.data_ptr<scalar_t>(), out.data_ptr<int64_t>(), batch, s, size[0], size[1]);
+    const scalar_t* x = in.data_ptr<scalar_t>();
+    switch (dtype) {
+      case at::kLong: upsample_argmax_impl(x, out.data_ptr<int64_t>(), batch, s, size[0], size[1]); break;
+      case at::kInt: upsample_argmax_impl(x, out.data_ptr<int32_t>(), batch, s, size[0], size[1]); break;
+      case at::kShort: upsample_argmax_impl(x, out.data_ptr<int16_t>(), batch, s, size[0], size[1]); break;
+      default: upsample_argmax_impl(x, out.data_ptr<uint8_t>(), batch, s, size[0], size[1]); break;
+    }
   });
   return out;
+}
+
+at::Tensor upsample_argmax_cpu(const at::Tensor& logits, at::IntArrayRef size, at::IntArrayRef crop) {
+  return upsample_argmax_as_cpu(logits, size, crop, at::kLong);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rtpanoptic, CPU, m) {
   m.impl("upsample_argmax", TORCH_FN(upsample_argmax_cpu));
+  m.impl("upsample_argmax_narrow", TORCH_FN(upsample_argmax_as_cpu));
 }
 
 }  // namespace rtpanoptic

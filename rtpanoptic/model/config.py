@@ -45,6 +45,7 @@ class HeadConfig:
 
 
 MASK_MODES = ("grid", "release")
+SEMANTIC_DTYPES = ("int64", "int32", "int16", "uint8")
 
 
 @dataclass
@@ -65,6 +66,11 @@ class InferenceConfig:
     # "release": the released code's masks, soft masks x stride bilinear then >= sigma, boxes
     # clipped to [0, W - 1] x [0, H - 1] (ops.panoptic_from_dense_release)
     mask_mode: str = "grid"
+    # dtype of the semantic map (PanopticResult.semantic): "int64", or "int32" / "int16" / "uint8"
+    # (the classes must fit), which ops.upsample_argmax writes directly on the CPU: uint8 is an
+    # eighth of the int64 map's memory traffic.  Narrow maps index like integer tensors except
+    # uint8, which torch's indexing reads as a mask: cast before using one as an index.
+    semantic_dtype: str = "int64"
 
 
 @dataclass
@@ -121,6 +127,8 @@ def validate_config(cfg: ModelConfig) -> None:
         (cfg.input_format in INPUT_FORMATS, "input_format", f"one of {INPUT_FORMATS}", cfg.input_format),
         (i.score in SCORES, "inference.score", f"one of {SCORES}", i.score),
         (i.mask_mode in MASK_MODES, "inference.mask_mode", f"one of {MASK_MODES}", i.mask_mode),
+        (i.semantic_dtype in SEMANTIC_DTYPES, "inference.semantic_dtype", f"one of {SEMANTIC_DTYPES}",
+         i.semantic_dtype),
     ]
     for name, width in (("head.loc_channels", h.loc_channels), ("head.sem_channels", h.sem_channels)):
         ok = width > 0 and h.gn_channels_per_group > 0 and width % h.gn_channels_per_group == 0

@@ -369,6 +369,11 @@ def upsample_argmax(logits: Tensor, size: list[int], crop: list[int]) -> Tensor:
     return up[:, :, : crop[0], : crop[1]].argmax(dim=1)
 
 
+def upsample_argmax_narrow(logits: Tensor, size: list[int], crop: list[int], dtype: torch.dtype) -> Tensor:
+    """:func:`upsample_argmax` cast to the integer ``dtype`` (int64, int32, int16 or uint8)."""
+    return upsample_argmax(logits, size, crop).to(dtype)
+
+
 # --------------------------------------- release-exact masks (bilinear x stride, >= sigma)
 def panoptic_from_dense_release(
     dense_boxes: Tensor,

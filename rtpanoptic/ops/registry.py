@@ -175,6 +175,10 @@ def _upsample_argmax_fake(logits, size, crop):
     return logits.new_empty((logits.shape[0], crop[0], crop[1]), dtype=torch.int64)
 
 
+def _upsample_argmax_narrow_fake(logits, size, crop, dtype):
+    return logits.new_empty((logits.shape[0], crop[0], crop[1]), dtype=dtype)
+
+
 def _gather_levelness_backward_fake(grad_boxes, offsets, levelness, out_stride):
     return [torch.empty_like(o) for o in offsets]
 
@@ -337,6 +341,11 @@ TABLE: tuple[Op, ...] = (
        _validate.upsample_argmax,
        backends={**_default_backends(),
                  "triton": Support(("cuda", "cpu"), (torch.float16, torch.bfloat16, torch.float32))}),
+    # The same in a narrower integer dtype (int64, int32, int16, uint8; the classes must fit): the
+    # C++ CPU kernel writes it directly; ops.upsample_argmax(out_dtype=) casts the others' int64.
+    Op("upsample_argmax_narrow", "(Tensor logits, int[] size, int[] crop, ScalarType dtype) -> Tensor",
+       _upsample_argmax_narrow_fake, _validate.upsample_argmax_narrow,
+       backends={"reference": Support(None), "cpp": Support(("cpu",))}),
 )
 ROWS: dict[str, Op] = {row.name: row for row in TABLE}
 OPS: tuple[str, ...] = tuple(ROWS)

@@ -8,15 +8,23 @@ from torch import Tensor
 
 from . import _dispatch, registry
 
+# Backends that write a narrow ``out_dtype`` themselves (the rest compute int64, then cast).
+NARROW_BACKENDS = tuple(registry.ROWS["upsample_argmax_narrow"].backends)
+
 
 def upsample_argmax(
-    logits: Tensor, size: Sequence[int], crop: Sequence[int] | None = None, *, backend: str | None = None
+    logits: Tensor,
+    size: Sequence[int],
+    crop: Sequence[int] | None = None,
+    *,
+    out_dtype: torch.dtype = torch.int64,
+    backend: str | None = None,
 ) -> Tensor:
     """``argmax`` over the classes of ``logits`` bilinearly resized to ``size``, without building
     the resized ``[B, C, H, W]`` tensor.
 
     Equal to ``F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-    [:, :, :crop[0], :crop[1]].argmax(dim=1)`` (:func:`rtpanoptic.ops.reference.upsample_argmax`).
+    [:, :, :crop[0], :crop[1]].argmax(dim=1).to(out_dtype)`` (:func:`rtpanoptic.ops.reference.upsample_argmax`).
 
     Args:
         logits: ``[B, C, h, w]`` floating point, C >= 1 (float16/bfloat16 are resized in float32).
@@ -24,16 +32,38 @@ def upsample_argmax(
             (``src = (dst + 0.5) * h / H - 0.5``), e.g. ``(h * stride, w * stride)``.
         crop: ``(H', W')`` <= ``size``: only the first H' rows and W' columns are computed
             (an image's part of a padded batch); None: ``size``.
+        out_dtype: ``torch.int64``, ``torch.int32``, ``torch.int16`` or ``torch.uint8`` (C - 1
+            must fit).  The backends of :data:`NARROW_BACKENDS` write it directly (uint8 is an
+            eighth of the int64 map's memory traffic); the others compute int64 and cast.
 
     Returns:
-        int64 ``[B, H', W']`` class indices: first maximum on ties, NaN is the maximum (as
+        ``out_dtype`` ``[B, H', W']`` class indices: first maximum on ties, NaN is the maximum (as
         ``torch.argmax``).
 
     The compiled kernels compute ``(x00 * ww0 + x01 * ww1) * wh0 + (x10 * ww0 + x11 * ww1) * wh1``
     with each ``a * b + c`` as one fused multiply-add, the arithmetic of ATen's CPU kernel on
-    AVX2/AVX-512 machines: identical to ``F.interpolate`` there at integer scale factors.
+    AVX2/AVX-512 machines: identical to ``F.interpolate`` there at integer scale factors.  The C++
+    kernel skips that arithmetic for the pixels whose corner cells share a safely strict argmax
+    (same bits; the proof is in csrc/upsample_math.h).
     """
-    logits, size, crop = registry.validate("upsample_argmax", logits, size, crop)
+    logits, size, crop, out_dtype = registry.validate("upsample_argmax", logits, size, crop, out_dtype)
     if logits.shape[0] == 0:
-        return torch.empty((0, crop[0], crop[1]), dtype=torch.int64, device=logits.device)
-    return _dispatch.select("upsample_argmax", backend, logits.device)(logits, size, crop)
+        return torch.empty((0, crop[0], crop[1]), dtype=out_dtype, device=logits.device)
+    if out_dtype == torch.int64:
+        return _dispatch.select("upsample_argmax", backend, logits.device)(logits, size, crop)
+    chosen = _dispatch.choose("upsample_argmax", backend, logits.device.type)
+    if chosen in NARROW_BACKENDS:
+        return _dispatch.select("upsample_argmax_narrow", chosen, logits.device)(logits, size, crop, out_dtype)
+    return _dispatch.select("upsample_argmax", chosen, logits.device)(logits, size, crop).to(out_dtype)
+
+
+def upsample_argmax_narrow(
+    logits: Tensor, size: Sequence[int], crop: Sequence[int] | None, dtype: torch.dtype, *, backend: str | None = None
+) -> Tensor:
+    """:func:`upsample_argmax` in the integer ``dtype`` (int64, int32, int16 or uint8), on the
+    backends that write it directly (:data:`NARROW_BACKENDS`); ``upsample_argmax(...,
+    out_dtype=dtype)`` runs on every backend."""
+    logits, size, crop, dtype = registry.validate("upsample_argmax_narrow", logits, size, crop, dtype)
+    if logits.shape[0] == 0:
+        return torch.empty((0, crop[0], crop[1]), dtype=dtype, device=logits.device)
+    return _dispatch.select("upsample_argmax_narrow", backend, logits.device)(logits, size, crop, dtype)

@@ -32,6 +32,7 @@ def _samples(make, op, backend, device):
         "mask_loss": make.loss_case(0),
         "select_queries": (boxes, scores, labels, 0.5, 0.3, 8),
         "upsample_argmax": (torch.randn(2, 3, 5, 7, generator=g), [20, 28], [18, 27]),
+        "upsample_argmax_narrow": (torch.randn(2, 3, 5, 7, generator=g), [20, 28], [18, 27], torch.uint8),
         "panoptic_from_dense_release": (*scene, 4, 30, 33, 0.2, "iou", 0.0, 0.5, 3, True),
     }[op]
     dtype = F64 if F64 in registry.ROWS[op].backends[backend].dtypes else torch.float32

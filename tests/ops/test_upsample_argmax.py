@@ -153,3 +153,192 @@ def test_non_contiguous_and_empty_batch(backend, device):
 def test_validation(args, kwargs, exc, msg):
     with pytest.raises(exc, match=msg):
         ops.upsample_argmax(*args, **kwargs)
+
+
+# ------------------------------------------------------------ the C++ kernel's corner shortcut
+# csrc/cpu/upsample_argmax_kernel.cpp takes an output pixel's class from its corner cells where
+# they share a safe argmax (csrc/upsample_math.h); RTPANOPTIC_UPSAMPLE_PLAIN=1 turns that off.
+# Both paths must equal each other bit for bit on every input, and the reference (F.interpolate +
+# argmax) wherever ATen's kernel fuses multiply-adds as the kernel does (integer scales).
+FUSED_ATEN = torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+TINY = {torch.float32: torch.finfo(torch.float32).tiny, torch.float64: torch.finfo(torch.float64).tiny}
+
+
+def _blobby(c, h, w, seed, dtype=torch.float32):
+    """Smooth logits: the class regions are large blobs (a realistic semantic head output)."""
+    coarse = torch.randn(1, c, max(h // 6, 2), max(w // 6, 2), generator=_gen(seed), dtype=torch.float64)
+    return (4 * F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)).to(dtype)
+
+
+def _top2(logits):
+    """Per cell: the winner's value and the runner-up's class index."""
+    top = logits.argmax(1, keepdim=True)
+    rest = logits.scatter(1, top, float("-inf"))
+    return logits.gather(1, top), rest.argmax(1, keepdim=True)
+
+
+def _near_ties(logits, seed, ulps=(-2, -1, 0, 1, 2)):
+    """The runner-up moved to within a couple of units in the last place of the winner, below or
+    above it, in half of the cells."""
+    best, second = _top2(logits)
+    g = _gen(seed)
+    step = torch.tensor(ulps)[torch.randint(0, len(ulps), best.shape, generator=g)]
+    val = best.clone()
+    for k in range(max(abs(u) for u in ulps)):
+        up, down = step > k, step < -k
+        val = torch.where(up, torch.nextafter(val, torch.tensor(float("inf"), dtype=val.dtype)), val)
+        val = torch.where(down, torch.nextafter(val, torch.tensor(float("-inf"), dtype=val.dtype)), val)
+    where = torch.rand(best.shape, generator=g) < 0.5
+    return logits.scatter(1, second, torch.where(where, val, logits.gather(1, second)))
+
+
+def _at_margin(logits, seed):
+    """The runner-up at the shortcut's threshold: best - 2^-15 m - 64 tiny, times (1 +- 2^-10)."""
+    best, second = _top2(logits)
+    m = logits.abs().amax(1, keepdim=True)
+    gap = (m * 2.0**-15 + 64 * TINY[logits.dtype]) * (1 + 2.0**-10 * torch.randn(best.shape, generator=_gen(seed),
+                                                                                    dtype=logits.dtype).sign())
+    return logits.scatter(1, second, best - gap)
+
+
+def _specials(logits, seed):
+    """NaN, +inf, -inf, huge (near a quarter of the largest finite value) and subnormal logits."""
+    g = _gen(seed)
+    fi = torch.finfo(logits.dtype)
+    pick = torch.rand(logits.shape, generator=g)
+    out = logits.clone()
+    out[pick < 0.004] = float("nan")
+    out[(pick >= 0.004) & (pick < 0.008)] = float("inf")
+    out[(pick >= 0.008) & (pick < 0.012)] = float("-inf")
+    huge = (pick >= 0.012) & (pick < 0.03)
+    out[huge] = fi.max / 4 * (1 + torch.randn(int(huge.sum()), generator=g, dtype=logits.dtype) * 1e-3)
+    tiny = (pick >= 0.03) & (pick < 0.06)
+    out[tiny] = fi.tiny * torch.randn(int(tiny.sum()), generator=g, dtype=logits.dtype) * 2.0**-10
+    return out
+
+
+def _ties(logits, seed):
+    """The winner's value copied into an earlier and a later class in a third of the cells."""
+    best, _ = _top2(logits)
+    c = logits.shape[1]
+    g = _gen(seed)
+    other = torch.randint(0, c, best.shape, generator=g)
+    copy = torch.rand(best.shape, generator=g) < 0.33
+    return logits.scatter(1, other, torch.where(copy, best, logits.gather(1, other)))
+
+
+def _one_ulp_above(dtype):
+    """Class 1 one unit in the last place above class 0 at every cell (a strict argmax everywhere):
+    the resized values tie in ~8% of the pixels (float32), which then go to class 0."""
+    base = torch.randn(1, 1, 24, 40, generator=_gen(11), dtype=dtype)
+    return torch.cat([base, torch.nextafter(base, torch.tensor(float("inf"), dtype=dtype))], dim=1)
+
+
+ADVERSARIAL = {
+    "blobby": lambda dt: _blobby(19, 24, 40, 20, dt),
+    "boundaries_everywhere": lambda dt: torch.randn(2, 19, 24, 40, generator=_gen(21), dtype=dt),
+    "ties": lambda dt: _ties(_blobby(7, 24, 40, 22, dt), 23),
+    "near_ties": lambda dt: _near_ties(_blobby(7, 24, 40, 24, dt), 25),
+    "at_margin": lambda dt: _at_margin(_blobby(7, 24, 40, 26, dt), 27),
+    "specials": lambda dt: _specials(_blobby(7, 24, 40, 28, dt), 29),
+    "one_ulp_above": _one_ulp_above,
+    "one_class": lambda dt: _specials(_blobby(1, 12, 20, 30, dt), 31),
+    "constant": lambda dt: torch.zeros(1, 5, 8, 8, dtype=dt),
+}
+# size, crop per (h, w) = (24, 40) or (16, 16) etc.: integer strides, a crop, one resized axis
+# (the other at scale 1), sizes not divisible by the stride, downsampling.
+SCALES = {
+    "x8-crop": lambda h, w: ((8 * h, 8 * w), (8 * h - 5, 8 * w - 3)),
+    "x4": lambda h, w: ((4 * h, 4 * w), (4 * h, 4 * w)),
+    "rows-only": lambda h, w: ((h, 4 * w), (h, 4 * w)),
+    "cols-only": lambda h, w: ((8 * h, w), (8 * h - 1, w)),
+    "non-integer": lambda h, w: ((3 * h + 5, 5 * w - 3), (3 * h + 5, 5 * w - 3)),
+    "down": lambda h, w: ((h // 2 + 1, w // 3 + 1), (h // 2 + 1, w // 3 + 1)),
+}
+INTEGER_SCALES = ("x8-crop", "x4", "rows-only", "cols-only")
+
+
+def _cpp_paths(logits, size, crop, monkeypatch, **kwargs):
+    """(corner shortcut, plain path) results of the C++ kernel."""
+    monkeypatch.delenv("RTPANOPTIC_UPSAMPLE_PLAIN", raising=False)
+    fast = ops.upsample_argmax(logits, size, crop, backend="cpp", **kwargs)
+    monkeypatch.setenv("RTPANOPTIC_UPSAMPLE_PLAIN", "1")
+    plain = ops.upsample_argmax(logits, size, crop, backend="cpp", **kwargs)
+    monkeypatch.delenv("RTPANOPTIC_UPSAMPLE_PLAIN")
+    return fast, plain
+
+
+cpp_only = pytest.mark.skipif("cpp" not in ops.available_backends("cpu")["upsample_argmax"],
+                              reason="the C++ extension is not built")
+
+
+@cpp_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("scale", list(SCALES))
+@pytest.mark.parametrize("inputs", list(ADVERSARIAL))
+def test_corner_shortcut_equals_plain_path_and_reference(inputs, scale, dtype, monkeypatch):
+    logits = ADVERSARIAL[inputs](dtype)
+    size, crop = SCALES[scale](*logits.shape[2:])
+    fast, plain = _cpp_paths(logits, size, crop, monkeypatch)
+    assert torch.equal(fast, plain)
+    if (scale in INTEGER_SCALES and FUSED_ATEN) or inputs in ("blobby", "boundaries_everywhere", "constant"):
+        assert torch.equal(fast, reference.upsample_argmax(logits, list(size), list(crop)))
+
+
+@cpp_only
+@pytest.mark.skipif(not FUSED_ATEN, reason="ATen's DEFAULT-capability CPU kernel does not fuse multiply-adds")
+def test_strict_argmax_at_every_corner_is_not_enough():
+    """The adversarial case the shortcut's margin exists for: a strict argmax shared by all four
+    corners, yet the resized values tie and torch.argmax picks the earlier class."""
+    logits = _one_ulp_above(torch.float32)
+    want = reference.upsample_argmax(logits, [192, 320], [192, 320])
+    assert (want == 0).any() and (want == 1).any()
+    assert torch.equal(ops.upsample_argmax(logits, (192, 320), backend="cpp"), want)
+
+
+# ------------------------------------------------------------------------- narrow output dtype
+@pytest.mark.backends("upsample_argmax")
+@pytest.mark.parametrize("out_dtype", [torch.int32, torch.int16, torch.uint8])
+def test_out_dtype(backend, device, out_dtype):
+    logits = _specials(_blobby(19, 12, 20, 40), 41).to(device)
+    want = reference.upsample_argmax(logits, [96, 160], [90, 157])
+    got = ops.upsample_argmax(logits, (96, 160), (90, 157), out_dtype=out_dtype, backend=backend)
+    assert got.dtype == out_dtype and got.device == logits.device
+    assert torch.equal(got.cpu(), want.cpu().to(out_dtype))
+    assert ops.upsample_argmax(logits[:0], (96, 160), out_dtype=out_dtype, backend=backend).dtype == out_dtype
+
+
+@cpp_only
+@pytest.mark.parametrize("out_dtype", [torch.int64, torch.int32, torch.int16, torch.uint8])
+@pytest.mark.parametrize("inputs", ["blobby", "specials", "boundaries_everywhere"])
+def test_narrow_op_writes_the_dtype_on_both_paths(inputs, out_dtype, monkeypatch):
+    logits = ADVERSARIAL[inputs](torch.float32)
+    size = (8 * logits.shape[2], 8 * logits.shape[3])
+    fast, plain = _cpp_paths(logits, size, size, monkeypatch, out_dtype=out_dtype)
+    assert fast.dtype == plain.dtype == out_dtype
+    assert torch.equal(fast, plain)
+    want = reference.upsample_argmax(logits, list(size), list(size)).to(out_dtype)
+    assert torch.equal(torch.ops.rtpanoptic.upsample_argmax_narrow(logits, list(size), list(size), out_dtype), want)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_uint8_holds_256_classes(backend, cpu_backends):
+    if backend not in cpu_backends("upsample_argmax_narrow"):
+        pytest.skip(f"{backend} is not built")
+    logits = torch.zeros(1, 256, 2, 2)
+    logits[0, 255] = 1.0
+    got = ops.upsample_argmax(logits, (8, 8), out_dtype=torch.uint8, backend=backend)
+    assert torch.equal(got, torch.full((1, 8, 8), 255, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("args,kwargs,exc,msg", [
+    ((torch.zeros(1, 2, 3, 4), (8, 8)), {"out_dtype": torch.float32}, TypeError,
+     r"upsample_argmax: out_dtype must be torch.int64, torch.int32, torch.int16 or torch.uint8, got torch.float32"),
+    ((torch.zeros(1, 2, 3, 4), (8, 8)), {"out_dtype": torch.int8}, TypeError,
+     r"upsample_argmax: out_dtype must be torch.int64, torch.int32, torch.int16 or torch.uint8, got torch.int8"),
+    ((torch.zeros(1, 257, 3, 4), (8, 8)), {"out_dtype": torch.uint8}, ValueError,
+     r"upsample_argmax: 257 classes do not fit in torch.uint8"),
+])
+def test_out_dtype_validation(args, kwargs, exc, msg):
+    with pytest.raises(exc, match=msg):
+        ops.upsample_argmax(*args, **kwargs)

@@ -92,6 +92,9 @@ _SAME_WORDS = [
     ("upsample_argmax", (torch.zeros(1, 3, 2, 2), (0, 4), (4, 4))),
     ("upsample_argmax", (torch.zeros(1, 3, 2, 2), (4, 4), (5, 4))),
     ("upsample_argmax", (torch.zeros(1, 0, 2, 2), (4, 4), (4, 4))),
+    ("upsample_argmax_narrow", (torch.zeros(1, 3, 2, 2), (4, 4), (4, 4), torch.float32)),
+    ("upsample_argmax_narrow", (torch.zeros(1, 300, 2, 2), (4, 4), (4, 4), torch.uint8)),
+    ("upsample_argmax_narrow", (torch.zeros(1, 3, 2, 2), (4, 4), (5, 4), torch.uint8)),
 ]
 
 # panoptic_from_dense: the public op takes the scalars as keywords, the C++ op positionally.
