@@ -43,11 +43,18 @@ def test_iou_attention_degenerate_is_zero_not_nan(backend, device):
 def test_tri_score_hand_computed(backend, device):
     dense = torch.tensor([0.0, 0.0, 2.0, 2.0], dtype=F64, device=device).view(4, 1, 1)
     queries = torch.tensor([[1.0, 1.0, 3.0, 3.0]], dtype=F64, device=device)
-    # I=1, U=7, C=9 (+1e-7): (2/8) - (2/9)
-    c = 9 + reference.TRI_EPS
+    # the released TRI code: (I + 1) / (U + 1) - (C - U) / C, C = enclosing area + 1e-7 (written out here,
+    # not read from the code under test).  I=1, U=7, C=9 + 1e-7:
+    c = 9 + 1e-7
     expected = 2 / 8 - (c - 7) / c
     out = ops.iou_attention(dense, queries, score="tri", backend=backend)
     assert out.item() == pytest.approx(expected, rel=1e-12)
+    # where the epsilon dominates: two identical 1e-4 x 1e-4 boxes, I = U = a = 1e-8 and C = a + 1e-7,
+    # so the score is 1 - 1e-7 / (a + 1e-7) = a / (a + 1e-7) = 1/11
+    tiny = torch.tensor([0.0, 0.0, 1e-4, 1e-4], dtype=F64, device=device)
+    out = ops.iou_attention(tiny.view(4, 1, 1), tiny[None], score="tri", backend=backend)
+    a = 1e-4 * 1e-4
+    assert out.item() == pytest.approx(a / (a + 1e-7), rel=1e-9) and out.item() == pytest.approx(1 / 11, rel=1e-6)
 
 
 @pytest.mark.backends(OP)

@@ -76,6 +76,19 @@ def test_order_overlap_threshold_and_limits(backend, device):
 
 
 @pytest.mark.backends(OP)
+def test_stuff_area_limit_at_equality(backend, device):
+    """Row 0 is one 8-pixel stuff region (class 0): kept at limit 8 (area >= limit), dropped at 9."""
+    dense, sem, is_thing = _scene(device=device)
+    boxes = torch.tensor([BOX_A, BOX_B], device=device)
+    args = (dense, sem, boxes, torch.tensor([1, 2], device=device), torch.tensor([0.9, 0.8], device=device), is_thing)
+    out = ops.panoptic_from_dense(*args, stuff_area_limit=8, backend=backend)
+    assert out.classes.tolist() == [1, 2, 0] and out.areas.tolist() == [28, 28, 8]
+    assert (out.segment_map[0].cpu() == 3).all()
+    out = ops.panoptic_from_dense(*args, stuff_area_limit=9, backend=backend)
+    assert out.classes.tolist() == [1, 2] and (out.segment_map[0].cpu() == 0).all()
+
+
+@pytest.mark.backends(OP)
 def test_sigma_controls_the_mask(backend, device):
     dense, sem, is_thing = _scene(device=device)
     boxes = torch.tensor([BOX_A], device=device)
