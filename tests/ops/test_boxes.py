@@ -78,7 +78,7 @@ def test_box_iou_float32_is_bitwise_the_reference(backend, device, assert_bitwis
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered")
-@pytest.mark.backends("box_iou")
+@pytest.mark.backends("box_iou", reference=False)
 @pytest.mark.parametrize("dtype", HALF)
 def test_box_iou_half_is_float32_rounded_once(backend, device, dtype, assert_bitwise):
     """float16/bfloat16 boxes of 300-4000 px: areas far above float16's 65504, so native half
@@ -387,7 +387,7 @@ def test_nms_empty_inputs_reach_the_kernel(backend, device, dtype):
     assert keep.shape == (0,) and keep.dtype == torch.int64
 
 
-@pytest.mark.backends("nms")
+@pytest.mark.backends("nms", reference=False)
 def test_nms_half_upcasts(backend, device, make):
     boxes = make.boxes(200, seed=5, device=device).half()
     scores = torch.rand(200, generator=_gen(5)).half().to(device)
