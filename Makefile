@@ -6,6 +6,8 @@
 #                    downloaded): build, test suite, compute-sanitizer, benchmarks; results in
 #                    $(GPU_CHECK_OUT) (see benchmarks/gpu_check.py; without a GPU: a dry run)
 #   make gpu-wheels  download into .whl/ (git-ignored) what that machine may lack (cp312 manylinux)
+#   make mutation-check  the same wrong rule in the reference and the Triton kernels at once must fail a
+#                    test (tests/mutation_check.py, ~6 min; not part of `make test`)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,12 +16,13 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+MUTATION_ARGS ?=
 GPU_CHECK_OUT ?= gpu_check_out
 GPU_CHECK_ARGS ?=
 # setuptools>=77 reads pyproject's `license = "MIT"`; the GPU image's may be older
 GPU_WHEELS ?= setuptools==80.9.0
 
-.PHONY: demo test lint bench install clean gpu-check gpu-wheels
+.PHONY: demo test lint bench install clean gpu-check gpu-wheels mutation-check
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +42,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) tests/check_build.py
 	TRITON_INTERPRET=1 $(PY) -m pytest tests -q $(PYTEST_ARGS)
+
+mutation-check: $(VENV)/.installed
+	TRITON_INTERPRET=1 $(PY) tests/mutation_check.py $(MUTATION_ARGS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

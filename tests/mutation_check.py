@@ -128,12 +128,24 @@ def apply(tree: Path, mutation: Mutation) -> None:
         file.write_text(text.replace(old, new))
 
 
+def _env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree), "TRITON_INTERPRET": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def check_imports_the_copy(tree: Path) -> None:
+    """The copy's rtpanoptic is the one imported there (not an installed or editable one)."""
+    where = subprocess.run([sys.executable, "-c", "import rtpanoptic; print(rtpanoptic.__file__)"], cwd=tree,
+                           env=_env(tree), check=True, capture_output=True, text=True).stdout.strip()
+    if not Path(where).resolve().is_relative_to(tree.resolve()):
+        raise SystemExit(f"the copy imports rtpanoptic from {where}, not from {tree}: mutations would not apply")
+
+
 def run_tests(tree: Path, mutation: Mutation, verbose: bool) -> tuple[str, float]:
     """``killed`` (a test failed), ``survived`` (all passed) or ``error: ...`` (nothing ran, or pytest broke)."""
     tests = [t for t in mutation.tests if (tree / t).exists()]
     if not tests:
         return "survived (no test file)", 0.0
-    env = {**os.environ, "PYTHONPATH": str(tree), "TRITON_INTERPRET": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env = _env(tree)
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-k", mutation.select, *tests]
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
@@ -161,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="rtp-mutation-") as tmp:
         base = Path(tmp) / "base"
         copy_tree(base, args.tests_from)
+        check_imports_the_copy(base)
         outcomes = []
         for mutation in chosen:
             tree = Path(tmp) / "tree"
