@@ -213,6 +213,22 @@ def test_nms_iou_exactly_at_threshold_is_kept(backend, device):
         assert ops.nms(boxes, scores, thr, backend=backend).tolist() == expected
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # 0/0 in the interpreter's unused lanes
+@pytest.mark.backends("nms")
+@pytest.mark.parametrize("dtype", HALF)
+def test_nms_half_hand_computed(backend, device, dtype):
+    """float16/bfloat16 boxes whose IoUs (1/2 and 3/4) and thresholds are exact in the dtype, so no
+    rounding decides (Triton's interpreter truncates where a GPU rounds: the random half cases run on a
+    GPU only).  Box 0 (0, 0, 4, 4) has IoU 1/2 with box 1 (0, 0, 4, 2) and 3/4 with box 2 (0, 0, 4, 3)."""
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 2.0], [0.0, 0.0, 4.0, 3.0]], dtype=dtype, device=device)
+    scores = torch.tensor([0.75, 0.25, 0.5], dtype=dtype, device=device)
+    for thr, expected in [(0.5, [0, 1]), (0.4375, [0]), (0.75, [0, 2, 1]), (0.0, [0])]:
+        assert ops.nms(boxes, scores, thr, backend=backend).tolist() == expected, thr
+        idxs = torch.tensor([0, 1, 0], device=device)  # box 1 in a class of its own: never suppressed
+        assert ops.batched_nms(boxes, scores, idxs, thr, backend=backend).tolist() == sorted(
+            set(expected) | {1}, key=[0, 2, 1].index), thr
+
+
 @pytest.mark.backends("nms", reference=False)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_nms_iou_exactly_at_the_threshold_in_every_lane(backend, device, dtype):
