@@ -7,7 +7,7 @@
 #                    $(GPU_CHECK_OUT) (see benchmarks/gpu_check.py; without a GPU: a dry run)
 #   make gpu-wheels  download into .whl/ (git-ignored) what that machine may lack (cp312 manylinux)
 #   make mutation-check  the same wrong rule in the reference and the Triton kernels at once must fail a
-#                    test (tests/mutation_check.py, ~6 min; not part of `make test`)
+#                    test (tests/mutation_check.py, 3-7 min; not part of `make test`)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

@@ -117,6 +117,8 @@ def copy_tree(dest: Path, tests_from: str | None) -> None:
     if tests_from:
         archive = subprocess.run(["git", "archive", tests_from, "tests"], cwd=ROOT, check=True, capture_output=True)
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    # rtpanoptic.kernels is the top-level kernels/ (setup.py's package_dir): a link in a source tree
+    (dest / "rtpanoptic" / "kernels").symlink_to(Path("..") / "kernels", target_is_directory=True)
 
 
 def apply(tree: Path, mutation: Mutation) -> None:
@@ -133,11 +135,16 @@ def _env(tree: Path) -> dict[str, str]:
 
 
 def check_imports_the_copy(tree: Path) -> None:
-    """The copy's rtpanoptic is the one imported there (not an installed or editable one)."""
-    where = subprocess.run([sys.executable, "-c", "import rtpanoptic; print(rtpanoptic.__file__)"], cwd=tree,
-                           env=_env(tree), check=True, capture_output=True, text=True).stdout.strip()
-    if not Path(where).resolve().is_relative_to(tree.resolve()):
-        raise SystemExit(f"the copy imports rtpanoptic from {where}, not from {tree}: mutations would not apply")
+    """The copy's rtpanoptic and Triton kernels are the ones imported there (not an installed or
+    editable one), and the Triton backend is there (the interpreter)."""
+    code = ("import rtpanoptic.kernels.panoptic_from_dense as k; from rtpanoptic import ops; "
+            "print(k.__file__); print('triton' in ops.available_backends('cpu')['panoptic_from_dense'])")
+    where, triton = subprocess.run([sys.executable, "-c", code], cwd=tree, env=_env(tree), check=True,
+                                   capture_output=True, text=True).stdout.split()
+    if not Path(where).is_relative_to(tree):
+        raise SystemExit(f"the copy imports the kernels from {where}, not from {tree}: mutations would not apply")
+    if triton != "True":
+        raise SystemExit("no Triton backend on the CPU: install triton and set TRITON_INTERPRET=1")
 
 
 def run_tests(tree: Path, mutation: Mutation, verbose: bool) -> tuple[str, float]:
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = []
         for mutation in chosen:
             tree = Path(tmp) / "tree"
-            shutil.copytree(base, tree)
+            shutil.copytree(base, tree, symlinks=True)
             apply(tree, mutation)
             outcome, seconds = run_tests(tree, mutation, args.verbose)
             shutil.rmtree(tree)
