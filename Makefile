@@ -11,6 +11,8 @@
 #   make image-check the suite on the GPU image's software (benchmarks/gpu_image.txt: Python 3.12,
 #                    torch 2.11, triton 3.6) with Triton's interpreter, numpy 2.3 and newest, on this
 #                    CPU machine (benchmarks/image_check.sh; ~40 min on 2 cores; not part of .ci/run)
+#   make mutation-check  the same wrong rule in the reference and the Triton kernels at once must fail a
+#                    test (tests/mutation_check.py, 3-7 min; not part of `make test`)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -19,13 +21,14 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cuh)
 DEMO_ARGS ?=
 PYTEST_ARGS ?=
+MUTATION_ARGS ?=
 GPU_CHECK_OUT ?= gpu_check_out
 GPU_CHECK_ARGS ?=
 # setuptools>=77 reads pyproject's `license = "MIT"`; the GPU image's may be older.  ninja: without
 # it the build is serial (one nvcc at a time), past gpu_check's build limit.
 GPU_WHEELS ?= setuptools==80.9.0 ninja==1.13.2
 
-.PHONY: demo test isa-check lint bench install clean gpu-check gpu-wheels image-check
+.PHONY: demo test isa-check lint bench install clean gpu-check gpu-wheels image-check mutation-check
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +51,9 @@ test: $(VENV)/.installed
 
 isa-check: $(VENV)/.installed
 	$(PY) tests/isa_check.py $(PYTEST_ARGS)
+
+mutation-check: $(VENV)/.installed
+	TRITON_INTERPRET=1 $(PY) tests/mutation_check.py $(MUTATION_ARGS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -139,6 +139,38 @@ def test_capture_postprocess_refuses_what_cannot_be_captured():
         Predictor(_model(), channels_last=False, mask_mode="release").capture_postprocess(outputs, sizes)
 
 
+@pytest.mark.skipif("cpp" not in _pipeline_backends(), reason="needs the C++ kernels of every pipeline op")
+def test_traced_device_stage_replays_to_the_eager_result():
+    """The CPU counterpart of test_captured_postprocess_replays_to_the_eager_result: the device stage
+    traced once (one dynamo graph, fullgraph, static shapes) and run on new outputs of the same shapes,
+    retracing forbidden, gives the eager post-processing's results bit for bit (also for a frame
+    without any candidate): nothing of one frame's data is baked into the graph."""
+    pred = Predictor(_model(), backend="cpp", channels_last=False, sigma=0.05, stuff_area_limit=16)
+    outputs, sizes = _outputs(pred, 4, [(121, 203)])
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    torch._dynamo.reset()
+    stage = torch.compile(lambda o: pred.stage(o, sizes), fullgraph=True, backend=backend, dynamic=False)
+    try:
+        with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+            pred.postprocess_device(outputs, sizes)  # warm-up, as before a capture: the constants on the device
+            stage(outputs)
+            new = [_outputs(pred, seed, [(121, 203)])[0] for seed in (5, 6)]
+            new.append(new[-1]._replace(class_logits=[torch.full_like(c, -30.0) for c in new[-1].class_logits]))
+            for frame in new:
+                want = pred.postprocess(frame, sizes)
+                _assert_results_equal(pred.to_results(stage(frame)), want)
+            assert sum(len(r.thing_segments) for r in pred.postprocess(new[0], sizes)) > 2
+            assert not any(s["isthing"] for s in want[0].segments_info)  # the empty frame
+    finally:
+        torch._dynamo.reset()
+    assert len(graphs) == 1
+
+
 # ------------------------------------------------------------- NMS clipping (issue 16)
 def test_release_mode_nms_sees_boxes_clipped_to_w_minus_1():
     """mask_mode="release" clips the candidates to [0, W-1] x [0, H-1] before NMS, as the release;

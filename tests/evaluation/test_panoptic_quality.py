@@ -294,16 +294,14 @@ def test_agrees_with_torchmetrics():
         assert r["All"]["pq"] == pytest.approx(float(m2.compute()), abs=1e-6)
 
 
-def test_agrees_with_cityscapes_scripts(tmp_path):
-    """cityscapesScripts' panoptic evaluator (a port of COCO's panopticapi, on PyPI) as the oracle,
-    void and crowd included: PQ / SQ / RQ / n overall, for things, for stuff and per class."""
+def _assert_agrees_with_cityscapes_scripts(tmp_path, pairs):
+    """Our pq_compute on ``pairs`` (gt, gt segments, prediction, predicted segments) equals
+    cityscapesScripts' evaluator's (a port of COCO's panopticapi, on PyPI): PQ / SQ / RQ / n overall,
+    for things, for stuff and per class.  Returns its results."""
     ref = pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling")
     import contextlib
     import io
 
-    rng = np.random.default_rng(123)
-    pairs = [random_pair(rng, crowd=True) for _ in range(60)]
-    assert sum(s["iscrowd"] for p in pairs for s in p[1]) >= 10  # crowds do take part
     for p in pairs:
         for s in p[1]:
             s["area"] = int((p[0] == s["id"]).sum())  # the evaluator reads gt areas from the JSON
@@ -320,10 +318,49 @@ def test_agrees_with_cityscapes_scripts(tmp_path):
     for k in ("All", "Things", "Stuff"):
         for m in ("pq", "sq", "rq", "n"):
             assert ours[k][m] == pytest.approx(float(theirs[k][m]), abs=1e-12), (k, m)
-    assert theirs["per_class"] and 0 < theirs["All"]["pq"] < 1
     for c, v in theirs["per_class"].items():
         for m in ("pq", "sq", "rq"):
             assert ours["per_class"][c][m] == pytest.approx(float(v[m]), abs=1e-12), (c, m)
+    return theirs
+
+
+def test_agrees_with_cityscapes_scripts(tmp_path):
+    """cityscapesScripts' evaluator as the oracle on random pairs, void and crowd included."""
+    rng = np.random.default_rng(123)
+    pairs = [random_pair(rng, crowd=True) for _ in range(60)]
+    assert sum(s["iscrowd"] for p in pairs for s in p[1]) >= 10  # crowds do take part
+    theirs = _assert_agrees_with_cityscapes_scripts(tmp_path, pairs)
+    assert theirs["per_class"] and 0 < theirs["All"]["pq"] < 1
+
+
+def _two_crowds_of_one_class(over: int):
+    """base_gt plus two crowd regions of class b: id 4 (rows 16-19, columns 0-9, listed first) and id 5
+    (rows 16-19, columns 10-19, listed last); the prediction is the gt with one unmatched class-b
+    segment (id 7) exactly on crowd ``over`` and the other crowd predicted as stuff."""
+    gt, segs = base_gt()
+    gt[16:20, 0:10] = 4
+    gt[16:20, 10:20] = 5
+    segs = segs + [seg(4, 2, crowd=1), seg(5, 2, crowd=1)]
+    pred = gt.copy()
+    pred[(gt == 4) | (gt == 5)] = 9
+    pred[gt == over] = 7
+    return gt, segs, pred, [seg(9, 3), seg(1, 1), seg(2, 1), seg(7, 2)]
+
+
+@pytest.mark.parametrize("over,fp", [(5, 0), (4, 1)])
+def test_several_crowd_regions_of_one_class(tmp_path, over, fp):
+    """panopticapi keeps one crowd region per class and image, the last listed (a dict overwritten
+    per crowd segment): an unmatched class-b prediction on the last crowd (id 5) is ignored (40 of its
+    40 pixels on that crowd), one on the first crowd (id 4) is a false positive (0 of 40 counted).
+    Hand-computed: things a: 2 TP (IoU 1); b: fp FP and nothing else; stuff s: 1 TP, gt 400 - 25 void
+    - 100 - 32 - 80 crowd = 163 pixels, predicted on those and the other crowd's 40 (a crowd pixel is
+    not void: it stays in the union), IoU 163 / 203 -- and cityscapesScripts' evaluator agrees."""
+    gt, segs, pred, psegs = _two_crowds_of_one_class(over)
+    _, st = evaluate(gt, segs, pred, psegs)
+    assert st.tp.tolist() == [2, 0, 1] and st.fn.tolist() == [0, 0, 0] and st.fp.tolist() == [0, fp, 0]
+    assert st.iou.tolist() == pytest.approx([2.0, 0.0, 163 / 203])
+    theirs = _assert_agrees_with_cityscapes_scripts(tmp_path, [(gt, segs, pred, psegs)])
+    assert theirs["per_class"][2]["pq"] == 0.0 and float(theirs["Things"]["n"]) == (2 if fp else 1)
 
 
 def test_empty_cases():

@@ -43,14 +43,41 @@ def test_iou_attention_degenerate_is_zero_not_nan(backend, device):
 def test_tri_score_hand_computed(backend, device):
     dense = torch.tensor([0.0, 0.0, 2.0, 2.0], dtype=F64, device=device).view(4, 1, 1)
     queries = torch.tensor([[1.0, 1.0, 3.0, 3.0]], dtype=F64, device=device)
-    # I=1, U=7, C=9 (+1e-7): (2/8) - (2/9)
-    c = 9 + reference.TRI_EPS
+    # the released TRI code: (I + 1) / (U + 1) - (C - U) / C, C = enclosing area + 1e-7 (written out here,
+    # not read from the code under test).  I=1, U=7, C=9 + 1e-7:
+    c = 9 + 1e-7
     expected = 2 / 8 - (c - 7) / c
     out = ops.iou_attention(dense, queries, score="tri", backend=backend)
     assert out.item() == pytest.approx(expected, rel=1e-12)
+    # where the epsilon dominates: two identical 1e-4 x 1e-4 boxes, I = U = a = 1e-8 and C = a + 1e-7,
+    # so the score is 1 - 1e-7 / (a + 1e-7) = a / (a + 1e-7) = 1/11
+    tiny = torch.tensor([0.0, 0.0, 1e-4, 1e-4], dtype=F64, device=device)
+    out = ops.iou_attention(tiny.view(4, 1, 1), tiny[None], score="tri", backend=backend)
+    a = 1e-4 * 1e-4
+    assert out.item() == pytest.approx(a / (a + 1e-7), rel=1e-9) and out.item() == pytest.approx(1 / 11, rel=1e-6)
+
+
+# d score / d (dense x0, y0, x1, y1, query x0, y0, x1, y1) of dense (0, 0, 2, 2), query (1, 1, 3, 3): I = 1,
+# U = 7, enclosing C = 9.  IoU = I / U: dI = (0, 0, 1, 1, -1, -1, 0, 0), dU = (-2, -2, 1, 1, -1, -1, 2, 2)
+# (each area's derivative minus dI), d IoU = (dI U - I dU) / U^2.  TRI = (I + 1) / (U + 1) - 1 + U / C with
+# dC = (-3, -3, 0, 0, 0, 0, 3, 3): d TRI = (dI (U + 1) - (I + 1) dU) / (U + 1)^2 + (dU C - U dC) / C^2.
+HAND_GRADIENTS = {
+    "iou": [2 / 49, 2 / 49, 6 / 49, 6 / 49, -6 / 49, -6 / 49, -2 / 49, -2 / 49],
+    "tri": [1 / 16 + 1 / 27] * 2 + [6 / 64 + 1 / 9] * 2 + [-6 / 64 - 1 / 9] * 2 + [-1 / 16 - 1 / 27] * 2,
+}
 
 
 @pytest.mark.backends(OP)
+@pytest.mark.parametrize("score", ["iou", "tri"])
+def test_gradient_hand_computed(backend, device, score):
+    dense = torch.tensor([0.0, 0.0, 2.0, 2.0], dtype=F64, device=device).view(4, 1, 1).requires_grad_()
+    queries = torch.tensor([[1.0, 1.0, 3.0, 3.0]], dtype=F64, device=device).requires_grad_()
+    gd, gq = torch.autograd.grad(ops.iou_attention(dense, queries, score=score, backend=backend).sum(), (dense, queries))
+    got = torch.cat([gd.flatten(), gq.flatten()]).cpu()
+    torch.testing.assert_close(got, torch.tensor(HAND_GRADIENTS[score], dtype=F64), rtol=1e-6, atol=0)
+
+
+@pytest.mark.backends(OP, reference=False)
 @pytest.mark.parametrize("score", ["iou", "tri"])
 def test_iou_attention_grad_matches_reference(backend, device, score, make):
     dense = make.dense(4, 5, 3, **BOX, dtype=F64, device=device).requires_grad_()
@@ -64,7 +91,7 @@ def test_iou_attention_grad_matches_reference(backend, device, score, make):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.backends(OP)
+@pytest.mark.backends(OP, reference=False)
 @pytest.mark.parametrize("score", ["iou", "tri"])
 @pytest.mark.parametrize("q,h,w", [(1, 2, 3), (3, 4, 5)])
 def test_gradcheck(backend, device, score, q, h, w, make):
@@ -230,7 +257,7 @@ def _large_half_case(make, dtype, device):
     return dense.to(dtype).to(device), queries.to(dtype).to(device)
 
 
-@pytest.mark.backends(OP)
+@pytest.mark.backends(OP, reference=False)
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("score", ["iou", "tri"])
 def test_half_is_float32_rounded_once(backend, device, dtype, score, assert_bitwise, make):
@@ -244,7 +271,7 @@ def test_half_is_float32_rounded_once(backend, device, dtype, score, assert_bitw
     assert_bitwise(out, want, backend, device)
 
 
-@pytest.mark.backends(OP)
+@pytest.mark.backends(OP, reference=False)
 @pytest.mark.parametrize("dtype", HALF)
 @pytest.mark.parametrize("score", ["iou", "tri"])
 def test_half_gradient_is_computed_in_float32(backend, device, dtype, score, make):
@@ -263,7 +290,7 @@ def test_half_gradient_is_computed_in_float32(backend, device, dtype, score, mak
 
 
 # ------------------------------------------------------------------- layouts, NaN
-@pytest.mark.backends(OP)
+@pytest.mark.backends(OP, reference=False)
 @pytest.mark.parametrize("score", ["iou", "tri"])
 def test_gradients_of_non_contiguous_inputs(backend, device, score, make):
     """Strided inputs (a transposed grid, every other query): the same values and gradients as

@@ -78,7 +78,7 @@ def test_box_iou_float32_is_bitwise_the_reference(backend, device, assert_bitwis
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered")
-@pytest.mark.backends("box_iou")
+@pytest.mark.backends("box_iou", reference=False)
 @pytest.mark.parametrize("dtype", HALF)
 def test_box_iou_half_is_float32_rounded_once(backend, device, dtype, assert_bitwise):
     """float16/bfloat16 boxes of 300-4000 px: areas far above float16's 65504, so native half
@@ -211,6 +211,22 @@ def test_nms_iou_exactly_at_threshold_is_kept(backend, device):
     scores = torch.tensor([0.9, 0.8, 0.8], device=device)
     for thr, expected in [(0.5, [0, 1, 2]), (0.4999, [0])]:
         assert ops.nms(boxes, scores, thr, backend=backend).tolist() == expected
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")  # 0/0 in the interpreter's unused lanes
+@pytest.mark.backends("nms")
+@pytest.mark.parametrize("dtype", HALF)
+def test_nms_half_hand_computed(backend, device, dtype):
+    """float16/bfloat16 boxes whose IoUs (1/2 and 3/4) and thresholds are exact in the dtype, so no
+    rounding decides (Triton's interpreter truncates where a GPU rounds: the random half cases run on a
+    GPU only).  Box 0 (0, 0, 4, 4) has IoU 1/2 with box 1 (0, 0, 4, 2) and 3/4 with box 2 (0, 0, 4, 3)."""
+    boxes = torch.tensor([[0.0, 0.0, 4.0, 4.0], [0.0, 0.0, 4.0, 2.0], [0.0, 0.0, 4.0, 3.0]], dtype=dtype, device=device)
+    scores = torch.tensor([0.75, 0.25, 0.5], dtype=dtype, device=device)
+    for thr, expected in [(0.5, [0, 1]), (0.4375, [0]), (0.75, [0, 2, 1]), (0.0, [0])]:
+        assert ops.nms(boxes, scores, thr, backend=backend).tolist() == expected, thr
+        idxs = torch.tensor([0, 1, 0], device=device)  # box 1 in a class of its own: never suppressed
+        assert ops.batched_nms(boxes, scores, idxs, thr, backend=backend).tolist() == sorted(
+            set(expected) | {1}, key=[0, 2, 1].index), thr
 
 
 @pytest.mark.backends("nms", reference=False)
@@ -387,7 +403,7 @@ def test_nms_empty_inputs_reach_the_kernel(backend, device, dtype):
     assert keep.shape == (0,) and keep.dtype == torch.int64
 
 
-@pytest.mark.backends("nms")
+@pytest.mark.backends("nms", reference=False)
 def test_nms_half_upcasts(backend, device, make):
     boxes = make.boxes(200, seed=5, device=device).half()
     scores = torch.rand(200, generator=_gen(5)).half().to(device)

@@ -57,7 +57,7 @@ def test_decode_random_and_nonfinite(backend, device, dtype, stride, assert_bitw
     assert_bitwise(ops.decode_boxes(off, stride, backend=backend), reference.decode_boxes(off, stride), backend, device)
 
 
-@pytest.mark.backends("decode_boxes")
+@pytest.mark.backends("decode_boxes", reference=False)
 def test_decode_gradcheck(backend, device):
     off = torch.rand(1, 4, 3, 4, generator=_gen(0), dtype=F64).to(device).requires_grad_()
     torch.autograd.gradcheck(lambda o: ops.decode_boxes(o, 8, backend=backend), (off,))
@@ -199,7 +199,7 @@ def test_gather_levelness_grad_matches_reference(backend, device, dtype, ties, m
         assert_close_in(a, b)
 
 
-@pytest.mark.backends("gather_levelness")
+@pytest.mark.backends("gather_levelness", reference=False)
 @pytest.mark.parametrize("ties", [None, 2])
 def test_gather_levelness_gradcheck(backend, device, ties, make, skip_interpreted):
     skip_interpreted(backend, device, "gradcheck's 350 evaluations")
@@ -245,7 +245,7 @@ def test_gather_levelness_nan_logits_follow_torch_argmax(backend, device, dtype)
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.backends("gather_levelness")
+@pytest.mark.backends("gather_levelness", reference=False)
 def test_gather_levelness_gradient_of_strided_offsets(backend, device):
     g = torch.Generator().manual_seed(4)
     offsets = [(torch.rand(1, h, 4, w, generator=g, dtype=torch.float64) * 30).to(device).transpose(1, 2)

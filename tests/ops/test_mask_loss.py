@@ -77,7 +77,7 @@ def test_random_matches_reference_with_grads(backend, device, dtype, case, make,
         assert_close_in(a, r)
 
 
-@pytest.mark.backends(OP)
+@pytest.mark.backends(OP, reference=False)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("boxes", ["small", "large"])
 def test_half_is_computed_in_float32(backend, device, dtype, boxes):
@@ -144,7 +144,7 @@ def test_nan_boxes_give_the_reference_nan_gradients(backend, device, case, make)
         assert torch.isfinite(got[0]).all() and got[1][2].abs().sum().item() == 0
 
 
-@pytest.mark.backends(OP)
+@pytest.mark.backends(OP, reference=False)
 def test_gradients_of_non_contiguous_inputs(backend, device, make):
     dense, queries, masks, beta, bi = make.loss_case(5, b=2, h=7, w=6, q=6, device=device, **BOX)
     dense = dense.transpose(2, 3).contiguous().transpose(2, 3).requires_grad_()  # [2, 4, 7, 6] strided

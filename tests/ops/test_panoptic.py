@@ -76,6 +76,44 @@ def test_order_overlap_threshold_and_limits(backend, device):
 
 
 @pytest.mark.backends(OP)
+def test_stuff_area_limit_at_equality(backend, device):
+    """Row 0 is one 8-pixel stuff region (class 0): kept at limit 8 (area >= limit), dropped at 9."""
+    dense, sem, is_thing = _scene(device=device)
+    boxes = torch.tensor([BOX_A, BOX_B], device=device)
+    args = (dense, sem, boxes, torch.tensor([1, 2], device=device), torch.tensor([0.9, 0.8], device=device), is_thing)
+    out = ops.panoptic_from_dense(*args, stuff_area_limit=8, backend=backend)
+    assert out.classes.tolist() == [1, 2, 0] and out.areas.tolist() == [28, 28, 8]
+    assert (out.segment_map[0].cpu() == 3).all()
+    out = ops.panoptic_from_dense(*args, stuff_area_limit=9, backend=backend)
+    assert out.classes.tolist() == [1, 2] and (out.segment_map[0].cpu() == 0).all()
+
+
+@pytest.mark.backends(OP)
+def test_overlap_and_score_thresholds_at_equality(backend, device):
+    """A 2 x 8 grid where every box is the queries' box (IoU exactly 1), so each mask is P_sem > 0.3:
+    query 0 (class 1, score 0.75) columns 0-3, query 1 (class 2, score 0.5) columns 2-5.  Query 1's
+    mask is half taken: kept at overlap threshold 0.5 (dropped only above it) with its 4 free pixels,
+    dropped at 0.4375; kept at score threshold 0.5 (dropped only below it), dropped at 0.5625.  Stuff
+    (class 0) columns 6-7."""
+    box = [0.0, 0.0, 32.0, 8.0]
+    dense = torch.tensor(box, device=device).view(4, 1, 1).expand(4, 2, 8).contiguous()
+    sem = torch.zeros(3, 2, 8)
+    sem[0, :, 6:] = 0.9
+    sem[1, :, :4] = 0.5
+    sem[2, :, 2:6] = 0.5
+    args = (dense, sem.to(device), torch.tensor([box, box], device=device), torch.tensor([1, 2], device=device),
+            torch.tensor([0.75, 0.5], device=device), torch.tensor([False, True, True], device=device))
+    kw = dict(sigma=0.3, overlap_threshold=0.5, score_threshold=0.5)
+    out = ops.panoptic_from_dense(*args, **kw, backend=backend)
+    want = torch.tensor([1, 1, 1, 1, 2, 2, 3, 3], dtype=torch.int32).expand(2, 8)
+    assert torch.equal(out.segment_map.cpu(), want)
+    assert out.queries.tolist() == [0, 1, -1] and out.areas.tolist() == [8, 4, 4]
+    for change in (dict(overlap_threshold=0.4375), dict(score_threshold=0.5625)):
+        out = ops.panoptic_from_dense(*args, **{**kw, **change}, backend=backend)
+        assert out.queries.tolist() == [0, -1] and out.areas.tolist() == [8, 4], change
+
+
+@pytest.mark.backends(OP)
 def test_sigma_controls_the_mask(backend, device):
     dense, sem, is_thing = _scene(device=device)
     boxes = torch.tensor([BOX_A], device=device)
@@ -138,7 +176,7 @@ def test_random_is_bitwise_the_reference(backend, device, dtype, score, case, sc
     assert len(out.classes) > (2 if q > 1 else 1)  # the scene is non-trivial
 
 
-@pytest.mark.backends(OP)
+@pytest.mark.backends(OP, reference=False)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("score", ["iou", "tri"])
 @pytest.mark.parametrize("q", [1, 12, 100])

@@ -451,3 +451,76 @@ def test_gpu_runs_twice_bitwise_and_matches_the_cpu_kernel(backend):
     if HAS_CPP and _fused_multiply_add(torch.device("cpu")):
         cpu = run(args, "cpp", **kw)
         assert torch.equal(first.segment_map.cpu(), cpu.segment_map)
+
+
+# ----------------------------------------------- hand-computed expectations (no reference involved)
+def _columns_scene(values, hg: int = 4):
+    """A ``hg x len(values)`` grid whose every cell predicts query 0's box (IoU exactly 1), class 0 (a
+    thing) with probability ``values[x]`` in column x, class 1 (stuff) the rest: the soft mask of query
+    0 is ``values`` in every row."""
+    wg = len(values)
+    box = torch.tensor([0.0, 0.0, 4.0 * wg, 4.0 * hg])
+    probs = torch.empty(2, hg, wg)
+    probs[0] = torch.tensor(values)
+    probs[1] = 1 - probs[0]
+    return [box.view(4, 1, 1).expand(4, hg, wg).contiguous(), probs, box[None], torch.tensor([0]),
+            torch.tensor([0.9]), torch.tensor([True, False])]
+
+
+@pytest.mark.backends(OP)
+def test_mask_at_exactly_sigma_hand_computed(backend, device):
+    """Soft mask columns 0.5 0.5 0.5 0.25 0.25 0.25 (dyadic: every bilinear product and sum below is
+    exact), sigma 0.5, stride 4 -> a 16 x 24 output.  Output column x reads grid columns i0 = floor(s),
+    i0 + 1 at s = max((x + 0.5) / 4 - 0.5, 0): the value is exactly 0.5 (in, ``>=``) while both taps
+    are 0.5-columns (s < 2: x <= 9) and 0.5 * (1 - l) + 0.25 * l < 0.5 from x = 10 (s = 2.125) on.
+    So the thing is columns 0-9 (160 pixels), the stuff (class 1 wins the argmax in grid columns 3-5,
+    nearest-upsampled: x >= 12) 12 x 16 = 192 pixels, columns 10-11 void; a stuff limit of 192 keeps
+    the stuff (>= at equality), 193 drops it."""
+    args = on(_columns_scene([0.5, 0.5, 0.5, 0.25, 0.25, 0.25]), device)
+    kw = dict(sigma=0.5, score="iou", stuff_area_limit=192)
+    out = run(args, backend, **kw)
+    want = torch.zeros(16, 24, dtype=torch.int32)
+    want[:, :10] = 1
+    want[:, 12:] = 2
+    assert torch.equal(out.segment_map.cpu(), want)
+    assert out.classes.tolist() == [0, 1] and out.queries.tolist() == [0, -1] and out.areas.tolist() == [160, 192]
+    kw["stuff_area_limit"] = 193
+    assert run(args, backend, **kw).areas.tolist() == [160]
+    kw.update(sigma=float(np.nextafter(np.float32(0.5), np.float32(1))), stuff_area_limit=0)  # one ulp above
+    out = run(args, backend, **kw)
+    assert out.queries.tolist() == [-1] and out.areas.tolist() == [192]  # no thing pixel
+
+
+def _bilinear_count(value: float, hg: int, stride: int, separable: bool) -> int:
+    """Pixels ``>= value`` of a constant ``hg x hg`` plane of float32 ``value`` upsampled by ``stride``
+    in numpy float32, in one of ATen's two CPU orders: ``separable`` (the large planes', the kernels'
+    upsample_math.h: ``h0 * (w0 * v + w1 * v) + h1 * (...)``) or the four products of the weights
+    ``h_i * w_j`` summed left to right (ATen's planes of at most 4096 pixels)."""
+    f = np.float32
+    src = np.maximum((np.arange(hg * stride) + 0.5) / stride - 0.5, 0)
+    lam = (src - np.floor(src)).astype(f)
+    w0, w1 = f(1) - lam, lam
+    h0, h1, w0, w1, v = w0[:, None], w1[:, None], w0[None, :], w1[None, :], f(value)
+    if separable:
+        row = w0 * v + w1 * v
+        out = h0 * row + h1 * row
+    else:
+        out = (h0 * w0) * v + (h0 * w1) * v + (h1 * w0) * v + (h1 * w1) * v
+    return int((out >= v).sum())
+
+
+@pytest.mark.backends(OP)
+def test_small_plane_rounding_difference_at_sigma(backend, device):
+    """The documented exception, with numbers: an 8 x 8 grid (a 32 x 32 plane, at most 4096 pixels)
+    of soft values exactly sigma = 0.4 (not dyadic).  The CPU reference (ATen's small-plane order)
+    keeps 904 of the 1024 pixels, the kernels (the large planes' order) all 1024; on a 17 x 17 grid
+    (4624 pixels) both orders are ATen's one and every pixel is in."""
+    if device != "cpu":
+        pytest.skip("the small-plane order is ATen's CPU kernel's")
+    small = _bilinear_count(0.4, 8, 4, separable=backend != "reference")
+    assert small == (904 if backend == "reference" else 1024)
+    assert _bilinear_count(0.4, 17, 4, separable=True) == 17 * 17 * 16
+    for hg, want in ((8, small), (17, 17 * 17 * 16)):
+        args = _columns_scene([0.4] * hg, hg=hg)
+        out = run(args, backend, sigma=0.4, score="iou")
+        assert int((out.segment_map == 1).sum()) == want

@@ -83,15 +83,20 @@ def test_equals_reference(backend, device, case, seed):
                     reason="ATen's DEFAULT-capability CPU kernel does not fuse multiply-adds; the kernels do")
 @pytest.mark.backends("upsample_argmax", reference=False)
 @pytest.mark.parametrize("scale", [4, 8])
-def test_near_ties_at_integer_scales(backend, device, scale):
-    """Class 1 is class 0 moved by one or two units in the last place: the argmax is decided by
-    the rounding of the resized values, which must be F.interpolate's (its CPU kernel's)."""
-    base = torch.randn(2, 1, 16, 32, generator=_gen(3))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_near_ties_at_integer_scales(backend, device, scale, dtype):
+    """Class 1 is class 0 moved by one or two units in the last place (of ``dtype``: float64 logits are
+    resized in float64): the argmax is decided by the rounding of the resized values, which must be
+    F.interpolate's (its CPU kernel's)."""
+    if backend == "triton" and dtype == torch.float64:
+        pytest.skip("the Triton kernel computes in float32")
+    base = torch.randn(2, 1, 16, 32, generator=_gen(3), dtype=dtype)
     step = torch.randint(-2, 3, base.shape, generator=_gen(4))
     other = base
+    inf = torch.tensor(float("inf"), dtype=dtype)
     for _ in range(2):
-        other = torch.where(step > 0, torch.nextafter(other, torch.tensor(float("inf"))),
-                            torch.where(step < 0, torch.nextafter(other, torch.tensor(float("-inf"))), other))
+        other = torch.where(step > 0, torch.nextafter(other, inf),
+                            torch.where(step < 0, torch.nextafter(other, -inf), other))
         step = step - step.sign()
     logits = torch.cat([base, other, base - 1], dim=1).to(device)
     size = (16 * scale, 32 * scale)
