@@ -187,4 +187,6 @@ def load_config(
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from .safe_io import write_text
+
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
