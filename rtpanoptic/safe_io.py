@@ -56,14 +56,25 @@ def _inside(path: PathLike, folder: PathLike) -> bool:
     return os.path.realpath(path).startswith(os.path.realpath(folder).rstrip(os.sep) + os.sep)
 
 
-def _identity(path: Path) -> tuple[str, tuple[int, int] | None]:
-    """``(resolved path, (device, inode) or None when missing)``."""
+def _identity(path: PathLike, parents: dict[str, str] | None = None) -> tuple[str, tuple[int, int] | None]:
+    """``(resolved path, (device, inode) or None when missing)``.  ``parents``: a cache of resolved
+    folders (many outputs share a few folders: one ``lstat`` per file then, not one per component)."""
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    parents = {} if parents is None else parents
+    if folder not in parents:
+        parents[folder] = os.path.realpath(folder)
     try:
-        st = os.stat(path)
-        inode = (st.st_dev, st.st_ino)
+        st = os.lstat(path)
     except OSError:
-        inode = None
-    return os.path.realpath(path), inode
+        return os.path.join(parents[folder], name), None
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return os.path.realpath(path), None
+        return os.path.realpath(path), (st.st_dev, st.st_ino)
+    return os.path.join(parents[folder], name), (st.st_dev, st.st_ino)
 
 
 def check_outputs(outputs: Iterable[tuple[str, PathLike | None]], inputs: Iterable[tuple[str, PathLike | None]]) -> None:
@@ -74,31 +85,30 @@ def check_outputs(outputs: Iterable[tuple[str, PathLike | None]], inputs: Iterab
     input (:func:`same_file`: equal once links are resolved, or one inode), when it is an existing
     file inside an input folder, or when two outputs are one file.  Linear in the number of paths.
     """
-    named: dict[str, tuple[str, Path]] = {}
-    inodes: dict[tuple[int, int], tuple[str, Path]] = {}
-    folders: list[tuple[str, Path, str]] = []
+    named: dict[str, tuple[str, PathLike]] = {}
+    inodes: dict[tuple[int, int], tuple[str, PathLike]] = {}
+    folders: list[tuple[str, PathLike, str]] = []
+    parents: dict[str, str] = {}
     for what, p in inputs:
         if p is None:
             continue
-        p = Path(p)
-        real, inode = _identity(p)
+        real, inode = _identity(p, parents)
         named.setdefault(real, (what, p))
         if inode is not None:
             inodes.setdefault(inode, (what, p))
-            if p.is_dir():
+            if os.path.isdir(real):
                 folders.append((what, p, real.rstrip(os.sep) + os.sep))
-    out_named: dict[str, tuple[str, Path]] = {}
-    out_inodes: dict[tuple[int, int], tuple[str, Path]] = {}
+    out_named: dict[str, tuple[str, PathLike]] = {}
+    out_inodes: dict[tuple[int, int], tuple[str, PathLike]] = {}
     for what, out in outputs:
         if out is None:
             continue
-        out = Path(out)
-        real, inode = _identity(out)
+        real, inode = _identity(out, parents)
         hit = named.get(real) or (inodes.get(inode) if inode is not None else None)
         if hit is None and inode is not None:
             hit = next(((w, p) for w, p, folder in folders if real.startswith(folder)), None)
         if hit is not None:
-            verb = "would replace a file of" if hit[1].is_dir() and not same_file(out, hit[1]) else "is"
+            verb = "would replace a file of" if os.path.isdir(hit[1]) and not same_file(out, hit[1]) else "is"
             raise UsageError(f"{what} {out} {verb} {hit[0]} {hit[1]}, which this command reads; "
                              f"choose another output")
         other = out_named.get(real) or (out_inodes.get(inode) if inode is not None else None)
@@ -278,7 +288,8 @@ class OwnedFiles:
         folders they leave empty and the record.  Returns the deleted files."""
         if not os.path.isdir(self.root):
             return []
-        kept = [_identity(Path(k)) for k in keep]
+        parents: dict[str, str] = {}
+        kept = [_identity(k, parents) for k in keep]
         kept_names, kept_inodes = {real for real, _ in kept}, {inode for _, inode in kept if inode is not None}
         kept_folders = tuple(real.rstrip(os.sep) + os.sep for real, _ in kept if os.path.isdir(real))
         removed = []
@@ -286,7 +297,7 @@ class OwnedFiles:
             p = self._still_ours(rel, size)
             if p is None:
                 continue
-            real, inode = _identity(p)
+            real, inode = _identity(p, parents)
             if real in kept_names or inode in kept_inodes or real.startswith(kept_folders):
                 continue
             p.unlink()

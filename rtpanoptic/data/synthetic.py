@@ -150,9 +150,11 @@ def _clear_own_tree(root: str) -> None:
     meta = (MARKER, f".{MARKER}.tmp")
     foreign = owned.foreign(meta=meta)
     if foreign:
+        unrecorded = "" if os.path.lexists(owned.record_path) else (
+            f" (no {RECORD}: a tree of an earlier rtpanoptic, which kept no record of its files, is never deleted)")
         raise DatasetError(
             f"{root} holds a synthetic dataset but also files or links rtpanoptic did not write, or changed since "
-            f"({_listing(root, foreign)}); nothing was changed: move them away or choose another data.root"
+            f"({_listing(root, foreign)}){unrecorded}; nothing was changed: move them away or choose another data.root"
         )
     owned.remove()
     for name in meta:  # regular files: foreign() listed anything else
