@@ -152,9 +152,9 @@ def _config_for_checkpoint(args, checkpoint: str | None):
     """The weights file's own config (plus overrides), or --preset/--config/--model when given."""
     from .config import ConfigError, load_config
     from .engine import TrainConfig
-    from .engine.config import validate_train_config
+    from .engine.config import model_train_config, validate_train_config
     from .pipeline import UsageError, checkpoint_config, train_config
-    from .weights import WeightsError, model_train_config, read_weights
+    from .weights import WeightsError, read_weights
 
     if args.preset is not None or args.config is not None or args.model is not None or checkpoint is None:
         try:

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .images import pad_batch, padded_size, to_image_tensors
+
 # stages that a video prediction reports, in pipeline order
 STAGES = ("decode", "preprocess", "network", "postprocess", "overlay", "encode")
 
@@ -95,8 +97,6 @@ class _Loader:
         self.carried: Tensor | None = None  # the first frame of the next batch
 
     def _read(self) -> Tensor | None:
-        from .inference import to_image_tensors
-
         t0 = time.perf_counter()
         try:
             frame = next(self.frames)
@@ -114,12 +114,9 @@ class _Loader:
         return image
 
     def _padded(self, image: Tensor) -> tuple[int, int]:
-        d = self.divisor
-        return math.ceil(image.shape[1] / d) * d, math.ceil(image.shape[2] / d) * d
+        return padded_size(image.shape[1], image.shape[2], self.divisor)
 
     def next(self) -> tuple[Tensor, list[tuple[int, int]], torch.cuda.Event | None] | None:
-        from .inference import pad_batch
-
         first = self.carried if self.carried is not None else self._read()
         self.carried = None
         if first is None:

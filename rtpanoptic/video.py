@@ -185,7 +185,7 @@ def stats_path_for(output: str | os.PathLike) -> Path:
 
 def _check_outputs(input_path: Path, output: Path, stats_json: Path, panoptic_dir: Path | None,
                    overwrite: bool, reads=()) -> None:
-    from .pipeline import UsageError
+    from .usage import UsageError
 
     if not input_path.is_file():
         raise UsageError(f"video {input_path} does not exist")
@@ -239,7 +239,7 @@ def predict_video(
     """
     from tqdm import tqdm
 
-    from .pipeline import UsageError
+    from .usage import UsageError
     from .viz import overlay, write_coco_panoptic, write_coco_panoptic_json
 
     input_path, output = Path(input_path), Path(output)

@@ -14,6 +14,10 @@ Every file is read with ``torch.load(weights_only=True)``: a pickle that would n
 is refused, never executed.  :func:`load_weights` is strict; a file for another network fails
 with a one-line :class:`WeightsError` naming the first missing, unexpected and mis-shaped
 tensor and how many there are of each.
+
+The reading errors live here, below the model presets and the training engine that both read
+weight files: :class:`CheckpointError` (also :mod:`rtpanoptic.engine.checkpoint`'s) and its
+subclass :class:`WeightsError`.
 """
 from __future__ import annotations
 
@@ -28,9 +32,27 @@ from typing import Any
 
 import torch
 
-from .engine.checkpoint import CheckpointError, _first_line, _untrusted_message
-
 _DDP_PREFIX = "module."
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read, trusted, fitted to a network or written (one-line message)."""
+
+
+def _first_line(exc: BaseException, limit: int = 160) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
+def _untrusted_message(path: Path) -> str:
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # an old-format or unreadable archive: the names are only a hint
+        names = []
+    listed = f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
+    return (f"{path} was not loaded: it holds pickled Python objects{listed} that only an unsafe load could "
+            f"rebuild, and such a load can run code; rtpanoptic reads checkpoints with weights_only=True "
+            f"(checkpoints of earlier rtpanoptic versions pickled the numpy RNG state: train again to get one that loads)")
 
 
 class WeightsError(CheckpointError):
@@ -176,21 +198,3 @@ def warn_frozen_random_layers(backbone_cfg) -> None:
             f"local torchvision ResNet-{backbone_cfg.depth} file (README: pretrained backbones), or train from "
             f"scratch with model.overrides=[backbone.norm=bn,backbone.freeze_at=0]",
             UserWarning, stacklevel=2)
-
-
-def model_train_config(model: str | None, train_preset: str | None = None) -> tuple[str, list[str]]:
-    """``(training preset, overrides)`` of a training config whose network is model preset ``model``.
-
-    The training preset defaults to the one of the model's dataset (``tri-cityscapes-r50`` ->
-    ``cityscapes``; ``synthetic`` when none fits); the overrides set ``model.preset`` and clear the
-    training preset's own ``model.overrides``.  ``model`` None: ``(train_preset or "synthetic", [])``.
-    Raises ValueError for an unknown model preset.
-    """
-    if model is None:
-        return train_preset or "synthetic", []
-    from .engine import TRAIN_PRESETS
-    from .model import preset_config
-
-    dataset = preset_config(model).description
-    preset = train_preset or (dataset if dataset in TRAIN_PRESETS else "synthetic")
-    return preset, [f"model.preset={model}", "model.overrides=[]"]

@@ -1,4 +1,5 @@
 """Training: configuration and presets, the DDP-ready loop, checkpoints."""
+from ..distributed import DistInfo, init_distributed
 from .checkpoint import CheckpointError, atomic_save, load_checkpoint, save_checkpoint
 from .config import (
     TRAIN_PRESETS,
@@ -11,7 +12,6 @@ from .config import (
     make_config,
     train_preset,
 )
-from .distributed import DistInfo, init_distributed
 from .trainer import NonFiniteLossError, TrainResult, WarmupMultiStep, train
 
 __all__ = [

@@ -27,21 +27,13 @@ import numpy as np
 import torch
 
 from ..safe_io import file_mode
+from ..weights import CheckpointError, _first_line, _untrusted_message
 
 LAST = "last.pt"
 FORMAT_VERSION = 2  # 2: RNG states as tensors / ints (weights_only-loadable); 1 pickled numpy's
 
 # atomic_save's temporaries of the trainer's files: ".last.pt.<8 chars>.tmp", ".step_0001000.pt.<8 chars>.tmp"
 _TEMPORARY = re.compile(r"\.(?:last|step_\d+)\.pt\.[a-z0-9_]{8}\.tmp")
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read, trusted, fitted to a network or written (one-line message)."""
-
-
-def _first_line(exc: BaseException, limit: int = 160) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:limit]
 
 
 # ----------------------------------------------------------------------------------- RNG states
@@ -153,17 +145,6 @@ def save_checkpoint(
 
 
 # ----------------------------------------------------------------------------------- reading
-def _untrusted_message(path: Path) -> str:
-    try:
-        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # an old-format or unreadable archive: the names are only a hint
-        names = []
-    listed = f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})" if names else ""
-    return (f"{path} was not loaded: it holds pickled Python objects{listed} that only an unsafe load could "
-            f"rebuild, and such a load can run code; rtpanoptic reads checkpoints with weights_only=True "
-            f"(checkpoints of earlier rtpanoptic versions pickled the numpy RNG state: train again to get one that loads)")
-
-
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """The content of a checkpoint file, loaded with ``weights_only=True``; it must hold ``model``.
 

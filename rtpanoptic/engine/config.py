@@ -187,6 +187,23 @@ def train_preset(name: str) -> TrainConfig:
     return copy.deepcopy(TRAIN_PRESETS[name]())
 
 
+def model_train_config(model: str | None, train_preset: str | None = None) -> tuple[str, list[str]]:
+    """``(training preset, overrides)`` of a training config whose network is model preset ``model``.
+
+    The training preset defaults to the one of the model's dataset (``tri-cityscapes-r50`` ->
+    ``cityscapes``; ``synthetic`` when none fits); the overrides set ``model.preset`` and clear the
+    training preset's own ``model.overrides``.  ``model`` None: ``(train_preset or "synthetic", [])``.
+    Raises ValueError for an unknown model preset.
+    """
+    if model is None:
+        return train_preset or "synthetic", []
+    from ..model import preset_config
+
+    dataset = preset_config(model).description
+    preset = train_preset or (dataset if dataset in TRAIN_PRESETS else "synthetic")
+    return preset, [f"model.preset={model}", "model.overrides=[]"]
+
+
 def make_config(preset: str = "synthetic", path: str | None = None, overrides=()) -> TrainConfig:
     """``train_preset(preset)``, then the YAML file at ``path``, then ``["a.b=value", ...]`` overrides
     (what a command line needs)."""

@@ -28,11 +28,7 @@ from typing import Any
 import torch
 
 from ..config import save_config, to_dict
-from ..losses import LOSS_NAMES, PanopticCriterion
-from ..safe_io import locks_output
-from .checkpoint import LAST, find_resume, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .config import TrainConfig, validate_train_config
-from .distributed import (
+from ..distributed import (
     DistInfo,
     SeededDataset,
     StepSampler,
@@ -44,6 +40,10 @@ from .distributed import (
     init_distributed,
     unwrap,
 )
+from ..losses import LOSS_NAMES, PanopticCriterion
+from ..safe_io import locks_output
+from .checkpoint import LAST, find_resume, load_checkpoint, remove_stale_temporaries, save_checkpoint
+from .config import TrainConfig, validate_train_config
 from .factories import build_dataset_from_config, build_model_from_config
 
 # evaluator(model, step) -> {"metric": value}; called on rank 0 with the unwrapped model in eval mode

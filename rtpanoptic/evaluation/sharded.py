@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from ..engine.distributed import Ranked, _env_int
+from ..distributed import Ranked, _env_int
 from ..safe_io import replacing
 from ..usage import UsageError
 
