@@ -11,7 +11,6 @@ before any long work.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -75,9 +74,21 @@ def _common(p: argparse.ArgumentParser, preset_default: str | None = "synthetic"
                         "data.root=PATH")
 
 
+class _Once(argparse.Action):
+    """An option that may be given once, under any of its names: a second value is refused
+    (``--checkpoint A --weights B`` would otherwise keep B silently)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        first = getattr(namespace, self.dest, None)
+        if first is not None and first is not self.default:
+            names = "/".join(self.option_strings)
+            parser.error(f"{names} given twice ({first} and {values}): give the weights once")
+        setattr(namespace, self.dest, values)
+
+
 def _weights_args(p: argparse.ArgumentParser, required: bool) -> None:
     what = "the network's weights" + ("" if required else " (default: the preset's, random weights)")
-    p.add_argument("--weights", "--checkpoint", dest="checkpoint", metavar="PATH", required=required,
+    p.add_argument("--weights", "--checkpoint", dest="checkpoint", metavar="PATH", required=required, action=_Once,
                    help=f"{what}: a checkpoint written by train / demo (last.pt), a state_dict file, or the "
                         f"authors' released cvpr_realtime_pano_cityscapes_standalone_no_prefix.pth (with "
                         f"--model tri-cityscapes-r50); read with weights_only=True, loaded strictly")
@@ -123,6 +134,7 @@ def _cmd_demo(args) -> int:
 def _cmd_train(args) -> int:
     from .engine import train
     from .pipeline import build_dataset, resolve_device, train_config
+    from .safe_io import check_outputs, main_process_lock
     from .usage import prepare_output_dir
 
     resolve_device(args.device)
@@ -131,9 +143,15 @@ def _cmd_train(args) -> int:
         extra.append(f"runtime.output_dir={args.output_dir}")
     cfg = train_config(args.preset, args.config, extra + list(args.overrides))
     resolve_device(cfg.runtime.device)
-    prepare_output_dir(cfg.runtime.output_dir, "runtime.output_dir (--output-dir)")
-    train_set = build_dataset(cfg, cfg.data.train_split, train=True, progress=cfg.runtime.progress)
-    result = train(cfg, train_set=train_set)
+    out = Path(cfg.runtime.output_dir)
+    pretrained = [("backbone.pretrained", o.split("=", 1)[1]) for o in cfg.model.overrides
+                  if str(o).startswith("backbone.pretrained=")]
+    check_outputs([("runtime.output_dir's", out / name) for name in ("config.yaml", "last.pt")],
+                  [("--config", args.config), ("data.root", cfg.data.root), *pretrained])
+    prepare_output_dir(out, "runtime.output_dir (--output-dir)")
+    with main_process_lock(out, "runtime.output_dir"):  # before the dataset is made; train() holds it on
+        train_set = build_dataset(cfg, cfg.data.train_split, train=True, progress=cfg.runtime.progress)
+        result = train(cfg, train_set=train_set)
     print(f"trained {result.step} steps in {result.seconds:.0f} s; checkpoint: {result.checkpoint}")
     if result.metrics:
         print(", ".join(f"{k}={v:.2f}" for k, v in result.metrics.items()))
@@ -170,11 +188,15 @@ def _config_for_checkpoint(args, checkpoint: str | None):
 def _cmd_evaluate(args) -> int:
     from .evaluation.sharded import process_group
     from .pipeline import build_dataset, check_backend, evaluate_model, load_model, resolve_device, torch_threads
+    from .pipeline.evaluate import dataset_files, evaluation_outputs
     from .report import format_table
+    from .safe_io import check_outputs, write_json
     from .usage import prepare_output_dir, prepare_output_file
 
     device = resolve_device(args.device)
     check_backend(args.backend, device)
+    reads = [("--checkpoint", args.checkpoint), ("--config", args.config)]
+    check_outputs([("--json", args.json), *evaluation_outputs(args.output_dir)], reads)
     prepare_output_dir(args.output_dir, "--output-dir")
     if args.json:
         prepare_output_file(args.json, "--json")
@@ -186,16 +208,18 @@ def _cmd_evaluate(args) -> int:
     with process_group(device, args.dist_timeout) as (shard, device):
         dataset = shard.main_first(lambda: build_dataset(cfg, split, progress=not args.no_progress and shard.is_main),
                                    "opening the dataset")
+        if shard.is_main:
+            check_outputs([("--json", args.json), *evaluation_outputs(args.output_dir)], dataset_files(dataset))
         model, _ = load_model(args.checkpoint, cfg, dataset.description, device)
         with torch_threads(args.threads):
             metrics = evaluate_model(model, dataset, args.output_dir, backend=args.backend, max_images=args.max_images,
                                      num_overlays=args.overlays, progress=not args.no_progress and shard.is_main,
-                                     predictor_options=_predictor_options(args, device))
+                                     predictor_options=_predictor_options(args, device), reads=reads)
     if not shard.is_main:
         return 0
     print(format_table(metrics, title=f"{cfg.data.name} {split}:"))
     if args.json:
-        Path(args.json).write_text(json.dumps(metrics, indent=2))
+        write_json(args.json, metrics, indent=2)
     print(f"wrote {Path(args.output_dir) / 'metrics.json'} and the predictions under {args.output_dir}")
     return 0
 
@@ -208,7 +232,9 @@ def _cmd_predict(args) -> int:
         raise UsageError("predict takes image inputs (-i/--input PATH) or one --video FILE")
     device = resolve_device(args.device)
     check_backend(args.backend, device)
-    prepare_output_dir(args.output_dir, "--output-dir")
+    reads = [("--checkpoint", args.checkpoint), ("--config", args.config)]
+    if args.video is None or args.output is None:  # --video with --output elsewhere: no empty OUTPUT_DIR
+        prepare_output_dir(args.output_dir, "--output-dir")
     options = _predictor_options(args, device)
     cfg = _config_for_checkpoint(args, args.checkpoint)
     model, _ = load_model(args.checkpoint, cfg, None, device)
@@ -221,12 +247,13 @@ def _cmd_predict(args) -> int:
             predict_video(Predictor(model, backend=args.backend, **options), args.video, output,
                           batch_size=args.batch_size, panoptic_dir=args.panoptic_dir, stats_json=args.stats_json,
                           overwrite=args.overwrite, codec=args.codec, max_frames=args.max_frames,
-                          cuda_graph=args.cuda_graph, labels=not args.no_labels, progress=not args.no_progress)
+                          cuda_graph=args.cuda_graph, labels=not args.no_labels, progress=not args.no_progress,
+                          reads=reads)
         return 0
     with torch_threads(args.threads):
         info = predict_images(model, args.input, args.output_dir, backend=args.backend,
                               overlays=not args.no_overlays, progress=not args.no_progress, predictor_options=options,
-                              max_pixels=cfg.data.max_pixels)
+                              max_pixels=cfg.data.max_pixels, reads=reads)
     print(f"{info['images']} images, {info['ms_per_image']:.1f} ms/image; wrote {args.output_dir}/panoptic.json, "
           f"panoptic/*.png" + ("" if args.no_overlays else ", overlays/*.png"))
     for reason in info["skipped"]:  # unreadable images are skipped and reported, exit status 2
@@ -246,10 +273,12 @@ def _model_for(args, device):
 def _cmd_benchmark(args) -> int:
     from .benchmark import run_benchmark
     from .pipeline import check_backend, resolve_device, torch_threads
+    from .safe_io import check_outputs, write_json
     from .usage import prepare_output_file
 
     device = resolve_device(args.device)
     check_backend(args.backend, device)
+    check_outputs([("--json", args.json)], [("--checkpoint", args.checkpoint), ("--config", args.config)])
     if args.json:
         prepare_output_file(args.json, "--json")
     options = _predictor_options(args, device)
@@ -258,7 +287,7 @@ def _cmd_benchmark(args) -> int:
         report = run_benchmark(model, tuple(args.image_size), batch=args.batch, iters=args.iters,
                                backend=args.backend, ops_too=not args.no_ops, predictor_options=options)
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        write_json(args.json, report, indent=2)
     print("for the full op / kernel suite (pytest-benchmark): make bench; results in benchmarks/RESULTS.md")
     return 0
 
@@ -266,10 +295,13 @@ def _cmd_benchmark(args) -> int:
 def _cmd_export(args) -> int:
     from .export import ExportError, export_onnx, export_panoptic_program
     from .pipeline import UsageError, resolve_device
+    from .safe_io import check_outputs, replacing
     from .usage import prepare_output_file
 
     device = resolve_device("cpu")
-    out = prepare_output_file(args.output or ("model.onnx" if args.format == "onnx" else "model.pt2"), "--output")
+    out = args.output or ("model.onnx" if args.format == "onnx" else "model.pt2")
+    check_outputs([("--output", out)], [("--checkpoint", args.checkpoint), ("--config", args.config)])
+    out = prepare_output_file(out, "--output")
     model = _model_for(args, device)
     try:
         if args.format == "onnx":
@@ -279,7 +311,8 @@ def _cmd_export(args) -> int:
             import torch
 
             program = export_panoptic_program(model, image_size=tuple(args.image_size), check=not args.no_check)
-            torch.export.save(program, str(out))
+            with replacing(out) as tmp:
+                torch.export.save(program, str(tmp))
             msg = "network + post-processing, rtpanoptic.export.PanopticProgram; import rtpanoptic before torch.export.load"
     except (ValueError, ExportError) as exc:
         raise UsageError(f"export failed: {exc}".splitlines()[0]) from None

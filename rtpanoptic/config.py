@@ -270,4 +270,6 @@ def check_ranges(cfg: Any, ranges: Mapping[str, Range], what: str) -> None:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from .safe_io import write_text
+
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

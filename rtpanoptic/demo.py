@@ -13,10 +13,11 @@ it reaches is low and means only that every stage ran).
 """
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from .safe_io import check_outputs, locks_output, write_json
 
 # Settings of ``--quick`` (applied before the user's overrides, which win).
 QUICK_OVERRIDES = (
@@ -41,6 +42,7 @@ def demo_overrides(output_dir: str | Path, quick: bool, device: str) -> list:
     return base + (list(QUICK_OVERRIDES) if quick else [])
 
 
+@locks_output(lambda output_dir, **_: output_dir, "--output-dir")
 def run_demo(
     output_dir: str | Path = "runs/demo",
     quick: bool = False,
@@ -60,6 +62,8 @@ def run_demo(
 
     t_start = time.perf_counter()
     out = Path(output_dir)
+    check_outputs([(f"--output-dir's {name}", out / name) for name in ("train/config.yaml", "results.json", "demo.png")],
+                  [("--config", config_path)])
     dev = resolve_device(device)
     cfg = train_config(preset, config_path, demo_overrides(out, quick, device) + list(overrides))
     resolve_device(cfg.runtime.device)  # an override may ask for cuda too
@@ -103,7 +107,7 @@ def run_demo(
         "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         "figure": str(figure),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results, indent=2)
     echo(format_table(metrics, title=f"\nResults on the synthetic held-out split ({len(val_set)} images):"))
     echo(f"\nwall time: {total_s:.0f} s (data {data_s:.0f} s, training {train_s:.0f} s, evaluation {eval_s:.0f} s)")
     echo(f"wrote {out / 'results.json'}, {figure}, {out / 'eval'}/predictions.json + predictions/, overlays/")

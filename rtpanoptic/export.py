@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .inference import DevicePostprocess, semantic_probs_on
 from .ops._padded import count_on_host
+from .safe_io import replacing
 
 
 class ExportError(RuntimeError):
@@ -75,7 +76,6 @@ def export_onnx(
     if opset < 17:
         raise ValueError(f"opset must be >= 17 (GroupNorm / resize semantics), got {opset}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     example = _example(image_size, batch)
     with torch.no_grad():
@@ -83,10 +83,11 @@ def export_onnx(
     names = output_names(reference)
     wrapper = _FlatOutputs(model).eval()
     try:
-        torch.onnx.export(
-            wrapper, (example,), str(path), input_names=["images"], output_names=names,
-            opset_version=opset, dynamo=True, external_data=False,
-        )
+        with replacing(path) as tmp:  # a link at path is replaced; an interrupted export leaves the old file
+            torch.onnx.export(
+                wrapper, (example,), str(tmp), input_names=["images"], output_names=names,
+                opset_version=opset, dynamo=True, external_data=False,
+            )
     except Exception as exc:  # the exporter raises many types
         raise ExportError(f"ONNX export failed: {type(exc).__name__}: {exc}") from exc
     if not check:

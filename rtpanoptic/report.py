@@ -63,6 +63,9 @@ def write_figure(history: list[dict], metrics: dict, path: str | Path) -> Path:
     ax_pq.set_title(f"per-class PQ (all {metrics.get('PQ', float('nan')):.1f})")
     ax_pq.tick_params(axis="x", rotation=30)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    from .safe_io import replacing
+
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path

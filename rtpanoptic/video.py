@@ -9,9 +9,7 @@ bit for bit.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .safe_io import LOCK_NAME, RECORD_NAME, begin_run, check_outputs, locks_output, temporary_beside, write_json
 from .stream import STAGES, StageTimer, latency_report
 
 INSTALL_HINT = "pip install 'rtpanoptic[video]'"
@@ -135,13 +134,15 @@ class VideoWriter:
 
     ``codec``: an FFmpeg encoder name (default from the suffix, :func:`choose_codec`).  With a
     4:2:0 pixel format an odd width or height is padded by one edge row / column (the encoders
-    need even sizes).  ``close()`` flushes the encoder and finishes the file.
+    need even sizes).  ``close()`` flushes the encoder and finishes the file.  ``name``: the file
+    the messages name (default ``path``'s name; the user's file when ``path`` is a temporary).
     """
 
     def __init__(self, path: str | os.PathLike, fps: Fraction | float, size: tuple[int, int],
-                 codec: str | None = None, container_format: str | None = None):
+                 codec: str | None = None, container_format: str | None = None, name: str | None = None):
         av = require_av()
-        self.codec = choose_codec(path, codec)
+        self.name = Path(path).name if name is None else name
+        self.codec = choose_codec(self.name, codec)
         self.pix_fmt = pixel_format(self.codec)
         h, w = int(size[0]), int(size[1])
         self.size = (h, w)
@@ -150,7 +151,7 @@ class VideoWriter:
         try:
             self.container = av.open(str(path), mode="w", format=container_format)
         except (av.FFmpegError, ValueError) as exc:  # ValueError: no container for the suffix
-            raise VideoError(f"cannot write {Path(path).name} ({exc})") from None
+            raise VideoError(f"cannot write {self.name} ({exc})") from None
         try:
             self.stream = self.container.add_stream(self.codec, rate=Fraction(fps).limit_denominator(1001 * 1000))
             self.stream.pix_fmt = self.pix_fmt
@@ -159,7 +160,7 @@ class VideoWriter:
                 self.stream.options = {"crf": "20", "preset": "veryfast"}
         except av.FFmpegError as exc:
             self.container.close()
-            raise VideoError(f"cannot encode {self.codec} into {Path(path).name} ({exc})") from None
+            raise VideoError(f"cannot encode {self.codec} into {self.name} ({exc})") from None
         self.frames = 0
 
     def write(self, rgb: np.ndarray) -> None:
@@ -173,7 +174,7 @@ class VideoWriter:
             for packet in self.stream.encode(frame):
                 self.container.mux(packet)
         except av.FFmpegError as exc:  # e.g. a codec the container cannot hold, at the header
-            raise VideoError(f"cannot encode {self.codec} into {self.container.name} ({exc})") from None
+            raise VideoError(f"cannot encode {self.codec} into {self.name} ({exc})") from None
         self.frames += 1
 
     def close(self) -> None:
@@ -197,13 +198,14 @@ def stats_path_for(output: str | os.PathLike) -> Path:
 
 
 def _check_outputs(input_path: Path, output: Path, stats_json: Path, panoptic_dir: Path | None,
-                   overwrite: bool) -> None:
+                   overwrite: bool, reads=()) -> None:
     from .usage import UsageError
 
     if not input_path.is_file():
         raise UsageError(f"video {input_path} does not exist")
-    if output.resolve() == input_path.resolve():
-        raise UsageError(f"--output {output} is the input video; choose another file")
+    check_outputs([("--output", output), ("--stats-json", stats_json), ("--panoptic-dir", panoptic_dir),
+                   ("--panoptic-dir's", panoptic_dir / "panoptic.json" if panoptic_dir is not None else None)],
+                  [("the input video", input_path), *reads])
     if output.suffix == "":
         raise UsageError(f"--output {output} needs a suffix naming the container (.mp4, .mkv, ...)")
     if overwrite:
@@ -211,10 +213,12 @@ def _check_outputs(input_path: Path, output: Path, stats_json: Path, panoptic_di
     for path in (output, stats_json):
         if path.exists():
             raise UsageError(f"{path} exists; pass --overwrite to replace it")
-    if panoptic_dir is not None and panoptic_dir.is_dir() and any(panoptic_dir.iterdir()):
+    if panoptic_dir is not None and panoptic_dir.is_dir() and any(
+            p.name not in (LOCK_NAME, RECORD_NAME) for p in panoptic_dir.iterdir()):
         raise UsageError(f"{panoptic_dir} is not empty; pass --overwrite to write into it")
 
 
+@locks_output(lambda panoptic_dir, **_: panoptic_dir, "--panoptic-dir")
 def predict_video(
     predictor,
     input_path: str | os.PathLike,
@@ -230,6 +234,7 @@ def predict_video(
     labels: bool = True,
     progress: bool = True,
     echo=print,
+    reads=(),
 ) -> dict:
     """Panoptic segmentation of a video file: an overlay video at ``output`` (same size and frame
     rate; class names and instance ids drawn, :func:`rtpanoptic.viz.overlay`), optionally
@@ -238,9 +243,13 @@ def predict_video(
     network, postprocess, overlay, encode) and throughput, printed and saved as JSON
     (``stats_json``, default :func:`stats_path_for`).  Returns that JSON's content.
 
-    Existing files are never replaced without ``overwrite``; the video is written to a temporary
-    file beside ``output`` and renamed when complete.  Errors a user can fix raise
-    :class:`~rtpanoptic.pipeline.UsageError`.
+    Existing files are never replaced without ``overwrite``, and an output that is the input video,
+    a file of ``reads`` (``(option, path)`` pairs, e.g. the checkpoint) or another output is
+    refused (:func:`rtpanoptic.safe_io.check_outputs`), before any work; the video is written to a
+    temporary file beside ``output`` and renamed when complete (mode per the umask).
+    ``panoptic_dir`` holds one run (:func:`rtpanoptic.safe_io.begin_run`; with ``overwrite`` the
+    previous run's recorded files are removed, other files kept; ``panoptic.json`` written last).
+    Errors a user can fix raise :class:`~rtpanoptic.pipeline.UsageError`.
     """
     from tqdm import tqdm
 
@@ -256,18 +265,19 @@ def predict_video(
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     if cuda_graph and predictor.device.type != "cuda":
         raise UsageError(f"--cuda-graph needs the model on a CUDA device, not {predictor.device.type}")
-    _check_outputs(input_path, output, stats_json, panoptic_dir, overwrite)
+    _check_outputs(input_path, output, stats_json, panoptic_dir, overwrite, reads)
     try:
         check_container(output)
+        codec = choose_codec(output, codec)  # before any work; the message names the user's file
         reader = VideoReader(input_path)
     except ImportError as exc:
         raise UsageError(str(exc)) from None
     except (VideoError, OSError) as exc:
         raise UsageError(str(exc).splitlines()[0]) from None
+    if panoptic_dir is not None:
+        begin_run(panoptic_dir, keep=[input_path])
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}-", suffix=output.suffix)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = temporary_beside(output, prefix=f".{output.stem}-")
     timer = StageTimer()
     pending: deque[np.ndarray] = deque()
     annotations, images = [], []
@@ -282,7 +292,7 @@ def predict_video(
 
     done, writer = False, None
     try:
-        writer = VideoWriter(tmp, reader.fps, reader.size, codec=codec)
+        writer = VideoWriter(tmp, reader.fps, reader.size, codec=codec, name=output.name)
         t_start = time.perf_counter()
         bar = tqdm(total=total, desc="video", unit="frame", disable=not progress)
         n = 0
@@ -335,8 +345,7 @@ def predict_video(
         **latency_report(timer, n, wall_s), "encoder_flush_ms": 1e3 * flush_s,
         "panoptic_dir": str(panoptic_dir) if panoptic_dir is not None else None,
     }
-    stats_json.parent.mkdir(parents=True, exist_ok=True)
-    stats_json.write_text(json.dumps(report, indent=2))
+    write_json(stats_json, report, indent=2)
     for line in format_latency(report):
         echo(line)
     echo(f"wrote {output}" + (f", {panoptic_dir}/frame_*.png + panoptic.json" if panoptic_dir else "")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .data.panoptic_format import id2rgb
+from .safe_io import replacing, save_png, write_text
 
 
 def coco_segments_info(result) -> list[dict]:
@@ -31,11 +32,8 @@ def coco_segments_info(result) -> list[dict]:
 
 def write_coco_panoptic(result, png_path: str | Path, image_id: str | int | None = None) -> dict:
     """Write the segment-id PNG (``id = R + 256 G + 256^2 B``) and return the JSON annotation."""
-    from PIL import Image
-
     png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(id2rgb(result.panoptic.numpy())).save(png_path)
+    save_png(png_path, id2rgb(result.panoptic.numpy()))
     return {
         "image_id": image_id if image_id is not None else png_path.stem,
         "file_name": png_path.name,
@@ -48,11 +46,10 @@ def write_coco_panoptic_json(
 ) -> None:
     """Write a COCO-panoptic predictions JSON (``annotations``, ``categories``, ``images``)."""
     json_path = Path(json_path)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     if images is None:
         images = [{"id": a["image_id"], "file_name": a["file_name"]} for a in annotations]
     data = {"annotations": list(annotations), "categories": description.coco_categories(), "images": list(images)}
-    json_path.write_text(json.dumps(data))
+    write_text(json_path, json.dumps(data))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -118,9 +115,8 @@ def write_overlay(image, result, path: str | Path, alpha: float = 0.5, labels: b
     """:func:`overlay` saved as an image file (format from the suffix)."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, result, alpha, labels)).save(path)
+    with replacing(path) as tmp:
+        Image.fromarray(overlay(image, result, alpha, labels)).save(tmp)
 
 
 # ----------------------------------------------------------------------------------- labels

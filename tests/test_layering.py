@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # ``rtpanoptic`` names its ``__init__`` only); a module may import its own layer or lower ones, never a
 # higher one.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    # the compiled extension, one-line user errors, typed configs, DDP process groups
-    ("base", ("rtpanoptic._extension", "rtpanoptic.usage", "rtpanoptic.config", "rtpanoptic.distributed")),
+    # the compiled extension, one-line user errors, how files are written and deleted, typed configs,
+    # DDP process groups
+    ("base", ("rtpanoptic._extension", "rtpanoptic.usage", "rtpanoptic.safe_io", "rtpanoptic.config",
+              "rtpanoptic.distributed")),
     # the ops and their registry; ``rtpanoptic/__init__`` only holds the version and registers the ops
     ("ops", ("rtpanoptic", "rtpanoptic.ops")),
     # Triton backends: they read the ops' registry, the registry finds them by name at run time

@@ -13,26 +13,29 @@ Everything is deterministic in ``SyntheticConfig.seed``; :func:`generate_synthet
     <root>/panoptic/<split>/<split>_NNNNNN.png    segment ids, R + 256 G + 256^2 B
     <root>/annotations/panoptic_<split>.json      images / annotations / categories
     <root>/synthetic_config.json                  the marker: written first, holds the config once complete
+    <root>/.synthetic_files.jsonl                 the record: each file written, with its size
 
 and reuses an existing tree generated with the same config.  It writes only into an empty (or
-missing) folder or into a tree it made itself (marker present, no other file in it): anything
-else raises :class:`DatasetError` naming the folder and what is in it, and nothing is deleted.
-Regenerating its own tree (another config, an interrupted run) removes only its own files.
+missing) folder or into a tree it made itself (marker present, every other file recorded and of
+its recorded size, no symbolic link anywhere): anything else raises :class:`DatasetError` naming
+the folder and what is in it, and nothing is deleted.  Regenerating its own tree (another config,
+an interrupted run) deletes only the files the record names, as recorded, inside the real
+``root`` (:class:`rtpanoptic.safe_io.OwnedFiles`), never through a link and never by name alone.
 Load a split with ``COCOPanopticDataset(*paths["train"], description=SYNTHETIC)`` or
 :func:`synthetic_dataset`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
 
+from ..safe_io import OwnedFiles, save_png, write_json
 from .coco_panoptic import DatasetError
 from .description import Category, DatasetDescription, register_description
 from .panoptic_format import id2rgb
@@ -40,6 +43,7 @@ from .panoptic_format import id2rgb
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val")
 MARKER = "synthetic_config.json"
+RECORD = ".synthetic_files.jsonl"
 
 CIRCLE, RECTANGLE, TRIANGLE, SKY, GROUND, WALL = 1, 2, 3, 4, 5, 6
 SYNTHETIC = DatasetDescription(
@@ -113,31 +117,6 @@ def _config_record(cfg: SyntheticConfig) -> dict:
     return {"generator_version": GENERATOR_VERSION, "config": asdict(cfg)}
 
 
-def _own_and_foreign(root: str) -> tuple[list[str], list[str]]:
-    """Files under ``root`` named as this generator names them, and every other entry (relative paths)."""
-    own, foreign = [], []
-    for name in sorted(os.listdir(root)):
-        path = os.path.join(root, name)
-        if name in (MARKER, f".{MARKER}.tmp") and os.path.isfile(path):
-            own.append(name)
-        elif name in ("images", "panoptic") and os.path.isdir(path):
-            for split in sorted(os.listdir(path)):
-                split_dir = os.path.join(path, split)
-                if split not in SPLITS or not os.path.isdir(split_dir):
-                    foreign.append(os.path.join(name, split))
-                    continue
-                for f in sorted(os.listdir(split_dir)):
-                    is_own = re.fullmatch(rf"{split}_\d{{6}}\.png", f) and os.path.isfile(os.path.join(split_dir, f))
-                    (own if is_own else foreign).append(os.path.join(name, split, f))
-        elif name == "annotations" and os.path.isdir(path):
-            for f in sorted(os.listdir(path)):
-                is_own = f in {f"panoptic_{split}.json" for split in SPLITS} and os.path.isfile(os.path.join(path, f))
-                (own if is_own else foreign).append(os.path.join(name, f))
-        else:
-            foreign.append(name)
-    return own, foreign
-
-
 def _listing(root: str, entries: list[str], limit: int = 5) -> str:
     shown = [e + ("/" if os.path.isdir(os.path.join(root, e)) else "") for e in entries[:limit]]
     return ", ".join(shown) + (f" and {len(entries) - limit} more" if len(entries) > limit else "")
@@ -153,14 +132,12 @@ def _read_marker(root: str) -> dict | None:
 
 
 def _write_marker(root: str, record: dict) -> None:
-    tmp = os.path.join(root, f".{MARKER}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, os.path.join(root, MARKER))
+    write_json(os.path.join(root, MARKER), record)
 
 
 def _clear_own_tree(root: str) -> None:
-    """Make ``root`` empty, deleting only this generator's files; anything else raises, untouched."""
+    """Make ``root`` empty, deleting only the files this generator recorded writing, still as
+    written; anything else (a link, another file, a changed one) raises, and nothing is deleted."""
     if not os.listdir(root):
         return
     if _read_marker(root) is None:
@@ -169,18 +146,26 @@ def _clear_own_tree(root: str) -> None:
             f"{_listing(root, sorted(os.listdir(root)))}); the synthetic set is written only into an empty folder "
             f"or its own earlier tree, so nothing was changed: choose another data.root"
         )
-    own, foreign = _own_and_foreign(root)
+    owned = OwnedFiles(root, RECORD)
+    meta = (MARKER, f".{MARKER}.tmp")
+    foreign = owned.foreign(meta=meta)
     if foreign:
+        unrecorded = "" if os.path.lexists(owned.record_path) else (
+            f" (no {RECORD}: a tree of an earlier rtpanoptic, which kept no record of its files, is never deleted)")
         raise DatasetError(
-            f"{root} holds a synthetic dataset but also files rtpanoptic did not write ({_listing(root, foreign)}); "
-            f"nothing was changed: move them away or choose another data.root"
+            f"{root} holds a synthetic dataset but also files or links rtpanoptic did not write, or changed since "
+            f"({_listing(root, foreign)}){unrecorded}; nothing was changed: move them away or choose another data.root"
         )
-    for rel in own:
-        os.remove(os.path.join(root, rel))
+    owned.remove()
+    for name in meta:  # regular files: foreign() listed anything else
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(root, name))
     for rel in [os.path.join(a, b) for a in ("images", "panoptic") for b in SPLITS] + ["images", "panoptic",
                                                                                      "annotations"]:
-        if os.path.isdir(os.path.join(root, rel)):
-            os.rmdir(os.path.join(root, rel))
+        path = os.path.join(root, rel)
+        if os.path.isdir(path) and not os.path.islink(path):
+            with contextlib.suppress(OSError):  # only empty folders go
+                os.rmdir(path)
 
 
 def generate_synthetic(
@@ -207,7 +192,8 @@ def generate_synthetic(
         os.makedirs(root, exist_ok=True)
         _clear_own_tree(root)
         _write_marker(root, {**record, "complete": False})  # claims the folder before the first image
-        _write_tree(paths, cfg, progress)
+        with OwnedFiles(root, RECORD).recording():  # every file recorded with its size as it is written
+            _write_tree(paths, cfg, progress)
         _write_marker(root, record)
     except OSError as exc:
         raise DatasetError(f"cannot write the synthetic dataset under {root} ({exc})") from None
@@ -228,13 +214,13 @@ def _write_tree(paths: dict[str, SplitPaths], cfg: SyntheticConfig, progress: bo
             rng = np.random.default_rng([cfg.seed, split_index, i])
             image, ids, segments = render_scene(rng, cfg)
             stem = f"{split}_{i:06d}"
-            Image.fromarray(image).save(os.path.join(p.image_root, stem + ".png"))
-            Image.fromarray(id2rgb(ids)).save(os.path.join(p.panoptic_root, stem + ".png"))
+            save_png(os.path.join(p.image_root, stem + ".png"), image)
+            save_png(os.path.join(p.panoptic_root, stem + ".png"), id2rgb(ids))
             images.append({"id": stem, "file_name": stem + ".png", "height": cfg.image_size, "width": cfg.image_size})
             annotations.append({"image_id": stem, "file_name": stem + ".png", "segments_info": segments})
             bar.update(1)
-        with open(p.panoptic_json, "w") as f:
-            json.dump({"images": images, "annotations": annotations, "categories": SYNTHETIC.coco_categories()}, f)
+        write_json(p.panoptic_json,
+                   {"images": images, "annotations": annotations, "categories": SYNTHETIC.coco_categories()})
     bar.close()
 
 

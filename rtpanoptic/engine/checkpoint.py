@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..safe_io import file_mode
 from ..weights import CheckpointError, _first_line, _untrusted_message
 
 LAST = "last.pt"
@@ -75,7 +76,8 @@ def _write_error(path: Path, exc: OSError) -> str:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` through a temporary file and :func:`os.replace`.
+    """``torch.save(obj)`` to ``path`` through a temporary file and :func:`os.replace` (a link at
+    ``path`` is replaced, not written through; the mode follows the umask).
 
     An ``OSError`` (full disk, no permission) becomes a :class:`CheckpointError`; on any failure
     the temporary file is removed and ``path`` keeps its previous content.
@@ -84,6 +86,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(tmp, file_mode())  # mkstemp's 0600 -> what the umask gives, as open() would
     except OSError as exc:
         raise CheckpointError(_write_error(path, exc)) from exc
     try:

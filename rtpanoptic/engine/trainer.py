@@ -41,6 +41,7 @@ from ..distributed import (
     unwrap,
 )
 from ..losses import LOSS_NAMES, PanopticCriterion
+from ..safe_io import locks_output
 from .checkpoint import LAST, find_resume, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .config import TrainConfig, validate_train_config
 from .factories import build_dataset_from_config, build_model_from_config
@@ -443,6 +444,7 @@ class Trainer(TrainerBase):
         return super().train(start, max_steps)
 
 
+@locks_output(lambda cfg, **_: cfg.runtime.output_dir if isinstance(cfg, TrainConfig) else None, "runtime.output_dir")
 def train(
     cfg: TrainConfig,
     *,
@@ -468,7 +470,9 @@ def train(
     states and the log history; temporaries of saves killed mid-write are removed first.  Raises
     :class:`NonFiniteLossError` (naming the loss part and step) if a loss becomes NaN/inf and
     :class:`~rtpanoptic.engine.checkpoint.CheckpointError` (one line) for a checkpoint that cannot
-    be read, fitted or written.
+    be read, fitted or written.  The output folder is held for the whole run
+    (:func:`rtpanoptic.safe_io.output_lock`, rank 0): a second run into it is a one-line
+    :class:`~rtpanoptic.usage.UsageError` naming the first run's pid, raised before anything there is touched.
     """
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"train: cfg must be a TrainConfig, got {type(cfg).__name__}")

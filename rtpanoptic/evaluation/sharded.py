@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from ..distributed import Ranked, _env_int
+from ..safe_io import replacing
 from ..usage import UsageError
 
 T = TypeVar("T")
@@ -137,9 +138,8 @@ class Shard(Ranked):
         out = Path(out)
         for p in parts[1:]:
             for rel, data in p["files"].items():
-                target = out / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+                with replacing(out / rel) as tmp:
+                    tmp.write_bytes(data)
         if sem_eval is not None:
             sem_eval.conf = torch.stack([p["conf"] for p in parts]).sum(0)
         # rank r's k-th record is dataset index r + k N: interleave them back

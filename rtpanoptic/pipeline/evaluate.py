@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.evaluate import pq_metrics
+from ..safe_io import begin_run, check_outputs, locks_output, write_json, write_text
 from ..usage import UsageError
 from .predict import output_names
 
@@ -45,11 +46,26 @@ def write_subset_gt(dataset, image_ids: Sequence, path: Path) -> Path:
     keep = set(image_ids)
     data["annotations"] = [a for a in data["annotations"] if a["image_id"] in keep]
     data["images"] = [im for im in data.get("images", []) if im["id"] in keep]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
+    write_text(path, json.dumps(data))
     return path
 
 
+def dataset_files(dataset) -> list[tuple[str, str]]:
+    """What an evaluation reads of ``dataset``, as ``(what, path)`` pairs for
+    :func:`rtpanoptic.safe_io.check_outputs`: its image folder, annotation PNG folder and JSON."""
+    return [("the dataset's images", getattr(dataset, "image_root", None)),
+            ("the dataset's annotation PNGs", getattr(dataset, "panoptic_root", None)),
+            ("the dataset's annotations", getattr(dataset, "panoptic_json", None))]
+
+
+def evaluation_outputs(out_dir: str | os.PathLike) -> list[tuple[str, Path]]:
+    """The files and folders :func:`evaluate_model` writes under ``out_dir``, as ``(what, path)``."""
+    out = Path(out_dir)
+    return [(f"--output-dir's {name}", out / name)
+            for name in ("predictions", "overlays", "predictions.json", "gt.json", "metrics.json")]
+
+
+@locks_output(lambda out_dir, **_: out_dir, "--output-dir")
 def evaluate_model(
     model,
     dataset,
@@ -60,6 +76,7 @@ def evaluate_model(
     batch_size: int = 8,
     progress: bool = True,
     predictor_options: dict | None = None,
+    reads: Sequence[tuple[str, str]] = (),
 ) -> dict:
     """Predict every image of ``dataset`` (un-augmented sample dicts of :mod:`rtpanoptic.data.coco_panoptic`) and score it
     (the loop: :func:`rtpanoptic.engine.evaluate.predict_samples`).
@@ -76,6 +93,11 @@ def evaluate_model(
     In an initialised process group (``torchrun``; :mod:`rtpanoptic.evaluation.sharded`) each rank
     predicts its share of the images and rank 0 writes every file and computes the metrics, equal
     to one process's; every rank returns them.
+
+    ``out_dir`` holds one run, as with :func:`rtpanoptic.pipeline.predict_images`: locked against
+    other runs (rank 0); an output that is a file or folder of the dataset (or of ``reads``, e.g.
+    ``[("--checkpoint", path)]``) is a :class:`UsageError` before any work; the previous run's
+    recorded files are removed first (``metrics.json`` first); ``metrics.json`` is written last.
     """
     from ..engine.evaluate import predict_samples
     from ..evaluation import InstanceAPEvaluator, SemanticEvaluator, has_pycocotools
@@ -85,6 +107,9 @@ def evaluate_model(
 
     out = Path(out_dir)
     pred_dir = out / "predictions"
+    if Shard.current().is_main:
+        check_outputs(evaluation_outputs(out), dataset_files(dataset) + list(reads))
+        begin_run(out, keep=[p for _, p in dataset_files(dataset) if p is not None])
     description = dataset.description
     predictor = Predictor(model, backend=backend, **(predictor_options or {}))
     sem_eval = SemanticEvaluator(description.num_classes, description.ignore_label, list(description.class_names))
@@ -157,5 +182,5 @@ def evaluate_model(
     metrics["eval_seconds"] = time.perf_counter() - t0
     metrics["files"] = {"predictions_json": str(pred_json), "predictions_dir": str(pred_dir), "gt_json": str(gt_json),
                         "gt_dir": str(dataset.panoptic_root)}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics, indent=2)
     return shard.share(metrics)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..data.image_io import DEFAULT_MAX_PIXELS
+from ..safe_io import begin_run, check_outputs, locks_output
 from ..usage import UsageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -59,9 +60,10 @@ def output_names(files: Sequence[Path]) -> list[str]:
     return names
 
 
+@locks_output(lambda out_dir, **_: out_dir, "--output-dir")
 def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, backend: str | None = None,
                    overlays: bool = True, progress: bool = True, predictor_options: dict | None = None,
-                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS, reads: Sequence[tuple[str, str]] = ()) -> dict:
     """Panoptic segmentation of image files: ``out_dir/panoptic/<name>.png`` + ``panoptic.json``
     (COCO panoptic, the model's dataset category ids) and ``out_dir/overlays/<name>.png``, with
     ``<name>`` from :func:`output_names` (distinct for every input, also the image id).
@@ -71,7 +73,14 @@ def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, bac
     scaled to 8 bits, at most ``max_pixels`` pixels).  An image that cannot be read (truncated, not
     an image, too large) is skipped and reported: the others are predicted and listed in
     ``panoptic.json``, and the returned ``"skipped"`` holds one ``"<file>: <reason>"`` per skipped
-    image (the CLI prints them and exits with status 2).  UsageError when no image could be read."""
+    image (the CLI prints them and exits with status 2).  UsageError when no image could be read.
+
+    ``out_dir`` holds one run (:func:`rtpanoptic.safe_io.begin_run`): it is locked against other
+    runs; an output that would replace an input image (or a file of ``reads``, ``(option, path)``
+    pairs such as the checkpoint) is a :class:`UsageError` before any work; the files an earlier
+    run recorded there are removed first (``panoptic.json`` first of all), other files are left
+    alone; ``panoptic.json`` is written last, so it lists exactly this run's PNGs, and an
+    interrupted run leaves none."""
     from tqdm import tqdm
 
     from ..data.image_io import ImageError, read_image
@@ -81,6 +90,10 @@ def predict_images(model, inputs: Sequence[str], out_dir: str | os.PathLike, bac
     files = list_images(inputs)
     names = output_names(files)
     out = Path(out_dir)
+    written = [out / "panoptic.json"] + [out / sub / f"{n}.png" for sub in ("panoptic",) + ("overlays",) * overlays
+                                         for n in names]
+    check_outputs([("--output-dir's file", p) for p in written], [("the input", f) for f in files] + list(reads))
+    begin_run(out, keep=files)
     predictor = Predictor(model, backend=backend, **(predictor_options or {}))
     annotations, images, skipped = [], [], []
     seconds = 0.0
