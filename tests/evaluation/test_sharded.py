@@ -1,5 +1,6 @@
 """``rtpanoptic evaluate`` under torchrun: 2 gloo processes give exactly the single-process
 metrics and files, only rank 0 writes, and a failing or silent rank ends in a one-line error."""
+import importlib.util
 import json
 import os
 import socket
@@ -73,7 +74,9 @@ def test_two_processes_give_the_single_process_metrics_and_files(setup):
                 assert a[k] == pytest.approx(b[k], abs=1e-9, nan_ok=True), (key, k)
         else:
             assert a == pytest.approx(b, abs=1e-9, nan_ok=True), key
-    assert one["mIoU"] > 0 and np.isfinite(one["AP"])
+    assert one["mIoU"] > 0
+    # mask AP needs pycocotools (NaN with a warning without it, e.g. on the GPU image)
+    assert np.isfinite(one["AP"]) == (importlib.util.find_spec("pycocotools") is not None)
     predicted = json.loads((single / "predictions.json").read_text())["annotations"]
     assert sum(len(a["segments_info"]) for a in predicted) > 0
     # every prediction PNG, overlay and JSON: the same bytes
