@@ -65,12 +65,15 @@ FORCE_CUDA=${FORCE_CUDA:-0} MAX_JOBS=${MAX_JOBS:-2} "$V/bin/python" -m pip insta
 newest=$("$V/bin/python" -m pip index versions numpy 2>/dev/null | sed -n 's/^numpy (\(.*\))$/\1/p')
 status=0
 summary=""
-for want in ${IMAGE_NUMPY:-"2.3.* newest"}; do
+set -f  # the version patterns (2.3.*) are not file names
+numpys=${IMAGE_NUMPY:-2.3.* newest}
+pairs=${IMAGE_TESTS:-2.3.*=tests/ops newest=tests}
+for want in $numpys; do
   spec=$want
   [ "$want" = newest ] && spec=${newest:?cannot find the newest numpy}
   "$V/bin/python" -m pip install -q "numpy==$spec"
   tests=tests
-  for pair in ${IMAGE_TESTS:-"2.3.*=tests/ops newest=tests"}; do
+  for pair in $pairs; do
     [ "${pair%%=*}" = "$want" ] && tests=${pair#*=}
   done
   have=$("$V/bin/python" -c 'import numpy; print(numpy.__version__)')
