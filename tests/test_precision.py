@@ -382,3 +382,59 @@ def test_fast_equals_the_spelled_out_options(monkeypatch):
     a, b = fast(image)[0], spelled(image)[0]
     assert torch.equal(a.panoptic, b.panoptic) and torch.equal(a.semantic, b.semantic)
     assert a.segments_info == b.segments_info and torch.equal(a.detections.scores, b.detections.scores)
+
+
+def _process_state() -> dict:
+    """The process-global settings a compile could leave changed (and that would slow down or
+    alter the user's other, eager work): threads, oneDNN, denormal flushing, grad / autocast modes,
+    default dtype, matmul precision, determinism, and Inductor's and Dynamo's configs."""
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    return {
+        "threads": (torch.get_num_threads(), torch.get_num_interop_threads()),
+        "mkldnn": torch.backends.mkldnn.enabled,
+        "flush_denormal": float(torch.tensor([1e-40]) * 1.0) == 0.0,
+        "grad": torch.is_grad_enabled(),
+        "autocast": torch.is_autocast_enabled("cpu"),
+        "default_dtype": torch.get_default_dtype(),
+        "matmul_precision": torch.get_float32_matmul_precision(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "inductor": {k: repr(v) for k, v in inductor_config.get_config_copy().items()},
+        "dynamo": {k: repr(v) for k, v in dynamo_config.get_config_copy().items()},
+    }
+
+
+class _TinyHead(torch.nn.Module):
+    """Two convolutions returning HeadOutputs: Inductor compiles it in seconds (the r18-fpn: minutes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.pred = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.pred(self.conv(x).relu())
+        return HeadOutputs([y], [y[:, :1]], [y[:, 1:3]], y, y[:, :2])
+
+
+@pytest.mark.slow
+def test_inductor_fast_path_leaves_the_process_as_it_was():
+    """fast=True's compile (Inductor, weight freezing as a per-compile option) changes no
+    process-global setting, and equals the same options spelled out (same kernels)."""
+    torch._dynamo.reset()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = _process_state()
+    torch.manual_seed(0)
+    fast = NetworkRunner(_TinyHead().eval(), **run_options("cpu", fast=True))
+    torch.manual_seed(0)
+    spelled = NetworkRunner(_TinyHead().eval(), precision=fast.precision, channels_last=True,
+                            compile={"options": {"freezing": True}})
+    try:
+        with torch.no_grad():  # freezing applies to graphs compiled without grad
+            a, b = fast(x), spelled(x)
+        assert _process_state() == before
+        for s, t in zip(_flat(a), _flat(b)):
+            assert torch.equal(s, t)
+    finally:
+        torch._dynamo.reset()
