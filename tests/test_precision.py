@@ -386,14 +386,15 @@ def test_fast_equals_the_spelled_out_options(monkeypatch):
 
 def _process_state() -> dict:
     """The process-global settings a compile could leave changed (and that would slow down or
-    alter the user's other, eager work): threads, oneDNN, denormal flushing, grad / autocast modes,
-    default dtype, matmul precision, determinism, and Inductor's and Dynamo's configs."""
+    alter the user's other, eager work): threads, oneDNN (and its fp32 math mode), denormal flushing,
+    grad / autocast modes, default dtype, matmul precision, determinism, Inductor's and Dynamo's configs."""
     import torch._dynamo.config as dynamo_config
     import torch._inductor.config as inductor_config
 
     return {
         "threads": (torch.get_num_threads(), torch.get_num_interop_threads()),
-        "mkldnn": torch.backends.mkldnn.enabled,
+        "mkldnn": (torch.backends.mkldnn.enabled, torch.backends.mkldnn.conv.fp32_precision,
+                   torch.backends.mkldnn.matmul.fp32_precision),
         "flush_denormal": float(torch.tensor([1e-40]) * 1.0) == 0.0,
         "grad": torch.is_grad_enabled(),
         "autocast": torch.is_autocast_enabled("cpu"),
