@@ -98,24 +98,33 @@ def _weights_args(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def _inference_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="network precision (autocast; post-processing stays fp32). bf16: ~2x on CPUs with "
                         "AVX512-BF16, ~3x with AMX, and on recent GPUs (default fp32)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC network (default: where faster: CPU, and CUDA with bf16/fp16)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (the first batch compiles)")
+    p.add_argument("--fast", action="store_true",
+                   help="the fastest settings: bf16 where the CPU (or GPU) has it natively, else fp32; channels_last; "
+                        "--compile with weight freezing (the first batch of each size compiles; docs/inference.md)")
 
 
 def _predictor_options(args, device) -> dict:
-    """``Predictor`` keyword arguments of --precision / --channels-last / --compile."""
-    from .execution import check_precision
+    """``Predictor`` keyword arguments of --precision / --channels-last / --compile / --fast."""
+    from .execution import check_precision, fast_conflicts, run_options
     from .pipeline import UsageError
 
+    given = fast_conflicts(args.precision, args.channels_last, args.compile) if args.fast else []
+    if given:
+        flags = {"precision": "--precision", "channels_last": "--[no-]channels-last", "compile": "--compile"}
+        raise UsageError(f"--fast chooses the precision, memory format and compilation itself: "
+                         f"drop {', '.join(flags[g] for g in given)} or --fast")
+    options = run_options(device, args.precision, args.channels_last, args.compile, args.fast)
     try:
-        check_precision(args.precision, device)
+        check_precision(options["precision"], device)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return {"precision": args.precision, "channels_last": args.channels_last, "compile": args.compile}
+    return options
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -195,6 +204,7 @@ def _cmd_evaluate(args) -> int:
 
     device = resolve_device(args.device)
     check_backend(args.backend, device)
+    options = _predictor_options(args, device)  # refused before any work
     reads = [("--checkpoint", args.checkpoint), ("--config", args.config)]
     check_outputs([("--json", args.json), *evaluation_outputs(args.output_dir)], reads)
     prepare_output_dir(args.output_dir, "--output-dir")
@@ -214,7 +224,7 @@ def _cmd_evaluate(args) -> int:
         with torch_threads(args.threads):
             metrics = evaluate_model(model, dataset, args.output_dir, backend=args.backend, max_images=args.max_images,
                                      num_overlays=args.overlays, progress=not args.no_progress and shard.is_main,
-                                     predictor_options=_predictor_options(args, device), reads=reads)
+                                     predictor_options=options, reads=reads)
     if not shard.is_main:
         return 0
     print(format_table(metrics, title=f"{cfg.data.name} {split}:"))

@@ -13,10 +13,15 @@ are NHWC); CUDA fp32 stays NCHW (not measured here: no GPU).  channels_last resu
 ones in float rounding (~1e-6 relative), not bit for bit.  The precision stays fp32 unless asked:
 bf16 is fast only where the CPU has AVX512-BF16 or AMX (:func:`cpu_has_native`; a warning
 otherwise) or on a GPU.
+
+``fast=True`` (:func:`run_options`) picks the fastest settings measured for this device in one
+option: bf16 where the CPU computes it natively (else fp32), on CUDA bf16 (fp16 before Ampere);
+channels_last; ``torch.compile`` with Inductor's weight freezing (:data:`FAST_COMPILE`).
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import warnings
 from collections.abc import Callable
@@ -63,6 +68,47 @@ def cpu_has_native(precision: str) -> bool | None:
     if not names or not all(hasattr(cpu, n) for n in names):
         return None
     return any(getattr(cpu, n)() for n in names)
+
+
+# torch.compile keyword arguments of fast=True.  Inductor's ``freezing`` treats the weights as
+# constants (folded, and on the CPU prepacked for oneDNN) in the graphs compiled without grad; it is
+# passed as a per-compile option, so it applies to this model's graphs only and never changes
+# torch._inductor.config for the rest of the process.  The weights are read at compile time:
+# changing them in place afterwards needs a new Predictor.
+FAST_COMPILE: dict = {"options": {"freezing": True}}
+
+
+def fast_precision(device: torch.device | str) -> str:
+    """The precision of ``fast=True`` on ``device``: ``"bf16"`` on a CPU that computes it natively
+    (:func:`cpu_has_native`) and on a GPU with bf16 support, ``"fp16"`` on an older GPU, otherwise
+    ``"fp32"`` (bf16 emulated on a CPU is slower than fp32)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_native("bf16") else "fp32"
+
+
+def run_options(device: torch.device | str, precision: str | None = None, channels_last: bool | None = None,
+                compile: bool | dict = False, fast: bool = False) -> dict:
+    """The :class:`NetworkRunner` keyword arguments ``{"precision", "channels_last", "compile"}`` of
+    the user's options: ``precision`` None is ``"fp32"``; ``fast=True`` is
+    ``{"precision": fast_precision(device), "channels_last": True, "compile": FAST_COMPILE}`` and
+    refuses any of the three given with it (ValueError naming them)."""
+    if not fast:
+        return {"precision": "fp32" if precision is None else precision, "channels_last": channels_last,
+                "compile": compile}
+    given = fast_conflicts(precision, channels_last, compile)
+    if given:
+        raise ValueError(f"fast=True chooses precision, channels_last and compile itself: "
+                         f"drop {', '.join(given)} or fast")
+    return {"precision": fast_precision(device), "channels_last": True, "compile": copy.deepcopy(FAST_COMPILE)}
+
+
+def fast_conflicts(precision: str | None, channels_last: bool | None, compile: bool | dict) -> list[str]:
+    """The names of the options given (not at their defaults) that ``fast=True`` would choose."""
+    given = {"precision": precision is not None, "channels_last": channels_last is not None,
+             "compile": compile is not False}
+    return [name for name, g in given.items() if g]
 
 
 def check_precision(precision: str, device: torch.device | str) -> None:

@@ -52,7 +52,7 @@ from torch import Tensor
 from . import ops
 from .candidates import NO_CANDIDATE, select_candidates
 from .data.description import DatasetDescription
-from .execution import NetworkRunner, capture_cuda_graph
+from .execution import NetworkRunner, capture_cuda_graph, run_options
 from .images import pad_batch, padded_size, to_image_tensors
 from .model.config import InferenceConfig, validate_config
 from .model.outputs import HeadOutputs
@@ -155,10 +155,15 @@ class Predictor:
         model: the network (put in eval mode here).
         backend: ``rtpanoptic.ops`` backend for every post-processing op (None: fastest).
         precision: ``"fp32"`` | ``"bf16"`` | ``"fp16"``: autocast dtype of the network; the
-            post-processing always runs in fp32 (:mod:`rtpanoptic.execution`).
+            post-processing always runs in fp32 (:mod:`rtpanoptic.execution`).  None: ``"fp32"``.
         channels_last: NHWC network (weights converted in place); None: where measured faster
             (CPU; CUDA with bf16 / fp16).  Not bit-equal to NCHW (float rounding).
         compile: ``torch.compile`` the network (True, or a dict of its keyword arguments).
+        fast: the fastest settings for the model's device in one option
+            (:func:`~rtpanoptic.execution.run_options`): bf16 where the CPU has native bf16 (else
+            fp32; bf16 on CUDA), channels_last, ``torch.compile`` with weight freezing.  The first
+            call at each input size compiles.  ValueError if precision, channels_last or compile is
+            given too.
         **options: fields of :class:`~rtpanoptic.model.config.InferenceConfig` overriding the
             model's defaults (``model.cfg.inference``): ``sigma``, ``score``,
             ``pre_nms_thresh``, ``pre_nms_top_n``, ``nms_thresh``, ``global_nms_thresh``,
@@ -168,8 +173,8 @@ class Predictor:
     (:class:`DevicePostprocess`, capturable with :meth:`capture_postprocess`).
     """
 
-    def __init__(self, model, backend: str | None = None, precision: str = "fp32",
-                 channels_last: bool | None = None, compile: bool | dict = False, **options):
+    def __init__(self, model, backend: str | None = None, precision: str | None = None,
+                 channels_last: bool | None = None, compile: bool | dict = False, fast: bool = False, **options):
         if backend is not None and backend not in ops.BACKENDS:
             raise ValueError(f"Predictor: backend must be one of {ops.BACKENDS} or None, got {backend!r}")
         base = getattr(getattr(model, "cfg", None), "inference", None)
@@ -194,7 +199,11 @@ class Predictor:
         self.description: DatasetDescription = model.description
         self.stage = DevicePostprocess(self.model, self.options, backend)
         self._thing_train_ids, self._is_thing = self.stage.thing_train_ids, self.stage.is_thing  # CPU copies
-        self.network = NetworkRunner(self.model, precision, channels_last, compile)
+        try:
+            run = run_options(self.device, precision, channels_last, compile, fast)
+        except ValueError as exc:
+            raise ValueError(f"Predictor: {exc}") from None
+        self.network = NetworkRunner(self.model, **run)
 
     @property
     def device(self) -> torch.device:

@@ -344,3 +344,17 @@ def test_optional_fields_are_type_checked(capsys):
     # float | None fields: their values are checked as floats too (a string used to pass through)
     one_line_error(capsys, ["train", "optim.clip_grad_norm=abc"], "optim.clip_grad_norm", "expected a number")
     one_line_error(capsys, ["train", "runtime.eval_max_images=lots"], "expected an integer")
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+@pytest.mark.parametrize("flags, named", [
+    (["--precision", "fp32"], "drop --precision or --fast"),
+    (["--no-channels-last", "--compile"], "drop --[no-]channels-last, --compile or --fast"),
+])
+def test_fast_with_the_options_it_chooses_is_refused(command, flags, named, tmp_path, capsys):
+    """--fast picks precision, memory format and compilation: giving one of them too is a one-line
+    error, before any model or dataset is read (the checkpoint does not exist)."""
+    inputs = ["-i", str(tmp_path / "img.png")] if command == "predict" else []
+    one_line_error(capsys, [command, "--checkpoint", str(tmp_path / "missing.pt"), *inputs, "--device", "cpu",
+                            "--output-dir", str(tmp_path / "out"), "--fast", *flags],
+                   "--fast chooses the precision, memory format and compilation itself", named)

@@ -24,7 +24,15 @@ from torchvision.ops import box_iou
 from rtpanoptic.cli import main
 from rtpanoptic.data.synthetic import SyntheticConfig
 from rtpanoptic.evaluation import PanopticQualityEvaluator
-from rtpanoptic.execution import PRECISIONS, NetworkRunner, default_channels_last, outputs_as_fp32
+from rtpanoptic.execution import (
+    FAST_COMPILE,
+    PRECISIONS,
+    NetworkRunner,
+    RunMode,
+    default_channels_last,
+    outputs_as_fp32,
+    run_options,
+)
 from rtpanoptic.inference import Predictor
 from rtpanoptic.model import HeadOutputs, build_model
 
@@ -307,7 +315,8 @@ def test_cli_precision_choices_are_the_predictors():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for command in ("predict", "evaluate", "benchmark"):
         action = next(a for a in sub.choices[command]._actions if a.dest == "precision")
-        assert tuple(action.choices) == tuple(PRECISIONS) and action.default == "fp32"
+        assert tuple(action.choices) == tuple(PRECISIONS) and action.default is None  # None: fp32, or --fast's
+        assert any(a.dest == "fast" for a in sub.choices[command]._actions)
 
 
 def test_cli_rejects_unknown_precision(capsys):
@@ -315,3 +324,118 @@ def test_cli_rejects_unknown_precision(capsys):
         main(["benchmark", "--precision", "int4"])
     assert exc.value.code == 2
     assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def _native_bf16(monkeypatch, native: bool) -> None:
+    """This CPU as one with (AMX) or without (neither AMX nor AVX512-BF16) native bf16."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+
+
+@pytest.mark.parametrize("native, precision", [(True, "bf16"), (False, "fp32")])
+def test_fast_resolves_to_the_documented_settings(monkeypatch, native, precision):
+    _native_bf16(monkeypatch, native)
+    model = _model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fast never picks an emulated precision
+        pred = Predictor(model, fast=True)  # torch.compile is lazy: nothing compiles here
+    assert pred.network.mode == RunMode(precision, channels_last=True, compile=True)
+    assert pred.network.compile == {"options": {"freezing": True}} == FAST_COMPILE
+    assert _is_channels_last(model)
+
+
+def test_fast_on_cuda_picks_bf16_or_fp16(monkeypatch):
+    for supported, precision in ((True, "bf16"), (False, "fp16")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda s=supported: s)
+        assert run_options("cuda", fast=True) == {"precision": precision, "channels_last": True,
+                                                  "compile": {"options": {"freezing": True}}}
+    assert run_options("cuda") == {"precision": "fp32", "channels_last": None, "compile": False}
+
+
+@pytest.mark.parametrize("given, names", [
+    (dict(precision="fp32"), "precision"),
+    (dict(channels_last=False), "channels_last"),
+    (dict(compile=True, precision="bf16"), "precision, compile"),
+])
+def test_fast_refuses_the_options_it_chooses(given, names):
+    with pytest.raises(ValueError, match=rf"^Predictor: fast=True chooses precision, channels_last and compile "
+                                         rf"itself: drop {names} or fast$"):
+        Predictor(_model(), fast=True, **given)
+
+
+def test_fast_equals_the_spelled_out_options(monkeypatch):
+    """fast=True and its settings spelled out give the same results (torch.compile on the 'eager'
+    backend here: Inductor's code generation takes minutes on a small CPU; see the slow test)."""
+    _native_bf16(monkeypatch, True)
+    compile_calls = []
+    compile = torch.compile
+
+    def eager_compile(model, **kwargs):
+        compile_calls.append(kwargs)
+        return compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    spelled = Predictor(_model(), precision="bf16", channels_last=True, compile={"options": {"freezing": True}})
+    fast = Predictor(_model(), fast=True)
+    assert compile_calls == [{"options": {"freezing": True}}] * 2
+    image = _image(4)
+    a, b = fast(image)[0], spelled(image)[0]
+    assert torch.equal(a.panoptic, b.panoptic) and torch.equal(a.semantic, b.semantic)
+    assert a.segments_info == b.segments_info and torch.equal(a.detections.scores, b.detections.scores)
+
+
+def _process_state() -> dict:
+    """The process-global settings a compile could leave changed (and that would slow down or
+    alter the user's other, eager work): threads, oneDNN (and its fp32 math mode), denormal flushing,
+    grad / autocast modes, default dtype, matmul precision, determinism, Inductor's and Dynamo's configs."""
+    import torch._dynamo.config as dynamo_config
+    import torch._inductor.config as inductor_config
+
+    return {
+        "threads": (torch.get_num_threads(), torch.get_num_interop_threads()),
+        "mkldnn": (torch.backends.mkldnn.enabled, torch.backends.mkldnn.conv.fp32_precision,
+                   torch.backends.mkldnn.matmul.fp32_precision),
+        "flush_denormal": float(torch.tensor([1e-40]) * 1.0) == 0.0,
+        "grad": torch.is_grad_enabled(),
+        "autocast": torch.is_autocast_enabled("cpu"),
+        "default_dtype": torch.get_default_dtype(),
+        "matmul_precision": torch.get_float32_matmul_precision(),
+        "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "inductor": {k: repr(v) for k, v in inductor_config.get_config_copy().items()},
+        "dynamo": {k: repr(v) for k, v in dynamo_config.get_config_copy().items()},
+    }
+
+
+class _TinyHead(torch.nn.Module):
+    """Two convolutions returning HeadOutputs: Inductor compiles it in seconds (the r18-fpn: minutes)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.pred = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = self.pred(self.conv(x).relu())
+        return HeadOutputs([y], [y[:, :1]], [y[:, 1:3]], y, y[:, :2])
+
+
+@pytest.mark.slow
+def test_inductor_fast_path_leaves_the_process_as_it_was():
+    """fast=True's compile (Inductor, weight freezing as a per-compile option) changes no
+    process-global setting, and equals the same options spelled out (same kernels)."""
+    torch._dynamo.reset()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    before = _process_state()
+    torch.manual_seed(0)
+    fast = NetworkRunner(_TinyHead().eval(), **run_options("cpu", fast=True))
+    torch.manual_seed(0)
+    spelled = NetworkRunner(_TinyHead().eval(), precision=fast.precision, channels_last=True,
+                            compile={"options": {"freezing": True}})
+    try:
+        with torch.no_grad():  # freezing applies to graphs compiled without grad
+            a, b = fast(x), spelled(x)
+        assert _process_state() == before
+        for s, t in zip(_flat(a), _flat(b)):
+            assert torch.equal(s, t)
+    finally:
+        torch._dynamo.reset()
