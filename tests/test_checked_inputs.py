@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_testing import one_line_error
 from PIL import Image
 
 from rtpanoptic.cli import main
@@ -37,23 +38,6 @@ def run(tmp_path_factory):
     return root / "train" / "last.pt", root / "data"
 
 
-def _exit_code(argv) -> int:
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse
-        return exc.code
-
-
-def one_line_error(capsys, argv, *matches) -> str:
-    """Exit status 2 and exactly one line on stderr (no traceback) holding every match."""
-    capsys.readouterr()
-    rc = _exit_code(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, (rc, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for m in matches:
-        assert m in err, (m, err)
-    return err
 
 
 # ------------------------------------------------------------------------------ datasets

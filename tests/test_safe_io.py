@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_testing import exit_code, one_line_error
 from PIL import Image
-
-from rtpanoptic.cli import main
 
 TINY = [
     "data.synthetic_num_train=8", "data.synthetic_num_val=4", "schedule.max_steps=1", "schedule.warmup_steps=1",
@@ -26,28 +25,11 @@ TINY = [
 SMALL_DATA = ["data.synthetic_num_train=2", "data.synthetic_num_val=3"]
 
 
-def _exit_code(argv) -> int:
-    try:
-        return main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse
-        return exc.code
-
-
-def one_line_error(capsys, argv, *matches) -> str:
-    """Run the CLI in-process: exit status 2 and exactly one line on stderr holding every match."""
-    capsys.readouterr()
-    rc = _exit_code(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, (rc, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for m in matches:
-        assert str(m) in err, (m, err)
-    return err
 
 
 def ok(capsys, argv) -> str:
     capsys.readouterr()
-    rc = _exit_code(argv)
+    rc = exit_code(argv)
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     return captured.out
@@ -295,7 +277,7 @@ def test_interrupted_predict_leaves_no_stale_index(checkpoint, tmp_path, capsys,
     new = images(tmp_path / "new", ["a", "b", "c"], size=(64, 96))
     with monkeypatch.context() as m:
         _interrupt_after(m, 1)
-        assert _exit_code(predict(checkpoint, new, out)) == 130
+        assert exit_code(predict(checkpoint, new, out)) == 130
     assert not (out / "panoptic.json").exists()  # the folder does not look complete
     ok(capsys, predict(checkpoint, new[:2], out))
     index = json.loads((out / "panoptic.json").read_text())
@@ -309,7 +291,7 @@ def test_interrupted_evaluate_leaves_no_stale_metrics(checkpoint, data_root, tmp
     assert (out / "metrics.json").is_file()
     with monkeypatch.context() as m:
         _interrupt_after(m, 1)
-        assert _exit_code(evaluate(checkpoint, data_root, out)) == 130
+        assert exit_code(evaluate(checkpoint, data_root, out)) == 130
     assert not (out / "metrics.json").exists() and not (out / "predictions.json").exists()
     assert len(list((out / "predictions").iterdir())) == 1  # only what the interrupted run wrote
 

@@ -106,7 +106,8 @@ MODEL_RANGES: dict[str, Range] = {
     "inference.nms_thresh": _PROBABILITY,
     "inference.global_nms_thresh": _PROBABILITY,
     "inference.post_nms_top_n": Range(0, 2**31 - 1),
-    "inference.sigma": _PROBABILITY,
+    # the mask threshold: "tri" scores (and so score x probability) lie in (-1, 1], "iou" ones in [0, 1]
+    "inference.sigma": Range(-1, 1),
     "inference.score_threshold": _PROBABILITY,
     "inference.overlap_threshold": _PROBABILITY,
     "inference.stuff_area_limit": Range(0, 2**31 - 1),

@@ -290,7 +290,8 @@ def panoptic_from_dense_release(dense_boxes, sem_probs, query_boxes, query_class
                    score_threshold, overlap_threshold, stuff_area_limit, None, read_values=True)
     if (isinstance(stride, bool) or not isinstance(stride, int) or stride < 1 or stride & (stride - 1)
             or stride > INT64_MAX):
-        raise ValueError(f"{op}: stride must be a power of two (1, 2, 4, ...) below 2**63, got {stride!r}")
+        limit = " below 2**63" if isinstance(stride, int) and stride > INT64_MAX else ""
+        raise ValueError(f"{op}: stride must be a power of two (1, 2, 4, ...){limit}, got {stride!r}")
     _, h, w = dense_boxes.shape
     if (
         not isinstance(size, (tuple, list)) or len(size) != 2
