@@ -94,6 +94,17 @@ def test_bad_arguments_exit_2():
         in proc.stderr
 
 
+def _run_with_plugin(folder: Path, expect_exit: int) -> list[dict]:
+    """pytest over the test files in ``folder`` with the GPU check's plugin: its JSON lines."""
+    jsonl = folder / "tests.jsonl"
+    env = dict(os.environ, GPU_CHECK_TESTS_JSONL=str(jsonl), PYTHONPATH=str(ROOT / "benchmarks"))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "gpu_check_plugin", "-p", "no:cacheprovider", "-q",
+                           "-c", os.devnull, "--rootdir", str(folder), str(folder)], env=env, cwd=folder,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == expect_exit, proc.stdout
+    return [json.loads(line) for line in jsonl.read_text().splitlines()]
+
+
 def test_plugin_records_every_outcome(tmp_path):
     (tmp_path / "test_sample.py").write_text(
         "import pytest\n"
@@ -106,13 +117,7 @@ def test_plugin_records_every_outcome(tmp_path):
         "def broken(): raise RuntimeError('fixture broke')\n"
         "def test_setup_error(broken): pass\n"
     )
-    jsonl = tmp_path / "tests.jsonl"
-    env = dict(os.environ, GPU_CHECK_TESTS_JSONL=str(jsonl), PYTHONPATH=str(ROOT / "benchmarks"))
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "gpu_check_plugin", "-p", "no:cacheprovider", "-q",
-                           "-c", os.devnull, "--rootdir", str(tmp_path), str(tmp_path)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1, proc.stdout
-    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    lines = _run_with_plugin(tmp_path, expect_exit=1)
     assert lines[0]["collected"] == 5 and lines[0]["gpu_first"] == 0 and len(lines[0]["order"]) == 5
     by_name = {line["nodeid"].split("::")[-1]: line for line in lines[1:]}
     assert {k: v["outcome"] for k, v in by_name.items()} == {
@@ -139,13 +144,7 @@ def test_plugin_runs_what_needs_a_gpu_first_and_counts_what_was_not_reached(tmp_
         "def test_c(): pass\n"
         "def test_d(): pass\n"
     )
-    jsonl = tmp_path / "tests.jsonl"
-    env = dict(os.environ, GPU_CHECK_TESTS_JSONL=str(jsonl), PYTHONPATH=str(ROOT / "benchmarks"))
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "gpu_check_plugin", "-p", "no:cacheprovider", "-v",
-                           "-c", os.devnull, "--rootdir", str(tmp_path), str(tmp_path)], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout
-    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    lines = _run_with_plugin(tmp_path, expect_exit=0)
     order = [n.split("::")[-1] for n in lines[0]["order"]]
     assert order == ["test_c", "test_b[cuda]", "test_a", "test_b[cpu]", "test_d"]
     assert lines[0]["gpu_first"] == 2
