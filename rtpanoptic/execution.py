@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,6 +79,17 @@ def cpu_has_native(precision: str) -> bool | None:
 FAST_COMPILE: dict = {"options": {"freezing": True}}
 
 
+def fast_compile(device: torch.device | str) -> dict:
+    """The ``torch.compile`` keyword arguments of fast=True on ``device``: :data:`FAST_COMPILE`, but
+    without weight freezing on a CPU whose ATen capability is overridden (``ATEN_CPU_CAPABILITY``
+    set, as ``make isa-check`` does): there torch 2.14.1's frozen graphs compute wrong values while
+    unfrozen ones agree (measured on an AVX-512 machine with ``ATEN_CPU_CAPABILITY=avx2``, a small
+    conv net: fp32 off by 0.77, bf16 NaN)."""
+    if torch.device(device).type == "cpu" and os.environ.get("ATEN_CPU_CAPABILITY"):
+        return {"options": {"freezing": False}}
+    return copy.deepcopy(FAST_COMPILE)
+
+
 def fast_precision(device: torch.device | str) -> str:
     """The precision of ``fast=True`` on ``device``: ``"bf16"`` on a CPU that computes it natively
     (:func:`cpu_has_native`) and on a GPU with bf16 support, ``"fp16"`` on an older GPU, otherwise
@@ -92,7 +104,7 @@ def run_options(device: torch.device | str, precision: str | None = None, channe
                 compile: bool | dict = False, fast: bool = False) -> dict:
     """The :class:`NetworkRunner` keyword arguments ``{"precision", "channels_last", "compile"}`` of
     the user's options: ``precision`` None is ``"fp32"``; ``fast=True`` is
-    ``{"precision": fast_precision(device), "channels_last": True, "compile": FAST_COMPILE}`` and
+    ``{"precision": fast_precision(device), "channels_last": True, "compile": fast_compile(device)}`` and
     refuses any of the three given with it (ValueError naming them)."""
     if not fast:
         return {"precision": "fp32" if precision is None else precision, "channels_last": channels_last,
@@ -101,7 +113,7 @@ def run_options(device: torch.device | str, precision: str | None = None, channe
     if given:
         raise ValueError(f"fast=True chooses precision, channels_last and compile itself: "
                          f"drop {', '.join(given)} or fast")
-    return {"precision": fast_precision(device), "channels_last": True, "compile": copy.deepcopy(FAST_COMPILE)}
+    return {"precision": fast_precision(device), "channels_last": True, "compile": fast_compile(device)}
 
 
 def fast_conflicts(precision: str | None, channels_last: bool | None, compile: bool | dict) -> list[str]:

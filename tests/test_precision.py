@@ -15,6 +15,7 @@ case than a trained one (benchmarks/RESULTS.md: a trained synthetic model, bf16 
 """
 import json
 import math
+import os
 import warnings
 
 import pytest
@@ -30,6 +31,7 @@ from rtpanoptic.execution import (
     NetworkRunner,
     RunMode,
     default_channels_last,
+    fast_compile,
     outputs_as_fp32,
     run_options,
 )
@@ -340,8 +342,17 @@ def test_fast_resolves_to_the_documented_settings(monkeypatch, native, precision
         warnings.simplefilter("error")  # fast never picks an emulated precision
         pred = Predictor(model, fast=True)  # torch.compile is lazy: nothing compiles here
     assert pred.network.mode == RunMode(precision, channels_last=True, compile=True)
-    assert pred.network.compile == {"options": {"freezing": True}} == FAST_COMPILE
+    want = {"options": {"freezing": not os.environ.get("ATEN_CPU_CAPABILITY")}}  # see fast_compile
+    assert pred.network.compile == fast_compile("cpu") == want
     assert _is_channels_last(model)
+
+
+def test_fast_does_not_freeze_under_an_aten_capability_override(monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert run_options("cpu", fast=True)["compile"] == {"options": {"freezing": False}}
+    assert run_options("cuda", fast=True)["compile"] == FAST_COMPILE
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    assert run_options("cpu", fast=True)["compile"] == FAST_COMPILE == {"options": {"freezing": True}}
 
 
 def test_fast_on_cuda_picks_bf16_or_fp16(monkeypatch):
@@ -375,9 +386,9 @@ def test_fast_equals_the_spelled_out_options(monkeypatch):
         return compile(model, backend="eager")
 
     monkeypatch.setattr(torch, "compile", eager_compile)
-    spelled = Predictor(_model(), precision="bf16", channels_last=True, compile={"options": {"freezing": True}})
+    spelled = Predictor(_model(), precision="bf16", channels_last=True, compile=fast_compile("cpu"))
     fast = Predictor(_model(), fast=True)
-    assert compile_calls == [{"options": {"freezing": True}}] * 2
+    assert compile_calls == [fast_compile("cpu")] * 2
     image = _image(4)
     a, b = fast(image)[0], spelled(image)[0]
     assert torch.equal(a.panoptic, b.panoptic) and torch.equal(a.semantic, b.semantic)
@@ -430,7 +441,7 @@ def test_inductor_fast_path_leaves_the_process_as_it_was():
     fast = NetworkRunner(_TinyHead().eval(), **run_options("cpu", fast=True))
     torch.manual_seed(0)
     spelled = NetworkRunner(_TinyHead().eval(), precision=fast.precision, channels_last=True,
-                            compile={"options": {"freezing": True}})
+                            compile=fast_compile("cpu"))
     try:
         with torch.no_grad():  # freezing applies to graphs compiled without grad
             a, b = fast(x), spelled(x)
