@@ -30,7 +30,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The network under autocast / channels_last against fp32, and bit-for-bit claims about batches.
 NETWORK = ["tests/test_precision.py", "tests/test_batch_independence.py"]
-NETWORK_K = "not cli and not compile and not evaluator and not option_errors and not emulated"
+# Not Inductor: under an overridden ATen capability torch 2.14.1's Inductor computed wrong values with
+# frozen weights (avx2) and generated C++ that does not compile (default); fast=True avoids freezing
+# there (execution.fast_compile), but compiling is not what these settings check.
+NETWORK_K = "not cli and not compile and not evaluator and not option_errors and not emulated and not inductor"
 # The C++ kernels with run-time SIMD paths (nms, batched_nms, panoptic_from_dense, select_queries,
 # upsample_argmax) and those compared with ATen-computed references within tolerances.
 KERNELS = [f"tests/ops/test_{name}.py" for name in

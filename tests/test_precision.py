@@ -431,6 +431,9 @@ class _TinyHead(torch.nn.Module):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(bool(os.environ.get("ATEN_CPU_CAPABILITY")),
+                    reason="Inductor under an overridden ATen capability (torch 2.14.1: C++ that does not compile "
+                           "at 'default'); make isa-check leaves compiling out")
 def test_inductor_fast_path_leaves_the_process_as_it_was():
     """fast=True's compile (Inductor, weight freezing as a per-compile option) changes no
     process-global setting, and equals the same options spelled out (same kernels)."""
