@@ -139,9 +139,9 @@ def temporary_beside(path: PathLike, prefix: str | None = None, suffix: str | No
 
 
 @contextlib.contextmanager
-def replacing(path: PathLike) -> Iterator[Path]:
-    """Write ``path`` atomically: yields a temporary path beside it (same suffix) to write to,
-    renamed over ``path`` when the block ends without an error (removed otherwise).
+def replacing(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Write ``path`` atomically: yields a temporary path beside it (``suffix``, default ``path``'s
+    own) to write to, renamed over ``path`` when the block ends without an error (removed otherwise).
 
     A link at ``path`` is replaced, not followed.  Inside a folder of a run started with
     :func:`begin_run`, symbolic links standing for the sub-folders on the way are replaced by real
@@ -153,7 +153,7 @@ def replacing(path: PathLike) -> Iterator[Path]:
         owner.real_parents(path)
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_beside(path)
+    tmp = temporary_beside(path, suffix=suffix)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -19,14 +19,13 @@ import os
 import pickle
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..safe_io import file_mode
+from ..safe_io import replacing
 from ..weights import CheckpointError, _first_line, _untrusted_message
 
 LAST = "last.pt"
@@ -84,23 +83,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.chmod(tmp, file_mode())  # mkstemp's 0600 -> what the umask gives, as open() would
-    except OSError as exc:
-        raise CheckpointError(_write_error(path, exc)) from exc
-    try:
         # unbuffered: a failed write (ENOSPC) reaches torch.save as the OSError it is
-        with os.fdopen(fd, "wb", buffering=0) as f:
+        with replacing(path, suffix=".tmp") as tmp, open(tmp, "wb", buffering=0) as f:
             torch.save(obj, f)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise CheckpointError(_write_error(path, exc)) from exc
-        raise
+    except OSError as exc:
+        raise CheckpointError(_write_error(path, exc)) from exc
     return path
 
 

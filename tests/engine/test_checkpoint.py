@@ -3,7 +3,6 @@ the RNG states as plain tensors / lists / ints, one-line errors, stale temporari
 the loss history kept across resumes."""
 from __future__ import annotations
 
-import os
 import pickle
 import random
 
@@ -107,17 +106,14 @@ def test_truncated_and_foreign_checkpoints_are_one_line(tmp_path):
 
 
 def test_disk_full_is_named_and_leaves_the_old_checkpoint(tmp_path, monkeypatch):
-    import tempfile
+    import builtins
 
     atomic_save({"a": 1}, tmp_path / "c.pt")
-    real = tempfile.mkstemp
 
-    def full_disk(*args, **kwargs):
-        fd, name = real(*args, **kwargs)
-        os.close(fd)
-        return os.open("/dev/full", os.O_WRONLY), name
+    def full_disk(path, mode="r", *args, **kwargs):  # the temporary file opened for writing: a full disk
+        return builtins.open("/dev/full", mode, *args, **kwargs)
 
-    monkeypatch.setattr("rtpanoptic.engine.checkpoint.tempfile.mkstemp", full_disk)
+    monkeypatch.setattr("rtpanoptic.engine.checkpoint.open", full_disk, raising=False)
     with pytest.raises(CheckpointError, match=r"c\.pt.*disk.*full") as info:
         atomic_save({"a": torch.zeros(10000)}, tmp_path / "c.pt")
     assert isinstance(info.value.__cause__, OSError)
