@@ -16,8 +16,9 @@ FIXED_IN = (3, 8)  # the first Triton whose interpreter converts scalars with sq
 
 
 def _version(text: str) -> tuple[int, int]:
-    major, minor = (re.match(r"(\d+)\.(\d+)", text) or re.match(r"(\d+)()", text + ".0")).groups()
-    return int(major), int(minor or 0)
+    """``(major, minor)`` of a version string (``"3.6.0+git..."`` -> ``(3, 6)``; a missing minor is 0)."""
+    major, minor = ([int(x) for x in re.findall(r"\d+", text)[:2]] + [0])[:2]
+    return major, minor
 
 
 def needed(triton_version: str) -> bool:
