@@ -286,16 +286,12 @@ def test_benchmark_json_into_a_new_folder(tmp_path, capsys):
 
 
 def test_train_disk_full_during_checkpoint_save(tmp_path, capsys, monkeypatch):
-    import tempfile
+    import builtins
 
-    real = tempfile.mkstemp
+    def full_disk(path, mode="r", *args, **kwargs):  # the checkpoint's temporary file lies on a full disk
+        return builtins.open("/dev/full", mode, *args, **kwargs)
 
-    def full_disk(*args, **kwargs):  # the checkpoint's temporary file lies on a full disk
-        fd, name = real(*args, **kwargs)
-        os.close(fd)
-        return os.open("/dev/full", os.O_WRONLY), name
-
-    monkeypatch.setattr("rtpanoptic.engine.checkpoint.tempfile.mkstemp", full_disk)
+    monkeypatch.setattr("rtpanoptic.engine.checkpoint.open", full_disk, raising=False)
     one_line_error(capsys, ["train", "--output-dir", str(tmp_path / "t"), "--device", "cpu",
                             f"data.root={tmp_path / 'd'}", *TINY], "disk", "full")
     assert [p.name for p in (tmp_path / "t").iterdir() if p.name.endswith(".tmp")] == []
