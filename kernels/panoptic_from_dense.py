@@ -40,6 +40,9 @@ from ._common import TL_DTYPES, argmax_better, constant, large_blocks, launch, o
 # Up to this many 32-pixel words (262144 pixels, e.g. 256x1024) the sequential scan keeps the
 # taken-pixel bitmap in registers; larger grids stream it through global memory.
 RESIDENT_WORDS = 8192
+# Per query (painting rank), int32, recorded with atomics while the masks are built (zeros before,
+# each entry only grows): the mask's area, NW - its first non-zero word, its last non-zero word + 1.
+STATS = tl.constexpr(3)
 
 
 def _sizes(n_words: int):
@@ -60,10 +63,9 @@ def _popcount(words):
 
 
 @triton.jit
-def _masks_kernel(dense_ptr, sem_ptr, query_ptr, class_ptr, order_ptr, present_ptr, params_ptr, masks_ptr, area_ptr,
+def _masks_kernel(dense_ptr, sem_ptr, query_ptr, class_ptr, order_ptr, present_ptr, params_ptr, masks_ptr, stats_ptr,
                   Q, C, P, NW, TRI: tl.constexpr, OPMATH: tl.constexpr, QB: tl.constexpr, WB: tl.constexpr):
     pid = tl.program_id(0)
-    n_prog = tl.num_programs(0)
     word = pid * WB + tl.arange(0, WB)
     lane = tl.arange(0, 32)
     p = word[:, None] * 32 + lane[None, :]  # [WB, 32] pixels
@@ -86,22 +88,36 @@ def _masks_kernel(dense_ptr, sem_ptr, query_ptr, class_ptr, order_ptr, present_p
         words = tl.sum(bit.to(tl.int64) << lane.to(tl.int64)[None, :], axis=1).to(tl.int32)
         t64 = tl.cast(t, tl.int64)
         tl.store(masks_ptr + t64 * NW + word, words, mask=word < NW)
-        tl.store(area_ptr + t64 * n_prog + pid, tl.sum(tl.sum(bit, axis=1), axis=0))
+        # the query's area and the span of its non-zero words (STATS: all three only grow)
+        area = tl.sum(tl.sum(bit, axis=1), axis=0)
+        if area > 0:
+            stats = stats_ptr + t64 * STATS
+            tl.atomic_add(stats, area)
+            tl.atomic_max(stats + 1, NW - tl.min(tl.where(words != 0, word, NW), axis=0))
+            tl.atomic_max(stats + 2, tl.max(tl.where(words != 0, word, -1), axis=0) + 1)
 
 
 @triton.jit
-def _fusion_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, taken_ptr, accepted_ptr, free_ptr, count_ptr, Q, NW,
+def _span(stats_ptr, t, NW):
+    """Area and ``[first, end)`` of the non-zero words of rank ``t``'s mask (``first >= end`` when empty)."""
+    stats = stats_ptr + tl.cast(t, tl.int64) * STATS
+    return tl.load(stats), NW - tl.load(stats + 1), tl.load(stats + 2)
+
+
+@triton.jit
+def _fusion_kernel(masks_ptr, stats_ptr, eligible_ptr, thr_ptr, taken_ptr, accepted_ptr, free_ptr, count_ptr, Q, NW,
                    WB: tl.constexpr):
     overlap_threshold = tl.load(thr_ptr)
     offs = tl.arange(0, WB)
     n_accepted = 0
     for t in range(Q):
-        area = tl.load(area_ptr + t)
+        area, first, end = _span(stats_ptr, t, NW)
         if (tl.load(eligible_ptr + t) != 0) & (area > 0):
+            # only the words [first, end) of the mask can be non-zero
             row = masks_ptr + tl.cast(t, tl.int64) * NW
             overlap = tl.zeros([WB], dtype=tl.int64)
-            for w0 in range(0, NW, WB):
-                wm = w0 + offs < NW
+            for w0 in range(first, end, WB):
+                wm = w0 + offs < end
                 words = tl.load(row + w0 + offs, mask=wm, other=0)
                 taken = tl.load(taken_ptr + w0 + offs, mask=wm, other=0)
                 overlap += _popcount(words & taken)
@@ -109,8 +125,8 @@ def _fusion_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, taken_ptr, accept
             free = area - n_overlap
             ratio = n_overlap.to(tl.float64) / area.to(tl.float64)
             if (free > 0) & (ratio <= overlap_threshold):
-                for w0 in range(0, NW, WB):
-                    wm = w0 + offs < NW
+                for w0 in range(first, end, WB):
+                    wm = w0 + offs < end
                     words = tl.load(row + w0 + offs, mask=wm, other=0)
                     taken = tl.load(taken_ptr + w0 + offs, mask=wm, other=0)
                     tl.store(taken_ptr + w0 + offs, taken | words, mask=wm)
@@ -122,18 +138,18 @@ def _fusion_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, taken_ptr, accept
 
 
 @triton.jit
-def _fusion_resident_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, accepted_ptr, free_ptr, count_ptr, Q, NW,
+def _fusion_resident_kernel(masks_ptr, stats_ptr, eligible_ptr, thr_ptr, accepted_ptr, free_ptr, count_ptr, Q, NW,
                             NWB: tl.constexpr):
     """``_fusion_kernel`` with the taken-pixel bitmap held in registers (NW <= NWB words):
-    one load of each candidate mask, no global round trips for the bitmap."""
+    one load of each candidate mask's words [first, end), no global round trips for the bitmap."""
     overlap_threshold = tl.load(thr_ptr)
     offs = tl.arange(0, NWB)
-    wm = offs < NW
     taken = tl.zeros([NWB], dtype=tl.int32)
     n_accepted = 0
     for t in range(Q):
-        area = tl.load(area_ptr + t)
+        area, first, end = _span(stats_ptr, t, NW)
         if (tl.load(eligible_ptr + t) != 0) & (area > 0):
+            wm = (offs >= first) & (offs < end)
             words = tl.load(masks_ptr + tl.cast(t, tl.int64) * NW + offs, mask=wm, other=0)
             n_overlap = tl.sum(_popcount(words & taken), axis=0)
             free = area - n_overlap
@@ -147,7 +163,7 @@ def _fusion_resident_kernel(masks_ptr, area_ptr, eligible_ptr, thr_ptr, accepted
 
 
 @triton.jit
-def _paint_kernel(masks_ptr, accepted_ptr, count_ptr, sem_ptr, is_thing_ptr, seg_ptr, hist_ptr, C, P, NW,
+def _paint_kernel(masks_ptr, stats_ptr, accepted_ptr, count_ptr, sem_ptr, is_thing_ptr, seg_ptr, hist_ptr, C, P, NW,
                   WB: tl.constexpr, CB: tl.constexpr):
     pid = tl.program_id(0)
     word = pid * WB + tl.arange(0, WB)
@@ -158,10 +174,12 @@ def _paint_kernel(masks_ptr, accepted_ptr, count_ptr, sem_ptr, is_thing_ptr, seg
     seg = tl.zeros([WB, 32], dtype=tl.int32)
     n_accepted = tl.load(count_ptr)
     for k in range(n_accepted):
-        t = tl.load(accepted_ptr + k).to(tl.int64)
-        words = tl.load(masks_ptr + t * NW + word, mask=wm, other=0)
-        bit = ((words[:, None] >> lane[None, :]) & 1) != 0
-        seg = tl.where((seg == 0) & bit, k + 1, seg)
+        t = tl.load(accepted_ptr + k)
+        _, first, end = _span(stats_ptr, t, NW)
+        if (first < pid * WB + WB) & (end > pid * WB):  # else no word of this block is in the mask
+            words = tl.load(masks_ptr + tl.cast(t, tl.int64) * NW + word, mask=wm, other=0)
+            bit = ((words[:, None] >> lane[None, :]) & 1) != 0
+            seg = tl.where((seg == 0) & bit, k + 1, seg)
     best = tl.load(sem_ptr + p, mask=pm, other=0)
     label = tl.zeros([WB, 32], dtype=tl.int32)
     plane = tl.cast(P, tl.int64)
@@ -223,36 +241,35 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
     # read back, so the op can be captured in a CUDA graph.
     present = torch.full((), q, **i64) if num_queries is None else num_queries.clamp(0, q)
     order = torch.sort(query_scores, descending=True, stable=True).indices
-    masks = torch.zeros((q, n_words), **i32)
+    masks = torch.empty((q, n_words), **i32)  # every word written by _masks_kernel
+    stats = torch.zeros((q, STATS), **i32)
     accepted = torch.zeros(q, **i32)  # ranks (painting order) of the accepted masks, compacted
     free_area = torch.zeros(q, **i64)
     n_things = torch.zeros((), **i32)
     if q and p:
         qb = q if large_blocks() else 8  # dense boxes are loaded once per 8 queries
-        area_parts = torch.empty((q, n_prog), **i32)
         math = opmath(dense.dtype)
         # int64 class ids: one beyond int32 must stay outside [0, C) (its low 32 bits may be a class)
         launch(_masks_kernel, (n_prog, triton.cdiv(q, qb)), dense, sem, query_boxes.contiguous(),
                query_classes.to(torch.int64), order.to(torch.int32), present, scalars(math, dense, sigma, TRI_EPS),
-               masks, area_parts, q, n_classes, p, n_words, TRI=SCORE_IDS[score] == 1, OPMATH=TL_DTYPES[math],
+               masks, stats, q, n_classes, p, n_words, TRI=SCORE_IDS[score] == 1, OPMATH=TL_DTYPES[math],
                QB=qb, WB=wb)
-        areas = area_parts.sum(1, dtype=torch.int64)  # 0 for the absent queries: never accepted
         # the reference skips query j when float(score_j) < score_threshold (float64 compare)
         eligible = (~(query_scores[order].double() < score_threshold)).to(torch.int32)
         thr = constant((float(overlap_threshold),), torch.float64, dense)
         if n_words <= RESIDENT_WORDS:
-            launch(_fusion_resident_kernel, (1,), masks, areas, eligible, thr, accepted, free_area, n_things, q,
+            launch(_fusion_resident_kernel, (1,), masks, stats, eligible, thr, accepted, free_area, n_things, q,
                    n_words, NWB=max(16, triton.next_power_of_2(n_words)), num_warps=8)
         else:
             taken = torch.zeros(n_words, **i32)
-            launch(_fusion_kernel, (1,), masks, areas, eligible, thr, taken, accepted, free_area, n_things, q,
+            launch(_fusion_kernel, (1,), masks, stats, eligible, thr, taken, accepted, free_area, n_things, q,
                    n_words, WB=scan_wb, num_warps=8)
 
     seg = torch.zeros((h, w), **i32)
     cb = max(16, triton.next_power_of_2(n_classes))
     hist = torch.zeros((max(n_prog, 1), cb), **i32)
     if p:
-        launch(_paint_kernel, (n_prog,), masks, accepted, n_things, sem, is_thing.to(torch.int8), seg, hist,
+        launch(_paint_kernel, (n_prog,), masks, stats, accepted, n_things, sem, is_thing.to(torch.int8), seg, hist,
                n_classes, p, n_words, WB=wb, CB=cb)
     things = n_things.to(torch.int64)
     stuff_area, keep_stuff, stuff_rank = number_stuff(seg, hist, is_thing, stuff_area_limit, things)
