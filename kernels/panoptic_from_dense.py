@@ -6,16 +6,20 @@ float tensor.  Four passes:
 1. ``_masks_kernel`` (parallel over pixels x queries): ``score(B(x,y), B_j) * P_sem(x,y,c_j) > sigma``
    computed operation by operation like the reference (in float32 for float16/bfloat16 inputs),
    bit-packed into int32 words ``[Q, ceil(HW / 32)]`` with the queries in painting order
-   (decreasing score, stable), plus per-program popcounts of each mask.  Absent queries
-   (``j >= num_queries``) and classes outside ``[0, C)`` get empty masks.
+   (decreasing score, stable).  Each program adds its popcount of each mask to the mask's area
+   and widens the mask's span ``[first, end)`` of non-zero words, with integer atomics (``STATS``;
+   any order gives the same result).  Absent queries (``j >= num_queries``) and classes outside
+   ``[0, C)`` get empty masks.
 2. ``_fusion_resident_kernel`` (bitmap in registers) / ``_fusion_kernel`` (streamed; one program,
    the sequential part): for each query in order, the overlap with the pixels taken so far is a
-   popcount of ``mask & taken`` over the words; the reference's tests (score threshold, empty
-   mask, ``overlap / area > overlap_threshold`` in float64, no free pixel) decide, and an
-   accepted mask is OR-ed into ``taken``; the accepted ranks, their free areas and their count
+   popcount of ``mask & taken`` over the words of its span only (loop bounds / load masks read
+   from ``STATS``, on the device); the reference's tests (score threshold, empty mask,
+   ``overlap / area > overlap_threshold`` in float64, no free pixel) decide, and an accepted mask
+   is OR-ed into ``taken`` over its span; the accepted ranks, their free areas and their count
    are written compacted (on the device).
 3. ``_paint_kernel`` (parallel over pixels): the first accepted mask covering a pixel gives its
-   segment (accepted masks are visited in painting order); free pixels whose semantic argmax
+   segment (accepted masks are visited in painting order; a program loads only the masks whose
+   span meets its words); free pixels whose semantic argmax
    (torch.argmax: first maximum, NaN counts as the maximum) is a stuff class are marked for
    step 4, with per-program class histograms.
 4. ``_stuff_kernel``: stuff pixels take their class's segment id when the class's free area is
@@ -222,6 +226,28 @@ def number_stuff(seg, hist, is_thing, stuff_area_limit, things):
     return stuff_area, keep_stuff, stuff_rank
 
 
+def build_masks(dense, sem, query_boxes, query_classes, order, present, sigma, score):
+    """Pass 1: the masks of the queries in painting order ``order`` (int64 ``[Q]``), bit-packed
+    (int32 ``[Q, ceil(HW / 32)]``, pixel ``i`` in bit ``i % 32`` of word ``i // 32``), and their
+    ``STATS`` (int32 ``[Q, 3]``: area, ``NW - first``, ``end`` of the non-zero words; zeros for an
+    empty mask).  ``dense``, ``sem`` contiguous; ``present`` the 0-d count of present queries."""
+    q, (_, h, w) = query_boxes.shape[0], dense.shape
+    p = h * w
+    n_words = triton.cdiv(p, 32)
+    masks = torch.empty((q, n_words), dtype=torch.int32, device=dense.device)  # every word written below
+    stats = torch.zeros((q, STATS), dtype=torch.int32, device=dense.device)
+    if q and p:
+        wb = _sizes(n_words)[0]
+        qb = q if large_blocks() else 8  # dense boxes are loaded once per 8 queries
+        math = opmath(dense.dtype)
+        # int64 class ids: one beyond int32 must stay outside [0, C) (its low 32 bits may be a class)
+        launch(_masks_kernel, (triton.cdiv(n_words, wb), triton.cdiv(q, qb)), dense, sem, query_boxes.contiguous(),
+               query_classes.to(torch.int64), order.to(torch.int32), present, scalars(math, dense, sigma, TRI_EPS),
+               masks, stats, q, sem.shape[0], p, n_words, TRI=SCORE_IDS[score] == 1, OPMATH=TL_DTYPES[math],
+               QB=qb, WB=wb)
+    return masks, stats
+
+
 def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing,
                         sigma, score, score_threshold, overlap_threshold, stuff_area_limit, num_queries=None):
     device = dense_boxes.device
@@ -241,19 +267,11 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
     # read back, so the op can be captured in a CUDA graph.
     present = torch.full((), q, **i64) if num_queries is None else num_queries.clamp(0, q)
     order = torch.sort(query_scores, descending=True, stable=True).indices
-    masks = torch.empty((q, n_words), **i32)  # every word written by _masks_kernel
-    stats = torch.zeros((q, STATS), **i32)
+    masks, stats = build_masks(dense, sem, query_boxes, query_classes, order, present, sigma, score)
     accepted = torch.zeros(q, **i32)  # ranks (painting order) of the accepted masks, compacted
     free_area = torch.zeros(q, **i64)
     n_things = torch.zeros((), **i32)
     if q and p:
-        qb = q if large_blocks() else 8  # dense boxes are loaded once per 8 queries
-        math = opmath(dense.dtype)
-        # int64 class ids: one beyond int32 must stay outside [0, C) (its low 32 bits may be a class)
-        launch(_masks_kernel, (n_prog, triton.cdiv(q, qb)), dense, sem, query_boxes.contiguous(),
-               query_classes.to(torch.int64), order.to(torch.int32), present, scalars(math, dense, sigma, TRI_EPS),
-               masks, stats, q, n_classes, p, n_words, TRI=SCORE_IDS[score] == 1, OPMATH=TL_DTYPES[math],
-               QB=qb, WB=wb)
         # the reference skips query j when float(score_j) < score_threshold (float64 compare)
         eligible = (~(query_scores[order].double() < score_threshold)).to(torch.int32)
         thr = constant((float(overlap_threshold),), torch.float64, dense)

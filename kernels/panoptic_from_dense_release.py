@@ -18,18 +18,22 @@ rank.  Passes:
    all clearly above sigma, 0 where all clearly below, else the bilinear value ``>= sigma``,
    computed with the float operations of this device's ``F.interpolate``: with ``FMA``,
    ``fma(w0y, fma(w0x, v00, w1x * v01), w1y * fma(w0x, v10, w1x * v11))`` (ATen's AVX2/AVX-512 CPU
-   kernel and its CUDA kernel), else every operation rounded.  ``tl.fma`` is one rounding on a
-   GPU; Triton's interpreter has no fused multiply-add, so there the sum is formed exactly in
+   kernel and its CUDA kernel), else every operation rounded.  Each program adds its popcount of
+   each mask to the mask's area and widens the mask's box of non-zero words (rows, word columns)
+   with integer atomics (``STATS``; any order gives the same result).  ``tl.fma`` is one rounding
+   on a GPU; Triton's interpreter has no fused multiply-add, so there the sum is formed exactly in
    float64 and rounded to odd before the one rounding to float32 (which then equals a fused
    multiply-add's, ties included).  At stride 1 the CUDA ``F.interpolate`` copies its input
    (``COPY``: the bit is ``S_t >= sigma``); the CPU one takes both taps on the pixel itself,
    which the taps below reproduce.
-4. ``_scan_kernel`` (one program, the sequential part): for each query, area and overlap with the
-   pixels taken so far are popcounts over the words of its rectangle; the reference's tests
+4. ``_scan_kernel`` (one program, the sequential part): for each query, the overlap with the
+   pixels taken so far is a popcount over the words of its box of non-zero words only (read from
+   ``STATS`` on the device; 32-bit index arithmetic, no 64-bit division); the reference's tests
    decide (score threshold, empty mask, ``overlap / area > overlap_threshold`` in float64, no free
    pixel) and an accepted mask is OR-ed into ``taken``.
 5. ``_semantic_kernel`` (the grid's semantic argmax: first maximum, NaN wins, as torch.argmax),
-   ``_paint_kernel`` (the first accepted mask covering a pixel gives its segment; free pixels whose
+   ``_paint_kernel`` (the first accepted mask covering a pixel gives its segment, a program
+   loading only the masks whose box meets its words; free pixels whose
    grid cell's class is stuff are marked, with per-program class histograms) and
    ``panoptic_from_dense``'s ``number_stuff`` (stuff segment ids, ``_stuff_kernel``).
 
@@ -52,6 +56,10 @@ from .panoptic_from_dense import _popcount, number_stuff
 # Devices whose F.interpolate copies its input at stride 1 (ATen's CUDA kernel, when the sizes are
 # equal; its CPU kernel interpolates with both taps on the pixel itself).
 COPY_DEVICES = ("cuda",)
+# Per query (painting rank), int32, recorded with atomics while the bits are built (zeros before,
+# each entry only grows): the mask's area, height - its first row, its last row + 1, row_words -
+# its first word column, its last word column + 1 (of its non-zero words).
+STATS = tl.constexpr(5)
 
 
 def _sizes(n_cells: int, n_words: int, q: int):
@@ -170,16 +178,18 @@ def _rect_kernel(soft_ptr, margin_ptr, params_ptr, rect_ptr, Q, P, w, QB: tl.con
 
 
 @triton.jit
-def _bits_kernel(soft_ptr, margin_ptr, rect_ptr, params_ptr, bits_ptr, Q, h, w, height, width, row_words, stride,
-                 inv_stride, FMA: tl.constexpr, COPY: tl.constexpr, INTERPRET: tl.constexpr, QB: tl.constexpr,
-                 WB: tl.constexpr):
+def _bits_kernel(soft_ptr, margin_ptr, rect_ptr, params_ptr, bits_ptr, stats_ptr, Q, h, w, height, width, row_words,
+                 stride, inv_stride, FMA: tl.constexpr, COPY: tl.constexpr, INTERPRET: tl.constexpr,
+                 QB: tl.constexpr, WB: tl.constexpr):
     pid = tl.program_id(0)
     n_words = height * row_words
     word = pid * WB + tl.arange(0, WB)
     lane = tl.arange(0, 32)
     wm = word < n_words
-    y = (word // row_words)[:, None]  # [WB, 1]
-    x = (word % row_words)[:, None] * 32 + lane[None, :]  # [WB, 32]
+    row = word // row_words  # 32-bit division, once per word and launch (not per query)
+    col = word % row_words
+    y = row[:, None]  # [WB, 1]
+    x = col[:, None] * 32 + lane[None, :]  # [WB, 32]
     pix = wm[:, None] & (x < width)
     # the 4 grid neighbours of every output pixel and their weights
     y0, y1, wy0, wy1 = _tap(y, h, stride, inv_stride)
@@ -213,6 +223,25 @@ def _bits_kernel(soft_ptr, margin_ptr, rect_ptr, params_ptr, bits_ptr, Q, h, w, 
         # distinct powers of two: their sum is their OR
         words = tl.sum(bit.to(tl.int64) << lane.to(tl.int64)[None, :], axis=1).to(tl.int32)
         tl.store(bits_ptr + t64 * n_words + word, words, mask=wm)
+        # the query's area and the rows / word columns of its non-zero words (STATS: all only grow)
+        area = tl.sum(tl.sum(bit.to(tl.int32), axis=1), axis=0)
+        if area > 0:
+            some = words != 0
+            stats = stats_ptr + t64 * STATS
+            tl.atomic_add(stats, area)
+            tl.atomic_max(stats + 1, height - tl.min(tl.where(some, row, height), axis=0))
+            tl.atomic_max(stats + 2, tl.max(tl.where(some, row, -1), axis=0) + 1)
+            tl.atomic_max(stats + 3, row_words - tl.min(tl.where(some, col, row_words), axis=0))
+            tl.atomic_max(stats + 4, tl.max(tl.where(some, col, -1), axis=0) + 1)
+
+
+@triton.jit
+def _span(stats_ptr, t, height, row_words):
+    """Area of rank ``t``'s mask, and the words holding its pixels: rows ``[ya, yb)``, word columns
+    ``[wa, wa + nw)`` (meaningful when the area is > 0)."""
+    stats = stats_ptr + tl.cast(t, tl.int64) * STATS
+    wa = row_words - tl.load(stats + 3)
+    return tl.load(stats), height - tl.load(stats + 1), tl.load(stats + 2), wa, tl.load(stats + 4) - wa
 
 
 @triton.jit
@@ -225,35 +254,30 @@ def _rect_words(mask_row, taken_ptr, i, cells, ya, wa, nw, row_words):
 
 
 @triton.jit
-def _scan_kernel(bits_ptr, rect_ptr, eligible_ptr, thr_ptr, taken_ptr, accepted_ptr, free_ptr, Q, row_words, n_words,
+def _scan_kernel(bits_ptr, stats_ptr, eligible_ptr, thr_ptr, taken_ptr, accepted_ptr, free_ptr, Q, height, row_words,
                  WB: tl.constexpr):
     overlap_threshold = tl.load(thr_ptr)
     offs = tl.arange(0, WB)
+    n_words = height * row_words
     for t in range(Q):
-        r = rect_ptr + 4 * t
-        ya = tl.load(r)
-        wa = tl.load(r + 2) // 32
-        nw = (tl.load(r + 3) + 31) // 32 - wa
-        cells = (tl.load(r + 1) - ya) * nw  # the words of the rectangle, row by row
-        if (tl.load(eligible_ptr + t) != 0) & (cells > 0):
+        area, ya, yb, wa, nw = _span(stats_ptr, t, height, row_words)
+        if (tl.load(eligible_ptr + t) != 0) & (area > 0):
+            cells = (yb - ya) * nw  # the words of the mask's box, row by row: outside it every word is 0
             mask_row = bits_ptr + tl.cast(t, tl.int64) * n_words
-            area = tl.zeros([WB], dtype=tl.int64)
             overlap = tl.zeros([WB], dtype=tl.int64)
             for i0 in range(0, cells, WB):
                 _, _, words, taken = _rect_words(mask_row, taken_ptr, i0 + offs, cells, ya, wa, nw, row_words)
-                area += _popcount(words)
                 overlap += _popcount(words & taken)
-            n_area = tl.sum(area, axis=0)
             n_overlap = tl.sum(overlap, axis=0)
-            free = n_area - n_overlap
-            ratio = n_overlap.to(tl.float64) / tl.maximum(n_area, 1).to(tl.float64)
-            if (n_area > 0) & (free > 0) & (ratio <= overlap_threshold):
+            free = area - n_overlap
+            ratio = n_overlap.to(tl.float64) / area.to(tl.float64)
+            if (free > 0) & (ratio <= overlap_threshold):
                 for i0 in range(0, cells, WB):
                     at, m, words, taken = _rect_words(mask_row, taken_ptr, i0 + offs, cells, ya, wa, nw, row_words)
                     tl.store(taken_ptr + at, taken | words, mask=m)
                 tl.store(accepted_ptr + t, 1)
                 tl.store(free_ptr + t, free)
-                tl.debug_barrier()  # the next rectangle maps its words to other threads
+                tl.debug_barrier()  # the next box maps its words to other threads
 
 
 @triton.jit
@@ -274,7 +298,7 @@ def _semantic_kernel(sem_ptr, out_ptr, C, P, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _paint_kernel(bits_ptr, accepted_ptr, semantic_ptr, is_thing_ptr, seg_ptr, hist_ptr, K, w, stride, height,
+def _paint_kernel(bits_ptr, stats_ptr, accepted_ptr, semantic_ptr, is_thing_ptr, seg_ptr, hist_ptr, K, w, stride, height,
                   width, row_words, WB: tl.constexpr, CB: tl.constexpr):
     pid = tl.program_id(0)
     n_words = height * row_words
@@ -287,10 +311,14 @@ def _paint_kernel(bits_ptr, accepted_ptr, semantic_ptr, is_thing_ptr, seg_ptr, h
     # things: the first accepted mask (in painting order) covering the pixel
     seg = tl.zeros([WB, 32], dtype=tl.int32)
     for k in range(K):
-        t = tl.load(accepted_ptr + k).to(tl.int64)
-        words = tl.load(bits_ptr + t * n_words + word, mask=wm, other=0)
-        bit = ((words[:, None] >> lane[None, :]) & 1) != 0
-        seg = tl.where((seg == 0) & bit, k + 1, seg)
+        t = tl.load(accepted_ptr + k)
+        _, ya, yb, wa, nw = _span(stats_ptr, t, height, row_words)
+        # the mask's words lie in [ya * row_words + wa, (yb - 1) * row_words + wa + nw): skip this
+        # block's loads when it lies outside
+        if (ya * row_words + wa < pid * WB + WB) & ((yb - 1) * row_words + wa + nw > pid * WB):
+            words = tl.load(bits_ptr + tl.cast(t, tl.int64) * n_words + word, mask=wm, other=0)
+            bit = ((words[:, None] >> lane[None, :]) & 1) != 0
+            seg = tl.where((seg == 0) & bit, k + 1, seg)
     # stuff: the semantic class of the pixel's grid cell (nearest upsampling)
     label = tl.load(semantic_ptr + (y // stride) * w + x // stride, mask=pm, other=0)
     stuff = (seg == 0) & (tl.load(is_thing_ptr + label, mask=pm, other=1) == 0) & pm
@@ -309,6 +337,44 @@ def _touching(lo: torch.Tensor, hi: torch.Tensor, n_out: int, n_in: int, stride:
     return torch.searchsorted(i1, lo.contiguous()), torch.searchsorted(i0, hi.contiguous(), right=True)
 
 
+def build_bits(dense, sem, query_boxes, query_classes, order, stride, height, width, sigma, score, fma):
+    """Passes 1-3: the masks of the queries in painting order ``order`` (int64 ``[Q]``) at output
+    resolution, bit-packed in row-aligned words (int32 ``[Q, height * ceil(width / 32)]``, pixel
+    ``(y, x)`` in bit ``x % 32`` of word ``y * ceil(width / 32) + x // 32``), and their ``STATS``
+    (int32 ``[Q, 5]``; zeros for an empty mask).  ``sem`` contiguous."""
+    device = dense.device
+    _, h, w = dense.shape
+    q, p = query_boxes.shape[0], h * w
+    row_words = triton.cdiv(width, 32)
+    n_words = height * row_words
+    cell_block, qb, wb, qb_bits, _ = _sizes(p, n_words, q)
+    i32 = dict(dtype=torch.int32, device=device)
+    bits = torch.empty((q, n_words), **i32)  # every word written by _bits_kernel
+    stats = torch.zeros((q, STATS), **i32)
+    if q and n_words:
+        n_cells_prog = triton.cdiv(p, cell_block)
+        grid = (n_cells_prog, triton.cdiv(q, qb))
+        soft = torch.empty((q, p), dtype=torch.float32, device=device)
+        absmax = torch.empty((q, n_cells_prog), dtype=torch.float32, device=device)
+        launch(_soft_kernel, grid, dense.contiguous(), sem, query_boxes.contiguous(), query_classes.to(torch.int64),
+               order.to(torch.int32), scalars(torch.float32, dense, TRI_EPS), soft, absmax, q, p, sem.shape[0],
+               TRI=SCORE_IDS[score] == 1, QB=qb, BLOCK=cell_block)
+        margin = absmax.amax(1) * 2.0**-16 + torch.finfo(torch.float32).tiny  # label_margin, in float32
+        params = scalars(torch.float32, dense, sigma)
+        parts = torch.empty((q, n_cells_prog, 4), **i32)
+        launch(_rect_kernel, grid, soft, margin, params, parts, q, p, w, QB=qb, BLOCK=cell_block)
+        r0, r1 = parts[..., 0].amin(1), parts[..., 1].amax(1)
+        c0, c1 = parts[..., 2].amin(1), parts[..., 3].amax(1)
+        ya, yb = _touching(r0, r1, height, h, stride)
+        xa, xb = _touching(c0, c1, width, w, stride)
+        rect = torch.stack([ya, yb, xa, xb], 1)
+        rect = rect.masked_fill(((r1 < 0) | (ya >= yb) | (xa >= xb))[:, None], 0).to(torch.int32).flatten()
+        launch(_bits_kernel, (triton.cdiv(n_words, wb), triton.cdiv(q, qb_bits)), soft, margin, rect, params, bits,
+               stats, q, h, w, height, width, row_words, stride, 1.0 / stride, FMA=bool(fma),
+               COPY=stride == 1 and device.type in COPY_DEVICES, INTERPRET=triton_interpreting(), QB=qb_bits, WB=wb)
+    return bits, stats
+
+
 def panoptic_from_dense_release(dense_boxes, sem_probs, query_boxes, query_classes, query_scores, is_thing, stride,
                                 height, width, sigma, score, score_threshold, overlap_threshold, stuff_area_limit,
                                 fma):
@@ -322,40 +388,21 @@ def panoptic_from_dense_release(dense_boxes, sem_probs, query_boxes, query_class
     n_out = height * width
     row_words = triton.cdiv(width, 32)
     n_words = height * row_words
-    cell_block, qb, wb, qb_bits, scan_wb = _sizes(p, n_words, q)
+    _, _, wb, _, scan_wb = _sizes(p, n_words, q)
     i32 = dict(dtype=torch.int32, device=device)
 
     order = torch.sort(query_scores, descending=True, stable=True).indices  # the reference's fusion order
-    bits = torch.empty((q, n_words), **i32)
+    sem = sem_probs.contiguous()
+    bits, stats = build_bits(dense_boxes, sem, query_boxes, query_classes, order, stride, height, width, sigma, score,
+                             fma)
     accepted_flags = torch.zeros(q, **i32)
     free_area = torch.zeros(q, dtype=torch.int64, device=device)
-    sem = sem_probs.contiguous()
     if q and n_out:
-        n_cells_prog = triton.cdiv(p, cell_block)
-        grid = (n_cells_prog, triton.cdiv(q, qb))
-        soft = torch.empty((q, p), dtype=torch.float32, device=device)
-        absmax = torch.empty((q, n_cells_prog), dtype=torch.float32, device=device)
-        launch(_soft_kernel, grid, dense_boxes.contiguous(), sem, query_boxes.contiguous(),
-               query_classes.to(torch.int64), order.to(torch.int32), scalars(torch.float32, dense_boxes, TRI_EPS),
-               soft, absmax, q, p, n_classes, TRI=SCORE_IDS[score] == 1, QB=qb, BLOCK=cell_block)
-        margin = absmax.amax(1) * 2.0**-16 + torch.finfo(torch.float32).tiny  # label_margin, in float32
-        params = scalars(torch.float32, dense_boxes, sigma)
-        parts = torch.empty((q, n_cells_prog, 4), **i32)
-        launch(_rect_kernel, grid, soft, margin, params, parts, q, p, w, QB=qb, BLOCK=cell_block)
-        r0, r1 = parts[..., 0].amin(1), parts[..., 1].amax(1)
-        c0, c1 = parts[..., 2].amin(1), parts[..., 3].amax(1)
-        ya, yb = _touching(r0, r1, height, h, stride)
-        xa, xb = _touching(c0, c1, width, w, stride)
-        rect = torch.stack([ya, yb, xa, xb], 1)
-        rect = rect.masked_fill(((r1 < 0) | (ya >= yb) | (xa >= xb))[:, None], 0).to(torch.int32).flatten()
-        launch(_bits_kernel, (triton.cdiv(n_words, wb), triton.cdiv(q, qb_bits)), soft, margin, rect, params, bits, q,
-               h, w, height, width, row_words, stride, 1.0 / stride, FMA=bool(fma), COPY=stride == 1 and device.type in COPY_DEVICES,
-               INTERPRET=triton_interpreting(), QB=qb_bits, WB=wb)
         # the reference skips query j when float(score_j) < score_threshold (float64 compare)
         eligible = (~(query_scores[order].double() < score_threshold)).to(torch.int32)
         thr = torch.tensor([overlap_threshold], dtype=torch.float64, device=device)
         taken = torch.zeros(n_words, **i32)
-        launch(_scan_kernel, (1,), bits, rect, eligible, thr, taken, accepted_flags, free_area, q, row_words, n_words,
+        launch(_scan_kernel, (1,), bits, stats, eligible, thr, taken, accepted_flags, free_area, q, height, row_words,
                WB=scan_wb, num_warps=8)
     accepted = torch.nonzero(accepted_flags).flatten()  # ranks in painting order
     k = accepted.numel()
@@ -368,7 +415,7 @@ def panoptic_from_dense_release(dense_boxes, sem_probs, query_boxes, query_class
         semantic = torch.empty(p, **i32)
         block = 1024 if not large_blocks() else max(16, min(triton.next_power_of_2(p), 65536))
         launch(_semantic_kernel, (triton.cdiv(p, block),), sem, semantic, n_classes, p, BLOCK=block)
-        launch(_paint_kernel, (n_paint,), bits, accepted.to(torch.int32), semantic, is_thing.to(torch.int8), seg, hist,
+        launch(_paint_kernel, (n_paint,), bits, stats, accepted.to(torch.int32), semantic, is_thing.to(torch.int8), seg, hist,
                k, w, stride, height, width, row_words, WB=wb, CB=cb)
     stuff_area, keep_stuff, _ = number_stuff(seg, hist, is_thing, stuff_area_limit, k)
     stuff_classes = torch.nonzero(keep_stuff).flatten()
