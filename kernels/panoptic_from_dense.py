@@ -15,8 +15,8 @@ float tensor.  Four passes:
    popcount of ``mask & taken`` over the words of its span only (loop bounds / load masks read
    from ``STATS``, on the device); the reference's tests (score threshold, empty mask,
    ``overlap / area > overlap_threshold`` in float64, no free pixel) decide, and an accepted mask
-   is OR-ed into ``taken`` over its span; the accepted ranks, their free areas and their count
-   are written compacted (on the device).
+   is OR-ed into ``taken`` over its span; the accepted ranks with their spans, their free areas
+   and their count are written compacted (on the device).
 3. ``_paint_kernel`` (parallel over pixels): the first accepted mask covering a pixel gives its
    segment (accepted masks are visited in painting order; a program loads only the masks whose
    span meets its words); free pixels whose semantic argmax
@@ -47,6 +47,8 @@ RESIDENT_WORDS = 8192
 # Per query (painting rank), int32, recorded with atomics while the masks are built (zeros before,
 # each entry only grows): the mask's area, NW - its first non-zero word, its last non-zero word + 1.
 STATS = tl.constexpr(3)
+# Per accepted mask (painting order), int32, written by the fusion: its rank, first and end word.
+ACCEPTED = tl.constexpr(3)
 
 
 def _sizes(n_words: int):
@@ -109,6 +111,16 @@ def _span(stats_ptr, t, NW):
 
 
 @triton.jit
+def _accept(accepted_ptr, free_ptr, k, t, first, end, free):
+    """The ``k``-th accepted mask: its rank and span (``ACCEPTED`` int32 a mask) and its free area."""
+    out = accepted_ptr + k * ACCEPTED
+    tl.store(out, t)
+    tl.store(out + 1, first)
+    tl.store(out + 2, end)
+    tl.store(free_ptr + k, free)
+
+
+@triton.jit
 def _fusion_kernel(masks_ptr, stats_ptr, eligible_ptr, thr_ptr, taken_ptr, accepted_ptr, free_ptr, count_ptr, Q, NW,
                    WB: tl.constexpr):
     overlap_threshold = tl.load(thr_ptr)
@@ -134,8 +146,7 @@ def _fusion_kernel(masks_ptr, stats_ptr, eligible_ptr, thr_ptr, taken_ptr, accep
                     words = tl.load(row + w0 + offs, mask=wm, other=0)
                     taken = tl.load(taken_ptr + w0 + offs, mask=wm, other=0)
                     tl.store(taken_ptr + w0 + offs, taken | words, mask=wm)
-                tl.store(accepted_ptr + n_accepted, t)
-                tl.store(free_ptr + n_accepted, free)
+                _accept(accepted_ptr, free_ptr, n_accepted, t, first, end, free)
                 n_accepted += 1
                 tl.debug_barrier()
     tl.store(count_ptr, n_accepted)
@@ -160,14 +171,13 @@ def _fusion_resident_kernel(masks_ptr, stats_ptr, eligible_ptr, thr_ptr, accepte
             ratio = n_overlap.to(tl.float64) / area.to(tl.float64)
             if (free > 0) & (ratio <= overlap_threshold):
                 taken = taken | words
-                tl.store(accepted_ptr + n_accepted, t)
-                tl.store(free_ptr + n_accepted, free)
+                _accept(accepted_ptr, free_ptr, n_accepted, t, first, end, free)
                 n_accepted += 1
     tl.store(count_ptr, n_accepted)
 
 
 @triton.jit
-def _paint_kernel(masks_ptr, stats_ptr, accepted_ptr, count_ptr, sem_ptr, is_thing_ptr, seg_ptr, hist_ptr, C, P, NW,
+def _paint_kernel(masks_ptr, accepted_ptr, count_ptr, sem_ptr, is_thing_ptr, seg_ptr, hist_ptr, C, P, NW,
                   WB: tl.constexpr, CB: tl.constexpr):
     pid = tl.program_id(0)
     word = pid * WB + tl.arange(0, WB)
@@ -178,8 +188,9 @@ def _paint_kernel(masks_ptr, stats_ptr, accepted_ptr, count_ptr, sem_ptr, is_thi
     seg = tl.zeros([WB, 32], dtype=tl.int32)
     n_accepted = tl.load(count_ptr)
     for k in range(n_accepted):
-        t = tl.load(accepted_ptr + k)
-        _, first, end = _span(stats_ptr, t, NW)
+        # rank and span in one load round (the span copied by the fusion: no load waiting on t)
+        accepted = accepted_ptr + k * ACCEPTED
+        t, first, end = tl.load(accepted), tl.load(accepted + 1), tl.load(accepted + 2)
         if (first < pid * WB + WB) & (end > pid * WB):  # else no word of this block is in the mask
             words = tl.load(masks_ptr + tl.cast(t, tl.int64) * NW + word, mask=wm, other=0)
             bit = ((words[:, None] >> lane[None, :]) & 1) != 0
@@ -268,7 +279,7 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
     present = torch.full((), q, **i64) if num_queries is None else num_queries.clamp(0, q)
     order = torch.sort(query_scores, descending=True, stable=True).indices
     masks, stats = build_masks(dense, sem, query_boxes, query_classes, order, present, sigma, score)
-    accepted = torch.zeros(q, **i32)  # ranks (painting order) of the accepted masks, compacted
+    accepted = torch.zeros((q, ACCEPTED), **i32)  # the accepted masks' ranks and spans, compacted
     free_area = torch.zeros(q, **i64)
     n_things = torch.zeros((), **i32)
     if q and p:
@@ -287,7 +298,7 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
     cb = max(16, triton.next_power_of_2(n_classes))
     hist = torch.zeros((max(n_prog, 1), cb), **i32)
     if p:
-        launch(_paint_kernel, (n_prog,), masks, stats, accepted, n_things, sem, is_thing.to(torch.int8), seg, hist,
+        launch(_paint_kernel, (n_prog,), masks, accepted, n_things, sem, is_thing.to(torch.int8), seg, hist,
                n_classes, p, n_words, WB=wb, CB=cb)
     things = n_things.to(torch.int64)
     stuff_area, keep_stuff, stuff_rank = number_stuff(seg, hist, is_thing, stuff_area_limit, things)
@@ -296,7 +307,7 @@ def panoptic_from_dense(dense_boxes, sem_probs, query_boxes, query_classes, quer
     # goes to its own slot (unused entries to distinct slots past the end, cut off): no collisions.
     ranks = torch.arange(q, **i64)
     classes = torch.arange(n_classes, **i64)
-    thing_queries = order[accepted.to(torch.int64)]
+    thing_queries = order[accepted[:, 0].to(torch.int64)]
     slot = torch.cat([torch.where(ranks < things, ranks, slots + ranks),
                       torch.where(keep_stuff, things + stuff_rank - 1, slots + q + classes)])
 

@@ -298,7 +298,7 @@ def _semantic_kernel(sem_ptr, out_ptr, C, P, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _paint_kernel(bits_ptr, stats_ptr, accepted_ptr, semantic_ptr, is_thing_ptr, seg_ptr, hist_ptr, K, w, stride, height,
+def _paint_kernel(bits_ptr, accepted_ptr, stats_ptr, semantic_ptr, is_thing_ptr, seg_ptr, hist_ptr, K, w, stride, height,
                   width, row_words, WB: tl.constexpr, CB: tl.constexpr):
     pid = tl.program_id(0)
     n_words = height * row_words
@@ -311,8 +311,9 @@ def _paint_kernel(bits_ptr, stats_ptr, accepted_ptr, semantic_ptr, is_thing_ptr,
     # things: the first accepted mask (in painting order) covering the pixel
     seg = tl.zeros([WB, 32], dtype=tl.int32)
     for k in range(K):
+        # rank and box in one load round (the accepted masks' STATS, gathered: no load waiting on t)
         t = tl.load(accepted_ptr + k)
-        _, ya, yb, wa, nw = _span(stats_ptr, t, height, row_words)
+        _, ya, yb, wa, nw = _span(stats_ptr, k, height, row_words)
         # the mask's words lie in [ya * row_words + wa, (yb - 1) * row_words + wa + nw): skip this
         # block's loads when it lies outside
         if (ya * row_words + wa < pid * WB + WB) & ((yb - 1) * row_words + wa + nw > pid * WB):
@@ -415,7 +416,7 @@ def panoptic_from_dense_release(dense_boxes, sem_probs, query_boxes, query_class
         semantic = torch.empty(p, **i32)
         block = 1024 if not large_blocks() else max(16, min(triton.next_power_of_2(p), 65536))
         launch(_semantic_kernel, (triton.cdiv(p, block),), sem, semantic, n_classes, p, BLOCK=block)
-        launch(_paint_kernel, (n_paint,), bits, stats, accepted.to(torch.int32), semantic, is_thing.to(torch.int8), seg, hist,
+        launch(_paint_kernel, (n_paint,), bits, accepted.to(torch.int32), stats[accepted], semantic, is_thing.to(torch.int8), seg, hist,
                k, w, stride, height, width, row_words, WB=wb, CB=cb)
     stuff_area, keep_stuff, _ = number_stuff(seg, hist, is_thing, stuff_area_limit, k)
     stuff_classes = torch.nonzero(keep_stuff).flatten()
