@@ -12,6 +12,7 @@
    variant a GPU runs.  Fused multiply-adds are allowed only where a kernel reproduces a
    contracted reference on purpose: launches with the constexpr ``FMA`` True (whose ``FMA``
    False launches, recorded too, must have none) and the kernels of :data:`FUSED_BY_DESIGN`.
+   The kernels of the modules in :data:`NO_WIDE_DIVISION` must have no 64-bit integer division.
 
 It catches what the interpreter cannot (unsupported Python in a kernel, type errors of the
 compiled dialect, options that differ from the intended ones).  Run it without
@@ -34,6 +35,10 @@ FORBIDDEN = {
     "fused multiply-add": re.compile(r"\bfma\.r[nzmp]"),
     "approximate float32 division": re.compile(r"\bdiv\.(full|approx)\.f32"),
 }
+# Modules whose kernels must not divide 64-bit integers (a long software routine on a GPU, issue 24:
+# the panoptic passes index their words with 32-bit arithmetic and per-row bases).
+NO_WIDE_DIVISION = ("panoptic_from_dense", "panoptic_from_dense_release")
+WIDE_DIVISION = re.compile(r"\b(div|rem)\.[su]64\b")
 # Kernels whose GPU variant calls tl.fma unconditionally, reproducing ATen's contracted CPU
 # arithmetic (kernels/upsample_argmax.py): their fused multiply-adds are the intended ones.
 FUSED_BY_DESIGN = {"_upsample_argmax_kernel"}
@@ -222,6 +227,8 @@ def compile_all(arch: int = 90, only=()) -> int:
             fused = name in FUSED_BY_DESIGN or launch["args"].get("FMA", {}).get("value") is True
             bad = [what for what, pattern in FORBIDDEN.items()
                    if pattern.search(ptx) and not (fused and what == "fused multiply-add")]
+            if launch["module"].rsplit(".", 1)[-1] in NO_WIDE_DIVISION and WIDE_DIVISION.search(ptx):
+                bad.append("64-bit integer division")
             if bad:
                 raise AssertionError(f"{', '.join(bad)} in the PTX (launch options {launch['options']})")
             print(f"OK   {name} {launch['options']} ({time.time() - start:.1f}s)")

@@ -25,3 +25,14 @@ def test_all_kernels_compile_for_sm90_as_launched():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     compiled = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("OK ")}
     assert len(compiled) >= 14, proc.stdout
+
+
+def test_wide_division_pattern():
+    """The PTX pattern of the panoptic kernels' "no 64-bit integer division" check: it matches PTX's
+    64-bit signed / unsigned quotient and remainder, not their 32-bit forms nor float division."""
+    from rtpanoptic.kernels._compile_check import WIDE_DIVISION
+
+    for line in ("div.s64 \t%rd5, %rd3, %rd4;", "rem.s64 %rd6, %rd3, %rd4;", "div.u64 %rd1, %rd2, 7;", "rem.u64 %rd1"):
+        assert WIDE_DIVISION.search(line), line
+    for line in ("div.s32 %r3, %r1, %r2;", "rem.u32 %r1", "div.rn.f64 %fd1, %fd2, %fd3;", "div.full.f32 %f1"):
+        assert not WIDE_DIVISION.search(line), line
