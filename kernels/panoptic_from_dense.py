@@ -104,20 +104,21 @@ def _masks_kernel(dense_ptr, sem_ptr, query_ptr, class_ptr, order_ptr, present_p
 
 
 @triton.jit
-def _span(stats_ptr, t, NW):
-    """Area and ``[first, end)`` of the non-zero words of rank ``t``'s mask (``first >= end`` when empty)."""
-    stats = stats_ptr + tl.cast(t, tl.int64) * STATS
+def _span(table, t, NW):
+    """Area and ``[first, end)`` of the non-zero words of rank ``t``'s mask in the ``STATS`` table
+    (``first >= end`` when empty).  (A helper: its first argument is not named ``*_ptr``.)"""
+    stats = table + tl.cast(t, tl.int64) * STATS
     return tl.load(stats), NW - tl.load(stats + 1), tl.load(stats + 2)
 
 
 @triton.jit
-def _accept(accepted_ptr, free_ptr, k, t, first, end, free):
+def _accept(accepted, free_areas, k, t, first, end, free):
     """The ``k``-th accepted mask: its rank and span (``ACCEPTED`` int32 a mask) and its free area."""
-    out = accepted_ptr + k * ACCEPTED
+    out = accepted + k * ACCEPTED
     tl.store(out, t)
     tl.store(out + 1, first)
     tl.store(out + 2, end)
-    tl.store(free_ptr + k, free)
+    tl.store(free_areas + k, free)
 
 
 @triton.jit

@@ -236,10 +236,10 @@ def _bits_kernel(soft_ptr, margin_ptr, rect_ptr, params_ptr, bits_ptr, stats_ptr
 
 
 @triton.jit
-def _span(stats_ptr, t, height, row_words):
-    """Area of rank ``t``'s mask, and the words holding its pixels: rows ``[ya, yb)``, word columns
-    ``[wa, wa + nw)`` (meaningful when the area is > 0)."""
-    stats = stats_ptr + tl.cast(t, tl.int64) * STATS
+def _span(table, t, height, row_words):
+    """Area of rank ``t``'s mask in the ``STATS`` table, and the words holding its pixels: rows
+    ``[ya, yb)``, word columns ``[wa, wa + nw)`` (meaningful when the area is > 0)."""
+    stats = table + tl.cast(t, tl.int64) * STATS
     wa = row_words - tl.load(stats + 3)
     return tl.load(stats), height - tl.load(stats + 1), tl.load(stats + 2), wa, tl.load(stats + 4) - wa
 
