@@ -137,16 +137,17 @@ __global__ void __launch_bounds__(kFusionThreads)
     if (static_cast<int>(threadIdx.x) < n_k) {
       const int64_t j = order[k0 + threadIdx.x];  // all Q queries sorted; the absent ones are skipped
       int64_t query = -1;                         // -1: skipped
-      if (j < n_present) {
+      if (j < n_present) {  // the entry's loads, independent of each other: one round
         const double sc = static_cast<double>(static_cast<at::opmath_type<scalar_t>>(qscore[j]));
-        const unsigned long long area = stats.area[j];
+        const unsigned long long area = stats.area[j], first_back = stats.first_back[j], end = stats.end[j];
+        const int64_t cls = qcls[j];
         if (!(sc < score_threshold) && area != 0) {
           query = j;
-          s_cls[threadIdx.x] = qcls[j];
+          s_cls[threadIdx.x] = cls;
           s_score[threadIdx.x] = static_cast<float>(sc);
           s_area[threadIdx.x] = area;
-          s_first[threadIdx.x] = words - static_cast<int64_t>(stats.first_back[j]);
-          s_end[threadIdx.x] = static_cast<int64_t>(stats.end[j]);
+          s_first[threadIdx.x] = words - static_cast<int64_t>(first_back);
+          s_end[threadIdx.x] = static_cast<int64_t>(end);
         }
       }
       s_query[threadIdx.x] = query;
