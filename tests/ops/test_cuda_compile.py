@@ -142,3 +142,13 @@ def test_bitmask_nms_kernels_compile_without_fma(tmp_path):
     scans = [n for n in fused if "greedy_scan_kernel" in n]
     assert len(masks) == 12 and len(scans) == 2, sorted(fused)  # 4 dtypes x 3 (labels, global) forms; global on/off
     assert not {n: f for n, f in fused.items() if f}
+
+
+def test_panoptic_grid_kernels_compile_without_fma(tmp_path):
+    """csrc/cuda/panoptic_from_dense_kernel.cu for sm_90: the mask kernel (with its per-query mask
+    statistics), the bounded fusion and the stuff kernels, every dtype instantiated, none with a
+    fused multiply-add (the mask bits are score * P_sem > sigma rounded as the reference's)."""
+    fused = _kernel_fmas(ROOT / "csrc" / "cuda" / "panoptic_from_dense_kernel.cu", tmp_path)
+    for kernel in ("mask_kernel", "fusion_kernel", "stuff_count_kernel"):
+        assert len([n for n in fused if kernel in n]) == 4, sorted(fused)  # float16, bfloat16, float32, float64
+    assert not {n: f for n, f in fused.items() if f}
