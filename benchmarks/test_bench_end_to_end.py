@@ -3,12 +3,15 @@
 Random weights with a synthetic but heavy post-processing load: the thing-class bias is
 raised so that every location passes ``pre_nms_thresh`` (1000 candidates per level reach
 NMS) and boxes are ~64 px, so ``post_nms_top_n = 100`` queries reach mask construction.
-Sizes: 512x1024 and 1024x2048 on every device (1024x2048 on a small CPU: ~20 s per R-50 call).  fp32 NCHW (precisions and channels_last:
-test_bench_precision.py), batch 1.  ``torch.compile`` of the network is benchmarked on GPU, and
-on CPU only with ``RTP_BENCH_COMPILE_CPU=1`` (slow to compile on a small CPU).  Run with ``make bench`` or
-``python -m pytest benchmarks/test_bench_end_to_end.py --benchmark-enable``.
+Sizes: 512x1024 and 1024x2048 on every device (1024x2048 on a small CPU: ~20 s per R-50 call), batch 1.
+Modes side by side (``MODES``): fp32 NCHW, bf16 autocast + channels_last, and ``Predictor(fast=True)``
+(the fastest path: bf16 where native, channels_last, ``torch.compile`` with weight freezing).
+``fast`` compiles, which is benchmarked on GPU, and on CPU only with ``RTP_BENCH_COMPILE_CPU=1`` (minutes
+to compile on a small CPU; the first call's seconds are in ``extra_info["first_call_s"]``).  Run with
+``make bench`` or ``python -m pytest benchmarks/test_bench_end_to_end.py --benchmark-enable``.
 """
 import os
+import time
 
 import numpy as np
 import pytest
@@ -22,7 +25,10 @@ from rtpanoptic.model import build_model
 HAS_GPU = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if HAS_GPU else [])
 SIZES = [(512, 1024), (1024, 2048)]
-ARCHS = ["r18-fpn", "r50-fpn"]
+ARCHS = ["r18-fpn", "r50-fpn", "tri-cityscapes-r50"]
+# Predictor options of each mode (fast: rtpanoptic.execution.run_options)
+MODES = {"fp32": dict(channels_last=False), "bf16-cl": dict(precision="bf16", channels_last=True),
+         "fast": dict(fast=True)}
 _CACHE = {}
 
 
@@ -31,13 +37,13 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _setup(arch, size, device, compiled=False):
-    key = (arch, size, device, compiled)
+def _setup(arch, size, device, mode="fp32"):
+    key = (arch, size, device, mode)
     if key not in _CACHE:
         torch.manual_seed(0)
         model = build_model(arch).eval().to(device)
         heavy_postprocess_load(model)
-        predictor = Predictor(model, channels_last=False, compile=compiled)
+        predictor = Predictor(model, **MODES[mode])
         image = np.random.default_rng(0).integers(0, 256, (*size, 3), dtype=np.uint8)
         _CACHE.clear()
         _CACHE[key] = (model, predictor, image)
@@ -48,23 +54,26 @@ def _rounds(device, arch):
     return (20, 3) if device == "cuda" else ((3, 1) if arch == "r18-fpn" else (2, 1))
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compile"])
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("device", DEVICES)
-def test_end_to_end(benchmark, device, arch, size, compiled):
-    if compiled and device == "cpu" and os.environ.get("RTP_BENCH_COMPILE_CPU") != "1":
+def test_end_to_end(benchmark, device, arch, size, mode):
+    if mode == "fast" and device == "cpu" and os.environ.get("RTP_BENCH_COMPILE_CPU") != "1":
         pytest.skip("torch.compile on CPU: set RTP_BENCH_COMPILE_CPU=1")
-    _model, predictor, image = _setup(arch, size, device, compiled)
-    benchmark.group = f"end-to-end {device} {size[0]}x{size[1]}"
+    _model, predictor, image = _setup(arch, size, device, mode)
+    benchmark.group = f"end-to-end {device} {arch} {size[0]}x{size[1]}"
 
     def run():
         out = predictor(image)
         _sync(device)
         return out
 
+    start = time.perf_counter()
+    run()  # the first call (compilation included)
+    benchmark.extra_info["first_call_s"] = round(time.perf_counter() - start, 2)
     rounds, warmup = _rounds(device, arch)
-    result = benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup + (2 if compiled else 0))
+    result = benchmark.pedantic(run, rounds=rounds, warmup_rounds=warmup)
     assert result[0].panoptic.shape == size
     benchmark.extra_info["fps"] = 1.0 / benchmark.stats.stats.median
     benchmark.extra_info["queries"] = int(result[0].detections.scores.numel())

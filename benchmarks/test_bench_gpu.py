@@ -134,12 +134,34 @@ def test_iou_attention(benchmark, bench_run, impl, q, grid):
     bench_run(benchmark, lambda: ops.iou_attention(dense, boxes, backend=impl), "cuda")
 
 
+def _object_scene(grid, q, c=19, seed=0):
+    """:func:`_scene`'s queries laid out as objects of an image: each cell predicts (with noise) the box
+    of the last query whose box holds the cell's centre, the other cells a box far from every query.
+    Each mask lies in its object's rows (the CUDA fusion's word ranges), where :func:`_scene`'s dense
+    boxes, of random owners, spread every mask over the whole grid."""
+    dense, sem, boxes, classes, scores, is_thing = _scene(grid, q, c, seed)
+    h, w = grid
+    g = torch.Generator().manual_seed(seed + 1)
+    ys = torch.arange(h, dtype=torch.float32).view(h, 1) * 4 + 2
+    xs = torch.arange(w, dtype=torch.float32).view(1, w) * 4 + 2
+    cpu = boxes.cpu()
+    owned = torch.tensor([-1e4, -1e4, -1e4 + 10, -1e4 + 10]).view(4, 1, 1).repeat(1, h, w)
+    for j in range(q):
+        inside = (xs >= cpu[j, 0]) & (xs < cpu[j, 2]) & (ys >= cpu[j, 1]) & (ys < cpu[j, 3])
+        owned[:, inside] = cpu[j].view(4, 1)
+    dense = (owned + 2 * torch.randn(4, h, w, generator=g)).cuda()
+    return [dense, sem, boxes, classes, scores, is_thing]
+
+
+@pytest.mark.parametrize("layout", ["scattered", "objects"])
 @pytest.mark.parametrize("grid", list(GRIDS))
 @pytest.mark.parametrize("q", QUERIES)
 @pytest.mark.parametrize("impl", _backends("panoptic_from_dense"))
-def test_panoptic_from_dense(benchmark, bench_run, impl, q, grid):
-    dense, sem, boxes, classes, scores, is_thing = _scene(GRIDS[grid], q)
-    benchmark.group = f"panoptic_from_dense Q={q} {grid}"
+def test_panoptic_from_dense(benchmark, bench_run, impl, q, grid, layout):
+    """``scattered``: every mask spans the grid (the fusion's worst case); ``objects``: masks in row bands."""
+    make_scene = _scene if layout == "scattered" else _object_scene
+    dense, sem, boxes, classes, scores, is_thing = make_scene(GRIDS[grid], q)
+    benchmark.group = f"panoptic_from_dense Q={q} {grid} {layout}"
     out = bench_run(benchmark, lambda: ops.panoptic_from_dense(dense, sem, boxes, classes, scores, is_thing,
                                                                 backend=impl), "cuda")
     ref = ops.panoptic_from_dense(dense, sem, boxes, classes, scores, is_thing, backend="reference")

@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
 #include <string>
 #include <utility>
 
@@ -223,9 +224,23 @@ inline void check_select_queries_args(const char* op, const at::Tensor& boxes, c
   TORCH_CHECK_VALUE(top_n >= 0, op, ": top_n must be a non-negative int, got ", top_n);
 }
 
-// upsample_argmax: logits [B, C>=1, h>=1, w>=1] float, size (H, W) and crop (H', W') <= size positive.
-inline void check_upsample_argmax_args(const char* op, const at::Tensor& logits, at::IntArrayRef size,
-                                       at::IntArrayRef crop, c10::DeviceType device) {
+// The largest class index an upsample_argmax output dtype holds (-1: not an output dtype).
+inline int64_t upsample_argmax_max_index(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kLong: return INT64_MAX;
+    case at::kInt: return INT32_MAX;
+    case at::kShort: return INT16_MAX;
+    case at::kByte: return UINT8_MAX;
+    default: return -1;
+  }
+}
+
+// upsample_argmax: logits [B, C>=1, h>=1, w>=1] float, size (H, W) and crop (H', W') <= size positive,
+// out_dtype (None: int64) int64, int32, int16 or uint8 holding the class indices 0..C-1.  Returns
+// the output dtype.
+inline at::ScalarType check_upsample_argmax_args(const char* op, const at::Tensor& logits, at::IntArrayRef size,
+                                                 at::IntArrayRef crop, c10::optional<at::ScalarType> out_dtype,
+                                                 c10::DeviceType device) {
   check_float(op, "logits", logits);
   check_dim(op, "logits", logits, 4, "4-D");
   check_device(op, "logits", logits, device);
@@ -238,6 +253,13 @@ inline void check_upsample_argmax_args(const char* op, const at::Tensor& logits,
                     ") must not exceed size (", size[0], ", ", size[1], ")");
   TORCH_CHECK_VALUE(logits.size(1) > 0 && logits.size(2) > 0 && logits.size(3) > 0, op,
                     ": logits must have at least one class and one pixel, got ", logits.sizes());
+  const at::ScalarType dtype = out_dtype.value_or(at::kLong);
+  const int64_t max_index = upsample_argmax_max_index(dtype);
+  TORCH_CHECK_TYPE(max_index >= 0, op, ": out_dtype must be torch.int64, torch.int32, torch.int16 or torch.uint8, ",
+                   "got ", dtype_name(dtype));
+  TORCH_CHECK_VALUE(logits.size(1) - 1 <= max_index, op, ": ", logits.size(1), " classes do not fit in ",
+                    dtype_name(dtype));
+  return dtype;
 }
 
 }  // namespace rtpanoptic

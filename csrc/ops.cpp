@@ -42,10 +42,9 @@ TORCH_LIBRARY(rtpanoptic, m) {
   m.def(
       "select_queries(Tensor boxes, Tensor scores, Tensor labels, float nms_thresh, float global_nms_thresh, "
       "int top_n) -> (Tensor, Tensor)");
-  // logits [B,C,h,w] -> int64 [B,crop_h,crop_w]: argmax over C of the bilinear resize to size.
-  m.def("upsample_argmax(Tensor logits, int[] size, int[] crop) -> Tensor");
-  // The same in a narrower integer dtype (int64, int32, int16, uint8; the classes must fit): CPU only.
-  m.def("upsample_argmax_narrow(Tensor logits, int[] size, int[] crop, ScalarType dtype) -> Tensor");
+  // logits [B,C,h,w] -> [B,crop_h,crop_w] class indices: argmax over C of the bilinear resize to
+  // size, in out_dtype (None: int64; int32, int16 or uint8 where the classes fit).
+  m.def("upsample_argmax(Tensor logits, int[] size, int[] crop, ScalarType? out_dtype=None) -> Tensor");
 
   // Backward kernels, called by the autograd formulas of rtpanoptic/ops/registry.py
   // (decode_boxes' backward is a sign flip written there with plain tensor ops).

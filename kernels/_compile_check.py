@@ -116,7 +116,9 @@ def _workload() -> None:
         for score in SCORES:
             ops.panoptic_from_dense(*args, sigma=0.1, score=score, stuff_area_limit=1, backend="triton")
         if dtype != torch.float64:  # the Triton upsample_argmax computes in float32
-            ops.upsample_argmax(torch.randn(2, 5, 6, 9, generator=g).to(dtype), (24, 36), (22, 35), backend="triton")
+            logits = torch.randn(2, 5, 6, 9, generator=g).to(dtype)
+            for out_dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):  # one launch per output dtype
+                ops.upsample_argmax(logits, (24, 36), (22, 35), out_dtype=out_dtype, backend="triton")
         resident = pfd.RESIDENT_WORDS
         pfd.RESIDENT_WORDS = 0  # the streamed scan of grids beyond the register-resident size
         try:

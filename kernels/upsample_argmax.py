@@ -1,6 +1,7 @@
 """``upsample_argmax``: bilinear resampling (``align_corners=False``) of every class at one output
 pixel and the first maximum over the classes (NaN is the maximum), one program per block of
-output pixels, nothing written but the int64 class map.
+output pixels, nothing written but the class map, stored in its output dtype (int64, int32, int16
+or uint8: the output pointer's).
 
 Arithmetic as the C++ kernel (csrc/cpu/upsample_argmax_kernel.cpp): ATen's sampling positions
 with ``src = fma(in/out, dst + 0.5, -0.5)`` and
@@ -84,7 +85,8 @@ def _upsample_argmax_kernel(in_ptr, out_ptr, C, h, w, H, W, crop_h, crop_w,
         better = argmax_better(v, best) | (c == 0)
         best = tl.where(better, v, best)
         idx = tl.where(better, c, idx)
-    tl.store(out_ptr + img * P + p, idx, mask=m)
+    # the class index in the output's dtype (it holds every index < C: checked by the caller)
+    tl.store(out_ptr + img * P + p, idx.to(out_ptr.dtype.element_ty), mask=m)
 
 
 def _cuda_rule(logits: torch.Tensor) -> bool:
@@ -92,9 +94,11 @@ def _cuda_rule(logits: torch.Tensor) -> bool:
     return logits.device.type != "cpu"
 
 
-def upsample_argmax(logits: torch.Tensor, size: list[int], crop: list[int]) -> torch.Tensor:
+def upsample_argmax(logits: torch.Tensor, size: list[int], crop: list[int],
+                    out_dtype: torch.dtype | None = None) -> torch.Tensor:
     b, c, h, w = logits.shape
-    out = torch.empty((b, crop[0], crop[1]), dtype=torch.int64, device=logits.device)
+    out = torch.empty((b, crop[0], crop[1]), dtype=torch.int64 if out_dtype is None else out_dtype,
+                      device=logits.device)
     n = crop[0] * crop[1]
     if b == 0:
         return out

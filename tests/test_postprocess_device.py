@@ -115,6 +115,25 @@ def test_device_stage_traces_without_host_reads(backend):
         assert bad  # int(count) and the slicing by it
 
 
+@pytest.mark.parametrize("semantic_dtype", ["uint8", "int16"])
+def test_device_stage_passes_semantic_dtype_through(semantic_dtype):
+    """InferenceConfig.semantic_dtype reaches ops.upsample_argmax from the device stage, eager and
+    traced (one graph, fullgraph): the int64 stage's semantic map in that dtype, the rest unchanged."""
+    wide = Predictor(_model(), channels_last=False, sigma=0.05, stuff_area_limit=16)
+    narrow = Predictor(_model(), channels_last=False, sigma=0.05, stuff_area_limit=16, semantic_dtype=semantic_dtype)
+    assert narrow.stage.semantic_dtype == getattr(torch, semantic_dtype)
+    outputs, sizes = _outputs(wide, 7, [(64, 96)])
+    with torch.no_grad():
+        (want,) = wide.postprocess_device(outputs, sizes)
+        (eager,) = narrow.postprocess_device(outputs, sizes)
+        (traced,), bad = _trace(narrow.stage, outputs, sizes)
+    assert bad == [] and want.semantic.dtype == torch.int64 and want.semantic.unique().numel() > 1
+    for got in (eager, traced):
+        assert got.semantic.dtype == getattr(torch, semantic_dtype)
+        assert torch.equal(got.semantic, want.semantic.to(got.semantic.dtype))
+        assert torch.equal(got.panoptic, want.panoptic)
+
+
 def test_device_stage_shapes_do_not_depend_on_the_data():
     """Same input size, different data (many candidates / none at all): the same shapes and dtypes,
     so one CUDA graph serves every frame of a size; the host stage reads the counts."""

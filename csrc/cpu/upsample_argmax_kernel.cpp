@@ -20,7 +20,8 @@
 // cached per input row).  RTPANOPTIC_UPSAMPLE_PLAIN=1 in the environment turns the shortcut off
 // (the plain path everywhere; for benchmarks and tests, read at every call).
 //
-// Output dtype: int64, int32, int16 or uint8 (the class index, C must fit).
+// Output dtype (out_dtype, None: int64): int64, int32, int16 or uint8 (the class index, C must fit),
+// written directly by both paths.
 //
 // ISA: an AVX2+FMA path chosen at run time (simd::cpu_isa() and the CPU's fma flag; the vertical pass
 // and argmax in intrinsics, 8 columns with the classes in registers), else the
@@ -320,26 +321,11 @@ void upsample_argmax_impl(const T* in, OutT* out, int64_t batch, const Shape& s,
   });
 }
 
-// The largest class index each output dtype holds.
-int64_t max_index(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kLong: return INT64_MAX;
-    case at::kInt: return INT32_MAX;
-    case at::kShort: return INT16_MAX;
-    case at::kByte: return UINT8_MAX;
-    default: return -1;
-  }
-}
-
-at::Tensor upsample_argmax_as_cpu(const at::Tensor& logits, at::IntArrayRef size, at::IntArrayRef crop,
-                                  at::ScalarType dtype) {
-  const char* op = dtype == at::kLong ? "upsample_argmax" : "upsample_argmax_narrow";
-  check_upsample_argmax_args(op, logits, size, crop, c10::kCPU);
+at::Tensor upsample_argmax_cpu(const at::Tensor& logits, at::IntArrayRef size, at::IntArrayRef crop,
+                               c10::optional<at::ScalarType> out_dtype) {
+  const char* op = "upsample_argmax";
+  const at::ScalarType dtype = check_upsample_argmax_args(op, logits, size, crop, out_dtype, c10::kCPU);
   TORCH_CHECK(logits.size(1) <= INT32_MAX, op, ": at most 2^31 - 1 classes, got ", logits.size(1));
-  TORCH_CHECK_TYPE(max_index(dtype) >= 0, op, ": dtype must be torch.int64, torch.int32, torch.int16 or ",
-                   "torch.uint8, got ", dtype_name(dtype));
-  TORCH_CHECK_VALUE(logits.size(1) - 1 <= max_index(dtype), op, ": ", logits.size(1), " classes do not fit in ",
-                    dtype_name(dtype));
   const auto acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   auto in = logits.to(acc).contiguous();
   const int64_t batch = in.size(0);
@@ -358,15 +344,10 @@ at::Tensor upsample_argmax_as_cpu(const at::Tensor& logits, at::IntArrayRef size
   return out;
 }
 
-at::Tensor upsample_argmax_cpu(const at::Tensor& logits, at::IntArrayRef size, at::IntArrayRef crop) {
-  return upsample_argmax_as_cpu(logits, size, crop, at::kLong);
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rtpanoptic, CPU, m) {
   m.impl("upsample_argmax", TORCH_FN(upsample_argmax_cpu));
-  m.impl("upsample_argmax_narrow", TORCH_FN(upsample_argmax_as_cpu));
 }
 
 }  // namespace rtpanoptic

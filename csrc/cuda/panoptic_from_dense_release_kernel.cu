@@ -18,8 +18,9 @@
 //      bit is S_j >= sigma;
 //   4. fusion kernel (one block): queries by decreasing score (stable, NaN first: torch.sort on
 //      the device, as the reference); per query, area and free area are popcounts over its
-//      rectangle's words, the reference's rules decide (score < score_threshold, empty, overlap
-//      / area > overlap_threshold in float64, no free pixel), and the free bits are painted;
+//      rectangle's words (walked by increments: no division per word), the reference's rules
+//      decide (score < score_threshold, empty, overlap / area > overlap_threshold in float64, no
+//      free pixel) after one block sum, and the free bits are painted;
 //   5. stuff: the grid's semantic argmax (torch.argmax: first maximum, NaN wins), nearest-upsampled;
 //      per-class free-area counts (per-block histograms in shared memory, then one integer atomic
 //      per block and class), numbering, paint.
@@ -37,6 +38,10 @@ namespace rtpanoptic {
 namespace {
 
 constexpr int kStatsThreads = 256;
+// The most 32-pixel words an output may have: every word index (and pixel index, below 32 times as
+// many) of the bits and stuff kernels, threads past the end included, fits the 32-bit dividers
+// (ATen's IntDivider<unsigned int> takes dividends up to INT32_MAX).
+constexpr int64_t kMaxOutputWords = std::numeric_limits<int32_t>::max() / 32 - cuda::kThreads;
 constexpr unsigned kFullMask = 0xffffffffu;
 
 // min / max of v over the block (blockDim.x a multiple of 32), the same in every thread.
@@ -120,15 +125,18 @@ __global__ void stats_kernel(const acc_t* __restrict__ soft, int64_t h, int64_t 
 
 // 3. bits[j, y, x / 32], bit x % 32: the mask of query j at output pixel (y, x).  Threads map to
 // (word, lane), a word being 32 consecutive pixels of one row (grid.y strides over the queries).
+// The word's row and column come from a 32-bit multiply-and-shift divider by row_words (ATen's): the
+// host checks that every word index fits (kMaxOutputWords).
 template <typename acc_t>
 __global__ void bits_kernel(const acc_t* __restrict__ soft, const acc_t* __restrict__ margin,
                             const int64_t* __restrict__ rect, int64_t n_q, int64_t h, int64_t w, int64_t stride,
-                            int64_t height, int64_t width, int64_t row_words, acc_t sigma, bool fma,
-                            uint32_t* __restrict__ bits) {
+                            int64_t height, int64_t width, at::cuda::detail::IntDivider<unsigned int> row_words,
+                            acc_t sigma, bool fma, uint32_t* __restrict__ bits) {
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t word = t / 32, n_words = height * row_words;
+  const int64_t word = t / 32, n_words = height * static_cast<int64_t>(row_words.divisor);
   const int lane = threadIdx.x % 32;
-  const int64_t y = word / row_words, x = (word % row_words) * 32 + lane;
+  const auto yx = row_words.divmod(static_cast<unsigned int>(word));
+  const int64_t y = yx.div, x = static_cast<int64_t>(yx.mod) * 32 + lane;
   const bool pixel = word < n_words && x < width;
   Tap<acc_t> ty{0, 0, acc_t(1), acc_t(0)}, tx{0, 0, acc_t(1), acc_t(0)};
   if (pixel) {
@@ -163,13 +171,38 @@ __global__ void bits_kernel(const acc_t* __restrict__ soft, const acc_t* __restr
   }
 }
 
-// 4. fusion, one block: queries in `order`; the taken-pixel bitmap `taken` [height, row_words].
-__global__ void fusion_kernel(const uint32_t* __restrict__ bits, const int64_t* __restrict__ rect,
-                              const int64_t* __restrict__ order, const double* __restrict__ qscore,
-                              const int64_t* __restrict__ qcls, int64_t n_q, int64_t width, int64_t row_words,
-                              int64_t n_words, double score_threshold, double overlap_threshold,
-                              uint32_t* __restrict__ taken, int32_t* __restrict__ seg, SegmentSlots slots) {
+// Calls fn(row, col) for the words of a rectangle of rows [ya, ...) and word columns
+// [wa, wa + nw) (cells = rows * nw words) that this thread takes: its cells threadIdx.x,
+// threadIdx.x + kFusionThreads, ... in row-major order, walked by increments -- the per-thread start
+// and step come from two 32-bit divisions per query (nw clamped to kFusionThreads + 1, which leaves
+// every quotient and remainder of a dividend <= kFusionThreads unchanged), none per word.
+template <typename Fn>
+__device__ __forceinline__ void for_rect_words(int64_t ya, int64_t wa, int64_t nw, int64_t cells, Fn fn) {
+  const unsigned int n = static_cast<unsigned int>(min(nw, static_cast<int64_t>(kFusionThreads) + 1));
+  const unsigned int step_rows = kFusionThreads / n, step_cols = kFusionThreads % n;
+  int64_t row = ya + threadIdx.x / n, col = wa + threadIdx.x % n;
+  for (int64_t i = threadIdx.x; i < cells; i += kFusionThreads) {
+    fn(row, col);
+    row += step_rows;
+    col += step_cols;
+    if (col >= wa + nw) {  // step_cols < nw and col < wa + nw: one wrap at most
+      col -= nw;
+      ++row;
+    }
+  }
+}
+
+// 4. fusion, one block: queries in `order`; the taken-pixel bitmap `taken` [height, row_words].  Per
+// query, area and free area over its rectangle's words, one block sum (one barrier), the reference's
+// rules, the paint, and a barrier (the next rectangle maps its words to other threads).
+__global__ void __launch_bounds__(kFusionThreads)
+    fusion_kernel(const uint32_t* __restrict__ bits, const int64_t* __restrict__ rect,
+                  const int64_t* __restrict__ order, const double* __restrict__ qscore,
+                  const int64_t* __restrict__ qcls, int64_t n_q, int64_t width, int64_t row_words, int64_t n_words,
+                  double score_threshold, double overlap_threshold, uint32_t* __restrict__ taken,
+                  int32_t* __restrict__ seg, SegmentSlots slots) {
   int64_t n_things = 0;  // identical in every thread
+  int parity = 0;        // block_totals' buffer, identical in every thread
   for (int64_t k = 0; k < n_q; ++k) {
     const int64_t j = order[k];
     const double sc = qscore[j];
@@ -179,22 +212,24 @@ __global__ void fusion_kernel(const uint32_t* __restrict__ bits, const int64_t* 
     const int64_t cells = (yb - ya) * nw;  // words of the rectangle
     if (cells <= 0) continue;
     const uint32_t* mj = bits + j * n_words;
-    unsigned long long area = 0, free_area = 0;
-    for (int64_t i = threadIdx.x; i < cells; i += blockDim.x) {
-      const int64_t at = (ya + i / nw) * row_words + wa + i % nw;
-      area += __popc(mj[at]);
-      free_area += __popc(mj[at] & ~taken[at]);
-    }
-    free_area = kept_free_area(area, free_area, overlap_threshold);
-    if (free_area == 0) continue;
+    unsigned long long counts[2] = {0, 0};  // area, free area
+    for_rect_words(ya, wa, nw, cells, [&](int64_t row, int64_t col) {
+      const int64_t at = row * row_words + col;
+      const uint32_t m = mj[at];
+      counts[0] += __popc(m);
+      counts[1] += __popc(m & ~taken[at]);
+    });
+    block_totals(counts, parity);
+    parity ^= 1;
+    if (!keeps_query(counts[0], counts[1], overlap_threshold)) continue;
     const int32_t id = static_cast<int32_t>(n_things) + 1;
-    for (int64_t i = threadIdx.x; i < cells; i += blockDim.x) {
-      const int64_t row = ya + i / nw, wi = wa + i % nw, at = row * row_words + wi;
-      paint_free_bits(mj[at], taken + at, seg + row * width + wi * 32, id);
-    }
+    for_rect_words(ya, wa, nw, cells, [&](int64_t row, int64_t col) {
+      const int64_t at = row * row_words + col;
+      paint_free_bits(mj[at], taken + at, seg + row * width + col * 32, id);
+    });
     __syncthreads();  // the next query's rectangle maps its words to other threads
     if (threadIdx.x == 0) {
-      write_segment(slots, n_things, qcls[j], j, static_cast<float>(sc), static_cast<int64_t>(free_area));
+      write_segment(slots, n_things, qcls[j], j, static_cast<float>(sc), static_cast<int64_t>(counts[1]));
     }
     ++n_things;
   }
@@ -245,6 +280,8 @@ Result panoptic_from_dense_release_cuda(const at::Tensor& dense_boxes, const at:
   const int64_t h = dense_boxes.size(1), w = dense_boxes.size(2), n_p = h * w;
   const int64_t n_q = query_boxes.size(0), n_c = sem_probs.size(0), n_out = height * width;
   const int64_t row_words = (width + 31) / 32, n_words = height * row_words;
+  TORCH_CHECK(n_words <= kMaxOutputWords, op, ": the CUDA kernel supports outputs of at most ", kMaxOutputWords * 32,
+              " pixels counted in whole 32-pixel row words (height x ceil(width / 32) x 32), got ", n_words * 32);
   auto d = dense_boxes.contiguous();
   auto s = sem_probs.contiguous();
   auto q = query_boxes.contiguous();
@@ -274,7 +311,7 @@ Result panoptic_from_dense_release_cuda(const at::Tensor& dense_boxes, const at:
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       bits_kernel<acc_t><<<dim3(cuda::blocks_for(n_words * 32), query_blocks(n_q)), cuda::kThreads, 0, stream>>>(
           soft.data_ptr<acc_t>(), margin.data_ptr<acc_t>(), rect.data_ptr<int64_t>(), n_q, h, w, stride, height, width,
-          row_words, sig, fma, bits_p);
+          at::cuda::detail::IntDivider<unsigned int>(static_cast<unsigned int>(row_words)), sig, fma, bits_p);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       // fusion order: the reference's torch.sort(query_scores, descending=True, stable=True)
       auto order = std::get<1>(query_scores.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).contiguous();

@@ -4,6 +4,8 @@
 // is in an anonymous namespace: each of the two .cu files gets its own copy, with no link clash.
 #pragma once
 
+#include <ATen/cuda/detail/IntegerDivider.cuh>
+
 #include "cuda_common.cuh"
 
 namespace rtpanoptic {
@@ -47,28 +49,37 @@ __device__ __forceinline__ void write_segment(const SegmentSlots& slots, int64_t
   slots.area[n] = area;
 }
 
-// The fusion's decision on one query (past the score threshold), from each thread's popcounts of its
-// mask (`area`) and of the mask's pixels not yet taken (`free_area`): the block's sums, the same in
-// every thread, go through the reference's rules -- an empty mask, one overlapping the taken pixels
-// by more than overlap_threshold (the ratio in float64) and one without a free pixel are skipped.
-// Returns the free area of a kept query, 0 for a skipped one.
-__device__ unsigned long long kept_free_area(unsigned long long area, unsigned long long free_area,
-                                             double overlap_threshold) {
-  __shared__ unsigned long long s_area, s_free;
-  area = cuda::block_sum(area);
-  free_area = cuda::block_sum(free_area);
-  if (threadIdx.x == 0) {
-    s_area = area;
-    s_free = free_area;
+constexpr int kFusionWarps = kFusionThreads / 32;
+
+// The block's sums of v[0 .. N) (blockDim.x == kFusionThreads, every thread calling), the same in
+// every thread, after one barrier: each warp reduces by shuffles, lane 0 stores the warp's sums and
+// every thread adds the kFusionWarps stored values (integers: the order does not matter).  Calls
+// alternate between two buffers by `parity` (0 / 1, flipped in every thread after each call): the
+// stores of call c + 2 come after call c + 1's barrier, hence after every thread's reads of call c.
+template <int N>
+__device__ __forceinline__ void block_totals(unsigned long long (&v)[N], int parity) {
+  __shared__ unsigned long long sums[2][N][kFusionWarps];
+  for (int i = 0; i < N; ++i) {
+    for (int off = 16; off > 0; off /= 2) v[i] += __shfl_xor_sync(0xffffffffu, v[i], off);
+  }
+  if (threadIdx.x % 32 == 0) {
+    for (int i = 0; i < N; ++i) sums[parity][i][threadIdx.x / 32] = v[i];
   }
   __syncthreads();
-  area = s_area;
-  free_area = s_free;
-  __syncthreads();  // s_area / s_free are rewritten by the next query
-  if (area == 0) return 0;
-  if (static_cast<double>(area - free_area) / static_cast<double>(area) > overlap_threshold || free_area == 0)
-    return 0;
-  return free_area;
+  for (int i = 0; i < N; ++i) {
+    unsigned long long total = 0;
+    for (int k = 0; k < kFusionWarps; ++k) total += sums[parity][i][k];
+    v[i] = total;
+  }
+}
+
+// The fusion's rules on one query past the score threshold, from its mask's area and free area (the
+// pixels not yet taken): an empty mask, one overlapping the taken pixels by more than
+// overlap_threshold (the ratio in float64) and one without a free pixel are skipped.
+__device__ __forceinline__ bool keeps_query(unsigned long long area, unsigned long long free_area,
+                                            double overlap_threshold) {
+  if (area == 0) return false;
+  return !(static_cast<double>(area - free_area) / static_cast<double>(area) > overlap_threshold || free_area == 0);
 }
 
 // Paints segment `id` into the free pixels of one 32-pixel mask word (its bits not yet in *taken),
@@ -107,11 +118,24 @@ struct SameCell {
   __device__ __forceinline__ int64_t operator()(int64_t p) const { return p; }
 };
 
-// The grid cell of output pixel p of a [height, width] output, nearest-upsampled by `stride` from a
-// grid w cells wide.
+// The grid cell of output pixel p of a [height, width] output, nearest-upsampled by `stride` (a power
+// of two, 2^stride_log2) from a grid w cells wide: (p / width / stride) * w + (p % width) / stride,
+// without a 64-bit division: p < 2^31 (the caller checks height * width), so the row and column
+// come from ATen's 32-bit multiply-and-shift divider, the cell from shifts.
 struct NearestCell {
-  int64_t w, stride, width;
-  __device__ __forceinline__ int64_t operator()(int64_t p) const { return (p / width / stride) * w + (p % width) / stride; }
+  int64_t w;
+  at::cuda::detail::IntDivider<unsigned int> width;
+  int stride_log2;
+
+  NearestCell(int64_t w, int64_t stride, int64_t width)
+      : w(w), width(static_cast<unsigned int>(width)), stride_log2(0) {
+    while ((int64_t{1} << stride_log2) < stride) ++stride_log2;
+  }
+
+  __device__ __forceinline__ int64_t operator()(int64_t p) const {
+    const auto yx = width.divmod(static_cast<unsigned int>(p));
+    return (static_cast<int64_t>(yx.div) >> stride_log2) * w + (static_cast<int64_t>(yx.mod) >> stride_log2);
+  }
 };
 
 // Every free output pixel (seg 0) of the n_out takes its cell's stuff segment id (0 when none).

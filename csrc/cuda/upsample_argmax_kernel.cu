@@ -1,5 +1,6 @@
 // Fused bilinear upsampling (align_corners=False) + argmax over the classes on the GPU, one thread
-// per output pixel; nothing is written but the int64 class map.  Arithmetic as the C++ kernel
+// per output pixel; nothing is written but the class map, in its output dtype (int64, int32, int16 or
+// uint8: out_t).  Arithmetic as the C++ kernel
 // (csrc/cpu/upsample_argmax_kernel.cpp): ATen's sampling positions with
 // src = fma(in/out, dst + 0.5, -0.5) and fma(fma(x00, ww0, x01 * ww1), wh0, fma(x10, ww0, x11 * ww1) * wh1),
 // every fused multiply-add explicit (__fma_rn), every other product and sum rounded on its own
@@ -47,8 +48,8 @@ __device__ __forceinline__ Sample<acc_t> axis_sample(int64_t d, int64_t in, int6
   return {i, i < in - 1 ? i + 1 : i, acc_t(1) - l1, l1};
 }
 
-template <typename scalar_t>
-__global__ void upsample_argmax_kernel(const scalar_t* __restrict__ in, int64_t* __restrict__ out, int64_t batch,
+template <typename scalar_t, typename out_t>
+__global__ void upsample_argmax_kernel(const scalar_t* __restrict__ in, out_t* __restrict__ out, int64_t batch,
                                        int64_t classes, int64_t h, int64_t w, int64_t out_h, int64_t out_w,
                                        int64_t rows, int64_t cols) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -78,22 +79,33 @@ __global__ void upsample_argmax_kernel(const scalar_t* __restrict__ in, int64_t*
       arg = c;
     }
   }
-  out[t] = arg;
+  out[t] = static_cast<out_t>(arg);  // arg < classes fits out_t (checked on the host)
 }
 
-at::Tensor upsample_argmax_cuda(const at::Tensor& logits, at::IntArrayRef size, at::IntArrayRef crop) {
+template <typename scalar_t, typename out_t>
+void launch_upsample_argmax(const at::Tensor& in, at::Tensor& out, at::IntArrayRef size, at::IntArrayRef crop) {
+  upsample_argmax_kernel<scalar_t, out_t>
+      <<<cuda::blocks_for(out.numel()), cuda::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          in.data_ptr<scalar_t>(), out.data_ptr<out_t>(), in.size(0), in.size(1), in.size(2), in.size(3), size[0],
+          size[1], crop[0], crop[1]);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor upsample_argmax_cuda(const at::Tensor& logits, at::IntArrayRef size, at::IntArrayRef crop,
+                                c10::optional<at::ScalarType> out_dtype) {
   const char* op = "upsample_argmax";
-  check_upsample_argmax_args(op, logits, size, crop, c10::kCUDA);
+  const at::ScalarType dtype = check_upsample_argmax_args(op, logits, size, crop, out_dtype, c10::kCUDA);
   c10::cuda::CUDAGuard guard(logits.device());
   auto in = logits.contiguous();
-  auto out = at::empty({in.size(0), crop[0], crop[1]}, in.options().dtype(at::kLong));
-  const int64_t n = out.numel();
-  if (n == 0) return out;
+  auto out = at::empty({in.size(0), crop[0], crop[1]}, in.options().dtype(dtype));
+  if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.scalar_type(), "upsample_argmax_cuda", [&] {
-    upsample_argmax_kernel<scalar_t><<<cuda::blocks_for(n), cuda::kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        in.data_ptr<scalar_t>(), out.data_ptr<int64_t>(), in.size(0), in.size(1), in.size(2), in.size(3), size[0],
-        size[1], crop[0], crop[1]);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    switch (dtype) {
+      case at::kLong: launch_upsample_argmax<scalar_t, int64_t>(in, out, size, crop); break;
+      case at::kInt: launch_upsample_argmax<scalar_t, int32_t>(in, out, size, crop); break;
+      case at::kShort: launch_upsample_argmax<scalar_t, int16_t>(in, out, size, crop); break;
+      default: launch_upsample_argmax<scalar_t, uint8_t>(in, out, size, crop); break;
+    }
   });
   return out;
 }

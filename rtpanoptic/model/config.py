@@ -67,7 +67,7 @@ class InferenceConfig:
     # clipped to [0, W - 1] x [0, H - 1] (ops.panoptic_from_dense_release)
     mask_mode: str = "grid"
     # dtype of the semantic map (PanopticResult.semantic): "int64", or "int32" / "int16" / "uint8"
-    # (the classes must fit), which ops.upsample_argmax writes directly on the CPU: uint8 is an
+    # (the classes must fit), which ops.upsample_argmax writes directly on every backend: uint8 is an
     # eighth of the int64 map's memory traffic.  Narrow maps index like integer tensors except
     # uint8, which torch's indexing reads as a mask: cast before using one as an index.
     semantic_dtype: str = "int64"

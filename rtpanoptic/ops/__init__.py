@@ -16,7 +16,7 @@ from .mask_loss import mask_loss
 from .panoptic import PaddedPanopticSegments, PanopticSegments, panoptic_from_dense
 from .panoptic_release import panoptic_from_dense_release
 from .select import select_queries
-from .upsample import upsample_argmax, upsample_argmax_narrow
+from .upsample import upsample_argmax
 
 if _extension.load():
     registry.register(registry.CPP_NAMESPACE)  # fakes and autograd of the C++/CUDA ops
@@ -38,5 +38,4 @@ __all__ = [
     "panoptic_from_dense_release",
     "select_queries",
     "upsample_argmax",
-    "upsample_argmax_narrow",
 ]

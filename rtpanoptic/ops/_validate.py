@@ -354,16 +354,9 @@ def _size_pair(op: str, name: str, value) -> list[int]:
 LABEL_DTYPES = {torch.int64: 2**63 - 1, torch.int32: 2**31 - 1, torch.int16: 2**15 - 1, torch.uint8: 2**8 - 1}
 
 
-def _label_dtype(op: str, name: str, dtype, classes: int) -> torch.dtype:
-    if dtype not in LABEL_DTYPES:
-        raise TypeError(f"{op}: {name} must be torch.int64, torch.int32, torch.int16 or torch.uint8, got {dtype}")
-    if classes - 1 > LABEL_DTYPES[dtype]:
-        raise ValueError(f"{op}: {classes} classes do not fit in {dtype}")
-    return dtype
-
-
-def _upsample_argmax(op, logits, size, crop) -> tuple:
-    """``crop`` None becomes ``size``."""
+def upsample_argmax(logits, size, crop, out_dtype) -> tuple:
+    """``crop`` None becomes ``size``; (logits, size, crop, out_dtype)."""
+    op = "upsample_argmax"
     tensor(op, "logits", logits, ndim=4, floating=True)
     size = _size_pair(op, "size", size)
     crop = size if crop is None else _size_pair(op, "crop", crop)
@@ -372,16 +365,8 @@ def _upsample_argmax(op, logits, size, crop) -> tuple:
     _, c, h, w = logits.shape
     if c == 0 or h == 0 or w == 0:
         raise ValueError(f"{op}: logits must have at least one class and one pixel, got {list(logits.shape)}")
-    return logits, size, crop
-
-
-def upsample_argmax(logits, size, crop, out_dtype=torch.int64) -> tuple:
-    """``crop`` None becomes ``size``; (logits, size, crop, out_dtype)."""
-    logits, size, crop = _upsample_argmax("upsample_argmax", logits, size, crop)
-    return logits, size, crop, _label_dtype("upsample_argmax", "out_dtype", out_dtype, logits.shape[1])
-
-
-def upsample_argmax_narrow(logits, size, crop, dtype) -> tuple:
-    """``crop`` None becomes ``size``."""
-    logits, size, crop = _upsample_argmax("upsample_argmax_narrow", logits, size, crop)
-    return logits, size, crop, _label_dtype("upsample_argmax_narrow", "dtype", dtype, logits.shape[1])
+    if out_dtype not in LABEL_DTYPES:
+        raise TypeError(f"{op}: out_dtype must be torch.int64, torch.int32, torch.int16 or torch.uint8, got {out_dtype}")
+    if c - 1 > LABEL_DTYPES[out_dtype]:
+        raise ValueError(f"{op}: {c} classes do not fit in {out_dtype}")
+    return logits, size, crop, out_dtype

@@ -356,22 +356,19 @@ def select_queries(
     return padded, torch.tensor(keep.numel(), dtype=torch.int64, device=boxes.device)
 
 
-def upsample_argmax(logits: Tensor, size: list[int], crop: list[int]) -> Tensor:
+def upsample_argmax(logits: Tensor, size: list[int], crop: list[int], out_dtype: torch.dtype | None = None) -> Tensor:
     """Semantic map at input resolution: ``argmax`` over the classes of ``logits [B, C, h, w]``
     bilinearly resized to ``size = [H, W]`` (``F.interpolate(..., align_corners=False)``), cropped
-    to its first ``crop = [H', W']`` rows and columns -> int64 ``[B, H', W']``.
+    to its first ``crop = [H', W']`` rows and columns -> ``out_dtype`` ``[B, H', W']`` (None:
+    int64; int32, int16 or uint8 hold the same indices where the classes fit).
 
     First maximum on ties; NaN is the maximum (the first NaN wins), as ``torch.argmax``.
     float16/bfloat16 logits are resized in float32.  Builds the ``[B, C, H, W]`` tensor: the
     specification, not a fast path.
     """
     up = F.interpolate(_upcast(logits), size=tuple(size), mode="bilinear", align_corners=False)
-    return up[:, :, : crop[0], : crop[1]].argmax(dim=1)
-
-
-def upsample_argmax_narrow(logits: Tensor, size: list[int], crop: list[int], dtype: torch.dtype) -> Tensor:
-    """:func:`upsample_argmax` cast to the integer ``dtype`` (int64, int32, int16 or uint8)."""
-    return upsample_argmax(logits, size, crop).to(dtype)
+    labels = up[:, :, : crop[0], : crop[1]].argmax(dim=1)
+    return labels if out_dtype is None else labels.to(out_dtype)
 
 
 # --------------------------------------- release-exact masks (bilinear x stride, >= sigma)

@@ -171,11 +171,8 @@ def _select_queries_fake(boxes, scores, labels, nms_thresh, global_nms_thresh, t
     return boxes.new_empty((kept,), dtype=torch.int64), boxes.new_empty((), dtype=torch.int64)
 
 
-def _upsample_argmax_fake(logits, size, crop):
-    return logits.new_empty((logits.shape[0], crop[0], crop[1]), dtype=torch.int64)
-
-
-def _upsample_argmax_narrow_fake(logits, size, crop, dtype):
+def _upsample_argmax_fake(logits, size, crop, out_dtype=None):
+    dtype = torch.int64 if out_dtype is None else out_dtype
     return logits.new_empty((logits.shape[0], crop[0], crop[1]), dtype=dtype)
 
 
@@ -335,17 +332,13 @@ TABLE: tuple[Op, ...] = (
        "(Tensor boxes, Tensor scores, Tensor labels, float nms_thresh, float global_nms_thresh, int top_n) "
        "-> (Tensor, Tensor)",
        _select_queries_fake, _validate.select_queries),
-    # logits [B,C,h,w] -> int64 [B,crop_h,crop_w]: argmax of the bilinear resize to size (integer output).
-    # The Triton kernel computes in float32 (float64 logits: reference, cpp or cuda).
-    Op("upsample_argmax", "(Tensor logits, int[] size, int[] crop) -> Tensor", _upsample_argmax_fake,
-       _validate.upsample_argmax,
+    # logits [B,C,h,w] -> [B,crop_h,crop_w] class indices: argmax of the bilinear resize to size, in
+    # out_dtype (None: int64; int32, int16 or uint8 where the classes fit), written directly by every
+    # backend.  The Triton kernel computes in float32 (float64 logits: reference, cpp or cuda).
+    Op("upsample_argmax", "(Tensor logits, int[] size, int[] crop, ScalarType? out_dtype=None) -> Tensor",
+       _upsample_argmax_fake, _validate.upsample_argmax,
        backends={**_default_backends(),
                  "triton": Support(("cuda", "cpu"), (torch.float16, torch.bfloat16, torch.float32))}),
-    # The same in a narrower integer dtype (int64, int32, int16, uint8; the classes must fit): the
-    # C++ CPU kernel writes it directly; ops.upsample_argmax(out_dtype=) casts the others' int64.
-    Op("upsample_argmax_narrow", "(Tensor logits, int[] size, int[] crop, ScalarType dtype) -> Tensor",
-       _upsample_argmax_narrow_fake, _validate.upsample_argmax_narrow,
-       backends={"reference": Support(None), "cpp": Support(("cpu",))}),
 )
 ROWS: dict[str, Op] = {row.name: row for row in TABLE}
 OPS: tuple[str, ...] = tuple(ROWS)

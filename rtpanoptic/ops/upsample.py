@@ -8,9 +8,6 @@ from torch import Tensor
 
 from . import _dispatch, registry
 
-# Backends that write a narrow ``out_dtype`` themselves (the rest compute int64, then cast).
-NARROW_BACKENDS = tuple(registry.ROWS["upsample_argmax_narrow"].backends)
-
 
 def upsample_argmax(
     logits: Tensor,
@@ -32,9 +29,9 @@ def upsample_argmax(
             (``src = (dst + 0.5) * h / H - 0.5``), e.g. ``(h * stride, w * stride)``.
         crop: ``(H', W')`` <= ``size``: only the first H' rows and W' columns are computed
             (an image's part of a padded batch); None: ``size``.
-        out_dtype: ``torch.int64``, ``torch.int32``, ``torch.int16`` or ``torch.uint8`` (C - 1
-            must fit).  The backends of :data:`NARROW_BACKENDS` write it directly (uint8 is an
-            eighth of the int64 map's memory traffic); the others compute int64 and cast.
+        out_dtype: ``torch.int64``, ``torch.int32``, ``torch.int16`` or ``torch.uint8``, holding the
+            class indices: C - 1 must fit (uint8: C <= 256).  Every backend writes it directly (uint8
+            is an eighth of the int64 map's memory traffic).
 
     Returns:
         ``out_dtype`` ``[B, H', W']`` class indices: first maximum on ties, NaN is the maximum (as
@@ -49,21 +46,4 @@ def upsample_argmax(
     logits, size, crop, out_dtype = registry.validate("upsample_argmax", logits, size, crop, out_dtype)
     if logits.shape[0] == 0:
         return torch.empty((0, crop[0], crop[1]), dtype=out_dtype, device=logits.device)
-    if out_dtype == torch.int64:
-        return _dispatch.select("upsample_argmax", backend, logits.device)(logits, size, crop)
-    chosen = _dispatch.choose("upsample_argmax", backend, logits.device.type)
-    if chosen in NARROW_BACKENDS:
-        return _dispatch.select("upsample_argmax_narrow", chosen, logits.device)(logits, size, crop, out_dtype)
-    return _dispatch.select("upsample_argmax", chosen, logits.device)(logits, size, crop).to(out_dtype)
-
-
-def upsample_argmax_narrow(
-    logits: Tensor, size: Sequence[int], crop: Sequence[int] | None, dtype: torch.dtype, *, backend: str | None = None
-) -> Tensor:
-    """:func:`upsample_argmax` in the integer ``dtype`` (int64, int32, int16 or uint8), on the
-    backends that write it directly (:data:`NARROW_BACKENDS`); ``upsample_argmax(...,
-    out_dtype=dtype)`` runs on every backend."""
-    logits, size, crop, dtype = registry.validate("upsample_argmax_narrow", logits, size, crop, dtype)
-    if logits.shape[0] == 0:
-        return torch.empty((0, crop[0], crop[1]), dtype=dtype, device=logits.device)
-    return _dispatch.select("upsample_argmax_narrow", backend, logits.device)(logits, size, crop, dtype)
+    return _dispatch.select("upsample_argmax", backend, logits.device)(logits, size, crop, out_dtype)

@@ -37,6 +37,26 @@ def _dense(h: int, w: int, seed: int, dtype=torch.float32) -> torch.Tensor:
     return _boxes(h * w, seed, dtype).t().reshape(4, h, w).contiguous()
 
 
+def _local_scene(seed: int, h: int, w: int, q: int, c: int = 6):
+    """panoptic_from_dense inputs whose query j's dense boxes fill a band of rows of the grid (the rest
+    predicts a box far from every query); query 1's mask is the grid's last 3 pixels only, query 2's
+    box meets no dense box (an empty mask)."""
+    g = _gen(seed)
+    boxes = _boxes(q, seed) * torch.tensor([w, h, w, h]) / 20
+    dense = torch.tensor([-1e3, -1e3, -990.0, -990.0]).view(4, 1, 1).repeat(1, h, w)
+    for j in range(3, q):
+        y0, x0 = (int(torch.randint(0, n, (1,), generator=g)) for n in (h, w))
+        dense[:, y0:y0 + 1 + h // 4, x0:x0 + 1 + w // 2] = boxes[j].view(4, 1, 1)
+    boxes[1] = torch.tensor([3e3, 3e3, 3010.0, 3010.0])  # beyond every other box
+    dense[:, h - 1, w - 3:] = boxes[1].view(4, 1)
+    boxes[2] = torch.tensor([5e3, 5e3, 5010.0, 5010.0])
+    dense = dense + torch.rand(4, h, w, generator=g)
+    sem = torch.softmax(torch.randn(c, h, w, generator=g) * 3, 0)
+    sem[2:, h - 1, w - 3:] = 0.9  # every thing class passes sigma where query 1 is predicted
+    return (dense.contiguous(), sem, boxes, torch.randint(2, c, (q,), generator=g), torch.rand(q, generator=g),
+            torch.arange(c) >= 2)
+
+
 def cases():
     """(name, op, positional args on the CPU (a trailing dict: keyword args), indices of the differentiable args)."""
     out = []
@@ -81,6 +101,10 @@ def cases():
         args = (dense.contiguous(), sem, qb, torch.randint(2, c, (q,), generator=g), torch.rand(q, generator=g),
                 torch.arange(c) >= 2)
         out.append((f"panoptic_from_dense q={q}", "panoptic_from_dense", args, ()))
+    for q, (h, w) in ((40, (130, 300)), (300, (20, 37))):
+        # masks in bands of rows: word ranges starting and ending mid-block past 1024 words (the CUDA
+        # fusion block), a mask in the last partial word only, empty masks; 300 queries: two chunks
+        out.append((f"panoptic_from_dense local q={q} {h}x{w}", "panoptic_from_dense", _local_scene(q, h, w, q), ()))
     for q, stride, (h, w), size in ((0, 4, (17, 29), (66, 113)), (1, 4, (17, 29), (68, 116)), (40, 4, (17, 29), (66, 113)),
                                     (25, 2, (23, 41), (45, 81)), (12, 1, (30, 37), (29, 37))):
         # ragged output rows (partial last words), rectangles cut by the crop; stride 1: NaN cells
@@ -95,6 +119,23 @@ def cases():
         args = (dense.contiguous(), sem, qb, torch.randint(2, c, (q,), generator=g), torch.rand(q, generator=g),
                 torch.arange(c) >= 2, dict(stride=stride, size=size, sigma=0.3, stuff_area_limit=3))
         out.append((f"panoptic_from_dense_release q={q} stride={stride}", "panoptic_from_dense_release", args, ()))
+    # release rectangles of more words than the CUDA fusion block's 1024 threads: tall (8 words a row)
+    # and wider than the block (1038 words a row)
+    g = _gen(80)
+    big = torch.rand(6, 2, generator=g) * torch.tensor([200.0, 360.0])
+    big = torch.cat([big, big + 150 + torch.rand(6, 2, generator=g) * 250], 1)
+    dense = big[torch.randint(0, 6, (100, 60), generator=g)].permute(2, 0, 1) + torch.randn(4, 100, 60, generator=g)
+    out.append(("panoptic_from_dense_release tall rectangles", "panoptic_from_dense_release",
+                (dense.contiguous(), torch.softmax(torch.randn(4, 100, 60, generator=g), 0), big,
+                 torch.randint(0, 2, (6,), generator=g), torch.rand(6, generator=g), torch.arange(4) < 2,
+                 dict(stride=4, size=(400, 237), sigma=0.2, stuff_area_limit=3)), ()))
+    wide = torch.tensor([[0.0, 0.0, 33200.0, 8.0], [16600.0, 0.0, 33200.0, 8.0]])
+    logits = torch.randn(3, 2, 8300, generator=g)
+    logits[0] += 3
+    out.append(("panoptic_from_dense_release wide rectangle", "panoptic_from_dense_release",
+                ((wide[0].view(4, 1, 1) + torch.rand(4, 2, 8300, generator=g)).contiguous(), logits.softmax(0), wide,
+                 torch.tensor([0, 0]), torch.tensor([0.9, 0.95]), torch.tensor([True, False, False]),
+                 dict(stride=4, size=(8, 33200), sigma=0.3)), ()))
     out.append(("upsample_argmax", "upsample_argmax", (torch.randn(2, 19, 9, 17, generator=_gen(60)), (72, 136),
                                                          (70, 133)), ()))
     return out

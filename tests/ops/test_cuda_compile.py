@@ -134,6 +134,32 @@ def test_release_kernel_fuses_only_the_bilinear_value(tmp_path):
     assert not others, others
 
 
+def _kernel_stores(tmp_path) -> list[set[str]]:
+    """The global store instructions of each kernel entry of the PTX that :func:`_kernel_fmas` left in
+    ``tmp_path``, in its entries' order."""
+    ptx = (tmp_path / "k.ptx").read_text()
+    entries = re.split(r"(?=^(?:\.visible |\.weak )?\.entry )", ptx, flags=re.M)[1:]
+    return [set(re.findall(r"\bst\.global\.[\w.]+", e)) for e in entries]
+
+
+def test_upsample_argmax_writes_each_out_dtype_with_the_same_arithmetic(tmp_path):
+    """csrc/cuda/upsample_argmax_kernel.cu for sm_90: one kernel per (input, output) dtype pair, each
+    storing its output dtype's width directly (no int64 map cast afterwards), and the output dtype
+    changes nothing else: the same fused multiply-adds (explicit, rounded once) for every output dtype
+    of one input dtype."""
+    fused = _kernel_fmas(ROOT / "csrc" / "cuda" / "upsample_argmax_kernel.cu", tmp_path)
+    kernels = [(n, f, st) for (n, f), st in zip(fused.items(), _kernel_stores(tmp_path)) if "upsample_argmax_kernel<" in n]
+    assert len(kernels) == 16, sorted(fused)  # 4 input dtypes x 4 output dtypes
+    widths = {"long": "u64", "int": "u32", "short": "u16", "unsigned char": "u8"}
+    by_input = {}
+    for name, found, entry_stores in kernels:
+        scalar, out = re.search(r"upsample_argmax_kernel<(.+?), (long|int|short|unsigned char)>", name).groups()
+        assert entry_stores == {f"st.global.{widths[out]}"}, (name, entry_stores)
+        assert found and set(found) == {"fma.rn.f64" if scalar == "double" else "fma.rn.f32"}, (name, found)
+        by_input.setdefault(scalar, []).append(found)
+    assert len(by_input) == 4 and all(len(v) == 4 and all(f == v[0] for f in v) for v in by_input.values())
+
+
 def test_bitmask_nms_kernels_compile_without_fma(tmp_path):
     """csrc/cuda/select_queries_kernel.cu (suppression_mask.cuh's mask and scan kernels, shared with
     nms_kernel.cu) for sm_90: every instantiation is there and none contracts the IoU."""
@@ -141,4 +167,14 @@ def test_bitmask_nms_kernels_compile_without_fma(tmp_path):
     masks = [n for n in fused if "suppression_mask_kernel" in n]
     scans = [n for n in fused if "greedy_scan_kernel" in n]
     assert len(masks) == 12 and len(scans) == 2, sorted(fused)  # 4 dtypes x 3 (labels, global) forms; global on/off
+    assert not {n: f for n, f in fused.items() if f}
+
+
+def test_panoptic_grid_kernels_compile_without_fma(tmp_path):
+    """csrc/cuda/panoptic_from_dense_kernel.cu for sm_90: the mask kernel (with its per-query mask
+    statistics), the bounded fusion and the stuff kernels, every dtype instantiated, none with a
+    fused multiply-add (the mask bits are score * P_sem > sigma rounded as the reference's)."""
+    fused = _kernel_fmas(ROOT / "csrc" / "cuda" / "panoptic_from_dense_kernel.cu", tmp_path)
+    for kernel in ("mask_kernel", "fusion_kernel", "stuff_count_kernel"):
+        assert len([n for n in fused if kernel in n]) == 4, sorted(fused)  # float16, bfloat16, float32, float64
     assert not {n: f for n, f in fused.items() if f}

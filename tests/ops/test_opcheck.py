@@ -32,7 +32,6 @@ def _samples(make, op, backend, device):
         "mask_loss": make.loss_case(0),
         "select_queries": (boxes, scores, labels, 0.5, 0.3, 8),
         "upsample_argmax": (torch.randn(2, 3, 5, 7, generator=g), [20, 28], [18, 27]),
-        "upsample_argmax_narrow": (torch.randn(2, 3, 5, 7, generator=g), [20, 28], [18, 27], torch.uint8),
         "panoptic_from_dense_release": (*scene, 4, 30, 33, 0.2, "iou", 0.0, 0.5, 3, True),
     }[op]
     dtype = F64 if F64 in registry.ROWS[op].backends[backend].dtypes else torch.float32
@@ -105,3 +104,31 @@ def test_compile_training_step(backend, device, make, kernels):
     torch.testing.assert_close(loss, ref)
     for a, b in zip(torch.autograd.grad(loss, (o1, q1)), torch.autograd.grad(ref, (o2, q2))):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.backends("upsample_argmax", reference=False)
+@pytest.mark.parametrize("out_dtype", [torch.int64, torch.int32, torch.int16, torch.uint8], ids=str)
+def test_upsample_argmax_out_dtype_opcheck_compile_export(backend, device, kernels, out_dtype):
+    """upsample_argmax's optional ScalarType argument: opcheck (fake kernel in that dtype, AOT
+    dispatch), torch.compile(fullgraph=True) and torch.export of a module calling the public op,
+    each giving the eager op's map in ``out_dtype``."""
+    logits = torch.randn(2, 3, 5, 7, generator=torch.Generator().manual_seed(1)).to(device)
+    op = kernels(backend).upsample_argmax
+    args = (logits, [20, 28], [18, 27], out_dtype)
+    torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_autograd_registration",
+                                                        "test_faketensor", "test_aot_dispatch_dynamic"))
+    want = op(*args)
+    assert want.dtype == out_dtype
+
+    class Semantic(torch.nn.Module):
+        def forward(self, x):
+            return ops.upsample_argmax(x, (20, 28), (18, 27), out_dtype=out_dtype, backend=backend)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(Semantic(), fullgraph=True, backend="aot_eager")(logits)
+    assert compiled.dtype == out_dtype and torch.equal(compiled, want)
+    program = torch.export.export(Semantic(), (logits,))
+    exported = program.module()(logits)
+    assert exported.dtype == out_dtype and torch.equal(exported, want)
+    calls = [n for n in program.graph.nodes if n.op == "call_function" and "upsample_argmax" in str(n.target)]
+    assert len(calls) == 1 and calls[0].meta["val"].dtype == out_dtype

@@ -620,3 +620,97 @@ def test_num_queries_and_class_checks(make):
     num = torch.tensor(7, dtype=torch.int32)  # any integer dtype
     _assert_identical(ops.panoptic_from_dense(*args, num_queries=num),
                       ops.panoptic_from_dense(*args, num_queries=num.long()))
+
+
+# ------------------------------------------------------------------ masks bounded in space
+# The CUDA fusion counts and paints each query over the range of its mask's non-zero words only
+# (recorded while the masks are built; csrc/cuda/panoptic_from_dense_kernel.cu): scenes whose masks
+# are local, ranges that start and end anywhere (a word range past 1024 words, the fusion block's
+# width), masks in the first or only the last (partial) word, empty masks, and query counts past the
+# kernels' chunks of 256 queries.
+FAR = [-1000.0, -1000.0, -990.0, -990.0]  # no query box meets it
+
+
+def _region_scene(seed, h, w, q, c=6, empty=()):
+    """Query j's dense boxes (its box plus noise) fill a random rectangle of the grid (a later query
+    on top of an earlier one), the rest of the grid predicts FAR: each mask lies in a band of rows.
+    The queries in ``empty`` own no cell and their boxes lie far from every dense box: empty masks."""
+    g = torch.Generator().manual_seed(seed)
+    boxes = torch.cat([torch.rand(q, 2, generator=g, dtype=F64) * torch.tensor([4 * w, 4 * h], dtype=F64),
+                       torch.rand(q, 2, generator=g, dtype=F64) * 60 + 8], 1)
+    boxes[:, 2:] += boxes[:, :2]
+    dense = torch.tensor(FAR, dtype=F64).view(4, 1, 1).repeat(1, h, w)
+    for j in range(q):
+        y0, x0 = int(torch.randint(0, h, (1,), generator=g)), int(torch.randint(0, w, (1,), generator=g))
+        y1 = y0 + int(torch.randint(1, max(2, h // 3), (1,), generator=g))
+        x1 = x0 + int(torch.randint(1, max(2, w // 2), (1,), generator=g))
+        if j in empty:
+            boxes[j] = torch.tensor([5000.0, 5000.0, 5010.0, 5010.0], dtype=F64)
+        else:
+            dense[:, y0:y1, x0:x1] = boxes[j].view(4, 1, 1)
+    dense = dense + 0.5 * torch.randn(4, h, w, generator=g, dtype=F64)
+    sem = torch.softmax(torch.randn(c, h, w, generator=g, dtype=F64) * 2, 0)
+    classes = torch.randint(2, c, (q,), generator=g)
+    scores = torch.rand(q, generator=g, dtype=F64)
+    return dense.float(), sem.float(), boxes.float(), classes, scores.float(), torch.arange(c) >= 2
+
+
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("seed,h,w,q", [(0, 130, 300, 40), (1, 97, 411, 25), (2, 33, 65, 60)])
+def test_local_masks_with_word_ranges_anywhere(backend, device, seed, h, w, q, skip_interpreted):
+    """130 x 300 and 97 x 411: 1219 and 1246 words of 32 pixels, past the fusion block's 1024 threads,
+    each mask's range starting and ending mid-block; 33 x 65: a partial last word."""
+    if h * w > 10_000:
+        skip_interpreted(backend, device, f"a {h}x{w} grid")
+    scene = _region_scene(seed, h, w, q, empty=(3, 7))
+    out = _check(backend, device, scene, sigma=0.1, overlap_threshold=0.6, stuff_area_limit=3)
+    kept = out.queries[out.queries >= 0]
+    assert len(kept) >= 5 and not ({3, 7} & set(kept.tolist()))  # the empty queries keep nothing
+
+
+@pytest.mark.backends(OP, reference=False)
+def test_masks_in_the_first_and_only_the_last_word(backend, device):
+    """37 x 41 = 1517 pixels (a partial last word of 13 pixels for 32-pixel words, 45 for 64): query 0's
+    mask is the last 3 pixels only, query 2's the first 2; query 1 is query 0 with a class whose
+    probability stays below sigma and query 3 meets no dense box (empty masks); query 4 covers rows
+    10-19, behind query 0 and 2 in score order."""
+    h, w = 37, 41
+    b_last, b_first, b_band = [100.0, 100.0, 120.0, 120.0], [0.0, 0.0, 10.0, 10.0], [40.0, 40.0, 90.0, 80.0]
+    dense = torch.tensor(FAR).view(4, 1, 1).repeat(1, h, w)
+    dense[:, h - 1, w - 3:] = torch.tensor(b_last).view(4, 1)
+    dense[:, 0, :2] = torch.tensor(b_first).view(4, 1)
+    dense[:, 10:20, :] = torch.tensor(b_band).view(4, 1, 1)
+    sem = torch.full((4, h, w), 0.1)
+    sem[2] = 0.7  # class 2: every thing mask passes sigma = 0.3 where its box is predicted
+    sem[3] = 0.1  # class 3: never
+    boxes = torch.tensor([b_last, b_last, b_first, [500.0, 500.0, 510.0, 510.0], b_band])
+    classes, scores = torch.tensor([2, 3, 2, 2, 2]), torch.tensor([0.9, 0.95, 0.8, 0.85, 0.5])
+    args = (dense, sem, boxes, classes, scores, torch.tensor([False, False, True, True]))
+    out = _check(backend, device, args, sigma=0.3, stuff_area_limit=0)
+    assert out.queries.tolist()[:3] == [0, 2, 4] and out.areas.tolist()[:3] == [3, 2, 10 * w]
+    want = torch.zeros(h, w, dtype=torch.int32)
+    want[h - 1, w - 3:] = 1
+    want[0, :2] = 2
+    want[10:20] = 3
+    assert torch.equal(out.segment_map == 1, want == 1) and torch.equal(out.segment_map == 2, want == 2)
+    assert torch.equal(out.segment_map == 3, want == 3)
+
+
+@pytest.mark.backends(OP, reference=False)
+@pytest.mark.parametrize("q", [150, 256, 257, 300])
+def test_query_counts_past_the_kernels_chunks(backend, device, q, skip_interpreted):
+    """The CUDA kernels take the queries in chunks of 256 (the mask statistics, the fusion's entries):
+    Q = 150, one chunk; 256, exactly one; 257 and 300, a second chunk; with absent queries past
+    num_queries = Q - 20 in the padded form."""
+    skip_interpreted(backend, device, f"{q} queries")
+    dense, sem, boxes, classes, scores, is_thing = _region_scene(q, 40, 56, q)
+    _check(backend, device, (dense, sem, boxes, classes, scores, is_thing), sigma=0.1, overlap_threshold=0.8,
+           stuff_area_limit=3)
+    n = q - 20
+    want = ops.PaddedPanopticSegments(*reference.panoptic_from_dense(
+        dense, sem, boxes[:n], classes[:n], scores[:n], is_thing, 0.1, "iou", 0.0, 0.5, 3)).trimmed()
+    args = [t.to(device) for t in (dense, sem, *_absent_garbage(n, boxes, classes, scores, sem.shape[0]), is_thing)]
+    out = ops.panoptic_from_dense(*args, sigma=0.1, stuff_area_limit=3, num_queries=torch.tensor(n, device=device),
+                                  padded=True, backend=backend)
+    _assert_identical(out, _padded_reference(want, q + sem.shape[0]))
+    assert (want.queries >= 0).sum() >= 20

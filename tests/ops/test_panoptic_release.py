@@ -265,6 +265,40 @@ def test_no_queries(backend, device):
     assert_same(run(args, backend, size=(37, 45)), run(args, "reference", size=(37, 45)))
 
 
+@BACKENDS
+@pytest.mark.parametrize("seed", range(2))
+def test_rectangles_of_more_words_than_the_fusion_block(backend, device, seed):
+    """Objects of 150-400 px on a 400 x 240 output (8 words per row): rectangles of up to 3200 words,
+    more than the CUDA fusion block's 1024 threads, each thread walking several rows of its rectangle."""
+    if interpreted(backend, device):
+        pytest.skip("a 400 x 240 output with 150-400 px objects: too slow in Triton's interpreter")
+    args = on(scene(40 + seed, 100, 60, 6, sizes=(150, 401)), device)
+    kw = dict(size=(400, 237), sigma=0.3, overlap_threshold=0.7, stuff_area_limit=20)
+    out = run(args, backend, **kw)
+    assert_same(out, run(args, "reference", **kw))
+    assert (out.queries >= 0).sum() >= 2
+
+
+@BACKENDS
+def test_rectangle_wider_than_the_fusion_block(backend, device):
+    """An 8 x 33,200 output (1038 words per row, more than the CUDA fusion block's 1024 threads): query
+    0's rectangle spans every word column, query 1's the right half."""
+    if interpreted(backend, device):
+        pytest.skip("a 33,200 px wide output: too slow in Triton's interpreter")
+    g = torch.Generator().manual_seed(50)
+    wide = torch.tensor([0.0, 0.0, 33200.0, 8.0])
+    dense = wide.view(4, 1, 1) + torch.rand(4, 2, 8300, generator=g)
+    logits = torch.randn(3, 2, 8300, generator=g)
+    logits[0] += 3
+    boxes = torch.stack([wide, torch.tensor([16600.0, 0.0, 33200.0, 8.0])])
+    args = on([dense, logits.softmax(0), boxes, torch.tensor([0, 0]), torch.tensor([0.9, 0.95]),
+               torch.tensor([True, False, False])], device)
+    kw = dict(size=(8, 33200), sigma=0.3, overlap_threshold=0.9)
+    out = run(args, backend, **kw)
+    assert_same(out, run(args, "reference", **kw))
+    assert out.queries.tolist()[:2] == [1, 0]
+
+
 @pytest.mark.skipif(not TRITON_CPU, reason="needs Triton's interpreter (TRITON_INTERPRET=1)")
 def test_triton_gpu_block_sizes_in_the_interpreter(monkeypatch):
     """The GPU launch sizes (many programs per pass: per-program maxima and rectangles reduced

@@ -105,8 +105,7 @@ _BAD_CALLS = {
     "panoptic_from_dense_release": (_SCENE, {**_FUSION, "stride": 3, "size": (8, 8)}),
     "mask_loss": ((torch.zeros(1, 4, 2, 2), _B, torch.zeros(1, 2, 2), _S, None), {}),
     "select_queries": ((_B, _S, torch.tensor([0]), 0.5, None, -1), {}),
-    "upsample_argmax": ((torch.zeros(1, 2, 2, 2), (4, 4), (5, 4)), {}),
-    "upsample_argmax_narrow": ((torch.zeros(1, 2, 2, 2), (4, 4), (4, 4), torch.float32), {}),
+    "upsample_argmax": ((torch.zeros(1, 2, 2, 2), (4, 4), (4, 4)), {"out_dtype": torch.float32}),
 }
 
 

@@ -301,48 +301,86 @@ def test_strict_argmax_at_every_corner_is_not_enough():
     assert torch.equal(ops.upsample_argmax(logits, (192, 320), backend="cpp"), want)
 
 
-# ------------------------------------------------------------------------- narrow output dtype
-@pytest.mark.backends("upsample_argmax")
-@pytest.mark.parametrize("out_dtype", [torch.int32, torch.int16, torch.uint8])
-def test_out_dtype(backend, device, out_dtype):
-    logits = _specials(_blobby(19, 12, 20, 40), 41).to(device)
-    want = reference.upsample_argmax(logits, [96, 160], [90, 157])
+# ------------------------------------------------------------------------- output dtype
+# One op, one schema: every backend writes out_dtype itself (no int64 map cast afterwards).
+OUT_DTYPES = [torch.int64, torch.int32, torch.int16, torch.uint8]
+
+
+def _nan_ties(c=19, h=12, w=20):
+    """NaN, inf, huge and subnormal logits (:func:`_specials`) with exact ties: the plane of class
+    c // 2 copied into the last class, so wherever it wins, the earlier index must."""
+    logits = _specials(_blobby(c, h, w, 42), 43)
+    logits[:, -1] = logits[:, c // 2]
+    return logits
+
+
+@pytest.mark.backends("upsample_argmax", reference=False)
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)
+@pytest.mark.parametrize("inputs", ["random", "ties_nan"])
+def test_out_dtype_equals_reference(backend, device, out_dtype, inputs):
+    """Each output dtype on every backend: the reference's class indices, in that dtype, on the
+    logits' device; the empty batch too."""
+    g = _gen(40)
+    logits = (torch.randn(2, 19, 12, 20, generator=g) if inputs == "random" else _nan_ties()).to(device)
+    want = reference.upsample_argmax(logits, [96, 160], [90, 157], out_dtype)
+    assert want.dtype == out_dtype
+    if inputs == "ties_nan":
+        assert (want == 19 // 2).any() and not (want == 18).any()
+    assert torch.equal(want.long(), reference.upsample_argmax(logits, [96, 160], [90, 157]))
     got = ops.upsample_argmax(logits, (96, 160), (90, 157), out_dtype=out_dtype, backend=backend)
-    assert got.dtype == out_dtype and got.device == logits.device
-    assert torch.equal(got.cpu(), want.cpu().to(out_dtype))
-    assert ops.upsample_argmax(logits[:0], (96, 160), out_dtype=out_dtype, backend=backend).dtype == out_dtype
+    assert got.dtype == out_dtype and got.device == logits.device and got.shape == (logits.shape[0], 90, 157)
+    assert torch.equal(got.cpu(), want.cpu())
+    empty = ops.upsample_argmax(logits[:0], (96, 160), out_dtype=out_dtype, backend=backend)
+    assert empty.dtype == out_dtype and empty.shape == (0, 96, 160)
+
+
+@pytest.mark.backends("upsample_argmax", reference=False)
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)
+def test_registered_op_writes_out_dtype(backend, device, out_dtype, kernels):
+    """The registered op itself (torch.ops.<namespace>.upsample_argmax) takes out_dtype: no
+    cast in the public wrapper; None is int64."""
+    logits = _nan_ties(7, 6, 9).to(device)
+    op = kernels(backend).upsample_argmax
+    want = reference.upsample_argmax(logits, [24, 36], [22, 35])
+    got = op(logits, [24, 36], [22, 35], out_dtype)
+    assert got.dtype == out_dtype and torch.equal(got.cpu(), want.cpu().to(out_dtype))
+    assert op(logits, [24, 36], [22, 35]).dtype == torch.int64
 
 
 @cpp_only
-@pytest.mark.parametrize("out_dtype", [torch.int64, torch.int32, torch.int16, torch.uint8])
-@pytest.mark.parametrize("inputs", ["blobby", "specials", "boundaries_everywhere"])
-def test_narrow_op_writes_the_dtype_on_both_paths(inputs, out_dtype, monkeypatch):
+@pytest.mark.parametrize("out_dtype", OUT_DTYPES, ids=str)
+@pytest.mark.parametrize("inputs", ["blobby", "specials", "ties", "boundaries_everywhere"])
+def test_out_dtype_on_both_cpp_paths(inputs, out_dtype, monkeypatch):
     logits = ADVERSARIAL[inputs](torch.float32)
     size = (8 * logits.shape[2], 8 * logits.shape[3])
     fast, plain = _cpp_paths(logits, size, size, monkeypatch, out_dtype=out_dtype)
     assert fast.dtype == plain.dtype == out_dtype
     assert torch.equal(fast, plain)
-    want = reference.upsample_argmax(logits, list(size), list(size)).to(out_dtype)
-    assert torch.equal(torch.ops.rtpanoptic.upsample_argmax_narrow(logits, list(size), list(size), out_dtype), want)
+    wide = _cpp_paths(logits, size, size, monkeypatch)[0]
+    assert torch.equal(fast, wide.to(out_dtype))
+    if FUSED_ATEN:
+        assert torch.equal(fast, reference.upsample_argmax(logits, list(size), list(size), out_dtype))
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
-def test_uint8_holds_256_classes(backend, cpu_backends):
-    if backend not in cpu_backends("upsample_argmax_narrow"):
-        pytest.skip(f"{backend} is not built")
+@pytest.mark.backends("upsample_argmax")
+def test_uint8_holds_256_classes(backend, device):
     logits = torch.zeros(1, 256, 2, 2)
     logits[0, 255] = 1.0
-    got = ops.upsample_argmax(logits, (8, 8), out_dtype=torch.uint8, backend=backend)
-    assert torch.equal(got, torch.full((1, 8, 8), 255, dtype=torch.uint8))
+    got = ops.upsample_argmax(logits.to(device), (8, 8), out_dtype=torch.uint8, backend=backend)
+    assert torch.equal(got.cpu(), torch.full((1, 8, 8), 255, dtype=torch.uint8))
 
 
 @pytest.mark.parametrize("args,kwargs,exc,msg", [
     ((torch.zeros(1, 2, 3, 4), (8, 8)), {"out_dtype": torch.float32}, TypeError,
-     r"upsample_argmax: out_dtype must be torch.int64, torch.int32, torch.int16 or torch.uint8, got torch.float32"),
+     r"^upsample_argmax: out_dtype must be torch.int64, torch.int32, torch.int16 or torch.uint8, got torch.float32$"),
     ((torch.zeros(1, 2, 3, 4), (8, 8)), {"out_dtype": torch.int8}, TypeError,
-     r"upsample_argmax: out_dtype must be torch.int64, torch.int32, torch.int16 or torch.uint8, got torch.int8"),
+     r"^upsample_argmax: out_dtype must be torch.int64, torch.int32, torch.int16 or torch.uint8, got torch.int8$"),
+    ((torch.zeros(1, 2, 3, 4), (8, 8)), {"out_dtype": None}, TypeError,
+     r"^upsample_argmax: out_dtype must be torch.int64, torch.int32, torch.int16 or torch.uint8, got None$"),
     ((torch.zeros(1, 257, 3, 4), (8, 8)), {"out_dtype": torch.uint8}, ValueError,
-     r"upsample_argmax: 257 classes do not fit in torch.uint8"),
+     r"^upsample_argmax: 257 classes do not fit in torch.uint8$"),
+    ((torch.zeros(1, 32769, 1, 1), (2, 2)), {"out_dtype": torch.int16}, ValueError,
+     r"^upsample_argmax: 32769 classes do not fit in torch.int16$"),
 ])
 def test_out_dtype_validation(args, kwargs, exc, msg):
     with pytest.raises(exc, match=msg):

@@ -92,10 +92,27 @@ _SAME_WORDS = [
     ("upsample_argmax", (torch.zeros(1, 3, 2, 2), (0, 4), (4, 4))),
     ("upsample_argmax", (torch.zeros(1, 3, 2, 2), (4, 4), (5, 4))),
     ("upsample_argmax", (torch.zeros(1, 0, 2, 2), (4, 4), (4, 4))),
-    ("upsample_argmax_narrow", (torch.zeros(1, 3, 2, 2), (4, 4), (4, 4), torch.float32)),
-    ("upsample_argmax_narrow", (torch.zeros(1, 300, 2, 2), (4, 4), (4, 4), torch.uint8)),
-    ("upsample_argmax_narrow", (torch.zeros(1, 3, 2, 2), (4, 4), (5, 4), torch.uint8)),
 ]
+
+# upsample_argmax's out_dtype: a keyword of the public op, the schema's fourth argument.
+_OUT_DTYPE = [
+    (torch.zeros(1, 3, 2, 2), torch.float32),
+    (torch.zeros(1, 3, 2, 2), torch.int8),
+    (torch.zeros(1, 300, 2, 2), torch.uint8),
+    (torch.zeros(1, 3, 2, 2, dtype=torch.int32), torch.uint8),  # logits first, as the public op
+]
+
+
+@pytest.mark.skipif(not _CPP, reason="the C++ extension is not built")
+@pytest.mark.parametrize("logits,out_dtype", _OUT_DTYPE, ids=lambda v: str(v) if isinstance(v, torch.dtype) else "")
+def test_cpp_out_dtype_checks_use_the_python_wording(logits, out_dtype):
+    with pytest.raises((TypeError, ValueError)) as py:
+        ops.upsample_argmax(logits, (4, 4), (4, 4), out_dtype=out_dtype)
+    with pytest.raises((TypeError, ValueError)) as cpp:
+        C.upsample_argmax(logits, [4, 4], [4, 4], out_dtype)
+    assert type(cpp.value) is type(py.value)
+    assert str(cpp.value).splitlines()[0] == str(py.value)
+
 
 # panoptic_from_dense: the public op takes the scalars as keywords, the C++ op positionally.
 _SCENE = (torch.zeros(4, 2, 2), torch.zeros(3, 2, 2), B, torch.tensor([1]), S, torch.ones(3, dtype=torch.bool))
