@@ -136,3 +136,36 @@ def test_int8_off_the_cpu_is_refused():
         Predictor(model, quantize="int8", calibration=[_image()[0]])
     assert str(info.value) == ("Predictor: quantize='int8' runs on the CPU only (oneDNN's int8 kernels), "
                                "the model is on meta")
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+@pytest.mark.parametrize("flags, named", [
+    (["--int8", "--calibration", "{img}", "--fast"], "--int8 runs the network in int8 itself: drop --fast or --int8"),
+    (["--int8", "--calibration", "{img}", "--precision", "bf16", "--channels-last"],
+     "drop --precision, --[no-]channels-last or --int8"),
+    (["--calibration", "{img}"], "--calibration is for --int8: give --int8 or drop --calibration"),
+    (["--int8"], "--int8 needs --calibration PATH (an image or a folder of images; repeatable)"),
+    (["--int8", "--calibration", "{missing}"], "input {missing} does not exist"),
+])
+def test_int8_cli_errors(command, flags, named, tmp_path, capsys):
+    """One line, exit status 2, before any model or dataset is read (the checkpoint does not exist)."""
+    from cli_testing import one_line_error
+
+    img = tmp_path / "img.png"
+    img.write_bytes(b"")
+    paths = {"img": img, "missing": tmp_path / "none.png"}
+    inputs = ["-i", str(img)] if command == "predict" else []
+    flags = [f.format(**paths) for f in flags]
+    one_line_error(capsys, [command, "--checkpoint", str(tmp_path / "missing.pt"), *inputs, "--device", "cpu",
+                            "--output-dir", str(tmp_path / "out"), *flags], named.format(**paths))
+
+
+def test_int8_cli_without_torchao(monkeypatch, tmp_path, capsys):
+    from cli_testing import one_line_error
+
+    monkeypatch.setitem(sys.modules, "torchao", None)
+    for name in [m for m in sys.modules if m.startswith("torchao.")]:
+        monkeypatch.delitem(sys.modules, name)
+    one_line_error(capsys, ["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--device", "cpu",
+                            "--output-dir", str(tmp_path / "out"), "--int8", "--calibration", str(tmp_path)],
+                   "int8 quantization needs torchao: pip install 'rtpanoptic[int8]'")
