@@ -22,10 +22,11 @@ the post-processing is unchanged.  ``compile=False`` runs the converted graph ea
 reference of the quantization (quantize / dequantize in fp32 around fp32 ops; slow), which the
 tests compare with fp32.
 
-Freezing is a dynamo-time setting for an exported graph (dynamo lifts its weights as parameters
-only when ``torch._inductor.config.freezing`` is set; as a per-compile option the int8 weights
-stay graph inputs and Inductor cannot compile their prepacking), so each call sets it in a
-``config.patch`` around the compiled graph: the process's config is left as it was.
+Freezing is a dynamo-time setting (dynamo lifts a module's weights as parameters for Inductor's
+``freeze`` only when ``torch._inductor.config.freezing`` is set: as a per-compile option Inductor
+sees no parameter to freeze, and the int8 weights' prepacking then cannot compile), so each call
+sets it, and torchao's pre-grad pass (:func:`load_torchao`), in a ``config.patch`` around the
+compiled graph: the process's config is left as it was.
 """
 from __future__ import annotations
 
@@ -45,16 +46,26 @@ QUANTIZE_MODES = ("int8",)
 
 
 def load_torchao():
-    """``(prepare_pt2e, convert_pt2e, X86InductorQuantizer with its default config)``; ImportError
-    (one line naming the pip command) when torchao is not installed."""
+    """``(prepare_pt2e, convert_pt2e, X86InductorQuantizer with its default config, Inductor config
+    of the compiled int8 graphs)``; ImportError (one line naming the pip command) when torchao is not
+    installed.
+
+    Importing torchao's x86 quantizer sets ``torch._inductor.config.pre_grad_custom_pass`` (its
+    ``QuantLiftUp``) for the whole process: the previous value is put back and the pass is set only
+    around the int8 graphs' calls (with ``freezing``), so other compiles in the process are as before."""
+    import torch._inductor.config as inductor_config
+
+    previous = inductor_config.pre_grad_custom_pass
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
     except ImportError:
         raise ImportError(f"int8 quantization needs torchao: {INSTALL_HINT}") from None
+    finally:
+        lift_up, inductor_config.pre_grad_custom_pass = inductor_config.pre_grad_custom_pass, previous
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    return prepare_pt2e, convert_pt2e, quantizer
+    return prepare_pt2e, convert_pt2e, quantizer, {"freezing": True, "pre_grad_custom_pass": lift_up}
 
 
 def float_copy(model: nn.Module) -> nn.Module:
@@ -131,7 +142,7 @@ class Int8Network:
             raise ValueError(f"quantize='int8' runs on the CPU only (oneDNN's int8 kernels), the model is on {device}")
         if not isinstance(compile, bool):
             raise TypeError(f"quantize='int8': compile must be a bool, got {type(compile).__name__}")
-        self._prepare_pt2e, self._convert_pt2e, self._quantizer = load_torchao()
+        self._prepare_pt2e, self._convert_pt2e, self._quantizer, self._inductor_config = load_torchao()
         if compile and os.environ.get("ATEN_CPU_CAPABILITY"):
             # execution.fast_compile: torch 2.14.1's frozen graphs computed wrong values under an
             # overridden ATen capability, and int8 needs freezing to compile
@@ -189,7 +200,7 @@ class Int8Network:
             return outputs_as_fp32(graph(x.float()))
         import torch._inductor.config as inductor_config
 
-        with inductor_config.patch(freezing=True):
+        with inductor_config.patch(self._inductor_config):
             return outputs_as_fp32(graph(x.float()))
 
     @property

@@ -7,6 +7,7 @@ around fp32 ops): Inductor's compilation of it takes minutes on a small CPU, too
 (the compiled graph's error against fp32 is measured in docs/inference.md).
 """
 import math
+import os
 import sys
 
 import pytest
@@ -169,3 +170,30 @@ def test_int8_cli_without_torchao(monkeypatch, tmp_path, capsys):
     one_line_error(capsys, ["evaluate", "--checkpoint", str(tmp_path / "missing.pt"), "--device", "cpu",
                             "--output-dir", str(tmp_path / "out"), "--int8", "--calibration", str(tmp_path)],
                    "int8 quantization needs torchao: pip install 'rtpanoptic[int8]'")
+
+
+@needs_torchao
+@pytest.mark.slow
+@pytest.mark.skipif(bool(os.environ.get("ATEN_CPU_CAPABILITY")),
+                    reason="int8 is not compiled under an overridden ATen capability (see execution.fast_compile)")
+def test_compiled_int8_within_int8_rounding_and_leaves_the_process_as_it_was():
+    """The compiled path (Inductor, weight freezing, oneDNN's int8 convolutions) on a two-layer net
+    that compiles in seconds: within DEPTH * u of fp32 for its depth 2 (test_precision's rule), and
+    no process-global setting changed (freezing is set around each call only)."""
+    from test_precision import _process_state, _TinyHead
+
+    from rtpanoptic.quantize import Int8Network
+
+    torch.manual_seed(0)
+    net = _TinyHead().eval()
+    calibration = [torch.randn(1, 3, 32, 32) for _ in range(4)]
+    before = _process_state()
+    runner = Int8Network(net, calibration, compile=True)
+    x = torch.randn(1, 3, 32, 32)
+    got = runner(x)
+    assert _process_state() == before
+    with torch.no_grad():
+        want = net(x)
+    num = float((got.levelness.double() - want.levelness.double()).square().sum())
+    error = math.sqrt(num / float(want.levelness.double().square().sum()))
+    assert 0 < error <= 2 * INT8_UNIT, f"relative error {error / INT8_UNIT:.2f} u > 2 u"
