@@ -191,6 +191,7 @@ class Int8Network:
         return self._graphs[shape]
 
     def prepare(self, x: Tensor) -> Tensor:
+        """The input as the graphs take it: unchanged (Inductor picks the memory format)."""
         return x
 
     @torch.no_grad()
@@ -205,6 +206,7 @@ class Int8Network:
 
     @property
     def mode(self) -> RunMode:
+        """The settings as a :class:`~rtpanoptic.execution.RunMode` (precision ``"int8"``)."""
         return RunMode("int8", False, self.compile)
 
     def describe(self) -> dict:
