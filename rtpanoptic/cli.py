@@ -107,6 +107,12 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true",
                    help="the fastest settings: bf16 where the CPU (or GPU) has it natively, else fp32; channels_last; "
                         "--compile with weight freezing (the first batch of each size compiles; docs/inference.md)")
+    p.add_argument("--int8", action="store_true",
+                   help="int8 network on the CPU (PT2E, needs torchao: pip install 'rtpanoptic[int8]'); opt-in, it "
+                        "costs accuracy (docs/inference.md); needs --calibration; the first batch of each shape compiles")
+    p.add_argument("--calibration", action="append", metavar="PATH",
+                   help="with --int8: an image or a folder of images whose activation ranges set the int8 scales "
+                        "(a few representative ones; repeatable)")
 
 
 def _predictor_options(args, device) -> dict:
@@ -114,6 +120,8 @@ def _predictor_options(args, device) -> dict:
     from .execution import check_precision, fast_conflicts, run_options
     from .pipeline import UsageError
 
+    if args.int8 or args.calibration:
+        return _int8_options(args, device)
     given = fast_conflicts(args.precision, args.channels_last, args.compile) if args.fast else []
     if given:
         flags = {"precision": "--precision", "channels_last": "--[no-]channels-last", "compile": "--compile"}
@@ -125,6 +133,33 @@ def _predictor_options(args, device) -> dict:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return options
+
+
+def _int8_options(args, device) -> dict:
+    """``Predictor`` keyword arguments of --int8 --calibration PATH [--calibration PATH ...]: the images read."""
+    import torch
+
+    from .data.image_io import ImageError, read_image
+    from .pipeline import UsageError
+    from .pipeline.predict import list_images
+    from .quantize import load_torchao
+
+    if not args.int8:
+        raise UsageError("--calibration is for --int8: give --int8 or drop --calibration")
+    given = [flag for flag, value in (("--fast", args.fast), ("--precision", args.precision),
+                                      ("--[no-]channels-last", args.channels_last)) if value not in (None, False)]
+    if given:
+        raise UsageError(f"--int8 runs the network in int8 itself: drop {', '.join(given)} or --int8")
+    if torch.device(device).type != "cpu":
+        raise UsageError("--int8 runs on the CPU only (oneDNN's int8 kernels): use --device cpu")
+    if not args.calibration:
+        raise UsageError("--int8 needs --calibration PATH (an image or a folder of images; repeatable)")
+    try:
+        load_torchao()
+        images = [read_image(f, what="calibration image") for f in list_images(args.calibration)]
+    except (ImportError, ImageError) as exc:
+        raise UsageError(str(exc)) from None
+    return {"quantize": "int8", "calibration": images}
 
 
 # ----------------------------------------------------------------------------------- commands

@@ -164,6 +164,13 @@ class Predictor:
             fp32; bf16 on CUDA), channels_last, ``torch.compile`` with weight freezing.  The first
             call at each input size compiles.  ValueError if precision, channels_last or compile is
             given too.
+        quantize: ``"int8"``: the network quantized to int8 by PT2E with torchao's x86 Inductor
+            quantizer (:class:`~rtpanoptic.quantize.Int8Network`; CPU only, needs torchao).  Opt-in:
+            it costs accuracy (docs/inference.md).  ValueError with ``fast``, ``precision`` or
+            ``channels_last``, on CUDA, or without ``calibration``; ImportError without torchao.
+            ``compile`` (a bool) then says whether the int8 graphs are compiled: default True.
+        calibration: with ``quantize``, the images (as for ``__call__``) whose activation ranges set
+            the int8 scales: a few representative ones (each a forward pass).
         **options: fields of :class:`~rtpanoptic.model.config.InferenceConfig` overriding the
             model's defaults (``model.cfg.inference``): ``sigma``, ``score``,
             ``pre_nms_thresh``, ``pre_nms_top_n``, ``nms_thresh``, ``global_nms_thresh``,
@@ -174,7 +181,8 @@ class Predictor:
     """
 
     def __init__(self, model, backend: str | None = None, precision: str | None = None,
-                 channels_last: bool | None = None, compile: bool | dict = False, fast: bool = False, **options):
+                 channels_last: bool | None = None, compile: bool | dict | None = None, fast: bool = False,
+                 quantize: str | None = None, calibration: Iterable | None = None, **options):
         if backend is not None and backend not in ops.BACKENDS:
             raise ValueError(f"Predictor: backend must be one of {ops.BACKENDS} or None, got {backend!r}")
         base = getattr(getattr(model, "cfg", None), "inference", None)
@@ -199,11 +207,39 @@ class Predictor:
         self.description: DatasetDescription = model.description
         self.stage = DevicePostprocess(self.model, self.options, backend)
         self._thing_train_ids, self._is_thing = self.stage.thing_train_ids, self.stage.is_thing  # CPU copies
+        if quantize is not None or calibration is not None:
+            self.network = self._quantized(quantize, calibration, precision, channels_last, compile, fast)
+            return
         try:
-            run = run_options(self.device, precision, channels_last, compile, fast)
+            run = run_options(self.device, precision, channels_last, False if compile is None else compile, fast)
         except ValueError as exc:
             raise ValueError(f"Predictor: {exc}") from None
         self.network = NetworkRunner(self.model, **run)
+
+    def _quantized(self, quantize, calibration, precision, channels_last, compile, fast):
+        """The :class:`~rtpanoptic.quantize.Int8Network` of ``quantize="int8"``, its options checked."""
+        from .quantize import QUANTIZE_MODES, Int8Network
+
+        if quantize is None:
+            raise ValueError("Predictor: calibration is for quantize='int8': give quantize or drop calibration")
+        if quantize not in QUANTIZE_MODES:
+            raise ValueError(f"Predictor: quantize must be one of {QUANTIZE_MODES} or None, got {quantize!r}")
+        given = [name for name, value in (("fast", fast), ("precision", precision), ("channels_last", channels_last))
+                 if value not in (None, False)]
+        if given:
+            raise ValueError(f"Predictor: quantize={quantize!r} runs the network in int8 itself: "
+                             f"drop {', '.join(given)} or quantize")
+        if calibration is None:
+            raise ValueError(f"Predictor: quantize={quantize!r} needs calibration images (calibration=[...])")
+        if self.device.type != "cpu":
+            raise ValueError(f"Predictor: quantize={quantize!r} runs on the CPU only (oneDNN's int8 kernels), "
+                             f"the model is on {self.device}")
+        with torch.no_grad():
+            batches = (self.preprocess([image])[0] for image in calibration)
+            try:
+                return Int8Network(self.model, batches, compile=True if compile is None else compile)
+            except (ValueError, TypeError) as exc:
+                raise type(exc)(f"Predictor: {exc}") from None
 
     @property
     def device(self) -> torch.device:
