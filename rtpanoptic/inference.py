@@ -553,10 +553,17 @@ def _segment_stats_from_runs(ids: Tensor, n: int) -> tuple[Tensor, Tensor]:
     O(runs) (scatters over the runs, not over the pixels)."""
     h, w = ids.shape
     i64 = dict(dtype=torch.int64, device=ids.device)
-    starts = torch.ones(h, w, dtype=torch.bool, device=ids.device)
-    torch.ne(ids[:, 1:], ids[:, :-1], out=starts[:, 1:])
-    start = starts.reshape(-1).nonzero().reshape(-1)  # row-major
-    segment = ids.reshape(-1)[start].long()
+    flat = ids.reshape(-1)
+    padded = (h * w + 7) // 8 * 8
+    starts = torch.empty(padded, dtype=torch.bool, device=ids.device)
+    torch.ne(flat[1:], flat[:-1], out=starts[1 : h * w])  # one contiguous comparison, then the rows' first pixels
+    starts[h * w :] = False
+    starts[: h * w].view(h, w)[:, 0] = True
+    # nonzero in two steps: the 8-pixel words that hold a start, then the starts in them (row-major)
+    word = starts.view(torch.int64).nonzero().reshape(-1)
+    row, col = starts.view(-1, 8)[word].nonzero(as_tuple=True)
+    start = word[row] * 8 + col
+    segment = flat[start].long()
     y = torch.div(start, w, rounding_mode="floor")
     x0 = start - y * w
     x1 = torch.cat([start[1:], torch.full((1,), h * w, **i64)]) - y * w  # exclusive: <= w
