@@ -3,7 +3,9 @@
 // Output rows are grouped by their pair of grid rows (r0, r1) (the bilinear taps, upsample_math.h):
 // a group's rows share which grid cells they sample.  Per query, in fusion order (decreasing
 // score, stable, NaN first; skipped below score_threshold), one parallel pass over the groups
-// (each thread a contiguous run of them, carrying the soft rows it computed into the next group):
+// (each thread a contiguous run of them, carrying the soft rows it computed into the next group);
+// a group whose two grid rows are quiet (provably below sigma from the row's largest probability
+// of the query's class, see regular_box) is empty without computing anything.  Otherwise:
 // 1. the soft mask S = score(B, B_j) * P_sem(c_j) of grid rows r0 and r1 (8 cells at a time on
 //    the AVX2 path, simd.h: bit-identical to box_score), and per cell a label, bit-packed along
 //    the row: clearly above / below sigma, or undecided (cell_label, upsample_math.h).  The margin
@@ -24,7 +26,7 @@
 // per output row the runs of free pixels, cell by cell (stuff regions of distinct classes are
 // disjoint, so their areas come from one pass); a second pass writes their ids (or 0).
 // Memory: O(h w + height width / 8), independent of the number of queries (the masks' words of
-// one query, the taken bitmap, the grid's semantic argmax).
+// one query, the taken bitmap, the grid's semantic argmax, per row and class the largest probability).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -114,18 +116,26 @@ struct Query {
 };
 
 // ------------------------------------------------------------------------ scalar path
-// soft[i] = box_score(dense[:, p0 + i], q) * prob[p0 + i] for i < n; returns max |soft| over the finite ones.
+// soft[i] = box_score(dense[:, p0 + i], q) * prob[p0 + i] for i < n; returns max |soft| over the
+// finite ones, and in *top max soft, +inf if some is not finite (*top + margin < sigma: all below).
 template <typename T, Score S>
-T soft_row_scalar(const T* dense, int64_t n_p, const Query<T>& q, int64_t p0, int64_t n, T* soft) {
-  T max_abs = T(0);
+T soft_row_scalar(const T* dense, int64_t n_p, const Query<T>& q, int64_t p0, int64_t n, T* soft, T* top) {
+  const T inf = std::numeric_limits<T>::infinity();
+  T max_abs = T(0), hi = -inf;
   for (int64_t i = 0; i < n; ++i) {
     const int64_t p = p0 + i;
     const T v = box_score<T>(dense[p], dense[n_p + p], dense[2 * n_p + p], dense[3 * n_p + p], q.q0, q.q1, q.q2,
                              q.q3, S) *
                 q.prob[p];
     soft[i] = v;
-    if (std::isfinite(v)) max_abs = std::max(max_abs, std::abs(v));
+    if (std::isfinite(v)) {
+      max_abs = std::max(max_abs, std::abs(v));
+      hi = std::max(hi, v);
+    } else {
+      hi = inf;
+    }
   }
+  *top = hi;
   return max_abs;
 }
 
@@ -175,13 +185,13 @@ void decide_row_scalar(const uint64_t* above, const uint64_t* not_below, int64_t
 #if RTP_HAVE_AVX2_PATH
 template <Score S>
 RTP_AVX2 float soft_row_avx2(const float* dense, int64_t n_p, const Query<float>& q, int64_t p0, int64_t n,
-                             float* soft) {
+                             float* soft, float* top) {
   using namespace simd::avx2;
   const __m256 q0 = _mm256_set1_ps(q.q0), q1 = _mm256_set1_ps(q.q1), q2 = _mm256_set1_ps(q.q2);
   const __m256 q3 = _mm256_set1_ps(q.q3);
   const __m256 area_q = _mm256_set1_ps((q.q2 - q.q0) * (q.q3 - q.q1));  // as box_score computes it
   const __m256 sign = _mm256_set1_ps(-0.0f), inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
-  __m256 max_abs = _mm256_setzero_ps();
+  __m256 max_abs = _mm256_setzero_ps(), hi = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   int64_t i = 0;
   for (; i + kWidth <= n; i += kWidth) {
     const int64_t p = p0 + i;
@@ -192,11 +202,15 @@ RTP_AVX2 float soft_row_avx2(const float* dense, int64_t n_p, const Query<float>
                                    _mm256_loadu_ps(q.prob + p));
     _mm256_storeu_ps(soft + i, v);
     const __m256 a = _mm256_andnot_ps(sign, v);  // |v|; finite: |v| < inf (false on NaN)
-    max_abs = _mm256_max_ps(max_abs, _mm256_and_ps(_mm256_cmp_ps(a, inf, _CMP_LT_OQ), a));
+    const __m256 finite = _mm256_cmp_ps(a, inf, _CMP_LT_OQ);
+    max_abs = _mm256_max_ps(max_abs, _mm256_and_ps(finite, a));
+    hi = _mm256_max_ps(hi, _mm256_blendv_ps(inf, v, finite));
   }
-  alignas(32) float lanes[kWidth];
+  alignas(32) float lanes[kWidth], his[kWidth];
   _mm256_store_ps(lanes, max_abs);
-  const float tail = soft_row_scalar<float, S>(dense, n_p, q, p0 + i, n - i, soft + i);
+  _mm256_store_ps(his, hi);
+  const float tail = soft_row_scalar<float, S>(dense, n_p, q, p0 + i, n - i, soft + i, top);
+  *top = std::max(*top, *std::max_element(his, his + kWidth));
   return std::max(tail, *std::max_element(lanes, lanes + kWidth));
 }
 
@@ -208,15 +222,19 @@ RTP_AVX2 void label_row_avx2(const float* soft, int64_t n, float sigma, float ma
   const __m256 vs = _mm256_set1_ps(sigma), vm = _mm256_set1_ps(margin), sign = _mm256_set1_ps(-0.0f);
   const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
   int64_t i = 0;
-  for (; i + kWidth <= n; i += kWidth) {
-    const __m256 v = _mm256_loadu_ps(soft + i);
-    const __m256 finite = _mm256_cmp_ps(_mm256_andnot_ps(sign, v), inf, _CMP_LT_OQ);
-    // cell_label: v - margin >= sigma: above; v + margin < sigma: below (finite v only)
-    const __m256 up = _mm256_and_ps(finite, _mm256_cmp_ps(_mm256_sub_ps(v, vm), vs, _CMP_GE_OQ));
-    const __m256 down = _mm256_and_ps(finite, _mm256_cmp_ps(_mm256_add_ps(v, vm), vs, _CMP_LT_OQ));
-    const uint64_t shift = i % kWordBits;
-    above[i / kWordBits] |= static_cast<uint64_t>(_mm256_movemask_ps(up)) << shift;
-    not_below[i / kWordBits] |= static_cast<uint64_t>(~_mm256_movemask_ps(down) & 0xff) << shift;
+  for (; i + kWordBits <= n; i += kWordBits) {  // whole words, built in registers
+    uint64_t up_bits = 0, down_bits = 0;
+    for (int k = 0; k < kWordBits; k += kWidth) {
+      const __m256 v = _mm256_loadu_ps(soft + i + k);
+      const __m256 finite = _mm256_cmp_ps(_mm256_andnot_ps(sign, v), inf, _CMP_LT_OQ);
+      // cell_label: v - margin >= sigma: above; v + margin < sigma: below (finite v only)
+      const __m256 up = _mm256_and_ps(finite, _mm256_cmp_ps(_mm256_sub_ps(v, vm), vs, _CMP_GE_OQ));
+      const __m256 down = _mm256_and_ps(finite, _mm256_cmp_ps(_mm256_add_ps(v, vm), vs, _CMP_LT_OQ));
+      up_bits |= static_cast<uint64_t>(_mm256_movemask_ps(up)) << k;
+      down_bits |= static_cast<uint64_t>(_mm256_movemask_ps(down)) << k;
+    }
+    above[i / kWordBits] = up_bits;
+    not_below[i / kWordBits] = ~down_bits;
   }
   for (; i < n; ++i) {
     const uint8_t l = cell_label(soft[i], sigma, margin);
@@ -255,7 +273,7 @@ RTP_AVX2_FMA void decide_row_fma(const uint64_t* above, const uint64_t* not_belo
 // ------------------------------------------------------------------- path selection
 template <typename T>
 struct Path {
-  T (*soft_row)(const T* dense, int64_t n_p, const Query<T>& q, int64_t p0, int64_t n, T* soft);
+  T (*soft_row)(const T* dense, int64_t n_p, const Query<T>& q, int64_t p0, int64_t n, T* soft, T* top);
   void (*label_row)(const T* soft, int64_t n, T sigma, T margin, uint64_t* above, uint64_t* not_below,
                     int64_t words);
   void (*semantic_argmax)(const T* sem, int64_t n_c, int64_t n_p, int64_t begin, int64_t end, int32_t* out);
@@ -279,6 +297,25 @@ Path<T> select_path(Score score) {
   }
 #endif
   return path;
+}
+
+// Quiet rows: a grid row whose soft mask is certainly below sigma for query j, found without
+// computing it.  Where the dense boxes of the row and the query box are regular (every coordinate
+// finite with |x| <= 2^40, x0 <= x2, y0 <= y2), the computed score lies in [-1, 1 + 18u] (u the
+// unit roundoff): every rounding is monotone, so iw <= fl(d2 - d0) and the like give
+// 0 <= inter <= min(area_d, area_q) <= union, hence (inter + 1) / (union + 1) in [0, 1]; the
+// enclosing area is at least the union for exact widths, the computed ones are within 2u of
+// them and the union's terms are at most 3 unions, so fl(enclosing) >= union (1 - 16u) and
+// (enclosing - union) / enclosing lies in [-17u, 1]; IoU: inter / union in [0, 1].  No overflow
+// (areas <= 2^84).  So |S| <= P (1 + 19u), P the row's largest |probability| of class c_j, and
+// with cell_label's margin <= 2^-16 max|S| + the smallest normal, S + margin < sigma for every
+// cell when P (1 + 2^-10) + 4 * the smallest normal < sigma (computed in double: P's rounding is
+// covered by the slack between 2^-10 and 19u + 2^-16).  A group of two quiet rows is all below.
+template <typename T>
+bool regular_box(T x0, T y0, T x1, T y1) {
+  const T lim = T(1099511627776.0);  // 2^40; NaN fails every comparison
+  return x0 <= x1 && y0 <= y1 && std::abs(x0) <= lim && std::abs(y0) <= lim && std::abs(x1) <= lim &&
+         std::abs(y1) <= lim;
 }
 
 // Output rows [y0, y1) that sample grid rows r0 and r1.
@@ -326,6 +363,35 @@ Result release_impl(const at::Tensor& dense, const at::Tensor& sem, const at::Te
   std::vector<int64_t> classes, queries, areas;
   std::vector<float> scores;
 
+  // quiet rows: regular dense boxes per row, and the largest |probability| per row of the classes
+  // the queries have (+inf where one is NaN)
+  std::vector<uint8_t> row_regular(h);
+  std::vector<double> row_prob(n_c * h, std::numeric_limits<double>::infinity());
+  std::vector<int64_t> used(qcls.begin(), qcls.end());
+  std::sort(used.begin(), used.end());
+  used.erase(std::unique(used.begin(), used.end()), used.end());
+  at::parallel_for(0, h, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      bool regular = true;
+      for (int64_t p = r * w; p < (r + 1) * w; ++p) {
+        regular &= regular_box(dp[p], dp[n_p + p], dp[2 * n_p + p], dp[3 * n_p + p]);
+      }
+      row_regular[r] = regular;
+      for (int64_t c : used) {
+        const T* prob = sp + c * n_p + r * w;
+        T m = T(0);
+        bool nan = false;
+        for (int64_t x = 0; x < w; ++x) {
+          const T a = std::abs(prob[x]);
+          m = a > m ? a : m;
+          nan |= a != a;
+        }
+        row_prob[c * h + r] = nan ? std::numeric_limits<double>::infinity() : static_cast<double>(m);
+      }
+    }
+  });
+  const double quiet_below = static_cast<double>(sigma) - 4.0 * static_cast<double>(std::numeric_limits<T>::min());
+
   std::vector<int64_t> order(n_q);
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return argmax_better(qs[a], qs[b]); });
@@ -333,12 +399,15 @@ Result release_impl(const at::Tensor& dense, const at::Tensor& sem, const at::Te
   for (int64_t j : order) {
     if (static_cast<double>(qs[j]) < score_threshold) continue;
     const Query<T> q{qb[4 * j], qb[4 * j + 1], qb[4 * j + 2], qb[4 * j + 3], sp + qcls[j] * n_p};
+    const bool q_regular = regular_box(q.q0, q.q1, q.q2, q.q3);
+    const double* q_prob = row_prob.data() + qcls[j] * h;
+    auto quiet = [&](int64_t r) { return q_regular && row_regular[r] && q_prob[r] * (1.0 + 0x1p-10) < quiet_below; };
     std::atomic<int64_t> area_sum{0}, free_sum{0};
     at::parallel_for(0, n_groups, 8, [&](int64_t g_begin, int64_t g_end) {
       // soft rows [2, w] with their row index and max |S|; label bitmaps; expanded output words
       std::vector<T> soft(2 * w);
       int64_t soft_row[2] = {-1, -1};
-      T soft_max[2] = {T(0), T(0)};
+      T soft_max[2] = {T(0), T(0)}, soft_top[2];
       std::vector<uint64_t> bits(6 * cw + 2 * ow);
       uint64_t *above0 = bits.data(), *below0 = above0 + cw, *above1 = below0 + cw, *below1 = above1 + cw;
       uint64_t *all_above = below1 + cw, *some = all_above + cw;  // per column pair
@@ -349,23 +418,30 @@ Result release_impl(const at::Tensor& dense, const at::Tensor& sem, const at::Te
           if (soft_row[s] == r) return s;
         }
         const int s = soft_row[0] == r - 1 ? 1 : 0;  // keep the row above (the next group's r0)
-        soft_max[s] = path.soft_row(dp, n_p, q, r * w, w, soft.data() + s * w);
+        soft_max[s] = path.soft_row(dp, n_p, q, r * w, w, soft.data() + s * w, &soft_top[s]);
         soft_row[s] = r;
         return s;
       };
       for (int64_t g = g_begin; g < g_end; ++g) {
         const Group& gr = groups[g];
+        if (quiet(gr.r0) && quiet(gr.r1)) {
+          for (int64_t y = gr.y0; y < gr.y1; ++y) word_lo[y] = word_hi[y] = 0;
+          continue;
+        }
         const int s0 = soft_of(gr.r0), s1 = soft_of(gr.r1);
         const T* row0 = soft.data() + s0 * w;
         const T* row1 = soft.data() + s1 * w;
         const T margin = label_margin(std::max(soft_max[s0], soft_max[s1]));
-        path.label_row(row0, w, sigma, margin, above0, below0, cw);
-        path.label_row(row1, w, sigma, margin, above1, below1, cw);
-        bool any = false;
-        for (int64_t i = 0; i < cw; ++i) {
-          all_above[i] = above0[i] & above1[i];
-          some[i] = below0[i] | below1[i];  // not all below
-          any |= some[i] != 0;
+        bool any = !(std::max(soft_top[s0], soft_top[s1]) + margin < sigma);  // else every cell is below
+        if (any) {
+          path.label_row(row0, w, sigma, margin, above0, below0, cw);
+          path.label_row(row1, w, sigma, margin, above1, below1, cw);
+          any = false;
+          for (int64_t i = 0; i < cw; ++i) {
+            all_above[i] = above0[i] & above1[i];
+            some[i] = below0[i] | below1[i];  // not all below
+            any |= some[i] != 0;
+          }
         }
         if (!any) {
           for (int64_t y = gr.y0; y < gr.y1; ++y) word_lo[y] = word_hi[y] = 0;

@@ -314,6 +314,38 @@ def test_soft_values_at_sigma_across_words(backend, device, wg):
 
 
 @BACKENDS
+@pytest.mark.parametrize("score", ["iou", "tri"])
+def test_rows_of_probabilities_just_below_sigma(backend, device, score):
+    """Whole grid rows whose probabilities are at most sigma: the cpp kernel skips rows it can prove
+    below sigma without computing them (regular boxes: |score| <= 1 + a few ulps).  Rows exactly at
+    sigma with score 1 are in the mask; rows one ulp below are not.  Rows of inverted dense boxes
+    (tri: score 1 + 1/201 at probability 0.399, soft > sigma) and of huge coordinates must not be
+    skipped."""
+    hg, wg = 12, 70
+    sigma = 0.4
+    s = torch.tensor(sigma, dtype=torch.float32)
+    below = torch.nextafter(s, torch.tensor(0.0))
+    args = _columns_scene([0.5] * wg, hg=hg)
+    box = torch.tensor([0.0, 0.0, 10.0, 10.0])
+    args[2] = box[None]
+    args[0] = box.view(4, 1, 1).expand(4, hg, wg).contiguous()
+    row_prob = torch.tensor([sigma, below, 0.399, 0.399, sigma, 0.2, below, 0.399, 0.399, 0.1, sigma, 0.3])
+    args[1][0] = row_prob[:, None].expand(hg, wg)
+    args[1][1] = 1 - args[1][0]
+    args[0][:, 2:4, 10:30] = torch.tensor([10.0, 10.0, 0.0, 0.0])[:, None, None]  # inverted in x and y
+    args[0][:, 7, 40] = torch.tensor([-2.0**41, 0.0, 2.0**41, 10.0])  # beyond 2^40
+    args = on(args, device)
+    kw = dict(sigma=sigma, score=score, overlap_threshold=1.0, size=(4 * hg, 4 * wg))
+    want = run(args, "reference", **kw)
+    assert_same(run(args, backend, **kw), want)
+    thing = want.segment_map == 1
+    assert bool(thing[:2].all())  # output rows 0, 1 sample grid row 0 alone (weights 1, 0): exactly sigma
+    assert not bool(thing[20:24].any())  # grid row 5 (0.2) alone
+    if score == "tri":
+        assert bool(thing[8:16, 44:116].any())  # the inverted boxes' cells (grid rows 2, 3) are in the mask
+
+
+@BACKENDS
 @pytest.mark.parametrize("q", [1, 150])
 def test_one_and_many_queries_with_infinite_scores(backend, device, q):
     """Q = 1 and Q = 150 heavily overlapping masks on a 70-cell-wide grid (output 277 px wide: not a
