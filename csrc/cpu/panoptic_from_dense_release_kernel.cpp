@@ -243,21 +243,6 @@ RTP_AVX2 void label_row_avx2(const float* soft, int64_t n, float sigma, float ma
   }
 }
 
-RTP_AVX2 void semantic_argmax_avx2(const float* sem, int64_t n_c, int64_t n_p, int64_t begin, int64_t end,
-                                   int32_t* out) {
-  using namespace simd::avx2;
-  int64_t p = begin;
-  for (; p + kWidth <= end; p += kWidth) {
-    __m256 best = _mm256_loadu_ps(sem + p);
-    __m256i index = _mm256_setzero_si256();
-    for (int64_t c = 1; c < n_c; ++c) {
-      argmax_step8(best, index, _mm256_loadu_ps(sem + c * n_p + p), static_cast<int32_t>(c));
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + p), index);
-  }
-  semantic_argmax_scalar(sem, n_c, n_p, p, end, out);
-}
-
 // decide_row_scalar with std::fma compiled to the instruction (the CPU has it).
 template <typename T>
 RTP_AVX2_FMA void decide_row_fma(const uint64_t* above, const uint64_t* not_below, int64_t wa, int64_t wb,
@@ -292,7 +277,7 @@ Path<T> select_path(Score score) {
     if constexpr (std::is_same_v<T, float>) {
       path.soft_row = score == Score::kIoU ? soft_row_avx2<Score::kIoU> : soft_row_avx2<Score::kTri>;
       path.label_row = label_row_avx2;
-      path.semantic_argmax = semantic_argmax_avx2;
+      path.semantic_argmax = simd::avx2::class_argmax_range;
     }
   }
 #endif
