@@ -553,7 +553,13 @@ def segment_stats(grid: Tensor, n: int, stride: int, size: tuple[int, int]) -> t
     """Pixel count and COCO ``[x, y, w, h]`` box of segments 1..n of ``upsample_ids(grid, stride, size)``,
     from the grid alone (O(hw)), as tensors on the grid's device: int64 ``[n]`` and ``[n, 4]`` (no
     value is read on the host).  A cell covers ``stride x stride`` pixels, the last row and column
-    of cells only what is left of ``size``.  Segments without pixels get area 0 and ``[0, 0, 0, 0]``."""
+    of cells only what is left of ``size``.  Segments without pixels get area 0 and ``[0, 0, 0, 0]``.
+
+    With ``stride`` 1 (the full-resolution map of ``mask_mode="release"``) from the runs of equal
+    ids along the rows instead (:func:`_segment_stats_from_runs`), which reads their count on the
+    host: that mode has host reads already, the grid's (``stride > 1``) path has none."""
+    if stride == 1:
+        return _segment_stats_from_runs(grid[: size[0], : size[1]], n)
     hv, wv = grid.shape
     h, w = size
     device = grid.device
@@ -573,6 +579,38 @@ def segment_stats(grid: Tensor, n: int, stride: int, size: tuple[int, int]) -> t
     x1 = torch.clamp((none.scatter_reduce(0, flat, xs, "amax")[1:] + 1) * stride, max=w)  # exclusive
     y1 = torch.clamp((none.scatter_reduce(0, flat, ys, "amax")[1:] + 1) * stride, max=h)
     boxes = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1)
+    return areas, torch.where((areas == 0)[:, None], 0, boxes)
+
+
+def _segment_stats_from_runs(ids: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """:func:`segment_stats` of the id map ``ids`` ``[H, W]`` itself (stride 1), from its row runs:
+    a run starts at column 0 and wherever the id changes along a row, and ends where the next run
+    starts (the next row's first run ends the last one of a row).  O(HW) for the run starts, then
+    O(runs) (scatters over the runs, not over the pixels)."""
+    h, w = ids.shape
+    i64 = dict(dtype=torch.int64, device=ids.device)
+    flat = ids.reshape(-1)
+    padded = (h * w + 7) // 8 * 8
+    starts = torch.empty(padded, dtype=torch.bool, device=ids.device)
+    torch.ne(flat[1:], flat[:-1], out=starts[1 : h * w])  # one contiguous comparison, then the rows' first pixels
+    starts[h * w :] = False
+    starts[: h * w].view(h, w)[:, 0] = True
+    # nonzero in two steps: the 8-pixel words that hold a start, then the starts in them (row-major)
+    word = starts.view(torch.int64).nonzero().reshape(-1)
+    row, col = starts.view(-1, 8)[word].nonzero(as_tuple=True)
+    start = word[row] * 8 + col
+    segment = flat[start].long()
+    y = torch.div(start, w, rounding_mode="floor")
+    x0 = start - y * w
+    x1 = torch.cat([start[1:], torch.full((1,), h * w, **i64)]) - y * w  # exclusive: <= w
+    areas = torch.zeros(n + 1, **i64).index_add_(0, segment, x1 - x0)[1:]
+    big = torch.full((n + 1,), max(h, w), **i64)
+    none = torch.full((n + 1,), -1, **i64)
+    bx0 = big.scatter_reduce(0, segment, x0, "amin")[1:]
+    by0 = big.scatter_reduce(0, segment, y, "amin")[1:]
+    bx1 = none.scatter_reduce(0, segment, x1, "amax")[1:]
+    by1 = none.scatter_reduce(0, segment, y + 1, "amax")[1:]
+    boxes = torch.stack([bx0, by0, bx1 - bx0, by1 - by0], dim=1)
     return areas, torch.where((areas == 0)[:, None], 0, boxes)
 
 

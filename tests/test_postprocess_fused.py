@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rtpanoptic.benchmark import heavy_postprocess_load
-from rtpanoptic.inference import Predictor, segment_areas_and_boxes, upsample_ids
+from rtpanoptic.inference import Predictor, segment_areas_and_boxes, segment_stats, upsample_ids
 from rtpanoptic.model import build_model
 
 
@@ -70,6 +70,48 @@ def test_segment_stats_from_grid_equal_full_resolution_scan(stride, size):
     assert full.shape == size
     assert torch.equal(full, grid.repeat_interleave(stride, 0).repeat_interleave(stride, 1)[: size[0], : size[1]])
     assert segment_areas_and_boxes(grid, 5, stride, size) == PREVIOUS.old_areas_and_boxes(full, 5)
+
+
+def _stride_one_maps():
+    """Full-resolution id maps (mask_mode="release"): random ids (noise: runs of one pixel), blobs, a
+    map with nothing, single-pixel segments in the corners (first / last row and column), one row,
+    one column, one pixel; segments n - 1 and n absent."""
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randint(0, 6, (37, 70), generator=g, dtype=torch.int32)
+    blobs = torch.zeros(50, 131, dtype=torch.int32)
+    blobs[3:20, 5:70] = 1
+    blobs[10:49, 60:131] = 2
+    blobs[0:50, 100:101] = 3
+    blobs[49, 130] = 4
+    corners = torch.zeros(9, 65, dtype=torch.int32)
+    corners[0, 0], corners[0, 64], corners[8, 0], corners[8, 64] = 1, 2, 3, 4
+    corners[4, 63:65] = 5
+    return [noise, blobs, corners, torch.zeros(5, 5, dtype=torch.int32),
+            torch.randint(0, 6, (1, 200), generator=g, dtype=torch.int32),
+            torch.randint(0, 6, (130, 1), generator=g, dtype=torch.int32), torch.full((1, 1), 4, dtype=torch.int32)]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_segment_stats_at_stride_one_equal_full_resolution_scan(index):
+    """The runs path of segment_stats (stride 1) against the scatter over every pixel."""
+    full = _stride_one_maps()[index]
+    assert segment_areas_and_boxes(full, 7, 1, tuple(full.shape)) == PREVIOUS.old_areas_and_boxes(full, 7)
+    h, w = full.shape  # a size smaller than the map: the map's top-left part, as upsample_ids crops
+    crop = (max(1, h - 2), max(1, w - 3))
+    assert segment_areas_and_boxes(full, 7, 1, crop) == PREVIOUS.old_areas_and_boxes(
+        full[: crop[0], : crop[1]].contiguous(), 7)
+
+
+def test_segment_stats_at_stride_one_hand_computed():
+    m = torch.zeros(4, 6, dtype=torch.int32)
+    m[0, 5] = 1  # one pixel, last column
+    m[1:4, 0:2] = 2  # touches the last row
+    m[1, 4], m[3, 5] = 3, 3  # two parts: the box spans both
+    areas, boxes = segment_stats(m, 4, 1, (4, 6))
+    assert areas.tolist() == [1, 6, 2, 0]
+    assert boxes.tolist() == [[5, 0, 1, 1], [0, 1, 2, 3], [4, 1, 2, 3], [0, 0, 0, 0]]
+    areas, boxes = segment_stats(m[:0], 2, 1, (0, 6))  # an empty map
+    assert areas.tolist() == [0, 0] and boxes.tolist() == [[0, 0, 0, 0]] * 2
 
 
 @pytest.mark.parametrize("semantic_dtype", ["uint8", "int16", "int32"])

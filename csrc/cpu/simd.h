@@ -162,6 +162,22 @@ RTP_AVX2 void argmax_step8(__m256& best, __m256i& index, __m256 v, int32_t c) {
       _mm256_blendv_ps(_mm256_castsi256_ps(index), _mm256_castsi256_ps(_mm256_set1_epi32(c)), better));
 }
 
+// torch.argmax over the n_c classes of sem [n_c, n_p] for pixels [begin, end) into out[p]
+// (class_argmax of box_math.h: first maximum, the first NaN wins), 8 pixels at a time.
+RTP_AVX2 void class_argmax_range(const float* sem, int64_t n_c, int64_t n_p, int64_t begin, int64_t end,
+                                 int32_t* out) {
+  int64_t p = begin;
+  for (; p + kWidth <= end; p += kWidth) {
+    __m256 best = _mm256_loadu_ps(sem + p);
+    __m256i index = _mm256_setzero_si256();
+    for (int64_t c = 1; c < n_c; ++c) {
+      argmax_step8(best, index, _mm256_loadu_ps(sem + c * n_p + p), static_cast<int32_t>(c));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + p), index);
+  }
+  for (; p < end; ++p) out[p] = class_argmax<float>(sem, n_c, n_p, p);
+}
+
 // Lane permutation that moves the lanes selected by the 8-bit `keep` to the front, in order;
 // table entry `keep` holds the source lanes as 4-bit fields (field 0 = lowest).
 struct CompressTable {

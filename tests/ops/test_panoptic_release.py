@@ -299,6 +299,111 @@ def test_rectangle_wider_than_the_fusion_block(backend, device):
     assert out.queries.tolist()[:2] == [1, 0]
 
 
+# Edge cases of the word-level kernels: grid rows of 63-65 cells (label bitmaps ending at, or one
+# spare bit past, a word), outputs whose width is not a multiple of 64 or of the stride, masks
+# covering whole rows (runs across words), Q = 1 and 150, overlapping and empty masks, infinite scores.
+@BACKENDS
+@pytest.mark.parametrize("wg", [63, 64, 65])
+def test_full_and_empty_masks_across_words(backend, device, wg):
+    """Query 0 covers every pixel (soft 0.9 everywhere), query 1 nothing (probability 0), query 2
+    the same box as 0 (fully overlapped: dropped), all at exactly the same score."""
+    if interpreted(backend, device) and wg != 65:
+        pytest.skip("the interpreter runs one width")
+    hg = 6
+    args = _columns_scene([0.9] * wg, hg=hg)
+    args[1] = torch.stack([args[1][0], torch.zeros(hg, wg), 1 - args[1][0]])
+    box = args[2][0]
+    args[2] = torch.stack([box, box, box])
+    args[3] = torch.tensor([0, 1, 0])
+    args[4] = torch.tensor([0.5, 0.5, 0.5])
+    args[5] = torch.tensor([True, True, False])
+    args = on(args, device)
+    for size in ((hg * 4, wg * 4), (hg * 4 - 3, wg * 4 - 1), (1, 1)):
+        out = run(args, backend, size=size, sigma=0.4, score="iou")
+        assert_same(out, run(args, "reference", size=size, sigma=0.4, score="iou"))
+        assert bool((out.segment_map == 1).all()) and out.queries.tolist() == [0]
+
+
+@BACKENDS
+@pytest.mark.parametrize("wg", [63, 64, 65])
+def test_soft_values_at_sigma_across_words(backend, device, wg):
+    """Soft values exactly sigma and one ulp either side, on grid rows of 63-65 cells (every 8-cell
+    block and the scalar tail of the label bitmaps), at several output widths."""
+    if interpreted(backend, device) and wg != 65:
+        pytest.skip("the interpreter runs one width")
+    g = torch.Generator().manual_seed(wg)
+    sigma = 0.4
+    s = torch.tensor(sigma, dtype=torch.float32)
+    vals = torch.stack([s, torch.nextafter(s, torch.tensor(0.0)), torch.nextafter(s, torch.tensor(1.0)),
+                        torch.tensor(0.9), torch.tensor(0.1)])
+    args = _columns_scene([0.5] * wg, hg=9)
+    args[1][0] = vals[torch.randint(0, 5, (9, wg), generator=g)]
+    args[1][1] = 1 - args[1][0]
+    args = on(args, device)
+    for size in ((36, 4 * wg), (35, 4 * wg - 5)):
+        kw = dict(sigma=sigma, score="iou", overlap_threshold=1.0, size=size)
+        want = run(args, "reference", **kw)
+        assert_same(run(args, backend, **kw), want)
+        assert 0 < int((want.segment_map == 1).sum()) < size[0] * size[1]
+
+
+@BACKENDS
+@pytest.mark.parametrize("score", ["iou", "tri"])
+def test_rows_of_probabilities_just_below_sigma(backend, device, score):
+    """Whole grid rows whose probabilities are at most sigma: the cpp kernel skips rows it can prove
+    below sigma without computing them (regular boxes: |score| <= 1 + a few ulps).  Rows exactly at
+    sigma with score 1 are in the mask; rows one ulp below are not.  Rows of inverted dense boxes
+    (tri: score 1 + 1/201 at probability 0.399, soft > sigma) and of huge coordinates must not be
+    skipped."""
+    hg, wg = 12, 70
+    sigma = 0.4
+    s = torch.tensor(sigma, dtype=torch.float32)
+    below = torch.nextafter(s, torch.tensor(0.0))
+    args = _columns_scene([0.5] * wg, hg=hg)
+    box = torch.tensor([0.0, 0.0, 10.0, 10.0])
+    args[2] = box[None]
+    args[0] = box.view(4, 1, 1).expand(4, hg, wg).contiguous()
+    row_prob = torch.tensor([sigma, below, 0.399, 0.399, sigma, 0.2, below, 0.399, 0.399, 0.1, sigma, 0.3])
+    args[1][0] = row_prob[:, None].expand(hg, wg)
+    args[1][1] = 1 - args[1][0]
+    args[0][:, 2:4, 10:30] = torch.tensor([10.0, 10.0, 0.0, 0.0])[:, None, None]  # inverted in x and y
+    args[0][:, 7, 40] = torch.tensor([-2.0**41, 0.0, 2.0**41, 10.0])  # beyond 2^40
+    args = on(args, device)
+    kw = dict(sigma=sigma, score=score, overlap_threshold=1.0, size=(4 * hg, 4 * wg))
+    want = run(args, "reference", **kw)
+    assert_same(run(args, backend, **kw), want)
+    thing = want.segment_map == 1
+    assert bool(thing[:2].all())  # output rows 0, 1 sample grid row 0 alone (weights 1, 0): exactly sigma
+    assert not bool(thing[20:24].any())  # grid row 5 (0.2) alone
+    if score == "tri":
+        assert bool(thing[8:16, 44:116].any())  # the inverted boxes' cells (grid rows 2, 3) are in the mask
+
+
+@BACKENDS
+@pytest.mark.parametrize("q", [1, 150])
+def test_one_and_many_queries_with_infinite_scores(backend, device, q):
+    """Q = 1 and Q = 150 heavily overlapping masks on a 70-cell-wide grid (output 277 px wide: not a
+    multiple of 64 or 4), with +-inf and NaN scores, empty masks (queries far outside the image and
+    inverted boxes) and a few NaN / inf soft values; several overlap thresholds."""
+    if interpreted(backend, device) and q > 1:
+        pytest.skip("the interpreter runs Q = 1")
+    args = scene(40 + q, 19, 70, q, sizes=(10, 120))
+    args[1][args[3][0]] = 0.8  # query 0's class: a non-empty mask
+    if q > 1:
+        args[4][:3] = torch.tensor([float("inf"), float("-inf"), float("nan")])
+        args[2][3] = torch.tensor([-500.0, -500.0, -400.0, -400.0])  # far outside: an empty mask
+        args[2][4] = args[2][4, [2, 3, 0, 1]]  # inverted
+        args[2][10:20] = args[2][20:30] + 2  # near duplicates: overlaps
+        args[0][:, 5, 60:66] = float("nan")
+        args[0][2, 7, 33] = float("inf")
+    args = on(args, device)
+    for thr in (0.0, 0.5, 1.0):
+        kw = dict(size=(75, 277), sigma=0.4, overlap_threshold=thr, score_threshold=-1.0, stuff_area_limit=30)
+        want = run(args, "reference", **kw)
+        assert_same(run(args, backend, **kw), want)
+        assert int((want.queries >= 0).sum()) >= min(q, 3)
+
+
 @pytest.mark.skipif(not TRITON_CPU, reason="needs Triton's interpreter (TRITON_INTERPRET=1)")
 def test_triton_gpu_block_sizes_in_the_interpreter(monkeypatch):
     """The GPU launch sizes (many programs per pass: per-program maxima and rectangles reduced
