@@ -72,10 +72,13 @@ def cpu_has_native(precision: str) -> bool | None:
 
 
 # torch.compile keyword arguments of fast=True.  Inductor's ``freezing`` treats the weights as
-# constants (folded, and on the CPU prepacked for oneDNN) in the graphs compiled without grad; it is
-# passed as a per-compile option, so it applies to this model's graphs only and never changes
-# torch._inductor.config for the rest of the process.  The weights are read at compile time:
-# changing them in place afterwards needs a new Predictor.
+# constants (folded, and on the CPU prepacked for oneDNN) in the graphs compiled without grad.
+# Inductor reads it from the global ``torch._inductor.config.freezing`` when Dynamo hands it a
+# graph (as a per-compile option it froze nothing: torch 2.14.1 then passes the weights as graph
+# inputs), so :class:`NetworkRunner` takes it out of the options and sets it in a
+# ``config.patch`` around each call of the compiled network: this model's graphs only, the rest of
+# the process unchanged.  The weights are read at compile time: changing them in place afterwards
+# needs a new Predictor.
 FAST_COMPILE: dict = {"options": {"freezing": True}}
 
 
@@ -174,10 +177,13 @@ class NetworkRunner:
         self.compile = compile
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        if compile:
-            self._forward = torch.compile(model, **(compile if isinstance(compile, dict) else {}))
-        else:
-            self._forward = model
+        kwargs = copy.deepcopy(compile) if isinstance(compile, dict) else {}
+        options = kwargs.get("options") or {}
+        # freezing is global Inductor state read while compiling: set around each call (FAST_COMPILE)
+        self._freezing = options.pop("freezing", None)
+        if not options:
+            kwargs.pop("options", None)
+        self._forward = torch.compile(model, **kwargs) if compile else model
 
     def prepare(self, x: Tensor) -> Tensor:
         """The input in the runner's memory format (NHWC with ``channels_last``)."""
@@ -193,9 +199,17 @@ class NetworkRunner:
 
     def __call__(self, x: Tensor) -> HeadOutputs:
         x = self.prepare(x)
-        with self.autocast(x.device.type):
+        with self.autocast(x.device.type), self._inductor_settings():
             outputs = self._forward(x)
         return outputs_as_fp32(outputs)
+
+    def _inductor_settings(self) -> contextlib.AbstractContextManager:
+        """Inductor's ``freezing`` of this runner's compile options for the duration of a call."""
+        if self._freezing is None:
+            return contextlib.nullcontext()
+        import torch._inductor.config as inductor_config
+
+        return inductor_config.patch(freezing=bool(self._freezing))
 
     @property
     def mode(self) -> RunMode:

@@ -388,11 +388,45 @@ def test_fast_equals_the_spelled_out_options(monkeypatch):
     monkeypatch.setattr(torch, "compile", eager_compile)
     spelled = Predictor(_model(), precision="bf16", channels_last=True, compile=fast_compile("cpu"))
     fast = Predictor(_model(), fast=True)
-    assert compile_calls == [fast_compile("cpu")] * 2
+    assert compile_calls == [{}] * 2  # freezing is set around the calls (next test), not passed
     image = _image(4)
     a, b = fast(image)[0], spelled(image)[0]
     assert torch.equal(a.panoptic, b.panoptic) and torch.equal(a.semantic, b.semantic)
     assert a.segments_info == b.segments_info and torch.equal(a.detections.scores, b.detections.scores)
+
+
+@pytest.mark.parametrize("capability", [None, "avx2"])
+def test_fast_freezes_the_weights_while_inductor_compiles(monkeypatch, capability):
+    """Inductor freezes the weights only when the global ``torch._inductor.config.freezing`` is set
+    while Dynamo hands it the graph (a per-compile option froze nothing): the runner sets it around
+    its calls, and only there; not under an overridden ATen capability (fast_compile)."""
+    import torch._inductor.config as inductor_config
+
+    if capability is None:
+        monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    else:
+        monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability)
+    seen = []
+    compile = torch.compile
+
+    def recording_compile(model, **kwargs):
+        def backend(gm, example_inputs):
+            seen.append(inductor_config.freezing)
+            return gm.forward
+
+        return compile(model, backend=backend, **kwargs)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    torch._dynamo.reset()
+    try:
+        runner = NetworkRunner(_TinyHead().eval(), **run_options("cpu", fast=True))
+        assert not inductor_config.freezing
+        with torch.no_grad():
+            runner(torch.randn(1, 3, 16, 16))
+        assert seen and all(f is (capability is None) for f in seen)
+        assert not inductor_config.freezing  # the process's setting is back
+    finally:
+        torch._dynamo.reset()
 
 
 def _process_state() -> dict:
@@ -435,7 +469,7 @@ class _TinyHead(torch.nn.Module):
                     reason="Inductor under an overridden ATen capability (torch 2.14.1: C++ that does not compile "
                            "at 'default'); make isa-check leaves compiling out")
 def test_inductor_fast_path_leaves_the_process_as_it_was():
-    """fast=True's compile (Inductor, weight freezing as a per-compile option) changes no
+    """fast=True's compile (Inductor, weight freezing set around its calls) changes no
     process-global setting, and equals the same options spelled out (same kernels)."""
     torch._dynamo.reset()
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
