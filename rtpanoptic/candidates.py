@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .ops.grid import cell_centres
+from .ops.grid import cells_before
 
 # Score of a padded-out slot in ``fixed_count`` mode: below every real score (those lie in [0, 1]).
 NO_CANDIDATE = -1.0
@@ -60,21 +60,22 @@ def select_candidates(
     per_image: list[list[tuple[Tensor, Tensor, Tensor]]] = [[] for _ in range(n_images)]
     for level_boxes, logits, ctr, stride in zip(boxes, class_logits, centerness, strides):
         prob = logits.float().sigmoid()
-        score = prob * ctr.float().sigmoid()
+        passing = prob > pre_nms_thresh
+        # [B, K, h, w]: the score where p passes, NO_CANDIDATE elsewhere (the padding: below)
+        score = torch.where(passing, prob * ctr.float().sigmoid(), NO_CANDIDATE)
         hl, wl = prob.shape[2], prob.shape[3]
         hw = hl * wl
-        passing = prob > pre_nms_thresh
-        if image_sizes is not None:
-            ys = cell_centres(hl, stride, device=prob.device)
-            xs = cell_centres(wl, stride, device=prob.device)
         for b in range(n_images):
-            ok = passing[b]
-            if image_sizes is not None:
-                h, w = image_sizes[b]
-                ok = ok & (ys[:, None] < h) & (xs[None, :] < w)
-            ok = ok.flatten()
-            s = torch.where(ok, score[b].flatten(), torch.full_like(score[b].flatten(), NO_CANDIDATE))
-            n = min(pre_nms_top_n, s.numel()) if fixed_count else min(int(ok.sum()), pre_nms_top_n)
+            # the locations inside the image: the first rows and columns (cell centres increase)
+            rows, cols = (hl, wl) if image_sizes is None else (
+                cells_before(image_sizes[b][0], hl, stride), cells_before(image_sizes[b][1], wl, stride))
+            if rows < hl:
+                score[b, :, rows:] = NO_CANDIDATE
+            if cols < wl:
+                score[b, :, :, cols:] = NO_CANDIDATE
+            s = score[b].reshape(-1)
+            n = min(pre_nms_top_n, s.numel()) if fixed_count else min(int(passing[b, :, :rows, :cols].sum()),
+                                                                        pre_nms_top_n)
             top, idx = s.topk(n)
             per_image[b].append((level_boxes[b].reshape(4, hw)[:, idx % hw].t(), top, idx // hw))
     return [Candidates(*(torch.cat(parts) for parts in zip(*levels))) for levels in per_image]

@@ -4,7 +4,7 @@ import torch
 
 from rtpanoptic import ops
 from rtpanoptic.candidates import NO_CANDIDATE, select_candidates
-from rtpanoptic.ops.grid import cell_centres
+from rtpanoptic.ops.grid import cell_centres, cells_before
 
 STRIDES = (8, 16)
 
@@ -100,3 +100,57 @@ def test_cell_centres():
     centres = ops.reference.decode_boxes(torch.zeros(1, 4, 3, 6), 16)[0]
     assert torch.equal(centres[0, 0], cell_centres(6, 16, torch.float32))
     assert torch.equal(centres[1, :, 0], cell_centres(3, 16, torch.float32))
+
+
+def _masked_select(boxes, class_logits, centerness, strides, thresh, top_n, image_sizes=None, fixed_count=False):
+    """select_candidates written with explicit masks: p > thresh and the cell centre inside the image
+    (cell_centres against the size), NO_CANDIDATE elsewhere, topk of each image's flat scores."""
+    per_image = [[] for _ in range(class_logits[0].shape[0])]
+    for level_boxes, logits, ctr, stride in zip(boxes, class_logits, centerness, strides):
+        prob = logits.float().sigmoid()
+        score = prob * ctr.float().sigmoid()
+        hl, wl = prob.shape[2], prob.shape[3]
+        for b in range(prob.shape[0]):
+            ok = prob[b] > thresh
+            if image_sizes is not None:
+                h, w = image_sizes[b]
+                ok = ok & (cell_centres(hl, stride)[:, None] < h) & (cell_centres(wl, stride)[None, :] < w)
+            ok = ok.flatten()
+            s = torch.where(ok, score[b].flatten(), torch.full_like(score[b].flatten(), NO_CANDIDATE))
+            n = min(top_n, s.numel()) if fixed_count else min(int(ok.sum()), top_n)
+            top, idx = s.topk(n)
+            per_image[b].append((level_boxes[b].reshape(4, hl * wl)[:, idx % (hl * wl)].t(), top, idx // (hl * wl)))
+    return [tuple(torch.cat(parts) for parts in zip(*levels)) for levels in per_image]
+
+
+@pytest.mark.parametrize("fixed_count", [False, True])
+@pytest.mark.parametrize("top_n", [5, 37, 1000])
+def test_equals_the_masked_formula_exactly(fixed_count, top_n):
+    """Bit for bit and in the same order as the explicit masks, on adversarial inputs: scores with
+    many exact ties (quantised logits), NaN and inf logits and centerness, image sizes that cut the
+    grid before, at and between cell centres (also before the first centre: nothing inside)."""
+    g = torch.Generator().manual_seed(top_n)
+    b, k = 5, 3
+    boxes, logits, ctr = _level_outputs(b, k, (64, 80), seed=top_n)
+    for lg, c in zip(logits, ctr):
+        lg.copy_((lg * 2).round() / 2)  # ties
+        c.copy_(c.round())
+        flat = lg.view(-1)
+        flat[torch.randint(0, flat.numel(), (12,), generator=g)] = torch.tensor([float("nan"), float("inf"), -float("inf")]).repeat(4)
+        c.view(-1)[torch.randint(0, c.numel(), (4,), generator=g)] = float("nan")
+    sizes = [(64, 80), (3, 80), (64, 4), (36, 45), (41, 70)]
+    for image_sizes in (None, sizes):
+        got = select_candidates(boxes, logits, ctr, STRIDES, 0.3, top_n, image_sizes=image_sizes,
+                                fixed_count=fixed_count)
+        want = _masked_select(boxes, logits, ctr, STRIDES, 0.3, top_n, image_sizes, fixed_count)
+        for c, w in zip(got, want):
+            for a, e in zip(c, w):
+                assert a.dtype == e.dtype and a.shape == e.shape
+                assert torch.equal(a.isnan(), e.isnan()) and torch.equal(a.nan_to_num(), e.nan_to_num())
+
+
+def test_cells_before():
+    for stride in (1, 3, 4, 8, 128):
+        for size in (0, 1, 5, 16):
+            for limit in range(-3, size * stride + stride + 3):
+                assert cells_before(limit, size, stride) == int((cell_centres(size, stride) < limit).sum())

@@ -5,6 +5,13 @@
 // levels that the reference builds never exists.  argmax follows torch.argmax: first
 // maximum, a NaN logit counts as the maximum.  foreground = argmax(levelness) != 0.
 //
+// Forward, one output row at a time: the levels of the whole row first (8 locations per step on
+// the AVX2 path), then the boxes from the levels taken channels-last (the 4 offsets of a level
+// pixel adjacent: one 4-lane load per tap on the AVX2 path, the 4 channels in the lanes of one
+// register, 4 locations transposed into the 4 output planes), the taps of every level from
+// tables built once per call.  Both paths do bilinear()'s operations in its order (no FMA:
+// simd.h), so they agree with each other and with the reference bit for bit.
+//
 // Backward (w.r.t. the offsets only; the argmax is piecewise constant so levelness gets
 // no gradient, as in the reference): the transposed bilinear interpolation of the sign-
 // flipped box gradient into the chosen level, gathered at every level pixel from the outputs
@@ -14,12 +21,14 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "box_math.h"
 #include "checks.h"
 #include "grid.h"
 #include "op_checks.h"
+#include "simd.h"
 
 namespace rtpanoptic {
 namespace {
@@ -74,50 +83,184 @@ inline void pick_level(const T* lv, int64_t plane, int64_t n_channels, int64_t* 
   *fg = argmax_better(best, lv[0]);
 }
 
+// The forward's taps along one axis for every level, level-major ([level * n + o] for output index
+// o): input indices scaled to element offsets (times `step`, the level's stride along the axis) and
+// weights, from bilinear_coeffs with axis_coeffs' scale (the same taps as the backward's).
+template <typename T>
+struct LevelTaps {
+  int64_t n;
+  std::vector<int64_t> i0, i1;
+  std::vector<T> w0, w1;
+  LevelTaps(int64_t out_size, const std::vector<int64_t>& in_sizes, const std::vector<int64_t>& steps)
+      : n(out_size), i0(in_sizes.size() * out_size), i1(i0.size()), w0(i0.size()), w1(i0.size()) {
+    for (size_t l = 0; l < in_sizes.size(); ++l) {
+      const T scale = static_cast<T>(in_sizes[l]) / static_cast<T>(out_size);
+      for (int64_t o = 0; o < out_size; ++o) {
+        const int64_t k = static_cast<int64_t>(l) * out_size + o;
+        bilinear_coeffs<T>(o, in_sizes[l], scale, &i0[k], &i1[k], &w0[k], &w1[k]);
+        i0[k] *= steps[l];
+        i1[k] *= steps[l];
+      }
+    }
+  }
+};
+
+// One output row's view of every level: the two input rows it samples (the 4 channels of a
+// pixel adjacent in memory: channels-last offsets) and their weights.
+template <typename T>
+struct RowTaps {
+  std::vector<const T*> r0, r1;
+  std::vector<T> wy0, wy1;
+  explicit RowTaps(size_t levels) : r0(levels), r1(levels), wy0(levels), wy1(levels) {}
+  void set(const std::vector<const T*>& base, const LevelTaps<T>& ys, int64_t y) {
+    for (size_t l = 0; l < r0.size(); ++l) {
+      const int64_t k = static_cast<int64_t>(l) * ys.n + y;
+      r0[l] = base[l] + ys.i0[k];
+      r1[l] = base[l] + ys.i1[k];
+      wy0[l] = ys.w0[k];
+      wy1[l] = ys.w1[k];
+    }
+  }
+};
+
+// Levels (0-based) and foreground flags of the w locations of one row (pick_level at each).
+template <typename T>
+void pick_levels_row(const T* lv, int64_t plane, int64_t nc, int64_t w, int64_t from, int32_t* level, bool* fg) {
+  for (int64_t x = from; x < w; ++x) {
+    int64_t l;
+    pick_level(lv + x, plane, nc, &l, &fg[x]);
+    level[x] = static_cast<int32_t>(l);
+  }
+}
+
+// Boxes of locations [from, w) of one row (scalar): the chosen level's 4 bilinear samples,
+// decoded around the cell centre (cx[x], cy).
+template <typename T>
+void boxes_row(const RowTaps<T>& rt, const LevelTaps<T>& xs, const int32_t* level, const T* cx, T cy, int64_t w,
+               int64_t from, T* dst, int64_t plane) {
+  for (int64_t x = from; x < w; ++x) {
+    const int32_t l = level[x];
+    const int64_t k = l * xs.n + x;
+    const T *a = rt.r0[l], *b = rt.r1[l];
+    const int64_t x0 = xs.i0[k], x1 = xs.i1[k];
+    T v[4];
+    for (int c = 0; c < 4; ++c) {
+      v[c] = bilinear(a[x0 + c], a[x1 + c], b[x0 + c], b[x1 + c], rt.wy0[l], rt.wy1[l], xs.w0[k], xs.w1[k]);
+    }
+    dst[x] = cx[x] - v[0];
+    dst[plane + x] = cy - v[1];
+    dst[2 * plane + x] = cx[x] + v[2];
+    dst[3 * plane + x] = cy + v[3];
+  }
+}
+
+#if RTP_HAVE_AVX2_PATH
+// pick_levels_row, 8 locations at a time (simd::avx2::argmax_step8 is argmax_better lane by lane;
+// foreground: one more step from channel 0 with the best level logit as "class 1"); the rest scalar.
+RTP_AVX2 void pick_levels_row_avx2(const float* lv, int64_t plane, int64_t nc, int64_t w, int32_t* level, bool* fg) {
+  using namespace simd::avx2;
+  const __m256i one = _mm256_set1_epi32(1);
+  int64_t x = 0;
+  for (; x + kWidth <= w; x += kWidth) {
+    __m256 best = _mm256_loadu_ps(lv + plane + x);
+    __m256i index = one;
+    for (int64_t c = 2; c < nc; ++c) argmax_step8(best, index, _mm256_loadu_ps(lv + c * plane + x), static_cast<int32_t>(c));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(level + x), _mm256_sub_epi32(index, one));
+    __m256 background = _mm256_loadu_ps(lv + x);
+    __m256i any = _mm256_setzero_si256();
+    argmax_step8(background, any, best, 1);
+    const int bits = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpeq_epi32(any, one)));
+    for (int k = 0; k < kWidth; ++k) fg[x + k] = (bits >> k) & 1;
+  }
+  pick_levels_row(lv, plane, nc, w, x, level, fg);
+}
+
+// boxes_row for float, one location per step with its 4 channels in one SSE register (the same
+// operations as bilinear() lane by lane, in its order; decoding: cx - v0, cy - v1 from one
+// subtraction, cx + v2, cy + v3 from one addition), 4 locations transposed into the 4 planes.
+RTP_AVX2 __m128 box_at(const RowTaps<float>& rt, const LevelTaps<float>& xs, int32_t l, int64_t x, float cx, float cy) {
+  const int64_t k = l * xs.n + x;
+  const float *a = rt.r0[l], *b = rt.r1[l];
+  const int64_t x0 = xs.i0[k], x1 = xs.i1[k];
+  const __m128 wx0 = _mm_set1_ps(xs.w0[k]), wx1 = _mm_set1_ps(xs.w1[k]);
+  const __m128 top = _mm_add_ps(_mm_mul_ps(wx0, _mm_loadu_ps(a + x0)), _mm_mul_ps(wx1, _mm_loadu_ps(a + x1)));
+  const __m128 bottom = _mm_add_ps(_mm_mul_ps(wx0, _mm_loadu_ps(b + x0)), _mm_mul_ps(wx1, _mm_loadu_ps(b + x1)));
+  const __m128 v = _mm_add_ps(_mm_mul_ps(_mm_set1_ps(rt.wy0[l]), top), _mm_mul_ps(_mm_set1_ps(rt.wy1[l]), bottom));
+  const __m128 centre = _mm_setr_ps(cx, cy, cx, cy);
+  return _mm_shuffle_ps(_mm_sub_ps(centre, v), _mm_add_ps(centre, v), _MM_SHUFFLE(3, 2, 1, 0));
+}
+
+RTP_AVX2 void boxes_row_avx2(const RowTaps<float>& rt, const LevelTaps<float>& xs, const int32_t* level,
+                             const float* cx, float cy, int64_t w, float* dst, int64_t plane) {
+  int64_t x = 0;
+  for (; x + 4 <= w; x += 4) {
+    __m128 p0 = box_at(rt, xs, level[x], x, cx[x], cy);
+    __m128 p1 = box_at(rt, xs, level[x + 1], x + 1, cx[x + 1], cy);
+    __m128 p2 = box_at(rt, xs, level[x + 2], x + 2, cx[x + 2], cy);
+    __m128 p3 = box_at(rt, xs, level[x + 3], x + 3, cx[x + 3], cy);
+    _MM_TRANSPOSE4_PS(p0, p1, p2, p3);
+    _mm_storeu_ps(dst + x, p0);
+    _mm_storeu_ps(dst + plane + x, p1);
+    _mm_storeu_ps(dst + 2 * plane + x, p2);
+    _mm_storeu_ps(dst + 3 * plane + x, p3);
+  }
+  boxes_row<float>(rt, xs, level, cx, cy, w, x, dst, plane);
+}
+#endif
+
+// offs: the levels channels-last ([B, 4, h_l, w_l] with stride 1 between the 4 channels).
 template <typename T>
 void forward_impl(const std::vector<at::Tensor>& offs, const at::Tensor& lv, int64_t out_stride, at::Tensor& boxes,
                   at::Tensor& fg) {
   const int64_t batch = lv.size(0), nc = lv.size(1), h = lv.size(2), w = lv.size(3), plane = h * w;
-  std::vector<AxisW<T>> ys, xs;
-  std::vector<const T*> ptr;
+  std::vector<int64_t> hs, ws, row_steps, col_steps;
   for (const auto& o : offs) {
-    ys.push_back(axis_coeffs<T>(h, o.size(2)));
-    xs.push_back(axis_coeffs<T>(w, o.size(3)));
-    ptr.push_back(o.data_ptr<T>());
+    hs.push_back(o.size(2));
+    ws.push_back(o.size(3));
+    row_steps.push_back(o.stride(2));
+    col_steps.push_back(o.stride(3));
   }
+  std::vector<const T*> level_ptr;
+  for (const auto& o : offs) {
+    TORCH_INTERNAL_ASSERT(o.stride(1) == 1, "gather_levelness: offsets must be channels-last here");
+    level_ptr.push_back(o.data_ptr<T>());
+  }
+  const LevelTaps<T> ys(h, hs, row_steps), xs(w, ws, col_steps);
+  std::vector<T> cx(w);
+  for (int64_t x = 0; x < w; ++x) cx[x] = cell_centre<T>(x, out_stride);
   const T* lvp = lv.data_ptr<T>();
   T* bp = boxes.data_ptr<T>();
   bool* fp = fg.data_ptr<bool>();
+  bool use_avx2 = false;
+#if RTP_HAVE_AVX2_PATH
+  use_avx2 = std::is_same_v<T, float> && simd::cpu_isa() == simd::Isa::kAvx2;
+#endif
   at::parallel_for(0, batch * h, std::max<int64_t>(1, 4096 / std::max<int64_t>(w, 1)), [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> level(w);
+    RowTaps<T> rt(offs.size());
+    std::vector<const T*> base(offs.size());
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / h, y = row % h;
+      for (size_t l = 0; l < offs.size(); ++l) base[l] = level_ptr[l] + b * offs[l].stride(0);
+      rt.set(base, ys, y);
+      const T* lrow = lvp + b * nc * plane + y * w;
+      bool* frow = fp + b * plane + y * w;
+      T* dst = bp + b * 4 * plane + y * w;
       const T cy = cell_centre<T>(y, out_stride);
-      for (int64_t x = 0; x < w; ++x) {
-        const int64_t p = y * w + x;
-        int64_t level;
-        bool is_fg;
-        pick_level(lvp + b * nc * plane + p, plane, nc, &level, &is_fg);
-        fp[b * plane + p] = is_fg;
-        const auto& ay = ys[level];
-        const auto& ax = xs[level];
-        const int64_t hi = offs[level].size(2), wi = offs[level].size(3);
-        const T* src = ptr[level] + b * 4 * hi * wi;
-        const int64_t y0 = ay.i0[y], y1 = ay.i1[y], x0 = ax.i0[x], x1 = ax.i1[x];
-        const T wy0 = ay.w0[y], wy1 = ay.w1[y], wx0 = ax.w0[x], wx1 = ax.w1[x];
-        T v[4];
-        for (int c = 0; c < 4; ++c) {
-          const T* s = src + c * hi * wi;
-          v[c] = bilinear(s[y0 * wi + x0], s[y0 * wi + x1], s[y1 * wi + x0], s[y1 * wi + x1], wy0, wy1, wx0, wx1);
+#if RTP_HAVE_AVX2_PATH
+      if constexpr (std::is_same_v<T, float>) {
+        if (use_avx2) {
+          pick_levels_row_avx2(lrow, plane, nc, w, level.data(), frow);
+          boxes_row_avx2(rt, xs, level.data(), cx.data(), cy, w, dst, plane);
+          continue;
         }
-        const T cx = cell_centre<T>(x, out_stride);
-        T* dst = bp + b * 4 * plane + p;
-        dst[0] = cx - v[0];
-        dst[plane] = cy - v[1];
-        dst[2 * plane] = cx + v[2];
-        dst[3 * plane] = cy + v[3];
       }
+#endif
+      pick_levels_row(lrow, plane, nc, w, 0, level.data(), frow);
+      boxes_row(rt, xs, level.data(), cx.data(), cy, w, 0, dst, plane);
     }
   });
+  (void)use_avx2;
 }
 
 template <typename T>
@@ -166,7 +309,7 @@ std::tuple<at::Tensor, at::Tensor> gather_levelness_cpu(at::TensorList offsets, 
   auto fg = at::empty({batch, h, w}, lv.options().dtype(at::kBool));
   if (batch * h * w > 0) {
     std::vector<at::Tensor> offs;
-    for (const auto& o : offsets) offs.push_back(o.to(acc).contiguous());
+    for (const auto& o : offsets) offs.push_back(o.to(acc).contiguous(at::MemoryFormat::ChannelsLast));
     AT_DISPATCH_FLOATING_TYPES(acc, "gather_levelness_cpu", [&] { forward_impl<scalar_t>(offs, lv, out_stride, boxes, fg); });
   }
   return {boxes.to(levelness.scalar_type()), fg};

@@ -17,3 +17,10 @@ def cell_centres(size: int, stride: int, dtype: torch.dtype = torch.int64, devic
     ``[size]`` tensor of ``dtype`` on ``device``, ``i * stride + stride // 2`` (pixels)."""
     return torch.arange(size, dtype=dtype, device=device) * stride + stride // 2
 
+
+
+def cells_before(limit: int, size: int, stride: int) -> int:
+    """How many of the ``size`` cells of a stride-``stride`` grid along one axis have their centre
+    (:func:`cell_centres`) below ``limit`` pixels: the centres increase, so those are the first ones,
+    ``min(size, max(0, ceil((limit - stride // 2) / stride)))`` (integer arithmetic, on the host)."""
+    return min(size, max(0, -((stride // 2 - limit) // stride)))

@@ -6,6 +6,7 @@ import torch
 
 from rtpanoptic import ops
 from rtpanoptic.ops import _dispatch, reference
+from rtpanoptic.ops.grid import cell_centres
 from rtpanoptic.ops.reference import _upcast
 
 F64 = torch.float64
@@ -268,3 +269,88 @@ def test_gather_levelness_empty_inputs_reach_the_kernel(backend, device):
     assert boxes.shape == (2, 4, 0, 3) and fg.shape == (2, 0, 3) and fg.dtype == torch.bool
     boxes, fg = impl([torch.zeros(0, 4, 2, 2, device=device)], torch.zeros(0, 2, 4, 4, device=device), 4)
     assert boxes.shape == (0, 4, 4, 4) and fg.shape == (0, 4, 4)
+
+
+def _taps(out_size, in_size, dtype):
+    """box_math.h's bilinear_coeffs of every output index, in ``dtype`` one rounding per operation:
+    ``(i0, i1, w0, w1)``."""
+    scale = torch.tensor(in_size, dtype=dtype) / torch.tensor(out_size, dtype=dtype)
+    src = (scale * (torch.arange(out_size, dtype=dtype) + 0.5) - 0.5).clamp(min=0)
+    lo = src.long().clamp(max=in_size - 1)
+    l1 = src - lo.to(dtype)
+    return lo, lo + (lo < in_size - 1).long(), 1 - l1, l1
+
+
+def _gather_levelness_formula(offsets, levelness, out_stride):
+    """gather_levelness written out as the cpp kernel's arithmetic (box_math.h: bilinear_coeffs'
+    taps, bilinear()'s order wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11), then the
+    decoding around cell_centres): a torch op per IEEE operation, so the kernel must match it bit
+    for bit (the reference's F.interpolate associates differently: equal within rounding only)."""
+    dtype = levelness.dtype
+    _, _, h, w = levelness.shape
+    level = levelness[:, 1:].argmax(dim=1)  # [B, H, W]
+    out = torch.zeros(levelness.shape[0], 4, h, w, dtype=dtype)
+    for i, o in enumerate(offsets):
+        y0, y1, wy0, wy1 = _taps(h, o.shape[2], dtype)
+        x0, x1, wx0, wx1 = _taps(w, o.shape[3], dtype)
+        wy0, wy1, wx0, wx1 = wy0[:, None], wy1[:, None], wx0[None, :], wx1[None, :]
+
+        def tap(ys, xs, o=o):
+            return o[:, :, ys][:, :, :, xs]
+
+        v = wy0 * (wx0 * tap(y0, x0) + wx1 * tap(y0, x1)) + wy1 * (wx0 * tap(y1, x0) + wx1 * tap(y1, x1))
+        out = torch.where((level == i)[:, None], v, out)
+    cx = cell_centres(w, out_stride, dtype)
+    cy = cell_centres(h, out_stride, dtype)[:, None]
+    boxes = torch.stack([cx - out[:, 0], cy - out[:, 1], cx + out[:, 2], cy + out[:, 3]], dim=1)
+    return boxes, levelness.argmax(dim=1) != 0
+
+
+# (level sizes, levelness grid): widths around the cpp kernel's vector blocks (8 locations for the
+# level pick, 4 for the boxes) and their tails, a one-column grid, levels finer than the grid
+BITWISE_LEVELS = [
+    ([(2, 1), (1, 1)], (3, 1)),
+    ([(4, 2), (2, 1), (1, 1)], (5, 3)),
+    ([(3, 4), (2, 2)], (6, 8)),
+    ([(6, 5), (3, 3), (2, 2), (1, 1), (1, 1)], (11, 9)),
+    ([(9, 13), (5, 7), (3, 4), (2, 2), (1, 1)], (17, 27)),
+    ([(20, 33), (4, 6)], (10, 17)),
+]
+
+
+@pytest.mark.skipif("cpp" not in ops.available_backends("cpu")["gather_levelness"], reason="no C++ extension")
+@pytest.mark.parametrize("backend,device", [pytest.param("cpp", "cpu", id="cpp-cpu")])  # the promise of the cpp kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", range(len(BITWISE_LEVELS)))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_gather_levelness_cpp_bit_for_bit(backend, device, dtype, case, layout, make, assert_bitwise, assert_close_in):
+    """The cpp forward equals its arithmetic written out (:func:`_gather_levelness_formula`) bit for
+    bit, and the reference within rounding (float32, float64): random offsets with NaN
+    and +-inf entries, levelness logits with exact ties, NaN and inf, batches of 3, offsets and
+    levelness contiguous, channels-last or strided views."""
+    sizes, grid = BITWISE_LEVELS[case]
+    g = _gen(case)
+    offsets, levelness = make.levels(case, sizes, grid, b=3, dtype=dtype, scale=80.0, ties=3)
+    levelness = levelness + torch.randn(levelness.shape, generator=g, dtype=F64).to(dtype) * (case % 2)
+    for o in offsets:
+        flat = o.view(-1)
+        pick = torch.randint(0, flat.numel(), (3 * len(flat) // 10 + 1,), generator=g)
+        flat[pick] = torch.tensor([NAN, INF, -INF, 1e30], dtype=dtype)[torch.arange(pick.numel()) % 4]
+    lv = levelness.view(-1)
+    pick = torch.randint(0, lv.numel(), (lv.numel() // 10 + 1,), generator=g)
+    lv[pick] = torch.tensor([NAN, INF, -INF], dtype=dtype)[torch.arange(pick.numel()) % 3]
+    if layout == "channels_last":
+        offsets = [o.contiguous(memory_format=torch.channels_last) for o in offsets]
+        levelness = levelness.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        offsets = [torch.cat([o, o], dim=3)[..., ::2] for o in offsets]
+        levelness = torch.cat([levelness, levelness], dim=2)[:, :, ::2]
+    boxes, fg = ops.gather_levelness(offsets, levelness, 4, backend=backend)
+    want, want_fg = _gather_levelness_formula(offsets, levelness, 4)
+    assert torch.equal(fg, want_fg)
+    assert_bitwise(boxes, want, backend, device)
+    # F.interpolate associates differently: the special values (inf * 0, 1e30 cancelling) left out
+    finite = [torch.where(o.abs() < 1e6, o, 3.0).contiguous() for o in offsets]
+    ref, ref_fg = reference.gather_levelness(finite, levelness.contiguous(), 4)
+    assert torch.equal(fg, ref_fg)
+    assert_close_in(ops.gather_levelness(finite, levelness, 4, backend=backend)[0], ref)
