@@ -197,8 +197,10 @@ def test_tri_overflowing_to_inf_and_boxes_at_the_bound(backend, device, sigma, d
                [0.0, 0.0, INF, 2.0]]
     w = 64 + 9
     idx = torch.arange(w) % len(rows)
+    idx[8:16] = 0  # a whole chunk of +inf scores, all with probability 1e-30
     boxes = torch.tensor(rows, dtype=F64)[idx]
     probs = torch.where(torch.arange(w) % 3 == 0, torch.tensor(1e-30, dtype=F64), torch.tensor(0.6, dtype=F64))
+    probs[8:16] = 1e-30
     for query in queries:
         args = _one_row(boxes, probs, query, dtype)
         for score in ("tri", "iou"):
