@@ -145,9 +145,9 @@ RTP_ALWAYS_INLINE void count_free_bits(const uint64_t* mask, const uint64_t* tak
 
 // ------------------------------------------------------------------------ scalar path
 // Copies grid pixels [p0, p0 + n) (n <= 64) of dense [4, n_p] into w, with areas, the chunks'
-// bounds and which chunks are bounded.
+// bounds and, with `check_bounded` (score "tri"), which chunks are bounded.
 template <typename T>
-void load_word_scalar(Word<T>& w, const T* dense, int64_t n_p, int64_t p0, int64_t n) {
+void load_word_scalar(Word<T>& w, const T* dense, int64_t n_p, int64_t p0, int64_t n, bool check_bounded) {
   const T nan = std::numeric_limits<T>::quiet_NaN(), inf = std::numeric_limits<T>::infinity();
   w.bounded = 0;
   for (int k = 0; k < kChunks; ++k) {
@@ -159,7 +159,7 @@ void load_word_scalar(Word<T>& w, const T* dense, int64_t n_p, int64_t p0, int64
       for (int e = 0; e < 4; ++e) w.d[e][i] = c[e];
       const T area = (c[2] - c[0]) * (c[3] - c[1]);
       w.area[i] = area;
-      bounded = bounded && (bounded_box(c[0], c[1], c[2], c[3]) || area != area);
+      bounded = bounded && check_bounded && (bounded_box(c[0], c[1], c[2], c[3]) || area != area);
       // NaN-ignoring: a comparison with NaN is false
       if (c[0] < lo0) lo0 = c[0];
       if (c[1] < lo1) lo1 = c[1];
@@ -224,9 +224,10 @@ void count_free_bits_scalar(const uint64_t* mask, const uint64_t* taken, int64_t
 // -------------------------------------------------------------- AVX2 path (float32)
 // Each function computes what its scalar twin above computes, bit for bit (simd.h).
 #if RTP_HAVE_AVX2_PATH
-RTP_AVX2 void load_word_avx2(Word<float>& w, const float* dense, int64_t n_p, int64_t p0, int64_t n) {
+RTP_AVX2 void load_word_avx2(Word<float>& w, const float* dense, int64_t n_p, int64_t p0, int64_t n,
+                             bool check_bounded) {
   using namespace simd::avx2;
-  if (n < kWordBits) return load_word_scalar(w, dense, n_p, p0, n);
+  if (n < kWordBits) return load_word_scalar(w, dense, n_p, p0, n, check_bounded);
   const float inf = std::numeric_limits<float>::infinity();
   const __m256 pinf = _mm256_set1_ps(inf), minf = _mm256_set1_ps(-inf);
   const __m256 limit = _mm256_set1_ps(TriBounds<float>::kLimit);
@@ -242,11 +243,14 @@ RTP_AVX2 void load_word_avx2(Word<float>& w, const float* dense, int64_t n_p, in
     }
     const __m256 area = _mm256_mul_ps(_mm256_sub_ps(c[2], c[0]), _mm256_sub_ps(c[3], c[1]));
     _mm256_store_ps(w.area + i, area);
-    // bounded_box (ordered comparisons: false on NaN) or a NaN area
-    __m256 ok = _mm256_and_ps(_mm256_cmp_ps(c[2], c[0], _CMP_GE_OQ), _mm256_cmp_ps(c[3], c[1], _CMP_GE_OQ));
-    for (int e = 0; e < 4; ++e) ok = _mm256_and_ps(ok, _mm256_cmp_ps(_mm256_and_ps(c[e], abs_mask), limit, _CMP_LE_OQ));
-    ok = _mm256_or_ps(ok, _mm256_cmp_ps(area, area, _CMP_UNORD_Q));
-    w.bounded |= static_cast<uint32_t>(_mm256_movemask_ps(ok) == 0xff) << k;
+    if (check_bounded) {  // bounded_box (ordered comparisons: false on NaN) or a NaN area
+      __m256 ok = _mm256_and_ps(_mm256_cmp_ps(c[2], c[0], _CMP_GE_OQ), _mm256_cmp_ps(c[3], c[1], _CMP_GE_OQ));
+      for (int e = 0; e < 4; ++e) {
+        ok = _mm256_and_ps(ok, _mm256_cmp_ps(_mm256_and_ps(c[e], abs_mask), limit, _CMP_LE_OQ));
+      }
+      ok = _mm256_or_ps(ok, _mm256_cmp_ps(area, area, _CMP_UNORD_Q));
+      w.bounded |= static_cast<uint32_t>(_mm256_movemask_ps(ok) == 0xff) << k;
+    }
     // NaN-ignoring: minps / maxps return their second operand on NaN
     lo0[k] = _mm256_min_ps(c[0], pinf);
     lo1[k] = _mm256_min_ps(c[1], pinf);
@@ -277,15 +281,23 @@ RTP_AVX2 void chunk_prob_max_avx2(const float* prob, float* out) {
 RTP_AVX2 uint32_t chunks_to_evaluate_avx2(const Word<float>& w, const Queries<float>& q, int64_t j, Cull cull,
                                           __m256 vsig) {
   if (q.plan[j] != QueryPlan::kTestChunks) return q.plan[j] == QueryPlan::kNoChunk ? 0u : kAllChunks;
+  // first the test without the bounding boxes, which settles most chunks of most queries
+  const __m256 m = _mm256_loadu_ps(w.prob_max + q.cls[j] * kChunks);
+  uint32_t by_prob;  // the chunks it leaves
+  if (cull == Cull::kIoU) {
+    by_prob = static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(m, vsig, _CMP_GT_OQ)));
+  } else {
+    const __m256 any = _mm256_mul_ps(_mm256_set1_ps(TriBounds<float>::kAny), m);
+    by_prob = (~static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(any, vsig, _CMP_LE_OQ))) | ~w.bounded) &
+              kAllChunks;
+  }
+  if (by_prob == 0) return 0;
   const __m256 miss_x = _mm256_cmp_ps(_mm256_min_ps(_mm256_load_ps(w.hi2), _mm256_set1_ps(q.q2[j])),
                                       _mm256_max_ps(_mm256_load_ps(w.lo0), _mm256_set1_ps(q.q0[j])), _CMP_LE_OQ);
   const __m256 miss_y = _mm256_cmp_ps(_mm256_min_ps(_mm256_load_ps(w.hi3), _mm256_set1_ps(q.q3[j])),
                                       _mm256_max_ps(_mm256_load_ps(w.lo1), _mm256_set1_ps(q.q1[j])), _CMP_LE_OQ);
   const __m256 miss = _mm256_or_ps(miss_x, miss_y);
-  const __m256 m = _mm256_loadu_ps(w.prob_max + q.cls[j] * kChunks);
-  if (cull == Cull::kIoU) {
-    return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_andnot_ps(miss, _mm256_cmp_ps(m, vsig, _CMP_GT_OQ))));
-  }
+  if (cull == Cull::kIoU) return by_prob & ~static_cast<uint32_t>(_mm256_movemask_ps(miss));
   const __m256 bound =
       _mm256_blendv_ps(_mm256_set1_ps(TriBounds<float>::kAny), _mm256_set1_ps(q.disjoint[j]), miss);
   const auto culled =
@@ -343,7 +355,7 @@ RTP_AVX2 void count_free_bits_avx2(const uint64_t* mask, const uint64_t* taken, 
 // ------------------------------------------------------------------- path selection
 template <typename T>
 struct Path {
-  void (*load_word)(Word<T>& w, const T* dense, int64_t n_p, int64_t p0, int64_t n);
+  void (*load_word)(Word<T>& w, const T* dense, int64_t n_p, int64_t p0, int64_t n, bool check_bounded);
   void (*chunk_prob_max)(const T* prob, T* out);
   void (*word_masks)(const Word<T>& w, const Queries<T>& q, int64_t n_q, T sig, Cull cull, uint64_t* out,
                      int64_t out_stride);
@@ -426,7 +438,7 @@ std::unique_ptr<uint64_t[]> dense_pass(const Path<T>& path, const T* dense, cons
       const int64_t p0 = wd * kWordBits, n = std::min(kWordBits, n_p - p0);
       path.semantic_argmax(sem, n_c, n_p, p0, p0 + n, semantic);
       if (n_q == 0) continue;
-      path.load_word(w, dense, n_p, p0, n);
+      path.load_word(w, dense, n_p, p0, n, cull == Cull::kTri);
       if (n == kWordBits) {
         w.prob = sem + p0;
         w.prob_stride = n_p;
