@@ -3,8 +3,9 @@
 Sizes: iou_attention and panoptic_from_dense at Q in {20, 100} over 256x512 and 200x336 grids
 (a 1024x2048 Cityscapes image and an 800x1344 COCO image at stride 4); mask_loss at Q = 100;
 decode_boxes / gather_levelness on the 5-level FPN of a 1024x2048 image (stride 4 output).
-panoptic_from_dense also has a "broadcast" row (the masks as one [Q, H, W] tensor expression plus
-the stuff argmax), the baseline of issue 15's goal; benchmarks/ab_cpu_kernels.py compares the cpp
+panoptic_from_dense runs with score "iou" (sigma 0.3) and "tri" (sigma 0.4, the TRI preset's) and
+also has a "broadcast" row (the masks as one [Q, H, W] tensor expression plus the stuff argmax),
+the baseline of issue 15's goal; benchmarks/ab_cpu_kernels.py compares the cpp
 kernels with an earlier revision's."""
 import pytest
 import torch
@@ -16,6 +17,7 @@ IMPLS = [("reference", "cpu"), ("cpp", "cpu"), ("cuda", "cuda")]
 IDS = [f"{impl}-{dev}" for impl, dev in IMPLS]
 GRIDS = {"256x512": (256, 512), "200x336": (200, 336)}
 N_CLASSES = 19
+SIGMAS = {"iou": 0.3, "tri": 0.4}  # panoptic_from_dense: the op's default, and the TRI preset's score and sigma
 
 
 def _boxes(n, seed, h, w):
@@ -64,20 +66,22 @@ def test_iou_attention_fwd_bwd(benchmark, bench_run, need, impl, device, q, grid
     bench_run(benchmark, step, device)
 
 
+@pytest.mark.parametrize("score", list(SIGMAS))
 @pytest.mark.parametrize("grid", list(GRIDS))
 @pytest.mark.parametrize("q", [20, 100])
 @pytest.mark.parametrize("impl,device", IMPLS, ids=IDS)
-def test_panoptic_from_dense(benchmark, bench_run, need, impl, device, q, grid):
+def test_panoptic_from_dense(benchmark, bench_run, need, impl, device, q, grid, score):
     need(device, impl, ops.available_backends(device)["panoptic_from_dense"])
     dense, sem, queries, classes, scores, is_thing = _scene(q, *GRIDS[grid], device)
-    benchmark.group = f"panoptic_from_dense Q={q} {grid}"
+    benchmark.group = f"panoptic_from_dense Q={q} {grid}" + ("" if score == "iou" else f" {score}")
+    sigma = SIGMAS[score]
     out = bench_run(
         benchmark,
-        lambda: ops.panoptic_from_dense(dense, sem, queries, classes, scores, is_thing, stuff_area_limit=64,
-                                        backend=impl),
+        lambda: ops.panoptic_from_dense(dense, sem, queries, classes, scores, is_thing, sigma=sigma, score=score,
+                                        stuff_area_limit=64, backend=impl),
         device,
     )
-    ref = reference.panoptic_from_dense(dense, sem, queries, classes, scores, is_thing, 0.3, "iou", 0.0, 0.5, 64)
+    ref = reference.panoptic_from_dense(dense, sem, queries, classes, scores, is_thing, sigma, score, 0.0, 0.5, 64)
     assert torch.equal(out.segment_map.cpu(), ref[0].cpu())
 
 

@@ -1,8 +1,8 @@
 """The cpp kernels' run-time ISA selection (csrc/cpu/simd.h: an AVX2 path where the CPU has it, a
 scalar path otherwise): the cpp cases of the ops with vector paths (tests/ops/test_boxes.py: nms,
-batched_nms; tests/ops/test_panoptic.py: panoptic_from_dense; tests/ops/test_panoptic_release.py:
-panoptic_from_dense_release; tests/ops/test_dense.py: gather_levelness) once more, in a subprocess, on
-the scalar path (``ATEN_CPU_CAPABILITY=default``)."""
+batched_nms; tests/ops/test_panoptic.py and test_panoptic_culls.py: panoptic_from_dense;
+tests/ops/test_panoptic_release.py: panoptic_from_dense_release; tests/ops/test_dense.py:
+gather_levelness) once more, in a subprocess, on the scalar path (``ATEN_CPU_CAPABILITY=default``)."""
 import os
 import subprocess
 import sys
@@ -13,7 +13,7 @@ import pytest
 from rtpanoptic import ops
 
 HERE = Path(__file__).resolve().parent
-FILES = ("test_boxes.py", "test_panoptic.py", "test_panoptic_release.py", "test_dense.py")
+FILES = ("test_boxes.py", "test_panoptic.py", "test_panoptic_culls.py", "test_panoptic_release.py", "test_dense.py")
 pytestmark = pytest.mark.skipif(
     not all("cpp" in ops.available_backends("cpu")[op]
             for op in ("nms", "batched_nms", "panoptic_from_dense", "panoptic_from_dense_release", "gather_levelness")),
