@@ -331,21 +331,6 @@ RTP_AVX2 void word_masks_avx2(const Word<float>& w, const Queries<float>& q, int
   }
 }
 
-RTP_AVX2 void semantic_argmax_avx2(const float* sem, int64_t n_c, int64_t n_p, int64_t begin, int64_t end,
-                                   int32_t* out) {
-  using namespace simd::avx2;
-  int64_t p = begin;
-  for (; p + kWidth <= end; p += kWidth) {
-    __m256 best = _mm256_loadu_ps(sem + p);
-    __m256i index = _mm256_setzero_si256();
-    for (int64_t c = 1; c < n_c; ++c) {
-      argmax_step8(best, index, _mm256_loadu_ps(sem + c * n_p + p), static_cast<int32_t>(c));
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + p), index);
-  }
-  semantic_argmax_scalar(sem, n_c, n_p, p, end, out);
-}
-
 RTP_AVX2 void count_free_bits_avx2(const uint64_t* mask, const uint64_t* taken, int64_t words, int64_t* area,
                                    int64_t* free_area) {
   count_free_bits(mask, taken, words, area, free_area);
@@ -371,7 +356,7 @@ Path<T> select_path(Score score) {
     if (simd::cpu_isa() == simd::Isa::kAvx2) {
       return {load_word_avx2, chunk_prob_max_avx2,
               score == Score::kIoU ? word_masks_avx2<Score::kIoU> : word_masks_avx2<Score::kTri>,
-              semantic_argmax_avx2, count_free_bits_avx2};
+              simd::avx2::class_argmax_range, count_free_bits_avx2};
     }
   }
 #endif
