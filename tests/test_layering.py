@@ -39,8 +39,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model", ("rtpanoptic.model",)),
     ("losses", ("rtpanoptic.losses",)),
     ("evaluation", ("rtpanoptic.evaluation",)),
-    # running the network (precision, torch.compile, CUDA graphs), image batches, frame streams
-    ("execution", ("rtpanoptic.execution", "rtpanoptic.images", "rtpanoptic.stream")),
+    # running the network (precision, int8, torch.compile, CUDA graphs), image batches, frame streams
+    ("execution", ("rtpanoptic.execution", "rtpanoptic.quantize", "rtpanoptic.images", "rtpanoptic.stream")),
     # images in, panoptic results out, and what writes or exports them
     ("inference", ("rtpanoptic.inference", "rtpanoptic.export", "rtpanoptic.viz")),
     ("engine", ("rtpanoptic.engine",)),
