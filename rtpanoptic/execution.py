@@ -82,13 +82,29 @@ def cpu_has_native(precision: str) -> bool | None:
 FAST_COMPILE: dict = {"options": {"freezing": True}}
 
 
+def freezing_is_safe(device: torch.device | str) -> bool:
+    """Whether Inductor's weight freezing may be used on ``device``: not on a CPU whose ATen
+    capability is overridden (``ATEN_CPU_CAPABILITY`` set), see :func:`fast_compile`."""
+    return not (torch.device(device).type == "cpu" and os.environ.get("ATEN_CPU_CAPABILITY"))
+
+
+def inductor_settings(settings: dict) -> contextlib.AbstractContextManager:
+    """``torch._inductor.config.patch(settings)`` for the duration of a call of a compiled graph
+    (Inductor reads them while Dynamo hands it the graph); a no-op for no settings."""
+    if not settings:
+        return contextlib.nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(settings)
+
+
 def fast_compile(device: torch.device | str) -> dict:
     """The ``torch.compile`` keyword arguments of fast=True on ``device``: :data:`FAST_COMPILE`, but
     without weight freezing on a CPU whose ATen capability is overridden (``ATEN_CPU_CAPABILITY``
     set, as ``make isa-check`` does): there torch 2.14.1's frozen graphs compute wrong values while
     unfrozen ones agree (measured on an AVX-512 machine with ``ATEN_CPU_CAPABILITY=avx2``, a small
     conv net: fp32 off by 0.77, bf16 NaN)."""
-    if torch.device(device).type == "cpu" and os.environ.get("ATEN_CPU_CAPABILITY"):
+    if not freezing_is_safe(device):
         return {"options": {"freezing": False}}
     return copy.deepcopy(FAST_COMPILE)
 
@@ -180,7 +196,7 @@ class NetworkRunner:
         kwargs = copy.deepcopy(compile) if isinstance(compile, dict) else {}
         options = kwargs.get("options") or {}
         # freezing is global Inductor state read while compiling: set around each call (FAST_COMPILE)
-        self._freezing = options.pop("freezing", None)
+        self._inductor = {} if "freezing" not in options else {"freezing": bool(options.pop("freezing"))}
         if not options:
             kwargs.pop("options", None)
         self._forward = torch.compile(model, **kwargs) if compile else model
@@ -199,17 +215,9 @@ class NetworkRunner:
 
     def __call__(self, x: Tensor) -> HeadOutputs:
         x = self.prepare(x)
-        with self.autocast(x.device.type), self._inductor_settings():
+        with self.autocast(x.device.type), inductor_settings(self._inductor):
             outputs = self._forward(x)
         return outputs_as_fp32(outputs)
-
-    def _inductor_settings(self) -> contextlib.AbstractContextManager:
-        """Inductor's ``freezing`` of this runner's compile options for the duration of a call."""
-        if self._freezing is None:
-            return contextlib.nullcontext()
-        import torch._inductor.config as inductor_config
-
-        return inductor_config.patch(freezing=bool(self._freezing))
 
     @property
     def mode(self) -> RunMode:

@@ -31,14 +31,13 @@ compiled graph: the process's config is left as it was.
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
-from .execution import RunMode, outputs_as_fp32
+from .execution import RunMode, freezing_is_safe, inductor_settings, outputs_as_fp32
 from .model.outputs import HeadOutputs
 
 INSTALL_HINT = "pip install 'rtpanoptic[int8]' (or pip install torchao)"
@@ -143,7 +142,7 @@ class Int8Network:
         if not isinstance(compile, bool):
             raise TypeError(f"quantize='int8': compile must be a bool, got {type(compile).__name__}")
         self._prepare_pt2e, self._convert_pt2e, self._quantizer, self._inductor_config = load_torchao()
-        if compile and os.environ.get("ATEN_CPU_CAPABILITY"):
+        if compile and not freezing_is_safe("cpu"):
             # execution.fast_compile: torch 2.14.1's frozen graphs computed wrong values under an
             # overridden ATen capability, and int8 needs freezing to compile
             warnings.warn("quantize='int8' under ATEN_CPU_CAPABILITY: not compiled (the reference graph, slow)",
@@ -197,11 +196,7 @@ class Int8Network:
     @torch.no_grad()
     def __call__(self, x: Tensor) -> HeadOutputs:
         graph = self.graph(tuple(x.shape))
-        if not self.compile:
-            return outputs_as_fp32(graph(x.float()))
-        import torch._inductor.config as inductor_config
-
-        with inductor_config.patch(self._inductor_config):
+        with inductor_settings(self._inductor_config if self.compile else {}):
             return outputs_as_fp32(graph(x.float()))
 
     @property
