@@ -141,10 +141,18 @@ RTP_HD T argmax_limit() {
   return sizeof(T) == 4 ? T(8.5070586659632215e+37) : T(4.4942328371557893e+307);  // largest finite / 4
 }
 
+// argmax_margin(m) = m * kArgmaxMarginRelative + argmax_margin_floor<T>(), the product and the sum
+// each rounded (the vectorized CPU code computes it from these two constants).
+constexpr double kArgmaxMarginRelative = 3.0517578125e-05;  // 2^-15
+
+template <typename T>
+RTP_HD T argmax_margin_floor() {
+  return T(64) * (sizeof(T) == 4 ? T(1.1754943508222875e-38) : T(2.2250738585072014e-308));  // 64 min_normal
+}
+
 template <typename T>
 RTP_HD T argmax_margin(T max_abs) {
-  return max_abs * T(3.0517578125e-05) +  // 2^-15
-         T(64) * (sizeof(T) == 4 ? T(1.1754943508222875e-38) : T(2.2250738585072014e-308));
+  return max_abs * T(kArgmaxMarginRelative) + argmax_margin_floor<T>();
 }
 
 }  // namespace rtpanoptic

@@ -24,8 +24,9 @@
 // written directly by both paths.
 //
 // ISA: an AVX2+FMA path chosen at run time (simd::cpu_isa() and the CPU's fma flag; the vertical pass
-// and argmax in intrinsics, 8 columns with the classes in registers), else the
-// portable path, whose std::fma rounds identically (one rounding), only slower.
+// and argmax in intrinsics, 8 columns with the classes in registers; the corner codes likewise, 8
+// cells at a time), else the portable path, whose std::fma rounds identically (one rounding), only
+// slower.  The shortcut decides a run of output columns that sample the same two input columns at once.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -81,6 +82,25 @@ Axis<T> axis_weights(int64_t in, int64_t out, int64_t n) {
 struct Shape {
   int64_t classes, h, w, rows, cols;  // input [C, h, w]; output rows x cols (the crop)
 };
+
+// A run of output columns [x0, x1) that sample the same two input columns (i0, i1): the corner
+// shortcut decides a whole run from the four corner cells at once.
+struct ColumnRun {
+  int64_t x0, x1, i0, i1;
+};
+
+template <typename T>
+std::vector<ColumnRun> column_runs(const Axis<T>& ax, int64_t n) {
+  std::vector<ColumnRun> runs;
+  for (int64_t x = 0; x < n; ++x) {
+    if (runs.empty() || runs.back().i0 != ax.i0[x] || runs.back().i1 != ax.i1[x]) {
+      runs.push_back({x, x + 1, ax.i0[x], ax.i1[x]});
+    } else {
+      runs.back().x1 = x + 1;
+    }
+  }
+  return runs;
+}
 
 // dst[c * n + m] = fma(src[c, r, i0[x]], w0[x], src[c, r, i1[x]] * w1[x]) for input row r and the
 // columns x = cols[m] (cols == nullptr: x = m), m < n.
@@ -177,44 +197,73 @@ RTP_ALWAYS_INLINE void vertical(const T* h0, const T* h1, T l0, T l1, int64_t cl
   vertical_argmax<T>(h0, h1, l0, l1, classes, n, best, idx);
 }
 
-// code[p] for the w cells of input row r of one image: the first argmax when it is safe for the
-// corner shortcut (upsample_math.h, argmax_margin), else -1.  best/prev/top: w scratch values.
+// code[p] for the cells p in [p0, w) of input row r of one image: the first argmax when it is safe
+// for the corner shortcut (upsample_math.h, argmax_margin), else -1.
 template <typename T>
-void corner_codes(const T* plane0, const Shape& s, int64_t r, int32_t* code, T* best, T* prev, T* top) {
-  const int64_t n = s.w;
+void corner_codes(const T* plane0, const Shape& s, int64_t r, int64_t p0, int32_t* code) {
   const T limit = argmax_limit<T>();
-  const T* v0 = plane0 + r * n;
-  std::vector<uint8_t> bounded(n);
-  for (int64_t p = 0; p < n; ++p) {
-    best[p] = v0[p];
-    prev[p] = -std::numeric_limits<T>::infinity();
-    top[p] = std::fabs(v0[p]);
-    bounded[p] = top[p] <= limit;  // false for NaN
-    code[p] = 0;
-  }
-  for (int64_t c = 1; c < s.classes; ++c) {
-    const T* v = plane0 + (c * s.h + r) * n;
-    const int32_t ci = static_cast<int32_t>(c);
-    for (int64_t p = 0; p < n; ++p) {
-      const T a = std::fabs(v[p]);
-      const bool take = v[p] > best[p];  // the first maximum (NaN: not bounded, checked below)
-      prev[p] = take ? best[p] : prev[p];
-      best[p] = take ? v[p] : best[p];
-      code[p] = take ? ci : code[p];
-      bounded[p] &= a <= limit;
-      top[p] = a > top[p] ? a : top[p];
+  const T* v0 = plane0 + r * s.w;
+  for (int64_t p = p0; p < s.w; ++p) {
+    T best = v0[p], prev = -std::numeric_limits<T>::infinity(), top = std::fabs(v0[p]);
+    bool bounded = top <= limit;  // false for NaN
+    int32_t arg = 0;
+    for (int64_t c = 1; c < s.classes; ++c) {
+      const T v = v0[c * s.h * s.w + p];
+      const T a = std::fabs(v);
+      const bool take = v > best;  // the first maximum (NaN: not bounded, checked below)
+      prev = take ? best : prev;
+      best = take ? v : best;
+      arg = take ? static_cast<int32_t>(c) : arg;
+      bounded &= a <= limit;
+      top = a > top ? a : top;
     }
-  }
-  for (int64_t p = 0; p < n; ++p) {
-    if (!(bounded[p] && best[p] - prev[p] >= argmax_margin(top[p]))) code[p] = -1;
+    code[p] = bounded && best - prev >= argmax_margin(top) ? arg : -1;
   }
 }
+
+#if RTP_HAVE_AVX2_PATH
+// corner_codes<float> on 8 cells at a time (the classes in registers), the same comparisons; the
+// margin's product and sum rounded separately as in the scalar code (no contraction).
+RTP_AVX2_FMA void corner_codes_avx2(const float* plane0, const Shape& s, int64_t r, int32_t* code) {
+  const float* v0 = plane0 + r * s.w;
+  const int64_t plane = s.h * s.w;
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 limit = _mm256_set1_ps(argmax_limit<float>());
+  const __m256 rel = _mm256_set1_ps(static_cast<float>(kArgmaxMarginRelative));
+  const __m256 min_gap = _mm256_set1_ps(argmax_margin_floor<float>());
+  int64_t p = 0;
+  for (; p + 8 <= s.w; p += 8) {
+    __m256 best = _mm256_loadu_ps(v0 + p);
+    __m256 prev = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    __m256 top = _mm256_and_ps(best, abs_mask);
+    __m256 bounded = _mm256_cmp_ps(top, limit, _CMP_LE_OQ);
+    __m256i arg = _mm256_setzero_si256();
+    for (int64_t c = 1; c < s.classes; ++c) {
+      const __m256 v = _mm256_loadu_ps(v0 + c * plane + p);
+      const __m256 a = _mm256_and_ps(v, abs_mask);
+      const __m256 take = _mm256_cmp_ps(v, best, _CMP_GT_OQ);
+      prev = _mm256_blendv_ps(prev, best, take);
+      best = _mm256_blendv_ps(best, v, take);
+      arg = _mm256_castps_si256(
+          _mm256_blendv_ps(_mm256_castsi256_ps(arg), _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int32_t>(c))), take));
+      bounded = _mm256_and_ps(bounded, _mm256_cmp_ps(a, limit, _CMP_LE_OQ));
+      top = _mm256_blendv_ps(top, a, _mm256_cmp_ps(a, top, _CMP_GT_OQ));
+    }
+    const __m256 margin = _mm256_add_ps(_mm256_mul_ps(top, rel), min_gap);
+    const __m256 safe = _mm256_and_ps(bounded, _mm256_cmp_ps(_mm256_sub_ps(best, prev), margin, _CMP_GE_OQ));
+    const __m256i out = _mm256_castps_si256(
+        _mm256_blendv_ps(_mm256_castsi256_ps(_mm256_set1_epi32(-1)), _mm256_castsi256_ps(arg), safe));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(code + p), out);
+  }
+  corner_codes<float>(plane0, s, r, p, code);  // the last cells
+}
+#endif
 
 // Output rows [begin, end) of the flattened (image, row) range; codes: the cells' corner codes
 // (nullptr: the plain path).
 template <typename T, typename OutT, bool kAvx2 = false>
 RTP_ALWAYS_INLINE void rows_impl(const T* in, const int32_t* codes, OutT* out, const Shape& s, const Axis<T>& ay,
-                                 const Axis<T>& ax, int64_t begin, int64_t end) {
+                                 const Axis<T>& ax, const std::vector<ColumnRun>& runs, int64_t begin, int64_t end) {
   const int64_t n = s.cols, row_len = s.classes * n;
   std::vector<T> buf(2 * row_len + n);
   std::vector<int32_t> idx(n), mixed(n);
@@ -242,13 +291,13 @@ RTP_ALWAYS_INLINE void rows_impl(const T* in, const int32_t* codes, OutT* out, c
       const int32_t* c0 = codes + (b * s.h + r0) * s.w;
       const int32_t* c1 = codes + (b * s.h + r1) * s.w;
       n_mixed = 0;
-      for (int64_t x = 0; x < n; ++x) {
-        const int64_t a = ax.i0[x], e = ax.i1[x];
-        const int32_t k = c0[a];
-        const bool same = (k >= 0) & (k == c0[e]) & (k == c1[a]) & (k == c1[e]);
-        shortcut[x] = static_cast<OutT>(same ? k : 0);
-        mixed[n_mixed] = static_cast<int32_t>(x);
-        n_mixed += same ? 0 : 1;
+      for (const ColumnRun& run : runs) {
+        const int32_t k = c0[run.i0];
+        const bool same = (k >= 0) & (k == c0[run.i1]) & (k == c1[run.i0]) & (k == c1[run.i1]);
+        std::fill(shortcut.begin() + run.x0, shortcut.begin() + run.x1, static_cast<OutT>(same ? k : 0));
+        if (!same) {
+          for (int64_t x = run.x0; x < run.x1; ++x) mixed[n_mixed++] = static_cast<int32_t>(x);
+        }
       }
       plain = 2 * n_mixed > n;
       if (!plain && n_mixed > 0) {  // the mixed columns' horizontal values of both rows, in the slots
@@ -275,15 +324,15 @@ RTP_ALWAYS_INLINE void rows_impl(const T* in, const int32_t* codes, OutT* out, c
 
 template <typename T, typename OutT>
 void rows_portable(const T* in, const int32_t* codes, OutT* out, const Shape& s, const Axis<T>& ay,
-                   const Axis<T>& ax, int64_t begin, int64_t end) {
-  rows_impl<T, OutT>(in, codes, out, s, ay, ax, begin, end);
+                   const Axis<T>& ax, const std::vector<ColumnRun>& runs, int64_t begin, int64_t end) {
+  rows_impl<T, OutT>(in, codes, out, s, ay, ax, runs, begin, end);
 }
 
 #if RTP_HAVE_AVX2_PATH
 template <typename T, typename OutT>
 RTP_AVX2_FMA void rows_avx2(const T* in, const int32_t* codes, OutT* out, const Shape& s, const Axis<T>& ay,
-                            const Axis<T>& ax, int64_t begin, int64_t end) {
-  rows_impl<T, OutT, true>(in, codes, out, s, ay, ax, begin, end);
+                            const Axis<T>& ax, const std::vector<ColumnRun>& runs, int64_t begin, int64_t end) {
+  rows_impl<T, OutT, true>(in, codes, out, s, ay, ax, runs, begin, end);
 }
 #endif
 
@@ -297,27 +346,36 @@ void upsample_argmax_impl(const T* in, OutT* out, int64_t batch, const Shape& s,
   const Axis<T> ay = axis_weights<T>(s.h, out_h, s.rows);
   const Axis<T> ax = axis_weights<T>(s.w, out_w, s.cols);
   auto rows = rows_portable<T, OutT>;
+  bool avx2 = false;
 #if RTP_HAVE_AVX2_PATH
   static const bool fma_cpu = __builtin_cpu_supports("fma");
-  if (simd::cpu_isa() == simd::Isa::kAvx2 && fma_cpu) rows = rows_avx2<T, OutT>;
+  avx2 = simd::cpu_isa() == simd::Isa::kAvx2 && fma_cpu;
+  if (avx2) rows = rows_avx2<T, OutT>;
 #endif
   std::vector<int32_t> codes;
   if (!plain_requested()) {
     codes.resize(batch * s.h * s.w);
     at::parallel_for(0, batch * s.h, 16, [&](int64_t begin, int64_t end) {
-      std::vector<T> scratch(3 * s.w);
       for (int64_t k = begin; k < end; ++k) {
-        const int64_t b = k / s.h;
-        corner_codes<T>(in + b * s.classes * s.h * s.w, s, k % s.h, codes.data() + k * s.w, scratch.data(),
-                        scratch.data() + s.w, scratch.data() + 2 * s.w);
+        const T* plane0 = in + k / s.h * s.classes * s.h * s.w;
+#if RTP_HAVE_AVX2_PATH
+        if constexpr (std::is_same_v<T, float>) {
+          if (avx2) {
+            corner_codes_avx2(plane0, s, k % s.h, codes.data() + k * s.w);
+            continue;
+          }
+        }
+#endif
+        corner_codes<T>(plane0, s, k % s.h, 0, codes.data() + k * s.w);
       }
     });
   }
   const int32_t* code_ptr = codes.empty() ? nullptr : codes.data();
   // A chunk of >= 8 output rows reuses each horizontal row for the rows that sample it.
   const int64_t grain = std::max<int64_t>(8, 32768 / std::max<int64_t>(s.cols * s.classes, 1));
+  const std::vector<ColumnRun> runs = column_runs(ax, s.cols);
   at::parallel_for(0, batch * s.rows, grain, [&](int64_t begin, int64_t end) {
-    rows(in, code_ptr, out, s, ay, ax, begin, end);
+    rows(in, code_ptr, out, s, ay, ax, runs, begin, end);
   });
 }
 
