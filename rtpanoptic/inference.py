@@ -544,9 +544,17 @@ def semantic_probs_on(logits: Tensor, grid) -> Tensor:
 
 def upsample_ids(grid: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
     """Nearest upsampling of an id map ``[h, w]`` by an integer ``stride``, cropped to ``size``
-    ``(H, W)`` (``H <= h * stride``, ``W <= w * stride``): ``out[y, x] = grid[y // stride, x // stride]``."""
-    hv, wv = grid.shape
-    return grid[:, None, :, None].expand(hv, stride, wv, stride).reshape(hv * stride, wv * stride)[: size[0], : size[1]]
+    ``(H, W)`` (``H <= h * stride``, ``W <= w * stride``): ``out[y, x] = grid[y // stride, x // stride]``,
+    same dtype and device as ``grid``.
+
+    Columns first, on the ``ceil(H / stride)`` rows that are needed (a copy ``stride`` times smaller
+    than the output), then every row repeated: the output is written in contiguous runs of ``W``
+    values instead of runs of ``stride``."""
+    h, w = size
+    g = grid[: -(-h // stride), : -(-w // stride)]
+    hn, wn = g.shape
+    wide = g[:, :, None].expand(hn, wn, stride).reshape(hn, wn * stride)[:, :w]
+    return wide[:, None, :].expand(hn, stride, wide.shape[1]).reshape(hn * stride, wide.shape[1])[:h]
 
 
 def segment_stats(grid: Tensor, n: int, stride: int, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
