@@ -591,12 +591,16 @@ def segment_stats(grid: Tensor, n: int, stride: int, size: tuple[int, int]) -> t
 def _cells_per_row_and_column(grid: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """Cells of each segment 1..n of the id map ``grid [h, w]`` per row and per column: int32
     ``[n, h]`` and ``[n, w]``.  Fixed-size scatters (no ``bincount``: its size would depend on the
-    data); the column one runs first and raises ``IndexError`` for an id outside 0..n (id 0: dropped)."""
+    data).  The column count runs first, an ``index_add_`` at ``id * w + x``, in range exactly for
+    ids 0..n: any other id raises ``IndexError`` there (id 0: dropped)."""
     hv, wv = grid.shape
-    i32 = dict(dtype=torch.int32, device=grid.device)
+    device = grid.device
+    i32 = dict(dtype=torch.int32, device=device)
     ones = torch.ones(hv * wv, **i32)
-    at = torch.add(torch.arange(wv, device=grid.device), grid, alpha=wv).reshape(-1)  # id * w + x: in range iff 0 <= id <= n
-    cols = torch.zeros((n + 1) * wv, **i32).index_add_(0, at, ones).view(n + 1, wv)[1:]
+    # ids clamped to -1..n+1 stay out of range if they were, and id * w cannot overflow int32
+    at_dtype = torch.int32 if (n + 2) * wv < 2**31 else torch.int64
+    at = torch.add(torch.arange(wv, dtype=at_dtype, device=device), grid.clamp(-1, n + 1), alpha=wv)
+    cols = torch.zeros((n + 1) * wv, **i32).index_add_(0, at.reshape(-1), ones).view(n + 1, wv)[1:]
     rows = torch.zeros(hv, n + 1, **i32).scatter_add_(1, grid.long(), ones.view(hv, wv))
     return rows[:, 1:].t().contiguous(), cols
 

@@ -114,6 +114,10 @@ def test_ids_outside_one_to_n():
         wrong[2, 3] = bad
         with pytest.raises(IndexError):
             segment_stats(wrong, 3, 4, (18, 22))
+    wrong = torch.zeros(3, 4, dtype=torch.int32)
+    wrong[1, 2] = 2**30 + 1  # id * w = 2^32 + 4: in range again if that wrapped around in int32
+    with pytest.raises(IndexError):
+        segment_stats(wrong, 3, 4, (10, 13))
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.int64])
