@@ -584,8 +584,8 @@ def segment_stats(grid: Tensor, n: int, stride: int, size: tuple[int, int]) -> t
     corner = grid[-1, -1] == torch.arange(1, n + 1, device=grid.device)
     areas = _cell_pixels(rows.sum(1, dtype=torch.int64), rows[:, -1], cols[:, -1], corner, stride,
                          h - (hv - 1) * stride, w - (wv - 1) * stride)
-    boxes = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1)
-    return areas, torch.where((areas == 0)[:, None], 0, boxes)
+    boxes = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1)  # int32: pixel coordinates
+    return areas, torch.where((areas == 0)[:, None], 0, boxes).long()
 
 
 def _cells_per_row_and_column(grid: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -606,7 +606,7 @@ def _cells_per_row_and_column(grid: Tensor, n: int) -> tuple[Tensor, Tensor]:
 
 
 def _first_and_end(counts: Tensor) -> tuple[Tensor, Tensor]:
-    """``counts [n, L]`` (>= 0) -> int64 ``[n]``: the first index with a non-zero count and the last
+    """``counts [n, L]`` (>= 0) -> ``[n]`` in its dtype: the first index with a non-zero count and the last
     one + 1 (for a row of zeros: ``L`` and 0).  Max-reductions of the 0/1 presence times ``L - i``
     and ``i + 1``."""
     length = counts.shape[1]
@@ -614,7 +614,7 @@ def _first_and_end(counts: Tensor) -> tuple[Tensor, Tensor]:
     ramp = dict(dtype=counts.dtype, device=counts.device)
     end = (present * torch.arange(1, length + 1, **ramp)).amax(1)
     first = length - (present * torch.arange(length, 0, -1, **ramp)).amax(1)
-    return first.long(), end.long()
+    return first, end
 
 
 def _cell_pixels(cells: Tensor, last_row: Tensor, last_column: Tensor, corner: Tensor, stride: int,
@@ -628,9 +628,10 @@ def _cell_pixels(cells: Tensor, last_row: Tensor, last_column: Tensor, corner: T
     ``(stride - a [i last]) * (stride - b [j last])
     = stride^2 - stride a [i last] - stride b [j last] + a b [i last and j last]`` pixels; summed
     over the cells of a segment: ``stride^2 cells - stride a last_row - stride b last_column
-    + a b corner``.  Exact: integers throughout (int64)."""
+    + a b corner``.  Exact: integers throughout, int64 from the int64 ``cells`` on (the int32 terms
+    stay within about the grid's height or width times ``stride``)."""
     a, b = stride - last_h, stride - last_w
-    return stride * (stride * cells - b * last_column.long()) - a * (stride * last_row.long() - b * corner.long())
+    return stride * (stride * cells - b * last_column) - a * (stride * last_row - b * corner)
 
 
 def _segment_stats_from_runs(ids: Tensor, n: int) -> tuple[Tensor, Tensor]:

@@ -91,8 +91,8 @@ MUTATIONS = (
          "hr, wr = hv, wv"),
     ), PIPELINE_TESTS, "not cuda"),
     Mutation("segment_stats: the corner cell's term of the grid area left out", (
-        ("rtpanoptic/inference.py", "- a * (stride * last_row.long() - b * corner.long())",
-         "- a * stride * last_row.long()"),
+        ("rtpanoptic/inference.py", "- a * (stride * last_row - b * corner)",
+         "- a * stride * last_row"),
     ), ("tests/test_segment_stats_grid.py",), "not cuda"),
     Mutation("PQ: the first crowd region of a class (was the last)", (
         ("rtpanoptic/evaluation/panoptic_quality.py", "        crowd_of_cat[g_cat[g]] = g\n",
