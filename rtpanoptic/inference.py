@@ -544,9 +544,17 @@ def semantic_probs_on(logits: Tensor, grid) -> Tensor:
 
 def upsample_ids(grid: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
     """Nearest upsampling of an id map ``[h, w]`` by an integer ``stride``, cropped to ``size``
-    ``(H, W)`` (``H <= h * stride``, ``W <= w * stride``): ``out[y, x] = grid[y // stride, x // stride]``."""
-    hv, wv = grid.shape
-    return grid[:, None, :, None].expand(hv, stride, wv, stride).reshape(hv * stride, wv * stride)[: size[0], : size[1]]
+    ``(H, W)`` (``H <= h * stride``, ``W <= w * stride``): ``out[y, x] = grid[y // stride, x // stride]``,
+    same dtype and device as ``grid``.
+
+    Columns first, on the ``ceil(H / stride)`` rows that are needed (a copy ``stride`` times smaller
+    than the output), then every row repeated: the output is written in contiguous runs of ``W``
+    values instead of runs of ``stride``."""
+    h, w = size
+    g = grid[: -(-h // stride), : -(-w // stride)]
+    hn, wn = g.shape
+    wide = g[:, :, None].expand(hn, wn, stride).reshape(hn, wn * stride)[:, :w]
+    return wide[:, None, :].expand(hn, stride, wide.shape[1]).reshape(hn * stride, wide.shape[1])[:h]
 
 
 def segment_stats(grid: Tensor, n: int, stride: int, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
@@ -554,6 +562,12 @@ def segment_stats(grid: Tensor, n: int, stride: int, size: tuple[int, int]) -> t
     from the grid alone (O(hw)), as tensors on the grid's device: int64 ``[n]`` and ``[n, 4]`` (no
     value is read on the host).  A cell covers ``stride x stride`` pixels, the last row and column
     of cells only what is left of ``size``.  Segments without pixels get area 0 and ``[0, 0, 0, 0]``.
+    Id 0 is no segment; an id above ``n`` or below 0 raises ``IndexError`` (on a GPU: a device-side
+    assertion).
+
+    Two fixed-size scatters over the cells (:func:`_cells_per_row_and_column`) give each segment's
+    cells per row ``[n, h]`` and per column ``[n, w]``; the box is the first and last row and column
+    that hold any, the area follows from the same counts (:func:`_cell_pixels`).
 
     With ``stride`` 1 (the full-resolution map of ``mask_mode="release"``) from the runs of equal
     ids along the rows instead (:func:`_segment_stats_from_runs`), which reads their count on the
@@ -562,24 +576,62 @@ def segment_stats(grid: Tensor, n: int, stride: int, size: tuple[int, int]) -> t
         return _segment_stats_from_runs(grid[: size[0], : size[1]], n)
     hv, wv = grid.shape
     h, w = size
+    rows, cols = _cells_per_row_and_column(grid, n)
+    y0, y1 = _first_and_end(rows)
+    x0, x1 = _first_and_end(cols)
+    x0, y0 = x0 * stride, y0 * stride
+    x1, y1 = torch.clamp(x1 * stride, max=w), torch.clamp(y1 * stride, max=h)  # exclusive
+    corner = grid[-1, -1] == torch.arange(1, n + 1, device=grid.device)
+    areas = _cell_pixels(rows.sum(1, dtype=torch.int64), rows[:, -1], cols[:, -1], corner, stride,
+                         h - (hv - 1) * stride, w - (wv - 1) * stride)
+    boxes = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1)  # int32: pixel coordinates
+    return areas, torch.where((areas == 0)[:, None], 0, boxes).long()
+
+
+def _cells_per_row_and_column(grid: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Cells of each segment 1..n of the id map ``grid [h, w]`` per row and per column: int32
+    ``[n, h]`` and ``[n, w]``.  Fixed-size scatters (no ``bincount``: its size would depend on the
+    data).  The column count runs first, an ``index_add_`` at ``id * w + x``, in range exactly for
+    ids 0..n: any other id raises ``IndexError`` there (id 0: dropped)."""
+    hv, wv = grid.shape
     device = grid.device
-    i64 = dict(dtype=torch.int64, device=device)
-    flat = grid.reshape(-1).long()
-    cell_h = torch.full((hv,), stride, **i64)
-    cell_w = torch.full((wv,), stride, **i64)
-    cell_h[-1], cell_w[-1] = h - (hv - 1) * stride, w - (wv - 1) * stride
-    cells = (cell_h[:, None] * cell_w[None, :]).reshape(-1)
-    areas = torch.zeros(n + 1, **i64).index_add_(0, flat, cells)[1:]
-    ys = torch.arange(hv, **i64)[:, None].expand(hv, wv).reshape(-1)
-    xs = torch.arange(wv, **i64)[None, :].expand(hv, wv).reshape(-1)
-    big = torch.full((n + 1,), max(hv, wv), **i64)
-    none = torch.full((n + 1,), -1, **i64)
-    x0 = big.scatter_reduce(0, flat, xs, "amin")[1:] * stride
-    y0 = big.scatter_reduce(0, flat, ys, "amin")[1:] * stride
-    x1 = torch.clamp((none.scatter_reduce(0, flat, xs, "amax")[1:] + 1) * stride, max=w)  # exclusive
-    y1 = torch.clamp((none.scatter_reduce(0, flat, ys, "amax")[1:] + 1) * stride, max=h)
-    boxes = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1)
-    return areas, torch.where((areas == 0)[:, None], 0, boxes)
+    i32 = dict(dtype=torch.int32, device=device)
+    ones = torch.ones(hv * wv, **i32)
+    # ids clamped to -1..n+1 stay out of range if they were, and id * w cannot overflow int32
+    at_dtype = torch.int32 if (n + 2) * wv < 2**31 else torch.int64
+    at = torch.add(torch.arange(wv, dtype=at_dtype, device=device), grid.clamp(-1, n + 1), alpha=wv)
+    cols = torch.zeros((n + 1) * wv, **i32).index_add_(0, at.reshape(-1), ones).view(n + 1, wv)[1:]
+    rows = torch.zeros(hv, n + 1, **i32).scatter_add_(1, grid.long(), ones.view(hv, wv))
+    return rows[:, 1:].t().contiguous(), cols
+
+
+def _first_and_end(counts: Tensor) -> tuple[Tensor, Tensor]:
+    """``counts [n, L]`` (>= 0) -> ``[n]`` in its dtype: the first index with a non-zero count and the last
+    one + 1 (for a row of zeros: ``L`` and 0).  Max-reductions of the 0/1 presence times ``L - i``
+    and ``i + 1``."""
+    length = counts.shape[1]
+    present = counts.clamp(max=1)
+    ramp = dict(dtype=counts.dtype, device=counts.device)
+    end = (present * torch.arange(1, length + 1, **ramp)).amax(1)
+    first = length - (present * torch.arange(length, 0, -1, **ramp)).amax(1)
+    return first, end
+
+
+def _cell_pixels(cells: Tensor, last_row: Tensor, last_column: Tensor, corner: Tensor, stride: int,
+                 last_h: int, last_w: int) -> Tensor:
+    """Pixels of each segment (int64 ``[n]``) from its ``cells`` (its count of grid cells), its cells
+    in the last row ``last_row`` and in the last column ``last_column`` and whether it holds the
+    corner cell ``corner`` (bool); full cells are ``stride x stride`` pixels, those of the last row
+    ``last_h`` pixels tall, those of the last column ``last_w`` wide.
+
+    With ``a = stride - last_h`` and ``b = stride - last_w``, the cell in row i and column j covers
+    ``(stride - a [i last]) * (stride - b [j last])
+    = stride^2 - stride a [i last] - stride b [j last] + a b [i last and j last]`` pixels; summed
+    over the cells of a segment: ``stride^2 cells - stride a last_row - stride b last_column
+    + a b corner``.  Exact: integers throughout, int64 from the int64 ``cells`` on (the int32 terms
+    stay within about the grid's height or width times ``stride``)."""
+    a, b = stride - last_h, stride - last_w
+    return stride * (stride * cells - b * last_column) - a * (stride * last_row - b * corner)
 
 
 def _segment_stats_from_runs(ids: Tensor, n: int) -> tuple[Tensor, Tensor]:

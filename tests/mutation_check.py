@@ -90,6 +90,10 @@ MUTATIONS = (
         ("rtpanoptic/inference.py", "hr, wr = min(hv + 1, dense.shape[-2]), min(wv + 1, dense.shape[-1])",
          "hr, wr = hv, wv"),
     ), PIPELINE_TESTS, "not cuda"),
+    Mutation("segment_stats: the corner cell's term of the grid area left out", (
+        ("rtpanoptic/inference.py", "- a * (stride * last_row - b * corner)",
+         "- a * stride * last_row"),
+    ), ("tests/test_segment_stats_grid.py",), "not cuda"),
     Mutation("PQ: the first crowd region of a class (was the last)", (
         ("rtpanoptic/evaluation/panoptic_quality.py", "        crowd_of_cat[g_cat[g]] = g\n",
          "        crowd_of_cat[g_cat[g]] = g if crowd_of_cat[g_cat[g]] < 0 else crowd_of_cat[g_cat[g]]\n"),
