@@ -150,8 +150,11 @@ std::vector<uint8_t> scalar_pixels(int64_t outer, int64_t inner, int64_t lanes) 
   return flags;
 }
 
+struct TapBlocks;
+
 struct Plan {
   int64_t classes, h, w, out_h, out_w;
+  const TapBlocks* blocks;  // of the columns (the AVX2 path)
 };
 
 // The softmax of one output row: v [classes, n] resized values -> out rows (class c at out + c *
@@ -182,20 +185,48 @@ RTP_ALWAYS_INLINE void softmax_row(const float* v, float* out, int64_t plane, in
   }
 }
 
+// Blocks of 8 output columns whose taps lie in 8 consecutive input columns [base, base + 8) (any
+// upsampling): one masked load and two lane permutations give their 16 taps, no gathers.
+struct TapBlocks {
+  std::vector<int64_t> base;   // per block
+  std::vector<int32_t> lanes;  // per block: i0 - base (8), i1 - base (8), load mask (8: -1 where base + j < w)
+  std::vector<uint8_t> fits;   // per block: whether the taps lie in [base, base + 8)
+};
+
+TapBlocks tap_blocks(const Axis<float>& ax, int64_t n, int64_t w) {
+  TapBlocks t;
+  for (int64_t x = 0; x + 8 <= n; x += 8) {
+    const int64_t base = ax.i0[x];
+    bool fits = true;
+    for (int64_t j = 0; j < 8; ++j) {
+      fits = fits && ax.i0[x + j] >= base && ax.i1[x + j] < base + 8;
+    }
+    t.base.push_back(base);
+    t.fits.push_back(fits);
+    for (int64_t j = 0; j < 8; ++j) t.lanes.push_back(fits ? static_cast<int32_t>(ax.i0[x + j] - base) : 0);
+    for (int64_t j = 0; j < 8; ++j) t.lanes.push_back(fits ? static_cast<int32_t>(ax.i1[x + j] - base) : 0);
+    for (int64_t j = 0; j < 8; ++j) t.lanes.push_back(base + j < w ? -1 : 0);
+  }
+  return t;
+}
+
 #if RTP_HAVE_AVX2_PATH
-// horizontal_values<float, true> on 8 columns at a time (gathers; the same fmadd of one product).
+// horizontal_values<float, true> on 8 columns at a time (tap_blocks; the same fmadd of one product).
+// next: the offset of the row to prefetch meanwhile (the next input row of this class plane).
 __attribute__((target("avx2,fma"))) inline void horizontal_values_avx2(const float* src, const Axis<float>& ax,
-                                                                       int64_t n, float* out) {
-  const int64_t* i0 = ax.i0.data();
-  const int64_t* i1 = ax.i1.data();
+                                                                       const TapBlocks& t, int64_t n, float* out,
+                                                                       int64_t next) {
   int64_t x = 0;
-  for (; x + 8 <= n; x += 8) {
-    const __m256i a0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i0 + x));
-    const __m256i a1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i0 + x + 4));
-    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i1 + x));
-    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(i1 + x + 4));
-    const __m256 p = _mm256_set_m128(_mm256_i64gather_ps(src, a1, 4), _mm256_i64gather_ps(src, a0, 4));
-    const __m256 q = _mm256_set_m128(_mm256_i64gather_ps(src, b1, 4), _mm256_i64gather_ps(src, b0, 4));
+  for (int64_t k = 0; x + 8 <= n; ++k, x += 8) {
+    if (!t.fits[k]) {
+      horizontal_values<float, true>(src, ax, nullptr, x + 8, out, x);
+      continue;
+    }
+    const __m256i* lanes = reinterpret_cast<const __m256i*>(t.lanes.data() + 24 * k);
+    _mm_prefetch(reinterpret_cast<const char*>(src + next + t.base[k]), _MM_HINT_T0);
+    const __m256 v = _mm256_maskload_ps(src + t.base[k], _mm256_loadu_si256(lanes + 2));
+    const __m256 p = _mm256_permutevar8x32_ps(v, _mm256_loadu_si256(lanes));
+    const __m256 q = _mm256_permutevar8x32_ps(v, _mm256_loadu_si256(lanes + 1));
     _mm256_storeu_ps(out + x, _mm256_fmadd_ps(p, _mm256_loadu_ps(ax.w0.data() + x),
                                               _mm256_mul_ps(q, _mm256_loadu_ps(ax.w1.data() + x))));
   }
@@ -224,7 +255,7 @@ RTP_ALWAYS_INLINE void rows_impl(const float* in, float* out, const Plan& p, con
       const float* src = plane0 + (c * p.h + r) * p.w;
 #if RTP_HAVE_AVX2_PATH
       if constexpr (kAvx2 && kFma) {
-        horizontal_values_avx2(src, ax, n, slot[k] + c * n);
+        horizontal_values_avx2(src, ax, *p.blocks, n, slot[k] + c * n, r + 1 < p.h ? p.w : 0);
         continue;
       }
 #endif
@@ -275,7 +306,7 @@ at::Tensor bilinear_softmax_cpu(const at::Tensor& logits, at::IntArrayRef size, 
   TORCH_CHECK_VALUE(size.size() == 2 && size[0] > 0 && size[1] > 0, op, ": size must be two positive ints, got ",
                     size);
   const int64_t batch = logits.size(0);
-  const Plan p{logits.size(1), logits.size(2), logits.size(3), size[0], size[1]};
+  Plan p{logits.size(1), logits.size(2), logits.size(3), size[0], size[1], nullptr};
   TORCH_CHECK_VALUE(p.classes > 0 && p.h > 0 && p.w > 0, op, ": logits must have a class and a pixel, got ",
                     logits.sizes());
   auto out = at::empty({batch, p.classes, p.out_h, p.out_w}, logits.options());
@@ -290,6 +321,8 @@ at::Tensor bilinear_softmax_cpu(const at::Tensor& logits, at::IntArrayRef size, 
   }
   const Axis<float> ay = axis_weights<float>(p.h, p.out_h, p.out_h, fma);
   const Axis<float> ax = axis_weights<float>(p.w, p.out_w, p.out_w, fma);
+  const TapBlocks blocks = tap_blocks(ax, p.out_w, p.w);
+  p.blocks = &blocks;
   auto rows = fma ? rows_portable<true> : rows_portable<false>;
 #if RTP_HAVE_AVX2_PATH
   static const bool fma_cpu = __builtin_cpu_supports("fma");
