@@ -72,43 +72,46 @@ const SoftmaxArith& softmax_arith() {
   return arith;
 }
 
-// out[i] = exp(x[i]) as Vectorized<float>::exp computes it, i < n.
-void exp_libm(const float* x, float* out, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) out[i] = std::exp(x[i]);
+// out[i] = exp(v[i] - m[i]) as Vectorized<float>'s operator- and exp compute it, i < n.
+void exp_libm(const float* v, const float* m, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = std::exp(v[i] - m[i]);
 }
 
 #if RTP_HAVE_AVX2_PATH
-__attribute__((target("avx2"))) void exp_sleef8(void* fn, const float* x, float* out, int64_t n) {
+__attribute__((target("avx2"))) void exp_sleef8(void* fn, const float* v, const float* m, float* out, int64_t n) {
   auto f = reinterpret_cast<__m256 (*)(__m256)>(fn);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, f(_mm256_loadu_ps(x + i)));
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, f(_mm256_sub_ps(_mm256_loadu_ps(v + i), _mm256_loadu_ps(m + i))));
   if (i < n) {  // lanes are independent: the last ones padded with zeros
     alignas(32) float buf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    std::memcpy(buf, x + i, (n - i) * sizeof(float));
+    for (int64_t j = i; j < n; ++j) buf[j - i] = v[j] - m[j];
     _mm256_store_ps(buf, f(_mm256_load_ps(buf)));
     std::memcpy(out + i, buf, (n - i) * sizeof(float));
   }
 }
 
-__attribute__((target("avx512f"))) void exp_sleef16(void* fn, const float* x, float* out, int64_t n) {
+__attribute__((target("avx512f"))) void exp_sleef16(void* fn, const float* v, const float* m, float* out,
+                                                    int64_t n) {
   auto f = reinterpret_cast<__m512 (*)(__m512)>(fn);
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, f(_mm512_loadu_ps(x + i)));
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(out + i, f(_mm512_sub_ps(_mm512_loadu_ps(v + i), _mm512_loadu_ps(m + i))));
+  }
   if (i < n) {
     alignas(64) float buf[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-    std::memcpy(buf, x + i, (n - i) * sizeof(float));
+    for (int64_t j = i; j < n; ++j) buf[j - i] = v[j] - m[j];
     _mm512_store_ps(buf, f(_mm512_load_ps(buf)));
     std::memcpy(out + i, buf, (n - i) * sizeof(float));
   }
 }
 #endif
 
-void vector_exp(const SoftmaxArith& a, const float* x, float* out, int64_t n) {
+void vector_exp(const SoftmaxArith& a, const float* v, const float* m, float* out, int64_t n) {
 #if RTP_HAVE_AVX2_PATH
-  if (a.isa == SoftmaxIsa::kAvx512) return exp_sleef16(a.sleef_exp, x, out, n);
-  if (a.isa == SoftmaxIsa::kAvx2) return exp_sleef8(a.sleef_exp, x, out, n);
+  if (a.isa == SoftmaxIsa::kAvx512) return exp_sleef16(a.sleef_exp, v, m, out, n);
+  if (a.isa == SoftmaxIsa::kAvx2) return exp_sleef8(a.sleef_exp, v, m, out, n);
 #endif
-  exp_libm(x, out, n);
+  exp_libm(v, m, out, n);
 }
 
 // vec::maximum(a, b) lane by lane: AVX2/AVX-512 (max_ps(a, b), all ones where unordered) or the
@@ -158,18 +161,15 @@ struct Plan {
 };
 
 // The softmax of one output row: v [classes, n] resized values -> out rows (class c at out + c *
-// plane), scalar: ATen's scalar-path flags of the row's pixels; d: [classes, n] scratch, m, s: n.
+// plane), scalar: ATen's scalar-path flags of the row's pixels; m, s: n scratch values.
 RTP_ALWAYS_INLINE void softmax_row(const float* v, float* out, int64_t plane, int64_t classes, int64_t n,
-                                   const uint8_t* scalar, const SoftmaxArith& a, float* d, float* m, float* s) {
+                                   const uint8_t* scalar, const SoftmaxArith& a, float* m, float* s) {
   const bool ones = a.isa != SoftmaxIsa::kDefault;
   for (int64_t x = 0; x < n; ++x) m[x] = v[x];
   for (int64_t c = 1; c < classes; ++c) {
     for (int64_t x = 0; x < n; ++x) m[x] = vec_maximum(m[x], v[c * n + x], ones);
   }
-  for (int64_t c = 0; c < classes; ++c) {
-    for (int64_t x = 0; x < n; ++x) d[c * n + x] = v[c * n + x] - m[x];
-    vector_exp(a, d + c * n, out + c * plane, n);
-  }
+  for (int64_t c = 0; c < classes; ++c) vector_exp(a, v + c * n, m, out + c * plane, n);
   for (int64_t x = 0; x < n; ++x) {
     if (!scalar[x]) continue;
     float mx = v[x];  // std::max(max_input, x_c): (max_input < x_c) ? x_c : max_input
@@ -240,11 +240,10 @@ RTP_ALWAYS_INLINE void rows_impl(const float* in, float* out, const Plan& p, con
                                  const Axis<float>& ax, const uint8_t* scalar, const SoftmaxArith* arith,
                                  int64_t begin, int64_t end) {
   const int64_t n = p.out_w, row_len = p.classes * n, plane = p.out_h * p.out_w;
-  std::vector<float> buf(4 * row_len + 2 * n);
+  std::vector<float> buf(3 * row_len + 2 * n);
   float* slot[2] = {buf.data(), buf.data() + row_len};
   float* values = buf.data() + 2 * row_len;
-  float* d = buf.data() + 3 * row_len;
-  float* m = buf.data() + 4 * row_len;
+  float* m = buf.data() + 3 * row_len;
   float* s = m + n;
   int64_t tag[2] = {-1, -1};  // (image, input row) held by each slot, as image * h + row
   auto hrow = [&](const float* plane0, int64_t key, int64_t r, int64_t keep) -> const float* {
@@ -279,7 +278,7 @@ RTP_ALWAYS_INLINE void rows_impl(const float* in, float* out, const Plan& p, con
       const float* e = h1 + c * n;
       for (int64_t x = 0; x < n; ++x) o[x] = weighted_pair(a[x], l0, e[x], l1, kFma);
     }
-    if (arith != nullptr) softmax_row(values, dst, plane, p.classes, n, scalar + flat * n, *arith, d, m, s);
+    if (arith != nullptr) softmax_row(values, dst, plane, p.classes, n, scalar + flat * n, *arith, m, s);
   }
 }
 
