@@ -129,6 +129,11 @@ def _extensions():
     # The kernels promise the reference's rounding: no a*b+c contracted into one FMA, on any
     # target (the CPU SIMD paths pick their ISA at run time: csrc/cpu/simd.h).
     cxx = opt + ([] if sys.platform == "win32" else ["-ffp-contract=off"])
+    # at::parallel_for is inline (ATen/ParallelOpenMP.h): without OpenMP in this build it runs every
+    # kernel's range on the calling thread.  torch's wheels bundle libgomp.so.1, which the kernels
+    # then share with ATen (one thread pool, torch.set_num_threads applies).
+    link = ["-fopenmp"] if sys.platform.startswith("linux") else []
+    cxx += link
     sources = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))]
     sources += [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))]
     extra = {"cxx": cxx}
@@ -154,6 +159,7 @@ def _extensions():
         library_dirs=library_dirs,
         define_macros=define_macros,
         extra_compile_args=extra,
+        extra_link_args=link,
     )
     return [ext], info
 

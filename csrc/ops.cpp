@@ -45,6 +45,11 @@ TORCH_LIBRARY(rtpanoptic, m) {
   // logits [B,C,h,w] -> [B,crop_h,crop_w] class indices: argmax over C of the bilinear resize to
   // size, in out_dtype (None: int64; int32, int16 or uint8 where the classes fit).
   m.def("upsample_argmax(Tensor logits, int[] size, int[] crop, ScalarType? out_dtype=None) -> Tensor");
+  // Internal, CPU only, no row in the op table (called by rtpanoptic/ops/upsample.py's semantic_probs
+  // where ATen's CPU arithmetic is the one reproduced): logits [B,C,h,w] float32 contiguous ->
+  // F.interpolate(size, bilinear, align_corners=False) [B,C,H,W], then .softmax(dim=1) with softmax;
+  // fma: whether ATen's CPU kernel rounds a * b + c once (its AVX2/AVX-512 builds).
+  m.def("_bilinear_softmax(Tensor logits, int[] size, bool fma, bool softmax) -> Tensor");
 
   // Backward kernels, called by the autograd formulas of rtpanoptic/ops/registry.py
   // (decode_boxes' backward is a sign flip written there with plain tensor ops).

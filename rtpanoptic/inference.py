@@ -46,7 +46,6 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import ops
@@ -536,9 +535,10 @@ def nms_queries(boxes: Tensor, scores: Tensor, labels: Tensor, size: tuple[int, 
 
 def semantic_probs_on(logits: Tensor, grid) -> Tensor:
     """Semantic probabilities ``[B, C, *grid]``: softmax of the logits, bilinearly resampled to the
-    levelness grid first when the semantic stride differs (the TRI preset's stride 8)."""
+    levelness grid first when the semantic stride differs (the TRI preset's stride 8):
+    :func:`ops.upsample.semantic_probs`, one pass on the CPU."""
     if logits.shape[-2:] != grid:
-        logits = F.interpolate(logits, size=grid, mode="bilinear", align_corners=False)
+        return ops.semantic_probs(logits, tuple(grid))
     return logits.softmax(dim=1)
 
 

@@ -82,10 +82,11 @@ MUTATIONS = (
     Mutation("TRI epsilon 1e-6 (was 1e-7)", (
         (REF, "TRI_EPS = 1e-7", "TRI_EPS = 1e-6"),
     ), ("tests/ops/test_attention.py",), f"({NOT_CPP}) and hand_computed"),
-    Mutation("semantic_probs_on: align_corners=True", (
-        ("rtpanoptic/inference.py", 'logits = F.interpolate(logits, size=grid, mode="bilinear", align_corners=False)',
-         'logits = F.interpolate(logits, size=grid, mode="bilinear", align_corners=True)'),
-    ), PIPELINE_TESTS, "not cuda"),
+    Mutation("semantic_probs: align_corners=True", (
+        ("rtpanoptic/ops/upsample.py",
+         'return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False).softmax(dim=1)',
+         'return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True).softmax(dim=1)'),
+    ), (*PIPELINE_TESTS, "tests/test_semantic_probs.py"), "not cuda"),
     Mutation("release mode without its padding cell", (
         ("rtpanoptic/inference.py", "hr, wr = min(hv + 1, dense.shape[-2]), min(wv + 1, dense.shape[-1])",
          "hr, wr = hv, wv"),

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "op_checks.h"
+#include "bilinear_rows.h"
 #include "simd.h"
 #include "upsample_math.h"
 
@@ -48,36 +49,6 @@
 
 namespace rtpanoptic {
 namespace {
-
-template <typename T>
-struct Axis {
-  std::vector<int64_t> i0, i1;
-  std::vector<T> w0, w1;
-};
-
-// The first n of out sampling positions along an axis of in pixels (ATen's rule, see above).
-template <typename T>
-Axis<T> axis_weights(int64_t in, int64_t out, int64_t n) {
-  Axis<T> a{std::vector<int64_t>(n), std::vector<int64_t>(n), std::vector<T>(n), std::vector<T>(n)};
-  const T scale = static_cast<T>(in) / static_cast<T>(out);
-  for (int64_t d = 0; d < n; ++d) {
-    if (in == out) {
-      a.i0[d] = a.i1[d] = d;
-      a.w0[d] = T(1);
-      a.w1[d] = T(0);
-      continue;
-    }
-    T src = std::fma(scale, static_cast<T>(d) + T(0.5), T(-0.5));
-    if (src < T(0)) src = T(0);
-    const int64_t i = std::min<int64_t>(static_cast<int64_t>(std::floor(src)), in - 1);
-    const T l1 = std::min(std::max(src - static_cast<T>(i), T(0)), T(1));
-    a.i0[d] = i;
-    a.i1[d] = i < in - 1 ? i + 1 : i;
-    a.w1[d] = l1;
-    a.w0[d] = T(1) - l1;
-  }
-  return a;
-}
 
 struct Shape {
   int64_t classes, h, w, rows, cols;  // input [C, h, w]; output rows x cols (the crop)
@@ -107,21 +78,8 @@ std::vector<ColumnRun> column_runs(const Axis<T>& ax, int64_t n) {
 template <typename T>
 RTP_ALWAYS_INLINE void horizontal_row(const T* plane0, const Shape& s, int64_t r, const Axis<T>& ax,
                                       const int32_t* cols, int64_t n, T* dst) {
-  const int64_t* i0 = ax.i0.data();
-  const int64_t* i1 = ax.i1.data();
-  const T* w0 = ax.w0.data();
-  const T* w1 = ax.w1.data();
   for (int64_t c = 0; c < s.classes; ++c) {
-    const T* src = plane0 + (c * s.h + r) * s.w;
-    T* out = dst + c * n;
-    if (cols == nullptr) {
-      for (int64_t x = 0; x < n; ++x) out[x] = std::fma(src[i0[x]], w0[x], src[i1[x]] * w1[x]);
-    } else {
-      for (int64_t m = 0; m < n; ++m) {
-        const int64_t x = cols[m];
-        out[m] = std::fma(src[i0[x]], w0[x], src[i1[x]] * w1[x]);
-      }
-    }
+    horizontal_values<T, true>(plane0 + (c * s.h + r) * s.w, ax, cols, n, dst + c * n);
   }
 }
 
@@ -343,8 +301,8 @@ bool plain_requested() {
 
 template <typename T, typename OutT>
 void upsample_argmax_impl(const T* in, OutT* out, int64_t batch, const Shape& s, int64_t out_h, int64_t out_w) {
-  const Axis<T> ay = axis_weights<T>(s.h, out_h, s.rows);
-  const Axis<T> ax = axis_weights<T>(s.w, out_w, s.cols);
+  const Axis<T> ay = axis_weights<T>(s.h, out_h, s.rows, true);
+  const Axis<T> ax = axis_weights<T>(s.w, out_w, s.cols, true);
   auto rows = rows_portable<T, OutT>;
   bool avx2 = false;
 #if RTP_HAVE_AVX2_PATH

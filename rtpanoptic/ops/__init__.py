@@ -16,7 +16,7 @@ from .mask_loss import mask_loss
 from .panoptic import PaddedPanopticSegments, PanopticSegments, panoptic_from_dense
 from .panoptic_release import panoptic_from_dense_release
 from .select import select_queries
-from .upsample import upsample_argmax
+from .upsample import semantic_probs, upsample_argmax
 
 if _extension.load():
     registry.register(registry.CPP_NAMESPACE)  # fakes and autograd of the C++/CUDA ops
@@ -37,5 +37,6 @@ __all__ = [
     "panoptic_from_dense",
     "panoptic_from_dense_release",
     "select_queries",
+    "semantic_probs",
     "upsample_argmax",
 ]
