@@ -446,9 +446,18 @@ def _process_state() -> dict:
         "default_dtype": torch.get_default_dtype(),
         "matmul_precision": torch.get_float32_matmul_precision(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
-        "inductor": {k: repr(v) for k, v in inductor_config.get_config_copy().items()},
-        "dynamo": {k: repr(v) for k, v in dynamo_config.get_config_copy().items()},
+        "inductor": {k: _config_value(v) for k, v in inductor_config.get_config_copy().items()},
+        "dynamo": {k: _config_value(v) for k, v in dynamo_config.get_config_copy().items()},
     }
+
+
+def _config_value(value) -> str:
+    """A config value as text, sets in sorted order: a copy of a set (a config patch restores a
+    copy) may iterate in another order, e.g. Dynamo's ``_save_config_ignore``, which made this
+    comparison fail now and then with equal values."""
+    if isinstance(value, (set, frozenset)):
+        return f"{type(value).__name__}({sorted(map(repr, value))})"
+    return repr(value)
 
 
 class _TinyHead(torch.nn.Module):
