@@ -75,4 +75,37 @@ RTP_ALWAYS_INLINE void horizontal_values(const T* src, const Axis<T>& ax, const 
   }
 }
 
+// The horizontal rows (every class of one input row, row_len values each) of the two input rows
+// that an output row samples, kept in two slots for the next output rows of a chunk: consecutive
+// output rows sample the same pair or move on by one row.  Keys are (image, input row) as
+// image * h + row; -1: empty.
+template <typename T>
+class RowPairCache {
+ public:
+  explicit RowPairCache(int64_t row_len) : buf_(2 * row_len), slot_{buf_.data(), buf_.data() + row_len} {}
+
+  // The slot holding `key`, else filled by fill(slot) into the slot that does not hold `keep` (the
+  // other row of the pair being read).
+  template <typename Fill>
+  const T* get(int64_t key, int64_t keep, Fill&& fill) {
+    if (tag_[0] == key) return slot_[0];
+    if (tag_[1] == key) return slot_[1];
+    const int k = tag_[0] == keep ? 1 : 0;
+    fill(slot_[k]);
+    tag_[k] = key;
+    return slot_[k];
+  }
+
+  // Slot k for other use (its cached row forgotten).
+  T* scratch(int k) {
+    tag_[k] = -1;
+    return slot_[k];
+  }
+
+ private:
+  std::vector<T> buf_;
+  T* slot_[2];
+  int64_t tag_[2] = {-1, -1};
+};
+
 }  // namespace rtpanoptic

@@ -240,35 +240,29 @@ RTP_ALWAYS_INLINE void rows_impl(const float* in, float* out, const Plan& p, con
                                  const Axis<float>& ax, const uint8_t* scalar, const SoftmaxArith* arith,
                                  int64_t begin, int64_t end) {
   const int64_t n = p.out_w, row_len = p.classes * n, plane = p.out_h * p.out_w;
-  std::vector<float> buf(3 * row_len + 2 * n);
-  float* slot[2] = {buf.data(), buf.data() + row_len};
-  float* values = buf.data() + 2 * row_len;
-  float* m = buf.data() + 3 * row_len;
+  RowPairCache<float> rows(row_len);
+  std::vector<float> buf(row_len + 2 * n);
+  float* values = buf.data();
+  float* m = buf.data() + row_len;
   float* s = m + n;
-  int64_t tag[2] = {-1, -1};  // (image, input row) held by each slot, as image * h + row
-  auto hrow = [&](const float* plane0, int64_t key, int64_t r, int64_t keep) -> const float* {
-    if (tag[0] == key) return slot[0];
-    if (tag[1] == key) return slot[1];
-    const int k = tag[0] == keep ? 1 : 0;
+  auto hrow = [&](const float* plane0, int64_t r, float* dst) {
     for (int64_t c = 0; c < p.classes; ++c) {
       const float* src = plane0 + (c * p.h + r) * p.w;
 #if RTP_HAVE_AVX2_PATH
       if constexpr (kAvx2 && kFma) {
-        horizontal_values_avx2(src, ax, *p.blocks, n, slot[k] + c * n, r + 1 < p.h ? p.w : 0);
+        horizontal_values_avx2(src, ax, *p.blocks, n, dst + c * n, r + 1 < p.h ? p.w : 0);
         continue;
       }
 #endif
-      horizontal_values<float, kFma>(src, ax, nullptr, n, slot[k] + c * n);
+      horizontal_values<float, kFma>(src, ax, nullptr, n, dst + c * n);
     }
-    tag[k] = key;
-    return slot[k];
   };
   for (int64_t flat = begin; flat < end; ++flat) {
     const int64_t b = flat / p.out_h, y = flat % p.out_h;
     const float* plane0 = in + b * p.classes * p.h * p.w;
     const int64_t k0 = b * p.h + ay.i0[y], k1 = b * p.h + ay.i1[y];
-    const float* h0 = hrow(plane0, k0, ay.i0[y], k1);
-    const float* h1 = hrow(plane0, k1, ay.i1[y], k0);
+    const float* h0 = rows.get(k0, k1, [&](float* dst) { hrow(plane0, ay.i0[y], dst); });
+    const float* h1 = rows.get(k1, k0, [&](float* dst) { hrow(plane0, ay.i1[y], dst); });
     float* dst = out + b * p.classes * plane + y * n;
     float* vrow = arith != nullptr ? values : nullptr;
     const float l0 = ay.w0[y], l1 = ay.w1[y];

@@ -222,21 +222,12 @@ RTP_AVX2_FMA void corner_codes_avx2(const float* plane0, const Shape& s, int64_t
 template <typename T, typename OutT, bool kAvx2 = false>
 RTP_ALWAYS_INLINE void rows_impl(const T* in, const int32_t* codes, OutT* out, const Shape& s, const Axis<T>& ay,
                                  const Axis<T>& ax, const std::vector<ColumnRun>& runs, int64_t begin, int64_t end) {
-  const int64_t n = s.cols, row_len = s.classes * n;
-  std::vector<T> buf(2 * row_len + n);
+  const int64_t n = s.cols;
+  RowPairCache<T> rows(s.classes * n);  // the plain path's horizontal rows; the mixed columns' (scratch)
+  std::vector<T> best(n);
   std::vector<int32_t> idx(n), mixed(n);
   std::vector<OutT> shortcut(n);  // the pair's output row, its mixed columns still to fill
-  T* slot[2] = {buf.data(), buf.data() + row_len};
-  T* best = buf.data() + 2 * row_len;
-  int64_t tag[2] = {-1, -1};  // (image, input row) cached in each slot for the plain path, as image * h + row
-  auto row = [&](const T* plane0, int64_t key, int64_t r, int64_t keep) -> const T* {
-    if (tag[0] == key) return slot[0];
-    if (tag[1] == key) return slot[1];
-    const int k = tag[0] == keep ? 1 : 0;
-    horizontal_row<T>(plane0, s, r, ax, nullptr, n, slot[k]);
-    tag[k] = key;
-    return slot[k];
-  };
+  T* mixed_rows[2] = {nullptr, nullptr};
   int64_t pair = -1, n_mixed = 0;  // the input row pair of `shortcut` and `mixed`, as (image * h + row0) * h + row1
   bool plain = codes == nullptr;
   for (int64_t flat = begin; flat < end; ++flat) {
@@ -259,23 +250,25 @@ RTP_ALWAYS_INLINE void rows_impl(const T* in, const int32_t* codes, OutT* out, c
       }
       plain = 2 * n_mixed > n;
       if (!plain && n_mixed > 0) {  // the mixed columns' horizontal values of both rows, in the slots
-        horizontal_row<T>(plane0, s, r0, ax, mixed.data(), n_mixed, slot[0]);
-        horizontal_row<T>(plane0, s, r1, ax, mixed.data(), n_mixed, slot[1]);
-        tag[0] = tag[1] = -1;
+        for (int k = 0; k < 2; ++k) {
+          mixed_rows[k] = rows.scratch(k);
+          horizontal_row<T>(plane0, s, k == 0 ? r0 : r1, ax, mixed.data(), n_mixed, mixed_rows[k]);
+        }
       }
     }
     if (!plain) {
       std::copy(shortcut.begin(), shortcut.end(), dst);
       if (n_mixed > 0) {
-        vertical<T, kAvx2>(slot[0], slot[1], ay.w0[y], ay.w1[y], s.classes, n_mixed, best, idx.data());
+        vertical<T, kAvx2>(mixed_rows[0], mixed_rows[1], ay.w0[y], ay.w1[y], s.classes, n_mixed, best.data(),
+                           idx.data());
         for (int64_t m = 0; m < n_mixed; ++m) dst[mixed[m]] = static_cast<OutT>(idx[m]);
       }
       continue;
     }
     const int64_t k0 = b * s.h + r0, k1 = b * s.h + r1;
-    const T* h0 = row(plane0, k0, r0, k1);
-    const T* h1 = row(plane0, k1, r1, k0);
-    vertical<T, kAvx2>(h0, h1, ay.w0[y], ay.w1[y], s.classes, n, best, idx.data());
+    const T* h0 = rows.get(k0, k1, [&](T* dst) { horizontal_row<T>(plane0, s, r0, ax, nullptr, n, dst); });
+    const T* h1 = rows.get(k1, k0, [&](T* dst) { horizontal_row<T>(plane0, s, r1, ax, nullptr, n, dst); });
+    vertical<T, kAvx2>(h0, h1, ay.w0[y], ay.w1[y], s.classes, n, best.data(), idx.data());
     for (int64_t x = 0; x < n; ++x) dst[x] = static_cast<OutT>(idx[x]);
   }
 }
