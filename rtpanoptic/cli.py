@@ -115,6 +115,12 @@ def _inference_args(p: argparse.ArgumentParser) -> None:
                         "(a few representative ones; repeatable)")
 
 
+# The command-line flag of each Predictor option named in a conflict (execution.fast_conflicts,
+# quantize.int8_conflicts).
+_OPTION_FLAGS = {"fast": "--fast", "precision": "--precision", "channels_last": "--[no-]channels-last",
+                 "compile": "--compile"}
+
+
 def _predictor_options(args, device) -> dict:
     """``Predictor`` keyword arguments of --precision / --channels-last / --compile / --fast."""
     from .execution import check_precision, fast_conflicts, run_options
@@ -124,9 +130,8 @@ def _predictor_options(args, device) -> dict:
         return _int8_options(args, device)
     given = fast_conflicts(args.precision, args.channels_last, args.compile) if args.fast else []
     if given:
-        flags = {"precision": "--precision", "channels_last": "--[no-]channels-last", "compile": "--compile"}
         raise UsageError(f"--fast chooses the precision, memory format and compilation itself: "
-                         f"drop {', '.join(flags[g] for g in given)} or --fast")
+                         f"drop {', '.join(_OPTION_FLAGS[g] for g in given)} or --fast")
     options = run_options(device, args.precision, args.channels_last, args.compile, args.fast)
     try:
         check_precision(options["precision"], device)
@@ -142,14 +147,14 @@ def _int8_options(args, device) -> dict:
     from .data.image_io import ImageError, read_image
     from .pipeline import UsageError
     from .pipeline.predict import list_images
-    from .quantize import load_torchao
+    from .quantize import int8_conflicts, load_torchao
 
     if not args.int8:
         raise UsageError("--calibration is for --int8: give --int8 or drop --calibration")
-    given = [flag for flag, value in (("--fast", args.fast), ("--precision", args.precision),
-                                      ("--[no-]channels-last", args.channels_last)) if value not in (None, False)]
+    given = int8_conflicts(args.fast, args.precision, args.channels_last)
     if given:
-        raise UsageError(f"--int8 runs the network in int8 itself: drop {', '.join(given)} or --int8")
+        raise UsageError(f"--int8 runs the network in int8 itself: drop {', '.join(_OPTION_FLAGS[g] for g in given)} "
+                         f"or --int8")
     if torch.device(device).type != "cpu":
         raise UsageError("--int8 runs on the CPU only (oneDNN's int8 kernels): use --device cpu")
     if not args.calibration:

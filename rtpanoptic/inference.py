@@ -217,23 +217,19 @@ class Predictor:
 
     def _quantized(self, quantize, calibration, precision, channels_last, compile, fast):
         """The :class:`~rtpanoptic.quantize.Int8Network` of ``quantize="int8"``, its options checked."""
-        from .quantize import QUANTIZE_MODES, Int8Network
+        from .quantize import QUANTIZE_MODES, Int8Network, int8_conflicts
 
         if quantize is None:
             raise ValueError("Predictor: calibration is for quantize='int8': give quantize or drop calibration")
         if quantize not in QUANTIZE_MODES:
             raise ValueError(f"Predictor: quantize must be one of {QUANTIZE_MODES} or None, got {quantize!r}")
-        given = [name for name, value in (("fast", fast), ("precision", precision), ("channels_last", channels_last))
-                 if value not in (None, False)]
+        given = int8_conflicts(fast, precision, channels_last)
         if given:
             raise ValueError(f"Predictor: quantize={quantize!r} runs the network in int8 itself: "
                              f"drop {', '.join(given)} or quantize")
         if calibration is None:
             raise ValueError(f"Predictor: quantize={quantize!r} needs calibration images (calibration=[...])")
-        if self.device.type != "cpu":
-            raise ValueError(f"Predictor: quantize={quantize!r} runs on the CPU only (oneDNN's int8 kernels), "
-                             f"the model is on {self.device}")
-        with torch.no_grad():
+        with torch.no_grad():  # Int8Network refuses a model off the CPU (ValueError) before reading an image
             batches = (self.preprocess([image])[0] for image in calibration)
             try:
                 return Int8Network(self.model, batches, compile=True if compile is None else compile)

@@ -44,6 +44,13 @@ INSTALL_HINT = "pip install 'rtpanoptic[int8]' (or pip install torchao)"
 QUANTIZE_MODES = ("int8",)
 
 
+def int8_conflicts(fast: bool, precision: str | None, channels_last: bool | None) -> list[str]:
+    """The names of the options given with int8 (not at their defaults) that it refuses: it runs the
+    network in int8 itself, so ``fast``, ``precision`` and ``channels_last`` have nothing to choose."""
+    given = {"fast": fast, "precision": precision, "channels_last": channels_last}
+    return [name for name, value in given.items() if value not in (None, False)]
+
+
 def load_torchao():
     """``(prepare_pt2e, convert_pt2e, X86InductorQuantizer with its default config, Inductor config
     of the compiled int8 graphs)``; ImportError (one line naming the pip command) when torchao is not
