@@ -580,8 +580,7 @@ def segment_stats(grid: Tensor, n: int, stride: int, size: tuple[int, int]) -> t
     corner = grid[-1, -1] == torch.arange(1, n + 1, device=grid.device)
     areas = _cell_pixels(rows.sum(1, dtype=torch.int64), rows[:, -1], cols[:, -1], corner, stride,
                          h - (hv - 1) * stride, w - (wv - 1) * stride)
-    boxes = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1)  # int32: pixel coordinates
-    return areas, torch.where((areas == 0)[:, None], 0, boxes).long()
+    return areas, _coco_boxes(x0, y0, x1, y1, areas).long()  # int32 pixel coordinates until here
 
 
 def _cells_per_row_and_column(grid: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -658,8 +657,15 @@ def _segment_stats_from_runs(ids: Tensor, n: int) -> tuple[Tensor, Tensor]:
     by0 = big.scatter_reduce(0, segment, y, "amin")[1:]
     bx1 = none.scatter_reduce(0, segment, x1, "amax")[1:]
     by1 = none.scatter_reduce(0, segment, y + 1, "amax")[1:]
-    boxes = torch.stack([bx0, by0, bx1 - bx0, by1 - by0], dim=1)
-    return areas, torch.where((areas == 0)[:, None], 0, boxes)
+    return areas, _coco_boxes(bx0, by0, bx1, by1, areas)
+
+
+def _coco_boxes(x0: Tensor, y0: Tensor, x1: Tensor, y1: Tensor, areas: Tensor) -> Tensor:
+    """COCO ``[x, y, w, h]`` boxes ``[n, 4]`` (the dtype of the corners) from the first pixel
+    ``(x0, y0)`` and the exclusive last ``(x1, y1)`` of each segment, ``[0, 0, 0, 0]`` where
+    ``areas`` is 0 (the corners of an empty segment are placeholders)."""
+    boxes = torch.stack([x0, y0, x1 - x0, y1 - y0], dim=1)
+    return torch.where((areas == 0)[:, None], 0, boxes)
 
 
 def segment_areas_and_boxes(grid: Tensor, n: int, stride: int, size: tuple[int, int]
