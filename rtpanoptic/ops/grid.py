@@ -18,7 +18,6 @@ def cell_centres(size: int, stride: int, dtype: torch.dtype = torch.int64, devic
     return torch.arange(size, dtype=dtype, device=device) * stride + stride // 2
 
 
-
 def cells_before(limit: int, size: int, stride: int) -> int:
     """How many of the ``size`` cells of a stride-``stride`` grid along one axis have their centre
     (:func:`cell_centres`) below ``limit`` pixels: the centres increase, so those are the first ones,
