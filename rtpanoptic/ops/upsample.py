@@ -65,13 +65,11 @@ def semantic_probs(logits: Tensor, size: Sequence[int]) -> Tensor:
     ``Tensor.softmax`` follows, and where the resize differs too this expression runs as written.
     """
     if _cpp_applies(logits, size):
-        resize_ok, softmax_ok = exact_cpp_paths()
-        if softmax_ok:
-            return torch.ops.rtpanoptic._bilinear_softmax(logits, list(size), _fused_multiply_add(logits.device), True)
+        resize_ok, softmax_ok = exact_cpp_paths()  # softmax_ok implies resize_ok
         if resize_ok:
-            resized = torch.ops.rtpanoptic._bilinear_softmax(logits, list(size), _fused_multiply_add(logits.device),
-                                                             False)
-            return resized.softmax(dim=1)
+            out = torch.ops.rtpanoptic._bilinear_softmax(logits, list(size), _fused_multiply_add(logits.device),
+                                                         softmax_ok)
+            return out if softmax_ok else out.softmax(dim=1)
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False).softmax(dim=1)
 
 
